@@ -1,0 +1,178 @@
+//! Types shared by the kernel program (`imds-snoop-ebpf`) and the daemon (`imds-snoop`).
+//!
+//! Everything here is `#[repr(C)]` with explicit padding and no `bool`, so both sides agree
+//! on the layout byte for byte; the compile-time asserts at the bottom catch a change on one
+//! side that was not made on the other.
+#![no_std]
+
+/// Longest payload snippet the kernel program can copy from one send.
+/// `--payload-bytes` chooses how much of it is used (default [`DEFAULT_PAYLOAD_BYTES`]).
+/// Must be a power of two: the kernel program masks offsets with `MAX_PAYLOAD - 1` so the
+/// verifier can bound them.
+pub const MAX_PAYLOAD: usize = 4096;
+/// Default snippet: a real IMDSv2 GET from an AWS SDK with a token and a long user agent is
+/// about 400 bytes (see tests/fixtures); 2 KiB leaves room for proxies' extra headers.
+pub const DEFAULT_PAYLOAD_BYTES: u32 = 2048;
+/// Ancestors the kernel records for each send (caller's parent, grandparent, ...), so a caller
+/// that exits before userspace looks at /proc is still attributed.
+pub const MAX_ANCESTORS: usize = 8;
+/// Targets the kernel filter compares every TCP send against.
+pub const MAX_TARGETS: usize = 8;
+/// iovecs read from one `writev`/`sendmsg` (more are counted as truncated).
+pub const MAX_IOVECS: usize = 8;
+pub const COMM_LEN: usize = 16;
+
+/// `kind` tag of a [`SendEvent`].
+pub const EVENT_SEND: u32 = 1;
+
+/// [`SendEvent::flags`]: the payload is shorter than the send (snippet limit or iovec limit).
+pub const FLAG_TRUNCATED: u32 = 1 << 0;
+/// [`SendEvent::flags`]: the iov_iter was of a type the program does not read (kvec, bvec...).
+pub const FLAG_UNSUPPORTED_ITER: u32 = 1 << 1;
+/// [`SendEvent::flags`]: reading user memory failed (page not present); payload may be short.
+pub const FLAG_READ_ERROR: u32 = 1 << 2;
+
+/// Indices into the per-CPU `DROPS` counter array.
+pub const DROP_RINGBUF_FULL: u32 = 0;
+pub const DROP_NO_SCRATCH: u32 = 1;
+pub const DROP_KINDS: u32 = 2;
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// One destination the kernel filter matches: family, port (host order) and address.
+/// `addr` holds the address bytes in network order, four at a time as native `u32`s (IPv4 in
+/// `addr[0]`, the rest zero): the kernel program compares words, never calls `memcmp`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Target {
+    pub family: u16,
+    pub port: u16,
+    pub addr: [u32; 4],
+}
+
+/// The filter's configuration, a read-only global set by userspace at load.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Targets {
+    pub count: u32,
+    pub targets: [Target; MAX_TARGETS],
+}
+
+/// Kernel struct offsets and enum values resolved from the running kernel's BTF at start
+/// (Rust eBPF has no CO-RE relocations). A read-only global of the kernel program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offsets {
+    // struct sock (via __sk_common)
+    pub sk_family: u32,
+    pub sk_dport: u32,
+    pub sk_daddr: u32,
+    pub sk_v6_daddr: u32,
+    /// `sock_common.skc_net` (a `possible_net_t`, i.e. a `struct net *`).
+    pub sk_net: u32,
+    /// `net.ns.inum`
+    pub net_inum: u32,
+    // struct msghdr / struct iov_iter
+    pub msg_iter: u32,
+    pub iter_type: u32,
+    /// 1 (`u8 iter_type`, 5.14+) or 4 (`unsigned int type`, 5.10).
+    pub iter_type_size: u32,
+    /// Mask applied to the type field: 5.10 keeps the direction in bit 0.
+    pub iter_type_mask: u32,
+    pub iter_iov_offset: u32,
+    pub iter_count: u32,
+    /// `iov` (up to 6.3) or `__iov` (6.4+).
+    pub iter_iov: u32,
+    pub iter_ubuf: u32,
+    pub iter_nr_segs: u32,
+    /// `enum iter_type` values on this kernel.
+    pub iter_iovec: u32,
+    /// `u32::MAX` before 6.0 (no ITER_UBUF).
+    pub iter_ubuf_kind: u32,
+    // struct task_struct
+    pub task_real_parent: u32,
+    pub task_group_leader: u32,
+    pub task_tgid: u32,
+    pub task_comm: u32,
+    pub _pad: u32,
+}
+
+/// The filter's and the snippet's run-time settings.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Settings {
+    /// Bytes of payload to copy per send, at most [`MAX_PAYLOAD`].
+    pub payload_bytes: u32,
+    /// 1 when the program runs as the `tcp_sendmsg_locked` tracepoint, which fires once per
+    /// copy-loop pass of a send: only the pass at iov offset 0 is reported.
+    pub first_pass_only: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ancestor {
+    pub tgid: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Fixed-size head of a send event. In the ring buffer it is followed by `payload_len`
+/// payload bytes (the record is variable-sized so a small request takes a small slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SendEvent {
+    pub kind: u32,
+    pub flags: u32,
+    /// `bpf_ktime_get_boot_ns` (CLOCK_BOOTTIME), converted to wall time in userspace.
+    pub ts_ns: u64,
+    /// The kernel's `struct sock *`, only as an identity to reassemble split requests.
+    pub sock_id: u64,
+    pub cgroup_id: u64,
+    /// Bytes in this send (`msg_data_left`), which may exceed `payload_len`.
+    pub size: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub netns: u32,
+    pub family: u16,
+    /// Destination port, host order.
+    pub dport: u16,
+    /// Destination address in the same form as [`Target::addr`].
+    pub daddr: [u32; 4],
+    pub payload_len: u32,
+    pub ancestors_len: u32,
+    pub comm: [u8; COMM_LEN],
+    pub ancestors: [Ancestor; MAX_ANCESTORS],
+}
+
+impl SendEvent {
+    pub const HEAD_LEN: usize = core::mem::size_of::<SendEvent>();
+}
+
+/// The kernel program's scratch record: the head plus room for a payload written at an
+/// offset that the verifier can only bound by `MAX_PAYLOAD` (so the room is doubled).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SendRecord {
+    pub head: SendEvent,
+    pub payload: [u8; 2 * MAX_PAYLOAD],
+}
+
+// Layout guards: a field added on one side only breaks the build here, not at run time.
+const _: () = assert!(core::mem::size_of::<Target>() == 20);
+const _: () = assert!(core::mem::size_of::<Ancestor>() == 20);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 22 * 4);
+const _: () = assert!(core::mem::size_of::<SendEvent>() == 264);
+const _: () = assert!(core::mem::size_of::<SendEvent>() % 8 == 0);
+const _: () = assert!(MAX_PAYLOAD.is_power_of_two());
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all of these are #[repr(C)], Copy, made only of integers and integer arrays,
+    // with no implicit padding (asserted above).
+    unsafe impl aya::Pod for super::Targets {}
+    unsafe impl aya::Pod for super::Offsets {}
+    unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::Target {}
+}

@@ -1,0 +1,293 @@
+//! The capture function shared by every entry point: filter, then copy, then emit.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, generated::bpf_probe_read_user,
+    },
+    macros::map,
+    maps::{PerCpuArray, RingBuf},
+};
+use imds_snoop_common::{
+    AF_INET, AF_INET6, Ancestor, COMM_LEN, DROP_KINDS, DROP_NO_SCRATCH, DROP_RINGBUF_FULL,
+    EVENT_SEND, FLAG_READ_ERROR, FLAG_TRUNCATED, FLAG_UNSUPPORTED_ITER, MAX_ANCESTORS, MAX_IOVECS,
+    MAX_PAYLOAD, MAX_TARGETS, Offsets, SendEvent, SendRecord,
+};
+
+use crate::kernel::{offsets, read, settings, targets};
+
+/// Send events for userspace. Its size is set at load (`--ring-bytes`).
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Events that could not be emitted, by reason (`DROP_*`), per CPU.
+#[map]
+static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_KINDS, 0);
+
+/// One record per CPU to assemble an event in: too big for the 512-byte BPF stack, and
+/// `bpf_ringbuf_output` from here lets a small request take a small ring-buffer slot.
+#[map]
+static SCRATCH: PerCpuArray<SendRecord> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn capture(sk: *const u8, msg: *const u8) {
+    let _ = try_capture(sk, msg);
+}
+
+#[inline(always)]
+fn try_capture(sk: *const u8, msg: *const u8) -> Result<(), i32> {
+    let o = offsets();
+
+    // Hot path: one read and a few compares for every TCP send on the node.
+    let dport = u16::from_be(read::<u16>(sk, o.sk_dport)?);
+    let Some((family, daddr)) = match_target(sk, &o, dport)? else {
+        return Ok(());
+    };
+
+    let iter = msg.wrapping_add(o.msg_iter as usize);
+    let s = settings();
+    if s.first_pass_only != 0 && read::<usize>(iter, o.iter_iov_offset)? != 0 {
+        // A later copy-loop pass of a send already reported (tracepoint attach only).
+        return Ok(());
+    }
+
+    let Some(rec) = SCRATCH.get_ptr_mut(0) else {
+        count_drop(DROP_NO_SCRATCH);
+        return Ok(());
+    };
+    // SAFETY: a per-CPU map value; BPF programs are not preempted on their CPU by another
+    // program run that could use the same slot.
+    let rec = unsafe { &mut *rec };
+    let head = &mut rec.head;
+
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    head.kind = EVENT_SEND;
+    head.flags = 0;
+    head.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
+    head.sock_id = sk as u64;
+    head.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    head.tgid = (pid_tgid >> 32) as u32;
+    head.tid = pid_tgid as u32;
+    head.uid = uid_gid as u32;
+    head.gid = (uid_gid >> 32) as u32;
+    head.family = family;
+    head.dport = dport;
+    head.daddr = daddr;
+    head.netns = read::<*const u8>(sk, o.sk_net)
+        .and_then(|net| read::<u32>(net, o.net_inum))
+        .unwrap_or(0);
+    head.size = read::<usize>(iter, o.iter_count).unwrap_or(0) as u64;
+
+    fill_process(head, &o);
+    let len = copy_payload(rec, iter, &o, s.payload_bytes);
+    rec.head.payload_len = len as u32;
+
+    let total = SendEvent::HEAD_LEN + (len & (MAX_PAYLOAD * 2 - 1));
+    // SAFETY: `rec` is a map value of size_of::<SendRecord>() >= total bytes.
+    let ret = unsafe {
+        aya_ebpf::helpers::generated::bpf_ringbuf_output(
+            &EVENTS as *const RingBuf as *mut _,
+            rec as *mut SendRecord as *mut _,
+            total as u64,
+            0,
+        )
+    };
+    if ret < 0 {
+        count_drop(DROP_RINGBUF_FULL);
+    }
+    Ok(())
+}
+
+/// Compares the socket's destination with the target list. Returns the family and address
+/// (IPv4-mapped IPv6 reported as IPv4) when it matches.
+#[inline(always)]
+fn match_target(sk: *const u8, o: &Offsets, dport: u16) -> Result<Option<(u16, [u32; 4])>, i32> {
+    let t = targets();
+    // SAFETY: plain reads of our own static (volatile: its real value is patched in at load).
+    let count = unsafe { core::ptr::read_volatile(&t.count) } as usize;
+    let mut port_hit = false;
+    for i in 0..MAX_TARGETS {
+        if i < count && unsafe { core::ptr::read_volatile(&t.targets[i].port) } == dport {
+            port_hit = true;
+        }
+    }
+    if !port_hit {
+        return Ok(None);
+    }
+
+    let mut family = read::<u16>(sk, o.sk_family)?;
+    let mut daddr = [0u32; 4];
+    if family == AF_INET {
+        daddr[0] = read::<u32>(sk, o.sk_daddr)?;
+    } else if family == AF_INET6 {
+        daddr = read::<[u32; 4]>(sk, o.sk_v6_daddr)?;
+        // ::ffff:a.b.c.d — an IPv6 socket talking to an IPv4 address.
+        if daddr[0] == 0 && daddr[1] == 0 && daddr[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff]) {
+            family = AF_INET;
+            daddr = [daddr[3], 0, 0, 0];
+        }
+    } else {
+        return Ok(None);
+    }
+
+    for i in 0..MAX_TARGETS {
+        if i >= count {
+            break;
+        }
+        // SAFETY: as above.
+        let tgt = unsafe { core::ptr::read_volatile(&t.targets[i]) };
+        if tgt.family == family
+            && tgt.port == dport
+            && tgt.addr[0] == daddr[0]
+            && tgt.addr[1] == daddr[1]
+            && tgt.addr[2] == daddr[2]
+            && tgt.addr[3] == daddr[3]
+        {
+            return Ok(Some((family, daddr)));
+        }
+    }
+    Ok(None)
+}
+
+/// Caller's comm and its ancestors (tgid + comm), read now because a short-lived caller and
+/// its shell may be gone before userspace can look at /proc.
+#[inline(always)]
+fn fill_process(head: &mut SendEvent, o: &Offsets) {
+    head.comm = [0; COMM_LEN];
+    head.ancestors_len = 0;
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let Ok(leader) = read::<*const u8>(task, o.task_group_leader) else {
+        return;
+    };
+    if let Ok(comm) = read::<[u8; COMM_LEN]>(leader, o.task_comm) {
+        head.comm = comm;
+    }
+    let mut t = leader;
+    for i in 0..MAX_ANCESTORS {
+        let Ok(parent) = read::<*const u8>(t, o.task_real_parent) else {
+            break;
+        };
+        if parent.is_null() || parent == t {
+            break;
+        }
+        let Ok(tgid) = read::<u32>(parent, o.task_tgid) else {
+            break;
+        };
+        if tgid == 0 {
+            break;
+        }
+        head.ancestors[i] = Ancestor {
+            tgid,
+            comm: read::<[u8; COMM_LEN]>(parent, o.task_comm).unwrap_or([0; COMM_LEN]),
+        };
+        head.ancestors_len = i as u32 + 1;
+        if tgid == 1 {
+            break;
+        }
+        t = parent;
+    }
+}
+
+/// Copies up to `limit` bytes of the send's user buffers into `rec.payload`, switching on the
+/// iov_iter type (ITER_UBUF for send/write on 6.0+, ITER_IOVEC for writev/sendmsg and for
+/// everything before 6.0). Returns the bytes copied and sets the flags.
+#[inline(always)]
+fn copy_payload(rec: &mut SendRecord, iter: *const u8, o: &Offsets, limit: u32) -> usize {
+    let count = rec.head.size as usize;
+    let mut want = if (limit as usize) < count { limit as usize } else { count };
+    if want > MAX_PAYLOAD {
+        want = MAX_PAYLOAD;
+    }
+    if want < count {
+        rec.head.flags |= FLAG_TRUNCATED;
+    }
+
+    let ty = if o.iter_type_size == 1 {
+        read::<u8>(iter, o.iter_type).map(u32::from)
+    } else {
+        read::<u32>(iter, o.iter_type)
+    };
+    let Ok(ty) = ty else {
+        rec.head.flags |= FLAG_READ_ERROR;
+        return 0;
+    };
+    let ty = ty & o.iter_type_mask;
+    let iov_offset = read::<usize>(iter, o.iter_iov_offset).unwrap_or(0);
+
+    if ty == o.iter_ubuf_kind {
+        let Ok(base) = read::<usize>(iter, o.iter_ubuf) else {
+            rec.head.flags |= FLAG_READ_ERROR;
+            return 0;
+        };
+        if read_user(rec, 0, base + iov_offset, want).is_err() {
+            rec.head.flags |= FLAG_READ_ERROR;
+            return 0;
+        }
+        return want;
+    }
+    if ty != o.iter_iovec {
+        rec.head.flags |= FLAG_UNSUPPORTED_ITER;
+        return 0;
+    }
+
+    let Ok(iov) = read::<*const u8>(iter, o.iter_iov) else {
+        rec.head.flags |= FLAG_READ_ERROR;
+        return 0;
+    };
+    let nr_segs = read::<usize>(iter, o.iter_nr_segs).unwrap_or(0);
+    let mut off = 0usize;
+    let mut skip = iov_offset;
+    for i in 0..MAX_IOVECS {
+        if i >= nr_segs || off >= want {
+            break;
+        }
+        // struct iovec { void __user *iov_base; __kernel_size_t iov_len; }
+        let Ok([base, len]) = read::<[usize; 2]>(iov, (i * 16) as u32) else {
+            rec.head.flags |= FLAG_READ_ERROR;
+            break;
+        };
+        let (base, len) = if skip > 0 && skip <= len {
+            let r = (base + skip, len - skip);
+            skip = 0;
+            r
+        } else {
+            (base, len)
+        };
+        let left = want - off;
+        let take = if len < left { len } else { left };
+        if read_user(rec, off, base, take).is_err() {
+            rec.head.flags |= FLAG_READ_ERROR;
+            break;
+        }
+        off += take;
+    }
+    if off < want {
+        rec.head.flags |= FLAG_TRUNCATED;
+    }
+    off
+}
+
+/// `bpf_probe_read_user` into `rec.payload[off..off + len]`. The masks are what lets the
+/// verifier prove the write stays inside the (doubled) payload buffer.
+#[inline(always)]
+fn read_user(rec: &mut SendRecord, off: usize, src: usize, len: usize) -> Result<(), i64> {
+    let off = off & (MAX_PAYLOAD - 1);
+    let len = len & (MAX_PAYLOAD * 2 - 1);
+    if len == 0 || len > MAX_PAYLOAD {
+        return Ok(());
+    }
+    let dst = rec.payload.as_mut_ptr().wrapping_add(off);
+    // SAFETY: dst..dst+len lies inside rec.payload (off < MAX_PAYLOAD, len <= MAX_PAYLOAD,
+    // payload is 2 * MAX_PAYLOAD); the helper checks the user address.
+    let ret = unsafe { bpf_probe_read_user(dst as *mut _, len as u32, src as *const _) };
+    if ret < 0 { Err(ret) } else { Ok(()) }
+}
+
+#[inline(always)]
+fn count_drop(reason: u32) {
+    if let Some(c) = DROPS.get_ptr_mut(reason) {
+        // SAFETY: per-CPU slot, see SCRATCH.
+        unsafe { *c += 1 };
+    }
+}

@@ -1,0 +1,73 @@
+//! Reads of kernel memory at offsets resolved from BTF by userspace.
+
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+use imds_snoop_common::{Offsets, Settings, Targets};
+
+/// Set by userspace with `EbpfLoader::override_global`; the loader freezes .rodata, so the
+/// verifier sees these as constants.
+#[unsafe(no_mangle)]
+static OFFSETS: Offsets = Offsets {
+    sk_family: 0,
+    sk_dport: 0,
+    sk_daddr: 0,
+    sk_v6_daddr: 0,
+    sk_net: 0,
+    net_inum: 0,
+    msg_iter: 0,
+    iter_type: 0,
+    iter_type_size: 0,
+    iter_type_mask: 0,
+    iter_iov_offset: 0,
+    iter_count: 0,
+    iter_iov: 0,
+    iter_ubuf: 0,
+    iter_nr_segs: 0,
+    iter_iovec: 0,
+    iter_ubuf_kind: 0,
+    task_real_parent: 0,
+    task_group_leader: 0,
+    task_tgid: 0,
+    task_comm: 0,
+    _pad: 0,
+};
+
+#[unsafe(no_mangle)]
+static TARGETS: Targets = Targets {
+    count: 0,
+    targets: [imds_snoop_common::Target {
+        family: 0,
+        port: 0,
+        addr: [0; 4],
+    }; imds_snoop_common::MAX_TARGETS],
+};
+
+#[unsafe(no_mangle)]
+static SETTINGS: Settings = Settings {
+    payload_bytes: 0,
+    first_pass_only: 0,
+};
+
+#[inline(always)]
+pub fn offsets() -> Offsets {
+    // SAFETY: a plain read of our own static; volatile so the compiler does not fold the
+    // zero initialiser (the real values are patched in at load).
+    unsafe { core::ptr::read_volatile(&OFFSETS) }
+}
+
+#[inline(always)]
+pub fn targets() -> &'static Targets {
+    &TARGETS
+}
+
+#[inline(always)]
+pub fn settings() -> Settings {
+    // SAFETY: as for `offsets`.
+    unsafe { core::ptr::read_volatile(&SETTINGS) }
+}
+
+/// Reads a `T` at `base + off` in kernel memory.
+#[inline(always)]
+pub fn read<T>(base: *const u8, off: u32) -> Result<T, i32> {
+    // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an error, not a fault.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize) as *const T) }
+}

@@ -1,0 +1,62 @@
+//! imds-snoop's kernel side: one capture function behind three thin entry points.
+//!
+//! Why `tcp_sendmsg`: every plain-HTTP IMDS request is a TCP send on a connected socket, and
+//! `tcp_sendmsg(sk, msg, size)` is the one function all of them pass through exactly once
+//! (send, sendto, sendmsg, write, writev). Hooking outer layers (`security_socket_sendmsg`,
+//! `sock_sendmsg`) would fire for every socket type; hooking inner ones (`tcp_push`,
+//! `tcp_sendmsg_locked` as a kprobe) would fire several times per request — the existing
+//! BCC tool does both and sees each request two or three times. The destination filter runs
+//! first, before any copy or map access, because this is on the path of every TCP send.
+//!
+//! Entry points (`--attach` in the daemon):
+//! - `fentry/tcp_sendmsg` (5.5+ with BTF and trampolines; the default on AL2023 6.1/6.12),
+//! - `kprobe/tcp_sendmsg` (older kernels, or where trampolines are refused),
+//! - `tp_btf/tcp_sendmsg_locked` (kernels with that tracepoint, 6.6+; it fires once per
+//!   copy-loop pass, so only the pass at iov offset 0 is reported).
+//!
+//! Rust eBPF has no CO-RE: struct offsets come from userspace (BTF of the running kernel)
+//! as the read-only global [`OFFSETS`].
+#![no_std]
+#![no_main]
+
+mod capture;
+mod kernel;
+
+use aya_ebpf::{
+    macros::{btf_tracepoint, fentry, kprobe},
+    programs::{BtfTracePointContext, FEntryContext, ProbeContext},
+};
+
+/// `int tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size)`
+#[fentry(function = "tcp_sendmsg")]
+pub fn imds_fentry(ctx: FEntryContext) -> u32 {
+    capture::capture(ctx.arg(0), ctx.arg(1));
+    0
+}
+
+/// `int tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size)`
+#[kprobe]
+pub fn imds_kprobe(ctx: ProbeContext) -> u32 {
+    if let (Some(sk), Some(msg)) = (ctx.arg(0), ctx.arg(1)) {
+        capture::capture(sk, msg);
+    }
+    0
+}
+
+/// `TP_PROTO(const struct sock *sk, const struct msghdr *msg, const struct sk_buff *skb,
+/// int size_goal)` in include/trace/events/tcp.h.
+#[btf_tracepoint(function = "tcp_sendmsg_locked")]
+pub fn imds_tracepoint(ctx: BtfTracePointContext) -> u32 {
+    capture::capture(ctx.arg(0), ctx.arg(1));
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,3 @@
+mod http;
+
+fn main() {}
