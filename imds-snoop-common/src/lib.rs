@@ -24,6 +24,12 @@ pub const COMM_LEN: usize = 16;
 
 /// `kind` tag of a [`SendEvent`].
 pub const EVENT_SEND: u32 = 1;
+/// `kind` tag of an [`ExecEvent`].
+pub const EVENT_EXEC: u32 = 2;
+/// `kind` tag of an [`ExitEvent`].
+pub const EVENT_EXIT: u32 = 3;
+/// Bytes of a new program's argv (NUL-separated) recorded at exec. Power of two (masking).
+pub const MAX_ARGV: usize = 512;
 
 /// [`SendEvent::flags`]: the payload is shorter than the send (snippet limit or iovec limit).
 pub const FLAG_TRUNCATED: u32 = 1 << 0;
@@ -95,18 +101,18 @@ pub struct Offsets {
     pub task_group_leader: u32,
     pub task_tgid: u32,
     pub task_comm: u32,
-    pub _pad: u32,
+    pub task_mm: u32,
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
 }
 
-/// The filter's and the snippet's run-time settings.
+/// The snippet's run-time settings.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Settings {
     /// Bytes of payload to copy per send, at most [`MAX_PAYLOAD`].
     pub payload_bytes: u32,
-    /// 1 when the program runs as the `tcp_sendmsg_locked` tracepoint, which fires once per
-    /// copy-loop pass of a send: only the pass at iov offset 0 is reported.
-    pub first_pass_only: u32,
+    pub _pad: u32,
 }
 
 #[repr(C)]
@@ -150,6 +156,32 @@ impl SendEvent {
     pub const HEAD_LEN: usize = core::mem::size_of::<SendEvent>();
 }
 
+/// A process image started (`sched_process_exec`): remembered by the daemon so a caller that
+/// has exited by the time its request is logged still gets its argv.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecEvent {
+    pub kind: u32,
+    pub tgid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub ts_ns: u64,
+    pub argv_len: u32,
+    pub comm: [u8; COMM_LEN],
+    pub _pad: u32,
+    /// NUL-separated argv, `argv_len` bytes of it valid.
+    pub argv: [u8; MAX_ARGV],
+}
+
+/// A process (its thread group leader) exited (`sched_process_exit`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitEvent {
+    pub kind: u32,
+    pub tgid: u32,
+    pub ts_ns: u64,
+}
+
 /// The kernel program's scratch record: the head plus room for a payload written at an
 /// offset that the verifier can only bound by `MAX_PAYLOAD` (so the room is doubled).
 #[repr(C)]
@@ -162,9 +194,12 @@ pub struct SendRecord {
 // Layout guards: a field added on one side only breaks the build here, not at run time.
 const _: () = assert!(core::mem::size_of::<Target>() == 20);
 const _: () = assert!(core::mem::size_of::<Ancestor>() == 20);
-const _: () = assert!(core::mem::size_of::<Offsets>() == 22 * 4);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 24 * 4);
+const _: () = assert!(core::mem::size_of::<ExecEvent>() == 48 + MAX_ARGV);
+const _: () = assert!(core::mem::size_of::<ExitEvent>() == 16);
+const _: () = assert!(MAX_ARGV.is_power_of_two());
 const _: () = assert!(core::mem::size_of::<SendEvent>() == 264);
-const _: () = assert!(core::mem::size_of::<SendEvent>() % 8 == 0);
+const _: () = assert!(core::mem::size_of::<SendEvent>().is_multiple_of(8));
 const _: () = assert!(MAX_PAYLOAD.is_power_of_two());
 
 #[cfg(feature = "user")]

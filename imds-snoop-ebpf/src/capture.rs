@@ -18,7 +18,7 @@ use crate::kernel::{offsets, read, settings, targets};
 
 /// Send events for userspace. Its size is set at load (`--ring-bytes`).
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
 /// Events that could not be emitted, by reason (`DROP_*`), per CPU.
 #[map]
@@ -30,12 +30,12 @@ static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_KINDS, 0);
 static SCRATCH: PerCpuArray<SendRecord> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
-pub fn capture(sk: *const u8, msg: *const u8) {
-    let _ = try_capture(sk, msg);
+pub fn capture(sk: *const u8, msg: *const u8, first_pass_only: bool) {
+    let _ = try_capture(sk, msg, first_pass_only);
 }
 
 #[inline(always)]
-fn try_capture(sk: *const u8, msg: *const u8) -> Result<(), i32> {
+fn try_capture(sk: *const u8, msg: *const u8, first_pass_only: bool) -> Result<(), i32> {
     let o = offsets();
 
     // Hot path: one read and a few compares for every TCP send on the node.
@@ -46,7 +46,7 @@ fn try_capture(sk: *const u8, msg: *const u8) -> Result<(), i32> {
 
     let iter = msg.wrapping_add(o.msg_iter as usize);
     let s = settings();
-    if s.first_pass_only != 0 && read::<usize>(iter, o.iter_iov_offset)? != 0 {
+    if first_pass_only && read::<usize>(iter, o.iter_iov_offset)? != 0 {
         // A later copy-loop pass of a send already reported (tracepoint attach only).
         return Ok(());
     }
@@ -195,7 +195,11 @@ fn fill_process(head: &mut SendEvent, o: &Offsets) {
 #[inline(always)]
 fn copy_payload(rec: &mut SendRecord, iter: *const u8, o: &Offsets, limit: u32) -> usize {
     let count = rec.head.size as usize;
-    let mut want = if (limit as usize) < count { limit as usize } else { count };
+    let mut want = if (limit as usize) < count {
+        limit as usize
+    } else {
+        count
+    };
     if want > MAX_PAYLOAD {
         want = MAX_PAYLOAD;
     }
@@ -285,7 +289,7 @@ fn read_user(rec: &mut SendRecord, off: usize, src: usize, len: usize) -> Result
 }
 
 #[inline(always)]
-fn count_drop(reason: u32) {
+pub fn count_drop(reason: u32) {
     if let Some(c) = DROPS.get_ptr_mut(reason) {
         // SAFETY: per-CPU slot, see SCRATCH.
         unsafe { *c += 1 };

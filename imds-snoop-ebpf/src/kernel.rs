@@ -28,7 +28,9 @@ static OFFSETS: Offsets = Offsets {
     task_group_leader: 0,
     task_tgid: 0,
     task_comm: 0,
-    _pad: 0,
+    task_mm: 0,
+    mm_arg_start: 0,
+    mm_arg_end: 0,
 };
 
 #[unsafe(no_mangle)]
@@ -44,7 +46,7 @@ static TARGETS: Targets = Targets {
 #[unsafe(no_mangle)]
 static SETTINGS: Settings = Settings {
     payload_bytes: 0,
-    first_pass_only: 0,
+    _pad: 0,
 };
 
 #[inline(always)]

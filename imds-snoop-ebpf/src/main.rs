@@ -21,6 +21,7 @@
 
 mod capture;
 mod kernel;
+mod process;
 
 use aya_ebpf::{
     macros::{btf_tracepoint, fentry, kprobe},
@@ -30,7 +31,7 @@ use aya_ebpf::{
 /// `int tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size)`
 #[fentry(function = "tcp_sendmsg")]
 pub fn imds_fentry(ctx: FEntryContext) -> u32 {
-    capture::capture(ctx.arg(0), ctx.arg(1));
+    capture::capture(ctx.arg(0), ctx.arg(1), false);
     0
 }
 
@@ -38,7 +39,7 @@ pub fn imds_fentry(ctx: FEntryContext) -> u32 {
 #[kprobe]
 pub fn imds_kprobe(ctx: ProbeContext) -> u32 {
     if let (Some(sk), Some(msg)) = (ctx.arg(0), ctx.arg(1)) {
-        capture::capture(sk, msg);
+        capture::capture(sk, msg, false);
     }
     0
 }
@@ -47,7 +48,23 @@ pub fn imds_kprobe(ctx: ProbeContext) -> u32 {
 /// int size_goal)` in include/trace/events/tcp.h.
 #[btf_tracepoint(function = "tcp_sendmsg_locked")]
 pub fn imds_tracepoint(ctx: BtfTracePointContext) -> u32 {
-    capture::capture(ctx.arg(0), ctx.arg(1));
+    // Fires once per copy-loop pass of a send: report only the first pass.
+    capture::capture(ctx.arg(0), ctx.arg(1), true);
+    0
+}
+
+/// `TP_PROTO(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`; runs in the
+/// new image's context, so `current->mm` holds the new argv.
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn imds_exec(_ctx: BtfTracePointContext) -> u32 {
+    process::on_exec();
+    0
+}
+
+/// `TP_PROTO(struct task_struct *p)` (6.14 added `bool group_dead`; unused here).
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn imds_exit(_ctx: BtfTracePointContext) -> u32 {
+    process::on_exit();
     0
 }
 

@@ -1,2 +1,1554 @@
-//! Per-socket reassembly, HTTP parsing (httparse), v1/v2 classification and token redaction.
-//! (Being written: see the module contract in the helper brief.)
+//! Per-socket reassembly of IMDS requests from send snippets, HTTP parsing (httparse),
+//! IMDSv1/IMDSv2 classification and token redaction.
+//!
+//! The kernel side hands us, for every send on a socket to IMDS, a copy of (the start of) the
+//! payload. A request's headers may arrive in several sends, several pipelined requests may
+//! arrive in one, and a request body follows its headers. [`Reassembler`] turns that stream of
+//! snippets into one [`Request`] per HTTP request, and never keeps or returns a token value:
+//! tokens are redacted while a `Request` is built, before anything else sees it.
+
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+
+/// The IMDSv2 session token header (compared case-insensitively).
+pub const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
+/// What stands in for a token value, in headers and in `details()`: the anchor tool's marker.
+pub const TOKEN_REDACTED: &str = "**token redacted**";
+/// The IMDSv2 token endpoint (`PUT`).
+const TOKEN_PATH: &str = "/latest/api/token";
+/// httparse's header array on the stack; a request with more headers is parsed again with a
+/// heap array sized from its line count (see [`parse_head`]).
+const MAX_HEADERS: usize = 64;
+/// Sockets with state kept at once; past it, the oldest is evicted (its request emitted).
+const MAX_SOCKETS: usize = 4096;
+/// Bound on a malformed request's escaped snippet in `details()`, in chars.
+const SNIPPET_CHARS: usize = 256;
+/// Shortest run of base64 characters taken for a token outside the token header (see
+/// [`redact_token_like`]); IMDS tokens are 56 characters.
+const TOKEN_LIKE_MIN: usize = 16;
+
+/// What a request is, as far as the IMDS session protocol goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Class {
+    /// A request without a session token: refused where `http_tokens=required`.
+    V1,
+    /// A request carrying `X-aws-ec2-metadata-token`.
+    V2,
+    /// `PUT /latest/api/token`: the start of an IMDSv2 session.
+    V2Token,
+    /// Not HTTP, or HTTP that httparse refuses. Still logged, never dropped.
+    Malformed,
+}
+
+impl Class {
+    /// The anchor tool's label for this class.
+    pub fn label(self) -> &'static str {
+        match self {
+            Class::V1 => "imdsv1(!)",
+            Class::V2 => "imdsv2",
+            Class::V2Token => "imdsv2(token)",
+            Class::Malformed => "malformed(!)",
+        }
+    }
+}
+
+/// One request sent to IMDS, as parsed; token values already redacted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub class: Class,
+    /// As sent, e.g. `GET`.
+    pub method: Option<String>,
+    pub path: Option<String>,
+    /// httparse's minor version: 1 for HTTP/1.1.
+    pub version: Option<u8>,
+    /// Names and values as sent; the token header's value is [`TOKEN_REDACTED`] (and so is any
+    /// token-like run in other values, see [`redact_token_like`]).
+    pub headers: Vec<(String, String)>,
+    /// The header block did not end in the bytes we had.
+    pub truncated: bool,
+    /// Why the request is malformed (httparse's error, not HTTP, ...).
+    pub error: Option<String>,
+    /// Bytes of this request consumed (headers + body).
+    pub bytes: usize,
+    /// For a malformed request: the start of its raw bytes, escaped (printable ASCII kept,
+    /// others as `\xNN`), bounded to 256 chars, any token value redacted.
+    pub snippet: Option<String>,
+}
+
+impl Request {
+    /// The anchor tool's "req details:" text: request line and headers lowercased, joined
+    /// ", ", with a trailing ",", the token header as the bare item `**token redacted**`.
+    /// For a malformed request, the escaped and redacted snippet of its raw bytes.
+    pub fn details(&self) -> String {
+        if self.class == Class::Malformed {
+            return self.snippet.clone().unwrap_or_default();
+        }
+        let mut line = String::new();
+        for part in [self.method.as_deref(), self.path.as_deref()]
+            .into_iter()
+            .flatten()
+        {
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(part);
+        }
+        if let Some(minor) = self.version {
+            line.push_str(&format!(" http/1.{minor}"));
+        }
+        let mut items = vec![clean(&line)];
+        for (name, value) in &self.headers {
+            if is_token_header(name) {
+                items.push(TOKEN_REDACTED.to_string());
+            } else {
+                items.push(clean(&format!("{name}: {value}")));
+            }
+        }
+        let mut out = items.join(", ");
+        out.push(',');
+        out
+    }
+
+    /// A send whose payload the kernel could not read: still a call to IMDS, logged as
+    /// malformed (nothing to classify it by).
+    pub fn unreadable() -> Self {
+        Request {
+            class: Class::Malformed,
+            method: None,
+            path: None,
+            version: None,
+            headers: Vec::new(),
+            truncated: false,
+            error: Some("payload unreadable".to_string()),
+            bytes: 0,
+            snippet: None,
+        }
+    }
+
+    /// The first value of header `name` (case-insensitive).
+    #[allow(
+        dead_code,
+        reason = "module API; the daemon does not look headers up (yet)"
+    )]
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Lowercases (as the anchor does) and escapes control characters, so that no header value
+/// can break a log line or a terminal.
+fn clean(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars().flat_map(char::to_lowercase) {
+        if c.is_control() && c != '\t' {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn is_token_header(name: &str) -> bool {
+    name.eq_ignore_ascii_case(TOKEN_HEADER)
+}
+
+/// `PUT /latest/api/token`, with or without a query, in origin or absolute form.
+fn is_token_put(method: Option<&str>, path: Option<&str>) -> bool {
+    let (Some("PUT"), Some(mut path)) = (method, path) else {
+        return false;
+    };
+    if let Some(rest) = path.strip_prefix("http://") {
+        path = rest.find('/').map_or("/", |i| &rest[i..]);
+    }
+    path.split(['?', '#']).next() == Some(TOKEN_PATH)
+}
+
+fn classify(method: Option<&str>, path: Option<&str>, headers: &[(String, String)]) -> Class {
+    if is_token_put(method, path) {
+        Class::V2Token
+    } else if headers.iter().any(|(n, _)| is_token_header(n)) {
+        Class::V2
+    } else if method.is_some() {
+        Class::V1
+    } else {
+        Class::Malformed
+    }
+}
+
+/// A header as we keep it: the token's value never leaves this function. Other values are
+/// kept, except runs that look like a token: if a send of a head was lost, its neighbours
+/// can join into a header whose name is no longer the token header's.
+fn header_pair(name: &str, value: &[u8]) -> (String, String) {
+    let value = if is_token_header(name) {
+        TOKEN_REDACTED.to_string()
+    } else {
+        String::from_utf8_lossy(&redact_token_like(value)).into_owned()
+    };
+    (name.to_string(), value)
+}
+
+fn malformed(data: &[u8], error: String, truncated: bool, redact_first_line: bool) -> Request {
+    Request {
+        class: Class::Malformed,
+        method: None,
+        path: None,
+        version: None,
+        headers: Vec::new(),
+        truncated,
+        error: Some(error),
+        bytes: data.len(),
+        snippet: Some(snippet(data, redact_first_line)),
+    }
+}
+
+/// What follows a request's headers on the connection.
+#[derive(Debug, PartialEq, Eq)]
+enum Body {
+    None,
+    Length(usize),
+    /// Length unknown until the last chunk: skipped up to the end of the chunked body.
+    Chunked,
+}
+
+/// Parses one request head at the start of `data`: `Ok(None)` while the header block has not
+/// ended. On success, `Request::bytes` is the length of the head alone.
+fn parse_head(data: &[u8]) -> Result<Option<(Request, Body)>, httparse::Error> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match parse_with(data, &mut headers) {
+        Err(httparse::Error::TooManyHeaders) => {
+            // A head cannot have more headers than lines, so this array is always big enough;
+            // its size is bounded by the request bytes we keep.
+            let lines = data.iter().filter(|&&b| b == b'\n').count() + 1;
+            let mut headers = vec![httparse::EMPTY_HEADER; lines];
+            parse_with(data, &mut headers)
+        }
+        other => other,
+    }
+}
+
+fn parse_with<'b>(
+    data: &'b [u8],
+    headers: &mut [httparse::Header<'b>],
+) -> Result<Option<(Request, Body)>, httparse::Error> {
+    let mut req = httparse::Request::new(headers);
+    let head_len = match req.parse(data)? {
+        httparse::Status::Complete(n) => n,
+        httparse::Status::Partial => return Ok(None),
+    };
+    let mut body = Body::None;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("transfer-encoding")
+            && String::from_utf8_lossy(h.value)
+                .to_ascii_lowercase()
+                .contains("chunked")
+        {
+            body = Body::Chunked;
+        } else if h.name.eq_ignore_ascii_case("content-length") && body == Body::None {
+            // An unreadable length is taken as none: the bytes after the head are then parsed
+            // as a request, and show up as malformed if they are not one.
+            let len = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if let Some(len) = len.filter(|&l| l > 0) {
+                body = Body::Length(len);
+            }
+        }
+    }
+    let headers: Vec<_> = req
+        .headers
+        .iter()
+        .map(|h| header_pair(h.name, h.value))
+        .collect();
+    let request = Request {
+        class: classify(req.method, req.path, &headers),
+        method: req.method.map(str::to_string),
+        path: req.path.map(str::to_string),
+        version: req.version,
+        headers,
+        truncated: false,
+        error: None,
+        bytes: head_len,
+        snippet: None,
+    };
+    Ok(Some((request, body)))
+}
+
+/// Best effort on a head that never ended (cut by the kernel, too long, or timed out):
+/// what the complete lines say, plus a header started on the last line, classified from that.
+fn parse_partial(data: &[u8], redact_first_line: bool) -> Request {
+    // Blank lines before a request line are skipped, as httparse does.
+    let start = data
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(data.len());
+    let head = &data[start..];
+    let mut req = match head.iter().rposition(|&b| b == b'\n') {
+        None => partial_request_line(head, redact_first_line && start == 0),
+        Some(last_nl) => {
+            // Close the header block after the last complete line so httparse reads it.
+            let mut closed = head[..=last_nl].to_vec();
+            closed.extend_from_slice(b"\r\n");
+            match parse_head(&closed) {
+                Ok(Some((mut req, _))) => {
+                    let last = trim_cr(&head[last_nl + 1..]);
+                    if let Some(header) = partial_header(last) {
+                        req.headers.push(header);
+                        req.class =
+                            classify(req.method.as_deref(), req.path.as_deref(), &req.headers);
+                    }
+                    req
+                }
+                Ok(None) => malformed(
+                    data,
+                    "truncated before the request line".to_string(),
+                    true,
+                    redact_first_line,
+                ),
+                Err(e) => malformed(data, format!("invalid HTTP: {e}"), true, redact_first_line),
+            }
+        }
+    };
+    req.truncated = true;
+    req.bytes = data.len();
+    req
+}
+
+/// A request line cut before its end: method and path so far, if they look like HTTP.
+fn partial_request_line(data: &[u8], redact_first_line: bool) -> Request {
+    let line = trim_cr(data);
+    let mut parts = line.splitn(3, |&b| b == b' ');
+    let method = parts.next().unwrap_or_default();
+    let path = parts.next();
+    let well_formed = !method.is_empty()
+        && method.iter().all(|&b| is_tchar(b))
+        && path.is_some_and(|p| p.iter().all(|&b| b > b' ' && b != 0x7f));
+    match path {
+        Some(path) if well_formed => {
+            let method = String::from_utf8_lossy(method).into_owned();
+            let path = (!path.is_empty()).then(|| String::from_utf8_lossy(path).into_owned());
+            // A PUT cut inside what can still be the token path is most likely a token PUT
+            // (IMDS takes no other PUT): calling it IMDSv1 would be a false alarm.
+            let class = if method == "PUT" && TOKEN_PATH.starts_with(path.as_deref().unwrap_or(""))
+            {
+                Class::V2Token
+            } else {
+                classify(Some(&method), path.as_deref(), &[])
+            };
+            Request {
+                class,
+                method: Some(method),
+                path,
+                version: None,
+                headers: Vec::new(),
+                truncated: true,
+                error: None,
+                bytes: data.len(),
+                snippet: None,
+            }
+        }
+        _ => malformed(
+            data,
+            "truncated in the request line".to_string(),
+            true,
+            redact_first_line,
+        ),
+    }
+}
+
+/// A header line cut before its end, if it has a name and a colon. Kept mainly so that a
+/// token header cut mid-value still makes the request IMDSv2 (and is redacted).
+fn partial_header(line: &[u8]) -> Option<(String, String)> {
+    let colon = line.iter().position(|&b| b == b':')?;
+    let name = &line[..colon];
+    if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+        return None;
+    }
+    let name = std::str::from_utf8(name).ok()?;
+    let value = trim_ows(&line[colon + 1..]);
+    if !is_token_header(name) && value.iter().any(|&b| b < b' ' && b != b'\t' || b == 0x7f) {
+        return None;
+    }
+    Some(header_pair(name, value))
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn trim_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+fn trim_ows(mut v: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = v {
+        v = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = v {
+        v = rest;
+    }
+    v
+}
+
+/// The escaped, bounded, redacted text of raw bytes that are not a request we could parse.
+/// `redact_first_line`: the bytes before the first line end may be the rest of a token
+/// whose header name was cut off at the end of the socket's previous send.
+fn snippet(data: &[u8], redact_first_line: bool) -> String {
+    let by_name = redact_raw(data, redact_first_line);
+    let redacted = redact_token_like(&by_name);
+    let mut out = String::with_capacity(SNIPPET_CHARS);
+    // Where to cut if the whole does not fit: room left for the "..." marker.
+    let mut cut = 0;
+    for &b in redacted.iter() {
+        if (0x20..0x7f).contains(&b) && b != b'\\' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+        if out.len() <= SNIPPET_CHARS - 3 {
+            cut = out.len();
+        } else if out.len() > SNIPPET_CHARS {
+            out.truncate(cut);
+            out.push_str("...");
+            break;
+        }
+    }
+    out
+}
+
+/// Replaces every token value in raw bytes (case-insensitive `x-aws-ec2-metadata-token:` up
+/// to the end of the line) with the redaction marker.
+fn redact_raw(data: &[u8], redact_first_line: bool) -> Cow<'_, [u8]> {
+    let mut out: Option<Vec<u8>> = None;
+    let mut copied = 0; // data[..copied] is already in `out`
+    let mut i = 0;
+    if redact_first_line {
+        let end = line_end(data, 0);
+        out = Some(TOKEN_REDACTED.as_bytes().to_vec());
+        copied = end;
+        i = end;
+    }
+    let name = TOKEN_HEADER.as_bytes();
+    while i + name.len() <= data.len() {
+        if !data[i..i + name.len()].eq_ignore_ascii_case(name) {
+            i += 1;
+            continue;
+        }
+        let mut j = i + name.len();
+        while data.get(j).is_some_and(|&b| b == b' ' || b == b'\t') {
+            j += 1;
+        }
+        if data.get(j) != Some(&b':') {
+            i += 1;
+            continue;
+        }
+        let end = line_end(data, j + 1);
+        let buf = out.get_or_insert_with(Vec::new);
+        buf.extend_from_slice(&data[copied..=j]);
+        buf.push(b' ');
+        buf.extend_from_slice(TOKEN_REDACTED.as_bytes());
+        copied = end;
+        i = end;
+    }
+    match out {
+        None => Cow::Borrowed(data),
+        Some(mut buf) => {
+            buf.extend_from_slice(&data[copied..]);
+            Cow::Owned(buf)
+        }
+    }
+}
+
+/// Defence in depth: a send seen from its middle (lost events, a tracer started
+/// mid-connection) can start inside a token header, past its name. Any long run of base64
+/// characters mixing upper case, lower case and digits is taken for a token (paths, user
+/// agents and instance ids do not look like that).
+fn redact_token_like(data: &[u8]) -> Cow<'_, [u8]> {
+    let is_b64 = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=');
+    let mut out: Option<Vec<u8>> = None;
+    let mut copied = 0; // data[..copied] is already in `out`
+    let mut i = 0;
+    while i < data.len() {
+        if !is_b64(data[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < data.len() && is_b64(data[i]) {
+            i += 1;
+        }
+        let run = &data[start..i];
+        if run.len() >= TOKEN_LIKE_MIN
+            && run.iter().any(u8::is_ascii_uppercase)
+            && run.iter().any(u8::is_ascii_lowercase)
+            && run.iter().any(u8::is_ascii_digit)
+        {
+            let buf = out.get_or_insert_with(Vec::new);
+            buf.extend_from_slice(&data[copied..start]);
+            buf.extend_from_slice(TOKEN_REDACTED.as_bytes());
+            copied = i;
+        }
+    }
+    match out {
+        None => Cow::Borrowed(data),
+        Some(mut buf) => {
+            buf.extend_from_slice(&data[copied..]);
+            Cow::Owned(buf)
+        }
+    }
+}
+
+fn line_end(data: &[u8], from: usize) -> usize {
+    data[from..]
+        .iter()
+        .position(|&b| b == b'\r' || b == b'\n')
+        .map_or(data.len(), |p| from + p)
+}
+
+/// Whether raw bytes end inside a token header (its name, or its value, cut by the end of
+/// the send): then the socket's next bytes up to a line end may be the token.
+fn token_line_open(data: &[u8]) -> bool {
+    let last = &data[data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)..];
+    let name = TOKEN_HEADER.as_bytes();
+    // The whole name, then (optional blanks and) a colon: the value may go on.
+    let named = last.windows(name.len()).enumerate().any(|(i, w)| {
+        w.eq_ignore_ascii_case(name) && {
+            let after = trim_ows(&last[i + name.len()..]);
+            after.is_empty() || after[0] == b':'
+        }
+    });
+    // The name cut short: the line ends with a proper prefix of it.
+    named
+        || (1..name.len())
+            .any(|n| last.len() >= n && last[last.len() - n..].eq_ignore_ascii_case(&name[..n]))
+}
+
+/// Skipping bytes that belong to no request we can log (the rest of an oversized head, a
+/// chunked body) up to the end of the next header block: a blank line.
+#[derive(Debug, Default)]
+struct Skip {
+    /// 0: mid-line, 1: just after `\n`, 2: just after `\n\r`.
+    state: u8,
+}
+
+impl Skip {
+    /// Where in `data` the skipped part ends (just after the blank line), if it does.
+    fn scan(&mut self, data: &[u8]) -> Option<usize> {
+        for (i, &b) in data.iter().enumerate() {
+            self.state = match (self.state, b) {
+                (1 | 2, b'\n') => {
+                    self.state = 0;
+                    return Some(i + 1);
+                }
+                (1, b'\r') => 2,
+                (_, b'\n') => 1,
+                _ => 0,
+            };
+        }
+        None
+    }
+}
+
+/// Whether a send starts like a new request (`METHOD SP /...`): ends a skip early, so that
+/// the request after an oversized one is not lost.
+fn looks_like_request_start(data: &[u8]) -> bool {
+    let Some(sp) = data.iter().take(17).position(|&b| b == b' ') else {
+        return false;
+    };
+    sp > 0
+        && data[..sp].iter().all(u8::is_ascii_uppercase)
+        && matches!(data.get(sp + 1), Some(b'/' | b'*' | b'h' | b'H'))
+}
+
+/// A request whose head has not ended yet.
+struct Pending<T> {
+    /// Context of the request's first send.
+    ctx: T,
+    buf: Vec<u8>,
+    first_seen: Instant,
+}
+
+/// What we remember about one socket between sends.
+struct Socket<T> {
+    pending: Option<Pending<T>>,
+    /// Body bytes of an already emitted request still to come.
+    body_left: usize,
+    skip: Option<Skip>,
+    redact_first_line: bool,
+    last_seen: Instant,
+}
+
+impl<T> Socket<T> {
+    fn is_idle(&self) -> bool {
+        self.pending.is_none()
+            && self.body_left == 0
+            && self.skip.is_none()
+            && !self.redact_first_line
+    }
+}
+
+/// Reassembles requests per socket from send snippets (a request's headers may come in
+/// several sends), keeping the context `T` of the first send of each request.
+pub struct Reassembler<T> {
+    max_request_bytes: usize,
+    ttl: Duration,
+    max_sockets: usize,
+    sockets: HashMap<u64, Socket<T>>,
+}
+
+impl<T: Clone> Reassembler<T> {
+    /// `max_request_bytes`: bound on a head kept per socket (over it, the request is emitted
+    /// truncated); `ttl`: how long a head may take to complete.
+    pub fn new(max_request_bytes: usize, ttl: Duration) -> Self {
+        Self {
+            max_request_bytes: max_request_bytes.max(1),
+            ttl,
+            max_sockets: MAX_SOCKETS,
+            sockets: HashMap::new(),
+        }
+    }
+
+    /// `key`: socket identity. `ctx`: context of this send (cloned for each request that
+    /// starts in it). `bytes`: the payload snippet of one send. `snippet_truncated`: the
+    /// kernel copied fewer bytes than the send had, so what follows in this send is unknown:
+    /// what we have is parsed, a request cut there is emitted truncated, and the socket's
+    /// state is dropped. Returns every request complete now (several for pipelined requests),
+    /// each with its context; also those evicted to make room for a new socket.
+    pub fn push(
+        &mut self,
+        key: u64,
+        ctx: T,
+        bytes: &[u8],
+        snippet_truncated: bool,
+        now: Instant,
+    ) -> Vec<(T, Request)> {
+        let mut out = Vec::new();
+        if !self.sockets.contains_key(&key) && self.sockets.len() >= self.max_sockets {
+            self.make_room(now, &mut out);
+        }
+        let max = self.max_request_bytes;
+        let sock = self.sockets.entry(key).or_insert_with(|| Socket {
+            pending: None,
+            body_left: 0,
+            skip: None,
+            redact_first_line: false,
+            last_seen: now,
+        });
+        sock.last_seen = now;
+        if sock.skip.is_some() && sock.body_left == 0 && looks_like_request_start(bytes) {
+            sock.skip = None;
+        }
+        let redact_first_line = std::mem::take(&mut sock.redact_first_line);
+
+        // A pending head goes on with these bytes; otherwise they stand alone.
+        let (mut carried_ctx, carried_seen, data) = match sock.pending.take() {
+            Some(p) => {
+                let mut buf = p.buf;
+                buf.extend_from_slice(bytes);
+                (Some(p.ctx), p.first_seen, Cow::Owned(buf))
+            }
+            None => (None, now, Cow::Borrowed(bytes)),
+        };
+
+        let mut off = 0;
+        while off < data.len() {
+            if sock.body_left > 0 {
+                let n = sock.body_left.min(data.len() - off);
+                sock.body_left -= n;
+                off += n;
+                continue;
+            }
+            if let Some(skip) = sock.skip.as_mut() {
+                match skip.scan(&data[off..]) {
+                    Some(n) => {
+                        sock.skip = None;
+                        off += n;
+                        continue;
+                    }
+                    None => break,
+                }
+            }
+            let rest = &data[off..];
+            // Blank lines between requests (after a body, say) are no request.
+            if rest.iter().all(|&b| b == b'\r' || b == b'\n') {
+                break;
+            }
+            // The carried context belongs to the request at the start of the data only.
+            let first_line_redacted = redact_first_line && off == 0;
+            let (req_ctx, first_seen) = match carried_ctx.take() {
+                Some(c) => (c, carried_seen),
+                None => (ctx.clone(), now),
+            };
+            match parse_head(rest) {
+                Ok(Some((mut req, body))) => {
+                    off += req.bytes;
+                    match body {
+                        Body::None => {}
+                        Body::Length(len) => {
+                            req.bytes += len;
+                            sock.body_left = len;
+                        }
+                        Body::Chunked => sock.skip = Some(Skip::default()),
+                    }
+                    out.push((req_ctx, req));
+                }
+                Ok(None) if rest.len() > max => {
+                    // Over the bound: emit what we have, and skip the rest of this head.
+                    let mut req = parse_partial(&rest[..max], first_line_redacted);
+                    req.bytes = rest.len();
+                    let mut skip = Skip::default();
+                    // Seeds the blank-line search with how the bytes so far end.
+                    let _ = skip.scan(&rest[rest.len().saturating_sub(2)..]);
+                    sock.skip = Some(skip);
+                    sock.redact_first_line = token_line_open(rest);
+                    out.push((req_ctx, req));
+                    break;
+                }
+                Ok(None) if snippet_truncated => {
+                    out.push((req_ctx, parse_partial(rest, first_line_redacted)));
+                    break;
+                }
+                Ok(None) => {
+                    sock.pending = Some(Pending {
+                        ctx: req_ctx,
+                        buf: rest.to_vec(),
+                        first_seen,
+                    });
+                    break;
+                }
+                Err(e) => {
+                    // No way to find where this ends: the rest of the send is one malformed
+                    // request, and the socket's next send starts afresh.
+                    sock.redact_first_line = token_line_open(rest);
+                    let error = format!("invalid HTTP: {e}");
+                    out.push((req_ctx, malformed(rest, error, false, first_line_redacted)));
+                    break;
+                }
+            }
+        }
+
+        if snippet_truncated {
+            // The send went on past what we saw: whatever it held (the rest of a body, of a
+            // token) is unknown, and the socket's next send starts afresh.
+            sock.body_left = 0;
+            sock.skip = None;
+            sock.redact_first_line = false;
+        }
+        if sock.is_idle() {
+            self.sockets.remove(&key);
+        }
+        out
+    }
+
+    /// Requests whose heads did not complete within `ttl` of their first send, emitted
+    /// truncated (classified from what was seen; malformed if nothing parses). Also forgets
+    /// sockets idle for `ttl`.
+    pub fn expire(&mut self, now: Instant) -> Vec<(T, Request)> {
+        let ttl = self.ttl;
+        let mut out = Vec::new();
+        self.sockets.retain(|_, sock| {
+            let stale = sock
+                .pending
+                .take_if(|p| now.saturating_duration_since(p.first_seen) >= ttl);
+            if let Some(p) = stale {
+                out.push(emit_pending(sock, p));
+            }
+            sock.pending.is_some() || now.saturating_duration_since(sock.last_seen) < ttl
+        });
+        out
+    }
+
+    /// Everything pending, at shutdown.
+    pub fn drain(&mut self) -> Vec<(T, Request)> {
+        let mut out = Vec::new();
+        for (_, mut sock) in self.sockets.drain() {
+            if let Some(p) = sock.pending.take() {
+                out.push(emit_pending(&mut sock, p));
+            }
+        }
+        out
+    }
+
+    /// Requests whose heads have not completed yet.
+    #[allow(
+        dead_code,
+        reason = "module API, for tests and metrics; the daemon does not use it (yet)"
+    )]
+    pub fn pending(&self) -> usize {
+        self.sockets
+            .values()
+            .filter(|s| s.pending.is_some())
+            .count()
+    }
+
+    /// Bounded memory: expire what is due, and if that freed nothing, evict the socket
+    /// seen longest ago (emitting its pending request).
+    fn make_room(&mut self, now: Instant, out: &mut Vec<(T, Request)>) {
+        out.extend(self.expire(now));
+        if self.sockets.len() < self.max_sockets {
+            return;
+        }
+        let oldest = self
+            .sockets
+            .iter()
+            .min_by_key(|(_, s)| s.last_seen)
+            .map(|(&k, _)| k);
+        if let Some(mut sock) = oldest.and_then(|k| self.sockets.remove(&k))
+            && let Some(p) = sock.pending.take()
+        {
+            out.push(emit_pending(&mut sock, p));
+        }
+    }
+
+    #[cfg(test)]
+    fn buffered_bytes(&self) -> usize {
+        self.sockets
+            .values()
+            .filter_map(|s| s.pending.as_ref())
+            .map(|p| p.buf.len())
+            .sum()
+    }
+}
+
+/// A pending head given up on (timed out, evicted, shutdown).
+fn emit_pending<T>(sock: &mut Socket<T>, p: Pending<T>) -> (T, Request) {
+    let redact_first_line = std::mem::take(&mut sock.redact_first_line);
+    sock.redact_first_line = token_line_open(&p.buf);
+    (p.ctx, parse_partial(&p.buf, redact_first_line))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    macro_rules! fixture {
+        ($name:literal) => {
+            include_bytes!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../tests/fixtures/requests/",
+                $name
+            ))
+            .as_slice()
+        };
+    }
+
+    /// The fake token the fixtures carry (see tests/fixtures/requests/capture.py).
+    const TOKEN: &str = "AQAEAFakeTokenValueImdsSnoopFixture0123456789abcdefghi==";
+
+    const FIXTURES: &[(&str, &[u8], Class)] = &[
+        (
+            "curl-v1-get-meta-data",
+            fixture!("curl-v1-get-meta-data.http"),
+            Class::V1,
+        ),
+        (
+            "curl-v2-token-put",
+            fixture!("curl-v2-token-put.http"),
+            Class::V2Token,
+        ),
+        (
+            "curl-v2-get-meta-data",
+            fixture!("curl-v2-get-meta-data.http"),
+            Class::V2,
+        ),
+        (
+            "botocore-v2-token-put",
+            fixture!("botocore-v2-token-put.http"),
+            Class::V2Token,
+        ),
+        (
+            "botocore-v2-get-role-list",
+            fixture!("botocore-v2-get-role-list.http"),
+            Class::V2,
+        ),
+        (
+            "botocore-v2-get-role-creds",
+            fixture!("botocore-v2-get-role-creds.http"),
+            Class::V2,
+        ),
+        (
+            "botocore-v1-fallback-token-put",
+            fixture!("botocore-v1-fallback-token-put.http"),
+            Class::V2Token,
+        ),
+        (
+            "botocore-v1-fallback-get-role-list",
+            fixture!("botocore-v1-fallback-get-role-list.http"),
+            Class::V1,
+        ),
+        (
+            "botocore-v1-fallback-get-role-creds",
+            fixture!("botocore-v1-fallback-get-role-creds.http"),
+            Class::V1,
+        ),
+        (
+            "node-sdk-v2-token-put",
+            fixture!("node-sdk-v2-token-put.http"),
+            Class::V2Token,
+        ),
+        (
+            "node-sdk-v2-get-role-list",
+            fixture!("node-sdk-v2-get-role-list.http"),
+            Class::V2,
+        ),
+        (
+            "node-sdk-v2-get-role-creds",
+            fixture!("node-sdk-v2-get-role-creds.http"),
+            Class::V2,
+        ),
+        (
+            "node-sdk-v1-fallback-token-put",
+            fixture!("node-sdk-v1-fallback-token-put.http"),
+            Class::V2Token,
+        ),
+        (
+            "node-sdk-v1-fallback-get-role-list",
+            fixture!("node-sdk-v1-fallback-get-role-list.http"),
+            Class::V1,
+        ),
+        (
+            "node-sdk-v1-fallback-get-role-creds",
+            fixture!("node-sdk-v1-fallback-get-role-creds.http"),
+            Class::V1,
+        ),
+    ];
+
+    const CURL_V1: &[u8] = fixture!("curl-v1-get-meta-data.http");
+    const CURL_V2: &[u8] = fixture!("curl-v2-get-meta-data.http");
+    const BOTO_V2: &[u8] = fixture!("botocore-v2-get-role-creds.http");
+
+    fn reassembler() -> Reassembler<u32> {
+        Reassembler::new(16 * 1024, Duration::from_secs(5))
+    }
+
+    /// Pushes `sends` in order on socket 1 (context: the send's index); all results.
+    fn push_all(r: &mut Reassembler<u32>, sends: &[&[u8]], now: Instant) -> Vec<(u32, Request)> {
+        let mut out = Vec::new();
+        for (i, s) in sends.iter().enumerate() {
+            out.extend(r.push(1, i as u32, s, false, now));
+        }
+        out
+    }
+
+    fn one(bytes: &[u8]) -> Request {
+        let mut out = reassembler().push(1, 0, bytes, false, Instant::now());
+        assert_eq!(out.len(), 1, "{out:?}");
+        out.remove(0).1
+    }
+
+    fn assert_no_token(req: &Request) {
+        let details = req.details();
+        assert!(!details.contains(TOKEN), "{details}");
+        assert!(
+            !details.to_lowercase().contains(&TOKEN.to_lowercase()),
+            "{details}"
+        );
+        assert!(!format!("{req:?}").contains(TOKEN), "{req:?}");
+        for (n, v) in &req.headers {
+            assert!(!v.contains(TOKEN), "{n}: {v}");
+        }
+    }
+
+    #[test]
+    fn fixtures_are_classified() {
+        for &(name, bytes, class) in FIXTURES {
+            let req = one(bytes);
+            assert_eq!(req.class, class, "{name}: {req:?}");
+            assert!(!req.truncated, "{name}");
+            assert_eq!(req.error, None, "{name}");
+            assert_eq!(req.bytes, bytes.len(), "{name}");
+            assert_eq!(req.version, Some(1), "{name}");
+            assert!(req.details().ends_with(','), "{name}");
+            assert_no_token(&req);
+        }
+    }
+
+    #[test]
+    fn fixtures_hold_the_token() {
+        // Otherwise the redaction tests prove nothing.
+        let with_token = FIXTURES
+            .iter()
+            .filter(|(_, b, _)| String::from_utf8_lossy(b).contains(TOKEN))
+            .count();
+        assert_eq!(with_token, 5);
+    }
+
+    #[test]
+    fn details_like_the_anchor() {
+        assert_eq!(
+            one(CURL_V1).details(),
+            "get /latest/meta-data/ http/1.1, host: 169.254.169.254, user-agent: curl/7.88.1, accept: */*,"
+        );
+        assert_eq!(
+            one(CURL_V2).details(),
+            "get /latest/meta-data/ http/1.1, host: 169.254.169.254, user-agent: curl/7.88.1, accept: */*, **token redacted**,"
+        );
+        assert_eq!(
+            one(BOTO_V2).details(),
+            "get /latest/meta-data/iam/security-credentials/my-eks-node-role http/1.1, host: 127.0.0.1:18169, \
+             accept-encoding: identity, **token redacted**, user-agent: botocore/1.43.11 python/3.11.7 linux/6.18.44-fc-v782,"
+        );
+    }
+
+    #[test]
+    fn headers_as_sent_and_redacted() {
+        let req = one(BOTO_V2);
+        assert_eq!(req.method.as_deref(), Some("GET"));
+        assert_eq!(
+            req.path.as_deref(),
+            Some("/latest/meta-data/iam/security-credentials/my-eks-node-role")
+        );
+        assert_eq!(req.headers[2].0, "x-aws-ec2-metadata-token");
+        assert_eq!(req.header("X-AWS-EC2-METADATA-TOKEN"), Some(TOKEN_REDACTED));
+        assert_eq!(
+            req.header("user-agent"),
+            Some("Botocore/1.43.11 Python/3.11.7 Linux/6.18.44-fc-v782")
+        );
+        assert_eq!(req.header("nope"), None);
+    }
+
+    #[test]
+    fn classification_rules() {
+        let r = |s: &str| one(s.as_bytes()).class;
+        assert_eq!(
+            r("PUT /latest/api/token?x=1 HTTP/1.1\r\n\r\n"),
+            Class::V2Token
+        );
+        assert_eq!(
+            r("PUT http://169.254.169.254/latest/api/token HTTP/1.1\r\n\r\n"),
+            Class::V2Token
+        );
+        assert_eq!(r("GET /latest/api/token HTTP/1.1\r\n\r\n"), Class::V1);
+        assert_eq!(r("PUT /latest/api/tokens HTTP/1.1\r\n\r\n"), Class::V1);
+        assert_eq!(
+            r("GET / HTTP/1.0\r\nX-AWS-EC2-METADATA-TOKEN: t\r\n\r\n"),
+            Class::V2
+        );
+        assert_eq!(
+            r("GET / HTTP/1.1\r\nx-aws-ec2-metadata-token-ttl-seconds: 5\r\n\r\n"),
+            Class::V1
+        );
+        assert_eq!(r("GET / HTTP/2.0\r\n\r\n"), Class::Malformed);
+        assert_eq!(Class::V1.label(), "imdsv1(!)");
+        assert_eq!(Class::V2.label(), "imdsv2");
+        assert_eq!(Class::V2Token.label(), "imdsv2(token)");
+        assert_eq!(Class::Malformed.label(), "malformed(!)");
+        assert_eq!(
+            serde_json::to_string(&Class::V2Token).ok().as_deref(),
+            Some("\"v2_token\"")
+        );
+    }
+
+    #[test]
+    fn headers_split_across_2_and_10_sends() {
+        let now = Instant::now();
+        for parts in [2, 10] {
+            let chunk = CURL_V2.len().div_ceil(parts);
+            let sends: Vec<&[u8]> = CURL_V2.chunks(chunk).collect();
+            assert_eq!(sends.len(), parts);
+            let mut r = reassembler();
+            let mut out = Vec::new();
+            for (i, s) in sends.iter().enumerate() {
+                out.extend(r.push(7, i as u32, s, false, now));
+                // Nothing is emitted before the head is whole.
+                assert_eq!(out.is_empty(), i + 1 < parts);
+            }
+            assert_eq!(out.len(), 1);
+            let (ctx, req) = &out[0];
+            assert_eq!(*ctx, 0, "context of the first send");
+            assert_eq!(req.class, Class::V2);
+            assert!(!req.truncated);
+            assert_eq!(req, &one(CURL_V2));
+            assert_no_token(req);
+            assert_eq!(r.pending(), 0);
+            assert!(r.sockets.is_empty());
+        }
+    }
+
+    #[test]
+    fn split_inside_the_token_value() {
+        let at = String::from_utf8_lossy(CURL_V2)
+            .find("FakeToken")
+            .unwrap_or(0);
+        assert!(at > 0);
+        let out = push_all(
+            &mut reassembler(),
+            &[&CURL_V2[..at], &CURL_V2[at..]],
+            Instant::now(),
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].1.class, Class::V2);
+        assert_no_token(&out[0].1);
+    }
+
+    #[test]
+    fn sockets_are_kept_apart() {
+        let mut r = reassembler();
+        let now = Instant::now();
+        let half = CURL_V1.len() / 2;
+        assert!(r.push(1, 10, &CURL_V1[..half], false, now).is_empty());
+        assert!(r.push(2, 20, &CURL_V2[..half], false, now).is_empty());
+        assert_eq!(r.pending(), 2);
+        let a = r.push(2, 21, &CURL_V2[half..], false, now);
+        let b = r.push(1, 11, &CURL_V1[half..], false, now);
+        assert_eq!((a[0].0, a[0].1.class), (20, Class::V2));
+        assert_eq!((b[0].0, b[0].1.class), (10, Class::V1));
+    }
+
+    #[test]
+    fn two_pipelined_requests_in_one_send() {
+        let mut send = CURL_V1.to_vec();
+        send.extend_from_slice(CURL_V2);
+        let out = reassembler().push(1, 5, &send, false, Instant::now());
+        assert_eq!(out.len(), 2);
+        assert_eq!((out[0].0, out[0].1.class), (5, Class::V1));
+        assert_eq!((out[1].0, out[1].1.class), (5, Class::V2));
+        assert_eq!(out[0].1.bytes + out[1].1.bytes, send.len());
+    }
+
+    #[test]
+    fn pipelined_with_a_head_completed_and_another_started() {
+        // Send 0: half of a request. Send 1: its end, a whole request, and half of a third.
+        let half = CURL_V1.len() / 2;
+        let mut send1 = CURL_V1[half..].to_vec();
+        send1.extend_from_slice(BOTO_V2);
+        send1.extend_from_slice(&CURL_V2[..half]);
+        let mut r = reassembler();
+        let now = Instant::now();
+        let out = push_all(&mut r, &[&CURL_V1[..half], &send1, &CURL_V2[half..]], now);
+        let got: Vec<_> = out.iter().map(|(c, q)| (*c, q.class)).collect();
+        assert_eq!(got, [(0, Class::V1), (1, Class::V2), (1, Class::V2)]);
+        assert_eq!(r.pending(), 0);
+    }
+
+    #[test]
+    fn binary_garbage_is_malformed_with_an_escaped_snippet() {
+        let garbage: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        let req = one(&garbage);
+        assert_eq!(req.class, Class::Malformed);
+        assert!(
+            req.error.as_deref().is_some_and(|e| e.contains("invalid")),
+            "{req:?}"
+        );
+        assert_eq!(req.bytes, 1000);
+        let d = req.details();
+        assert!(d.starts_with("\\x00\\x01\\x02"), "{d}");
+        assert!(d.len() <= 256, "{}", d.len());
+        assert!(d.ends_with("..."));
+        assert!(d.bytes().all(|b| (0x20..0x7f).contains(&b)), "{d}");
+
+        let tls = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03";
+        let req = one(tls);
+        assert_eq!(req.class, Class::Malformed);
+        assert_eq!(
+            req.details(),
+            "\\x16\\x03\\x01\\x02\\x00\\x01\\x00\\x01\\xfc\\x03\\x03"
+        );
+    }
+
+    #[test]
+    fn malformed_snippet_redacts_the_token() {
+        // A bad header name makes httparse refuse the whole request.
+        let mut bytes = b"GET / HTTP/1.1\r\nBad Header: x\r\n".to_vec();
+        bytes.extend_from_slice(
+            format!("X-Aws-Ec2-Metadata-Token:{TOKEN}\r\nAccept: */*\r\n\r\n").as_bytes(),
+        );
+        let req = one(&bytes);
+        assert_eq!(req.class, Class::Malformed);
+        assert_no_token(&req);
+        assert_eq!(
+            req.details(),
+            "GET / HTTP/1.1\\x0d\\x0aBad Header: x\\x0d\\x0aX-Aws-Ec2-Metadata-Token: **token redacted**\
+             \\x0d\\x0aAccept: */*\\x0d\\x0a\\x0d\\x0a"
+        );
+    }
+
+    #[test]
+    fn token_cut_between_two_malformed_sends_stays_redacted() {
+        let first = b"\x01garbage\r\nx-aws-ec2-metadata-tok".as_slice();
+        let second = format!("en: {TOKEN}\r\nmore\x02");
+        let out = push_all(
+            &mut reassembler(),
+            &[first, second.as_bytes()],
+            Instant::now(),
+        );
+        assert_eq!(out.len(), 2);
+        for (_, req) in &out {
+            assert_eq!(req.class, Class::Malformed);
+            assert_no_token(req);
+        }
+        assert_eq!(out[1].1.details(), "**token redacted**\\x0d\\x0amore\\x02");
+    }
+
+    #[test]
+    fn send_seen_from_inside_a_token_header_is_redacted() {
+        let at = String::from_utf8_lossy(CURL_V2)
+            .find("metadata-token")
+            .unwrap_or(0);
+        assert!(at > 0);
+        let req = one(&CURL_V2[at..]);
+        assert_eq!(req.class, Class::Malformed);
+        assert_no_token(&req);
+        assert_eq!(
+            req.details(),
+            "metadata-token: **token redacted**\\x0d\\x0a\\x0d\\x0a"
+        );
+        // What does not look like a token stays readable.
+        let req = one(b"\x01GET /latest/meta-data/iam/security-credentials/my-eks-node-role i-0123456789abcdef0");
+        assert_eq!(
+            req.details(),
+            "\\x01GET /latest/meta-data/iam/security-credentials/my-eks-node-role i-0123456789abcdef0"
+        );
+    }
+
+    #[test]
+    fn lost_send_inside_a_head_does_not_leak() {
+        // The send holding "X-aws-ec2-" was lost: the rest joins the previous header.
+        let text = String::from_utf8_lossy(CURL_V2);
+        let (a, b) = (
+            text.find("X-aws").unwrap_or(0),
+            text.find("metadata-token").unwrap_or(0),
+        );
+        assert!(a > 0 && b > a);
+        let out = push_all(
+            &mut reassembler(),
+            &[&CURL_V2[..a - 2], &CURL_V2[b..]],
+            Instant::now(),
+        );
+        assert_eq!(out.len(), 1);
+        assert_no_token(&out[0].1);
+        assert!(
+            out[0]
+                .1
+                .details()
+                .ends_with("accept: */*metadata-token: **token redacted**,")
+        );
+    }
+
+    #[test]
+    fn huge_request_line_is_truncated_with_bounded_memory() {
+        let max = 16 * 1024;
+        let mut line = b"GET /".to_vec();
+        line.resize(64 * 1024, b'a');
+        let now = Instant::now();
+
+        // In one send.
+        let mut r = reassembler();
+        let out = r.push(1, 0, &line, false, now);
+        assert_eq!(out.len(), 1);
+        let req = &out[0].1;
+        assert!(req.truncated);
+        assert_eq!(req.class, Class::V1);
+        assert_eq!(req.method.as_deref(), Some("GET"));
+        assert!(req.path.as_ref().is_some_and(|p| p.len() < max));
+        assert_eq!(r.buffered_bytes(), 0);
+
+        // In 4 KiB sends: one request, never more than the bound kept, and the request
+        // after it is parsed.
+        let mut r = reassembler();
+        let mut out = Vec::new();
+        for chunk in line.chunks(4096) {
+            out.extend(r.push(1, 0, chunk, false, now));
+            assert!(r.buffered_bytes() <= max);
+        }
+        out.extend(r.push(1, 1, b" HTTP/1.1\r\nHost: x\r\n\r\n", false, now));
+        out.extend(r.push(1, 2, CURL_V2, false, now));
+        let got: Vec<_> = out
+            .iter()
+            .map(|(c, q)| (*c, q.class, q.truncated))
+            .collect();
+        assert_eq!(got, [(0, Class::V1, true), (2, Class::V2, false)]);
+        assert!(r.sockets.is_empty());
+    }
+
+    #[test]
+    fn oversized_head_then_new_request_send() {
+        // The skip after an oversized head ends at a send that starts a request.
+        let mut r = Reassembler::new(64, Duration::from_secs(5));
+        let now = Instant::now();
+        let mut out = r.push(1, 0, &[b'a'; 10], false, now);
+        out.extend(r.push(1, 1, &[b'a'; 100], false, now));
+        out.extend(r.push(1, 2, CURL_V1, false, now));
+        let got: Vec<_> = out
+            .iter()
+            .map(|(c, q)| (*c, q.class, q.truncated))
+            .collect();
+        assert_eq!(got, [(0, Class::Malformed, true), (2, Class::V1, false)]);
+    }
+
+    #[test]
+    fn kernel_cut_snippet() {
+        let now = Instant::now();
+        let mut r = reassembler();
+        // Cut inside the token value: still v2, redacted, and no state left.
+        let cut = CURL_V2.len() - 20;
+        let out = r.push(1, 0, &CURL_V2[..cut], true, now);
+        assert_eq!(out.len(), 1);
+        assert!(out[0].1.truncated);
+        assert_eq!(out[0].1.class, Class::V2);
+        assert_eq!(out[0].1.header(TOKEN_HEADER), Some(TOKEN_REDACTED));
+        assert_no_token(&out[0].1);
+        assert_eq!(r.pending(), 0);
+        // Cut in the request line of a token PUT.
+        let out = r.push(2, 0, b"PUT /latest/api/token HT", true, now);
+        assert_eq!((out[0].1.class, out[0].1.truncated), (Class::V2Token, true));
+        // Complete requests before the cut are whole.
+        let mut send = CURL_V1.to_vec();
+        send.extend_from_slice(&CURL_V1[..30]);
+        let out = r.push(3, 0, &send, true, now);
+        let got: Vec<_> = out.iter().map(|(_, q)| (q.class, q.truncated)).collect();
+        assert_eq!(got, [(Class::V1, false), (Class::V1, true)]);
+        // Cut in the body: the next send is a new request, not body.
+        let out = r.push(
+            4,
+            0,
+            b"PUT /x HTTP/1.1\r\nContent-Length: 100\r\n\r\nabc",
+            true,
+            now,
+        );
+        assert_eq!(out.len(), 1);
+        let out = r.push(4, 1, CURL_V1, false, now);
+        assert_eq!((out.len(), out[0].1.class), (1, Class::V1));
+        assert!(r.sockets.is_empty());
+    }
+
+    #[test]
+    fn expire_emits_stale_heads() {
+        let mut r = Reassembler::new(16 * 1024, Duration::from_secs(5));
+        let t0 = Instant::now();
+        let cut = CURL_V2.len() - 20;
+        assert!(r.push(1, 10, &CURL_V2[..cut], false, t0).is_empty());
+        assert!(
+            r.push(2, 20, b"\x01\x02", false, t0 + Duration::from_secs(3))
+                .len()
+                == 1
+        );
+        assert!(
+            r.push(3, 30, b"GE", false, t0 + Duration::from_secs(3))
+                .is_empty()
+        );
+        assert_eq!(r.pending(), 2);
+        assert!(r.expire(t0 + Duration::from_secs(4)).is_empty());
+        let out = r.expire(t0 + Duration::from_secs(5));
+        assert_eq!(out.len(), 1);
+        let (ctx, req) = &out[0];
+        assert_eq!(*ctx, 10);
+        assert!(req.truncated);
+        assert_eq!(req.class, Class::V2);
+        assert_no_token(req);
+        let out = r.expire(t0 + Duration::from_secs(8));
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].0, out[0].1.class), (30, Class::Malformed));
+        assert_eq!(out[0].1.details(), "GE");
+        assert_eq!(r.pending(), 0);
+        assert!(r.sockets.is_empty());
+    }
+
+    #[test]
+    fn drain_at_shutdown() {
+        let mut r = reassembler();
+        let now = Instant::now();
+        r.push(1, 1, &CURL_V1[..20], false, now);
+        r.push(2, 2, &fixture!("curl-v2-token-put.http")[..30], false, now);
+        let mut out = r.drain();
+        out.sort_by_key(|(c, _)| *c);
+        let got: Vec<_> = out
+            .iter()
+            .map(|(c, q)| (*c, q.class, q.truncated))
+            .collect();
+        assert_eq!(got, [(1, Class::V1, true), (2, Class::V2Token, true)]);
+        assert_eq!(r.pending(), 0);
+    }
+
+    #[test]
+    fn socket_count_is_bounded() {
+        let mut r = reassembler();
+        r.max_sockets = 8;
+        let t0 = Instant::now();
+        let mut evicted = Vec::new();
+        for key in 0..20u64 {
+            let at = t0 + Duration::from_millis(key);
+            evicted.extend(r.push(key, key as u32, &CURL_V1[..10], false, at));
+            assert!(r.sockets.len() <= 8);
+        }
+        // The oldest went first.
+        let ctxs: Vec<_> = evicted.iter().map(|(c, _)| *c).collect();
+        assert_eq!(ctxs, (0..12).collect::<Vec<u32>>());
+        assert!(
+            evicted
+                .iter()
+                .all(|(_, q)| q.truncated && q.class == Class::V1)
+        );
+    }
+
+    #[test]
+    fn body_with_content_length_is_not_a_request() {
+        let body = b"GET /latest/meta-data/ HTTP/1.1\r\nHost: x\r\n\r\n";
+        let head = format!(
+            "PUT /latest/api/token HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let now = Instant::now();
+
+        // Body in the same send as the head, then the next request.
+        let mut send = head.as_bytes().to_vec();
+        send.extend_from_slice(body);
+        send.extend_from_slice(CURL_V2);
+        let out = reassembler().push(1, 0, &send, false, now);
+        let got: Vec<_> = out.iter().map(|(_, q)| q.class).collect();
+        assert_eq!(got, [Class::V2Token, Class::V2]);
+        assert_eq!(out[0].1.bytes, head.len() + body.len());
+
+        // Body in later sends, split.
+        let mut r = reassembler();
+        let out = push_all(
+            &mut r,
+            &[head.as_bytes(), &body[..10], &body[10..], CURL_V1],
+            now,
+        );
+        let got: Vec<_> = out.iter().map(|(c, q)| (*c, q.class)).collect();
+        assert_eq!(got, [(0, Class::V2Token), (3, Class::V1)]);
+        assert!(r.sockets.is_empty());
+    }
+
+    #[test]
+    fn chunked_body_is_skipped() {
+        let send = b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+        let mut r = reassembler();
+        let out = push_all(&mut r, &[send.as_slice(), CURL_V1], Instant::now());
+        let got: Vec<_> = out.iter().map(|(c, q)| (*c, q.class)).collect();
+        assert_eq!(got, [(0, Class::V1), (1, Class::V1)]);
+    }
+
+    #[test]
+    fn too_many_headers() {
+        let mut bytes = b"GET /latest/meta-data/ HTTP/1.1\r\n".to_vec();
+        for i in 0..100 {
+            bytes.extend_from_slice(format!("X-Filler-{i}: {i}\r\n").as_bytes());
+        }
+        bytes.extend_from_slice(format!("X-aws-ec2-metadata-token: {TOKEN}\r\n\r\n").as_bytes());
+        let req = one(&bytes);
+        assert_eq!(req.class, Class::V2);
+        assert_eq!(req.headers.len(), 101);
+        assert_no_token(&req);
+    }
+
+    #[test]
+    fn blank_lines_between_requests() {
+        let mut send = b"\r\n".to_vec();
+        send.extend_from_slice(CURL_V1);
+        send.extend_from_slice(b"\r\n");
+        let mut r = reassembler();
+        let out = r.push(1, 0, &send, false, Instant::now());
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].1.class, Class::V1);
+        assert!(r.sockets.is_empty());
+    }
+
+    #[test]
+    fn truncated_after_blank_lines() {
+        let out = reassembler().push(1, 0, b"\r\nPUT /latest/api/to", true, Instant::now());
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].1.class, Class::V2Token);
+        assert_eq!(out[0].1.details(), "put /latest/api/to,");
+        let out = reassembler().push(1, 0, b"\r\n\x00\x01", true, Instant::now());
+        assert_eq!(out[0].1.class, Class::Malformed);
+    }
+
+    /// A small deterministic PRNG (xorshift64), so these tests need no crate.
+    fn rng(seed: u64) -> impl FnMut(usize) -> usize {
+        let mut x = seed.max(1);
+        move |n| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n.max(1) as u64) as usize
+        }
+    }
+
+    #[test]
+    fn all_fixtures_pipelined_in_random_sends() {
+        let stream: Vec<u8> = FIXTURES
+            .iter()
+            .flat_map(|(_, b, _)| b.iter().copied())
+            .collect();
+        let want: Vec<Class> = FIXTURES.iter().map(|(_, _, c)| *c).collect();
+        for seed in 1..200 {
+            let mut next = rng(seed);
+            let mut r = reassembler();
+            let now = Instant::now();
+            let mut out = Vec::new();
+            let mut off = 0;
+            while off < stream.len() {
+                let n = 1 + next(300);
+                let end = (off + n).min(stream.len());
+                out.extend(r.push(1, off as u32, &stream[off..end], false, now));
+                off = end;
+            }
+            let got: Vec<Class> = out.iter().map(|(_, q)| q.class).collect();
+            assert_eq!(got, want, "seed {seed}");
+            for (_, q) in &out {
+                assert!(!q.truncated);
+                assert_no_token(q);
+            }
+            assert!(r.sockets.is_empty());
+        }
+    }
+
+    #[test]
+    fn random_cuts_and_garbage_never_leak_or_panic() {
+        let stream: Vec<u8> = FIXTURES
+            .iter()
+            .flat_map(|(_, b, _)| b.iter().copied())
+            .collect();
+        let mut next = rng(42);
+        let mut r = Reassembler::new(256, Duration::from_secs(1));
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        for i in 0..5000u64 {
+            let at = next(stream.len());
+            let len = next(400);
+            let mut send = stream[at..(at + len).min(stream.len())].to_vec();
+            if next(4) == 0 && !send.is_empty() {
+                // Flip a byte.
+                let j = next(send.len());
+                send[j] = next(256) as u8;
+            }
+            let now = t0 + Duration::from_millis(i * 10);
+            out.extend(r.push(next(8) as u64, 0, &send, next(5) == 0, now));
+            out.extend(r.expire(now));
+        }
+        out.extend(r.drain());
+        assert!(out.len() > 1000);
+        for (_, q) in &out {
+            assert!(q.details().len() <= 2 * 1024, "{}", q.details().len());
+            if q.class == Class::Malformed {
+                assert!(q.details().len() <= 256);
+            }
+            assert_no_token(q);
+        }
+    }
+
+    #[test]
+    fn unreadable_payload() {
+        let req = Request::unreadable();
+        assert_eq!(req.class, Class::Malformed);
+        assert_eq!(req.details(), "");
+        assert!(req.error.is_some());
+    }
+
+    #[test]
+    fn details_escape_control_characters() {
+        let req = one(b"GET / HTTP/1.1\r\nX-Odd: a\xc2\x85b\r\n\r\n");
+        assert_eq!(req.details(), "get / http/1.1, x-odd: a\\u{85}b,");
+    }
+}

@@ -1,0 +1,111 @@
+//! Exec and exit of processes, so the daemon knows the argv of a caller (and of its shell)
+//! that is gone by the time its request is logged: `sh -c 'curl ...'` in an init container
+//! or a cron job exits within milliseconds.
+//!
+//! BTF tracepoints, not kprobes: `sched_process_exec` and `sched_process_exit` are stable
+//! tracepoints on every kernel from 5.5 and load where kprobes and fentry are refused.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid,
+        bpf_ktime_get_boot_ns, generated::bpf_probe_read_user,
+    },
+    macros::map,
+    maps::PerCpuArray,
+};
+use imds_snoop_common::{
+    COMM_LEN, DROP_NO_SCRATCH, DROP_RINGBUF_FULL, EVENT_EXEC, EVENT_EXIT, ExecEvent, ExitEvent,
+    MAX_ARGV,
+};
+
+use crate::{
+    capture::{EVENTS, count_drop},
+    kernel::{offsets, read},
+};
+
+/// Too big for the BPF stack; one per CPU.
+#[map]
+static EXEC_SCRATCH: PerCpuArray<ExecEvent> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn on_exec() {
+    let o = offsets();
+    let Some(ev) = EXEC_SCRATCH.get_ptr_mut(0) else {
+        count_drop(DROP_NO_SCRATCH);
+        return;
+    };
+    // SAFETY: per-CPU map value, not shared with a concurrent program run on this CPU.
+    let ev = unsafe { &mut *ev };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    ev.kind = EVENT_EXEC;
+    ev.tgid = (pid_tgid >> 32) as u32;
+    ev.uid = bpf_get_current_uid_gid() as u32;
+    ev.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
+    ev.comm = [0; COMM_LEN];
+    ev.ppid = 0;
+    ev.argv_len = 0;
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    if let Ok(comm) = read::<[u8; COMM_LEN]>(task, o.task_comm) {
+        ev.comm = comm;
+    }
+    if let Ok(parent) = read::<*const u8>(task, o.task_real_parent)
+        && let Ok(ppid) = read::<u32>(parent, o.task_tgid)
+    {
+        ev.ppid = ppid;
+    }
+    if let Ok(mm) = read::<*const u8>(task, o.task_mm)
+        && let (Ok(start), Ok(end)) = (
+            read::<usize>(mm, o.mm_arg_start),
+            read::<usize>(mm, o.mm_arg_end),
+        )
+        && end > start
+    {
+        let len = end - start;
+        let len = if len > MAX_ARGV { MAX_ARGV } else { len };
+        // The mask is what lets the verifier bound the length.
+        let len = len & (MAX_ARGV * 2 - 1);
+        if len > 0 && len <= MAX_ARGV {
+            // SAFETY: len <= MAX_ARGV = size of ev.argv; the helper checks the user address.
+            let ret = unsafe {
+                bpf_probe_read_user(
+                    ev.argv.as_mut_ptr() as *mut _,
+                    len as u32,
+                    start as *const _,
+                )
+            };
+            if ret == 0 {
+                ev.argv_len = len as u32;
+            }
+        }
+    }
+    // SAFETY: ev is a map value of size_of::<ExecEvent>() bytes.
+    let ret = unsafe {
+        aya_ebpf::helpers::generated::bpf_ringbuf_output(
+            core::ptr::addr_of!(EVENTS) as *mut _,
+            ev as *mut ExecEvent as *mut _,
+            core::mem::size_of::<ExecEvent>() as u64,
+            0,
+        )
+    };
+    if ret < 0 {
+        count_drop(DROP_RINGBUF_FULL);
+    }
+}
+
+#[inline(always)]
+pub fn on_exit() {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    if tgid != tid {
+        // A thread, not the process.
+        return;
+    }
+    let ev = ExitEvent {
+        kind: EVENT_EXIT,
+        tgid,
+        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+    };
+    if EVENTS.output::<ExitEvent>(&ev, 0).is_err() {
+        count_drop(DROP_RINGBUF_FULL);
+    }
+}

@@ -1,0 +1,317 @@
+//! Kernel struct offsets and enum values, read from the running kernel's BTF.
+//!
+//! Rust eBPF programs get no CO-RE relocations, so instead of compiling offsets in we look
+//! every field up here at start and hand the table to the kernel program as a read-only
+//! global ([`Offsets`]). Each field is named by a path of member names; anonymous structs and
+//! unions on the way are searched through, so one path serves every layout from 5.10 to 6.18
+//! (e.g. `iov_iter.count` moved into an anonymous struct in 6.4). Where a member was renamed
+//! the table lists the alternatives in order (`__iov` from 6.4, `iov` before). A field that
+//! cannot be found is an error naming the kernel, never a guessed offset.
+
+use std::path::Path;
+
+use btf_rs::{Btf, Type};
+use imds_snoop_common::Offsets;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error(
+        "cannot read kernel BTF at {path} ({source}); imds-snoop needs it to find struct \
+         offsets, and a kernel built without CONFIG_DEBUG_INFO_BTF has none (every AL2023, \
+         Bottlerocket and recent Debian/Ubuntu kernel has it)"
+    )]
+    Missing {
+        path: String,
+        #[source]
+        source: btf_rs::Error,
+    },
+    #[error("kernel {kernel}: BTF has no {what}; this kernel layout is not supported")]
+    NotFound { kernel: String, what: String },
+    #[error("kernel {kernel}: reading BTF for {what}: {source}")]
+    Read {
+        kernel: String,
+        what: String,
+        #[source]
+        source: btf_rs::Error,
+    },
+}
+
+/// The running kernel's release, for error messages.
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+pub struct KernelBtf {
+    btf: Btf,
+    kernel: String,
+}
+
+impl KernelBtf {
+    pub fn load(path: &Path) -> Result<Self, BtfError> {
+        let btf = Btf::from_file(path).map_err(|source| BtfError::Missing {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(Self {
+            btf,
+            kernel: kernel_release(),
+        })
+    }
+
+    /// Resolves every offset the kernel program reads.
+    pub fn offsets(&self) -> Result<Offsets, BtfError> {
+        let common = self.offset("sock", &[&["__sk_common"]])?;
+        let sk = |field: &str| -> Result<u32, BtfError> {
+            Ok(common + self.offset("sock_common", &[&[field]])?)
+        };
+        let iter = |paths: &[&[&str]]| self.offset("iov_iter", paths);
+        // 5.10 has `unsigned int type` (iterator kind | direction bit); 5.14+ `u8 iter_type`.
+        let (iter_type, iter_type_size, iter_type_mask) =
+            match self.member("iov_iter", &[&["iter_type"]]) {
+                Ok((off, size)) => (off, size, u32::MAX),
+                Err(_) => {
+                    let (off, size) = self.member("iov_iter", &[&["type"]])?;
+                    // `iov_iter_type()` on 5.10: `i->type & ~(READ | WRITE)`, READ=0, WRITE=1.
+                    (off, size, !1u32)
+                }
+            };
+        Ok(Offsets {
+            sk_family: sk("skc_family")?,
+            sk_dport: sk("skc_dport")?,
+            sk_daddr: sk("skc_daddr")?,
+            sk_v6_daddr: sk("skc_v6_daddr")?,
+            sk_net: sk("skc_net")?,
+            net_inum: self.offset("net", &[&["ns", "inum"]])?,
+            msg_iter: self.offset("msghdr", &[&["msg_iter"]])?,
+            iter_type,
+            iter_type_size,
+            iter_type_mask,
+            iter_iov_offset: iter(&[&["iov_offset"]])?,
+            iter_count: iter(&[&["count"]])?,
+            iter_iov: iter(&[&["__iov"], &["iov"]])?,
+            // Before 6.0 there is no ubuf member; the iovec pointer's slot is as good as any
+            // since ITER_UBUF never matches there.
+            iter_ubuf: iter(&[&["ubuf"], &["iov"]])?,
+            iter_nr_segs: iter(&[&["nr_segs"]])?,
+            iter_iovec: self.enum_value("iter_type", "ITER_IOVEC")?,
+            iter_ubuf_kind: self
+                .enum_value("iter_type", "ITER_UBUF")
+                .unwrap_or(u32::MAX),
+            task_real_parent: self.offset("task_struct", &[&["real_parent"]])?,
+            task_group_leader: self.offset("task_struct", &[&["group_leader"]])?,
+            task_tgid: self.offset("task_struct", &[&["tgid"]])?,
+            task_comm: self.offset("task_struct", &[&["comm"]])?,
+            task_mm: self.offset("task_struct", &[&["mm"]])?,
+            mm_arg_start: self.offset("mm_struct", &[&["arg_start"]])?,
+            mm_arg_end: self.offset("mm_struct", &[&["arg_end"]])?,
+        })
+    }
+
+    /// Whether the kernel has a BTF-enabled tracepoint `name` (its `btf_trace_<name>` typedef).
+    pub fn has_btf_tracepoint(&self, name: &str) -> bool {
+        self.btf
+            .resolve_ids_by_name(&format!("btf_trace_{name}"))
+            .is_ok_and(|ids| !ids.is_empty())
+    }
+
+    pub fn kernel(&self) -> &str {
+        &self.kernel
+    }
+
+    fn offset(&self, strukt: &str, paths: &[&[&str]]) -> Result<u32, BtfError> {
+        self.member(strukt, paths).map(|(off, _)| off)
+    }
+
+    /// Byte offset and size of the first path in `paths` that exists in `struct strukt`.
+    fn member(&self, strukt: &str, paths: &[&[&str]]) -> Result<(u32, u32), BtfError> {
+        let root = self.struct_type(strukt)?;
+        for path in paths {
+            if let Some(found) = self.walk(&root, path)? {
+                return Ok(found);
+            }
+        }
+        let tried: Vec<String> = paths.iter().map(|p| p.join(".")).collect();
+        Err(self.not_found(format!("member {strukt}.{}", tried.join(" or "))))
+    }
+
+    fn struct_type(&self, name: &str) -> Result<Type, BtfError> {
+        let types = self
+            .btf
+            .resolve_types_by_name(name)
+            .map_err(|source| self.read_err(format!("struct {name}"), source))?;
+        types
+            .into_iter()
+            .find(|t| matches!(t, Type::Struct(s) if !s.members.is_empty()))
+            .ok_or_else(|| self.not_found(format!("struct {name}")))
+    }
+
+    /// Follows `path` from `ty`; returns (bit offset / 8, byte size of the last member).
+    fn walk(&self, ty: &Type, path: &[&str]) -> Result<Option<(u32, u32)>, BtfError> {
+        let Some((first, rest)) = path.split_first() else {
+            return Ok(None);
+        };
+        let Some((bits, member_ty)) = self.find_member(ty, first)? else {
+            return Ok(None);
+        };
+        let here = bits / 8;
+        if rest.is_empty() {
+            return Ok(Some((here, self.size_of(&member_ty)?)));
+        }
+        Ok(self
+            .walk(&member_ty, rest)?
+            .map(|(off, size)| (here + off, size)))
+    }
+
+    /// Finds member `name` in a struct or union, searching anonymous members recursively.
+    /// Returns its bit offset from the start of `ty` and its (resolved) type.
+    fn find_member(&self, ty: &Type, name: &str) -> Result<Option<(u32, Type)>, BtfError> {
+        let (Type::Struct(s) | Type::Union(s)) = ty else {
+            return Ok(None);
+        };
+        for m in &s.members {
+            let mname = self
+                .btf
+                .resolve_name(m)
+                .map_err(|source| self.read_err(format!("member name {name}"), source))?;
+            let mty = self.resolve(
+                self.btf
+                    .resolve_chained_type(m)
+                    .map_err(|source| self.read_err(format!("type of {name}"), source))?,
+            )?;
+            if mname == name {
+                return Ok(Some((m.bit_offset(), mty)));
+            }
+            if mname.is_empty()
+                && let Some((bits, found)) = self.find_member(&mty, name)?
+            {
+                return Ok(Some((m.bit_offset() + bits, found)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Strips typedefs and qualifiers.
+    fn resolve(&self, mut ty: Type) -> Result<Type, BtfError> {
+        for _ in 0..32 {
+            match &ty {
+                Type::Typedef(_)
+                | Type::Const(_)
+                | Type::Volatile(_)
+                | Type::Restrict(_)
+                | Type::TypeTag(_) => {
+                    let inner = ty.as_btf_type().expect("qualifiers are BTF types");
+                    ty = self
+                        .btf
+                        .resolve_chained_type(inner)
+                        .map_err(|source| self.read_err("typedef".into(), source))?;
+                }
+                _ => return Ok(ty),
+            }
+        }
+        Err(self.not_found("end of a typedef chain".into()))
+    }
+
+    fn size_of(&self, ty: &Type) -> Result<u32, BtfError> {
+        Ok(match ty {
+            Type::Int(i) => i.size() as u32,
+            Type::Enum(e) => e.size() as u32,
+            Type::Enum64(e) => e.size() as u32,
+            Type::Struct(s) | Type::Union(s) => s.size() as u32,
+            Type::Ptr(_) => 8,
+            // Arrays and the rest: the kernel program reads fixed-size values of its own.
+            _ => 0,
+        })
+    }
+
+    /// The value of enumerator `name` of `enum enum_name`.
+    fn enum_value(&self, enum_name: &str, name: &str) -> Result<u32, BtfError> {
+        let types = self
+            .btf
+            .resolve_types_by_name(enum_name)
+            .map_err(|source| self.read_err(format!("enum {enum_name}"), source))?;
+        for ty in &types {
+            if let Type::Enum(e) = ty {
+                for m in &e.members {
+                    if self.btf.resolve_name(m).is_ok_and(|n| n == name) {
+                        return Ok(m.val());
+                    }
+                }
+            }
+        }
+        Err(self.not_found(format!("enumerator {enum_name}::{name}")))
+    }
+
+    fn not_found(&self, what: String) -> BtfError {
+        BtfError::NotFound {
+            kernel: self.kernel.clone(),
+            what,
+        }
+    }
+
+    fn read_err(&self, what: String, source: btf_rs::Error) -> BtfError {
+        BtfError::Read {
+            kernel: self.kernel.clone(),
+            what,
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kernel this runs on must give a complete, plausible table. Runs against the
+    /// machine's own BTF (the kernel matrix runs it on 5.10, 6.1 and 6.12 too).
+    #[test]
+    fn offsets_of_running_kernel_are_plausible() {
+        let path = Path::new("/sys/kernel/btf/vmlinux");
+        if !path.exists() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI: /sys/kernel/btf/vmlinux missing"
+            );
+            eprintln!("SKIPPED: no /sys/kernel/btf/vmlinux on this machine");
+            return;
+        }
+        let btf = KernelBtf::load(path).expect("load BTF");
+        let o = btf.offsets().expect("resolve offsets");
+        // sock_common: family, ports and addresses live in its first 64 bytes.
+        assert!(
+            o.sk_daddr < 64 && o.sk_dport < 64 && o.sk_family < 64,
+            "{o:?}"
+        );
+        assert!(o.sk_v6_daddr >= 16, "{o:?}");
+        assert_ne!(o.iter_count, o.iter_iov_offset, "{o:?}");
+        assert_ne!(o.iter_iov, o.iter_count, "{o:?}");
+        assert!(o.iter_type_size == 1 || o.iter_type_size == 4, "{o:?}");
+        assert_ne!(o.iter_iovec, o.iter_ubuf_kind, "{o:?}");
+        assert!(o.task_comm > o.task_tgid, "{o:?}");
+    }
+
+    #[test]
+    fn missing_member_is_an_error_naming_the_kernel() {
+        let path = Path::new("/sys/kernel/btf/vmlinux");
+        if !path.exists() {
+            return;
+        }
+        let btf = KernelBtf::load(path).expect("load BTF");
+        let err = btf
+            .offset("iov_iter", &[&["no_such_member"]])
+            .expect_err("must fail");
+        let msg = err.to_string();
+        assert!(msg.contains("iov_iter.no_such_member"), "{msg}");
+        assert!(msg.contains(btf.kernel()), "{msg}");
+    }
+
+    #[test]
+    fn missing_btf_file_says_so() {
+        let Err(err) = KernelBtf::load(Path::new("/nonexistent/vmlinux")) else {
+            panic!("loading a missing BTF file must fail");
+        };
+        assert!(err.to_string().contains("CONFIG_DEBUG_INFO_BTF"), "{err}");
+        assert!(err.to_string().contains("/nonexistent/vmlinux"), "{err}");
+    }
+}

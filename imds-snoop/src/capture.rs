@@ -1,0 +1,383 @@
+//! Loads the kernel program, attaches it to the first hook this kernel accepts, and hands
+//! out the ring buffer. The only module that talks to the kernel's BPF interfaces.
+//!
+//! Attach order for `--attach auto`, each refusal logged in one line:
+//! 1. `fentry/tcp_sendmsg`: cheapest (a BPF trampoline, no int3), on every AL2023 kernel.
+//! 2. `kprobe/tcp_sendmsg`: older kernels, or kernels that refuse trampolines.
+//! 3. `tp_btf/tcp_sendmsg_locked`: kernels with that tracepoint (6.6+), for when the first two
+//!    are refused (this project's CI kernel refuses fentry and has no kprobes).
+
+use std::{fmt, net::IpAddr, path::Path};
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, FEntry, KProbe, ProgramError},
+};
+use imds_snoop_common::{
+    AF_INET, AF_INET6, DROP_KINDS, MAX_PAYLOAD, MAX_TARGETS, Settings, Target, Targets,
+};
+use tracing::{debug, warn};
+
+use crate::btf::{BtfError, KernelBtf};
+
+/// The kernel object, built by build.rs (aya-build) and embedded in the binary.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/imds-snoop"));
+
+const SEND_FUNCTION: &str = "tcp_sendmsg";
+const SEND_TRACEPOINT: &str = "tcp_sendmsg_locked";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    Auto,
+    Fentry,
+    Kprobe,
+    Tracepoint,
+}
+
+impl fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AttachMode::Auto => "auto",
+            AttachMode::Fentry => "fentry (fentry/tcp_sendmsg)",
+            AttachMode::Kprobe => "kprobe (kprobe/tcp_sendmsg)",
+            AttachMode::Tracepoint => "tracepoint (tp_btf/tcp_sendmsg_locked)",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error(
+        "this binary was built without its kernel program (AYA_BUILD_SKIP was set): rebuild \
+         without it"
+    )]
+    NoObject,
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+    #[error("loading kernel BTF for program verification: {0}")]
+    AyaBtf(#[source] aya::BtfError),
+    #[error(
+        "permission denied loading BPF programs: run as root, or with CAP_BPF, CAP_PERFMON and \
+         CAP_SYS_RESOURCE ({0})"
+    )]
+    Permission(#[source] aya::EbpfError),
+    #[error(
+        "loading the kernel program failed: {0} (this kernel may be too old: imds-snoop needs \
+         5.8+ for the BPF ring buffer)"
+    )]
+    Load(#[source] aya::EbpfError),
+    #[error("no attach point worked on kernel {kernel}: {tried}")]
+    NoAttach { kernel: String, tried: String },
+    #[error("kernel program is missing {0}")]
+    Missing(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("at most {MAX_TARGETS} targets can be traced, {0} were given")]
+    TooManyTargets(usize),
+    #[error("--payload-bytes must be between 64 and {MAX_PAYLOAD}, got {0}")]
+    PayloadBytes(u32),
+    #[error("--ring-bytes must be a power of two of at least 4096, got {0}")]
+    RingBytes(u32),
+}
+
+pub struct CaptureOptions<'a> {
+    pub attach: AttachMode,
+    pub targets: &'a [(IpAddr, u16)],
+    pub payload_bytes: u32,
+    pub ring_bytes: u32,
+    pub btf_path: &'a Path,
+}
+
+/// A loaded and attached kernel program. Dropping it detaches everything.
+pub struct Capture {
+    ebpf: Ebpf,
+    pub attached: AttachMode,
+}
+
+impl Capture {
+    pub fn start(opts: &CaptureOptions<'_>) -> Result<Self, CaptureError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(CaptureError::NoObject);
+        }
+        if !(64..=MAX_PAYLOAD as u32).contains(&opts.payload_bytes) {
+            return Err(CaptureError::PayloadBytes(opts.payload_bytes));
+        }
+        // The kernel wants a power-of-two multiple of the page size.
+        if !opts.ring_bytes.is_power_of_two() || opts.ring_bytes < 4096 {
+            return Err(CaptureError::RingBytes(opts.ring_bytes));
+        }
+        let kbtf = KernelBtf::load(opts.btf_path)?;
+        let offsets = kbtf.offsets()?;
+        let targets = targets_table(opts.targets)?;
+        let settings = Settings {
+            payload_bytes: opts.payload_bytes,
+            _pad: 0,
+        };
+        raise_memlock_limit();
+
+        let mut ebpf = EbpfLoader::new()
+            .override_global("OFFSETS", &offsets, true)
+            .override_global("TARGETS", &targets, true)
+            .override_global("SETTINGS", &settings, true)
+            .map_max_entries("EVENTS", opts.ring_bytes)
+            .load(EBPF_OBJECT)
+            .map_err(|e| {
+                if is_permission_error(&e) {
+                    CaptureError::Permission(e)
+                } else {
+                    CaptureError::Load(e)
+                }
+            })?;
+        let btf = Btf::parse_file(opts.btf_path, aya::Endianness::default())
+            .map_err(CaptureError::AyaBtf)?;
+
+        let order: &[AttachMode] = match opts.attach {
+            AttachMode::Auto => &[
+                AttachMode::Fentry,
+                AttachMode::Kprobe,
+                AttachMode::Tracepoint,
+            ],
+            one => std::slice::from_ref(match one {
+                AttachMode::Fentry => &AttachMode::Fentry,
+                AttachMode::Kprobe => &AttachMode::Kprobe,
+                _ => &AttachMode::Tracepoint,
+            }),
+        };
+        attach_process_tracking(&mut ebpf, &btf);
+        let mut tried = Vec::new();
+        for &mode in order {
+            match attach(&mut ebpf, mode, &btf, &kbtf) {
+                Ok(()) => {
+                    return Ok(Self {
+                        ebpf,
+                        attached: mode,
+                    });
+                }
+                Err(e) => {
+                    let msg = format!("{mode} refused: {}", one_line(&e));
+                    if opts.attach == AttachMode::Auto {
+                        warn!("{msg}; trying the next attach point");
+                    }
+                    tried.push(msg);
+                }
+            }
+        }
+        Err(CaptureError::NoAttach {
+            kernel: kbtf.kernel().to_owned(),
+            tried: tried.join("; "),
+        })
+    }
+
+    /// The ring buffer of send events; taken once, by the poll loop.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, CaptureError> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or(CaptureError::Missing("map EVENTS"))?;
+        RingBuf::try_from(map).map_err(|source| CaptureError::Map {
+            name: "EVENTS",
+            source,
+        })
+    }
+
+    /// Events the kernel could not hand over, summed over CPUs, by `DROP_*` reason.
+    pub fn drops(&self) -> Result<[u64; DROP_KINDS as usize], CaptureError> {
+        let map = self
+            .ebpf
+            .map("DROPS")
+            .ok_or(CaptureError::Missing("map DROPS"))?;
+        let drops = PerCpuArray::<_, u64>::try_from(map).map_err(|source| CaptureError::Map {
+            name: "DROPS",
+            source,
+        })?;
+        let mut out = [0u64; DROP_KINDS as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let per_cpu = drops
+                .get(&(i as u32), 0)
+                .map_err(|source| CaptureError::Map {
+                    name: "DROPS",
+                    source,
+                })?;
+            *slot = per_cpu.iter().sum();
+        }
+        Ok(out)
+    }
+}
+
+fn attach(
+    ebpf: &mut Ebpf,
+    mode: AttachMode,
+    btf: &Btf,
+    kbtf: &KernelBtf,
+) -> Result<(), ProgramError> {
+    match mode {
+        AttachMode::Fentry => {
+            let p: &mut FEntry = program(ebpf, "imds_fentry")?;
+            p.load(SEND_FUNCTION, btf)?;
+            attach_or_unload(p.attach().map(drop), || p.unload())
+        }
+        AttachMode::Kprobe => {
+            let p: &mut KProbe = program(ebpf, "imds_kprobe")?;
+            p.load()?;
+            attach_or_unload(p.attach(SEND_FUNCTION, 0).map(drop), || p.unload())
+        }
+        AttachMode::Tracepoint | AttachMode::Auto => {
+            if !kbtf.has_btf_tracepoint(SEND_TRACEPOINT) {
+                return Err(ProgramError::IOError(std::io::Error::other(format!(
+                    "this kernel has no {SEND_TRACEPOINT} tracepoint"
+                ))));
+            }
+            let p: &mut BtfTracePoint = program(ebpf, "imds_tracepoint")?;
+            p.load(SEND_TRACEPOINT, btf)?;
+            attach_or_unload(p.attach().map(drop), || p.unload())
+        }
+    }
+}
+
+/// Exec and exit tracepoints, so short-lived callers keep their argv. Not fatal: without
+/// them a caller that is gone before its line is written shows `[exited]` instead of argv.
+fn attach_process_tracking(ebpf: &mut Ebpf, btf: &Btf) {
+    for (prog, tracepoint) in [
+        ("imds_exec", "sched_process_exec"),
+        ("imds_exit", "sched_process_exit"),
+    ] {
+        let attached = program::<BtfTracePoint>(ebpf, prog).and_then(|p| {
+            p.load(tracepoint, btf)?;
+            p.attach().map(drop)
+        });
+        if let Err(e) = attached {
+            warn!(
+                "tp_btf/{tracepoint} refused ({}): argv of callers that exit before their \
+                 request is logged will be missing",
+                one_line(&e)
+            );
+        }
+    }
+}
+
+/// Unloads a program whose attach failed, so a fallback leaves nothing behind.
+fn attach_or_unload(
+    attached: Result<(), ProgramError>,
+    unload: impl FnOnce() -> Result<(), ProgramError>,
+) -> Result<(), ProgramError> {
+    if attached.is_err() {
+        let _ = unload();
+    }
+    attached
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, ProgramError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or(ProgramError::UnexpectedProgramType)?;
+    prog.try_into()
+}
+
+/// Builds the kernel filter's target table from `--target` values.
+pub fn targets_table(targets: &[(IpAddr, u16)]) -> Result<Targets, CaptureError> {
+    if targets.len() > MAX_TARGETS {
+        return Err(CaptureError::TooManyTargets(targets.len()));
+    }
+    let mut table = Targets::default();
+    for (slot, (ip, port)) in table.targets.iter_mut().zip(targets) {
+        *slot = target(*ip, *port);
+    }
+    table.count = targets.len() as u32;
+    Ok(table)
+}
+
+fn target(ip: IpAddr, port: u16) -> Target {
+    let mut addr = [0u32; 4];
+    let family = match ip {
+        IpAddr::V4(v4) => {
+            addr[0] = u32::from_ne_bytes(v4.octets());
+            AF_INET
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return target(IpAddr::V4(v4), port);
+            }
+            for (word, chunk) in addr.iter_mut().zip(v6.octets().chunks_exact(4)) {
+                *word = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+            }
+            AF_INET6
+        }
+    };
+    Target { family, port, addr }
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK (AL2's 5.10 among them).
+fn raise_memlock_limit() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        debug!("could not raise RLIMIT_MEMLOCK; fine on 5.11+ kernels, which do not use it");
+    }
+}
+
+fn is_permission_error(e: &aya::EbpfError) -> bool {
+    let text = format!("{e:?}");
+    text.contains("PermissionDenied") || text.contains("EPERM") || text.contains("code: 1,")
+}
+
+/// Error chain on one line (the verifier log can be long: keep its first line only).
+fn one_line(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    let first = s.lines().next().unwrap_or_default();
+    first.chars().take(300).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+
+    #[test]
+    fn targets_table_encodes_addresses_in_network_order() {
+        let t = targets_table(&[
+            (IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)), 80),
+            (IpAddr::V6("fd00:ec2::254".parse::<Ipv6Addr>().unwrap()), 80),
+            (
+                IpAddr::V6("::ffff:169.254.170.23".parse::<Ipv6Addr>().unwrap()),
+                80,
+            ),
+        ])
+        .unwrap();
+        assert_eq!(t.count, 3);
+        assert_eq!(t.targets[0].family, AF_INET);
+        assert_eq!(t.targets[0].addr[0].to_ne_bytes(), [169, 254, 169, 254]);
+        assert_eq!(t.targets[1].family, AF_INET6);
+        assert_eq!(t.targets[1].addr[0].to_ne_bytes(), [0xfd, 0, 0x0e, 0xc2]);
+        assert_eq!(t.targets[1].addr[3].to_ne_bytes(), [0, 0, 0x02, 0x54]);
+        // A v4-mapped target is matched as IPv4, as the kernel side reports mapped sockets.
+        assert_eq!(t.targets[2].family, AF_INET);
+        assert_eq!(t.targets[2].addr[0].to_ne_bytes(), [169, 254, 170, 23]);
+    }
+
+    #[test]
+    fn too_many_targets_is_an_error() {
+        let many = vec![(IpAddr::V4(Ipv4Addr::LOCALHOST), 80); MAX_TARGETS + 1];
+        assert!(matches!(
+            targets_table(&many),
+            Err(CaptureError::TooManyTargets(_))
+        ));
+    }
+}

@@ -1,0 +1,172 @@
+//! Command-line flags. Running with no subcommand starts the tracer.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+};
+
+use clap::Parser;
+use imds_snoop_common::DEFAULT_PAYLOAD_BYTES;
+
+use crate::{capture::AttachMode, output::Format};
+
+/// IMDS on every instance, and its IPv6 endpoint on Nitro instances.
+pub const DEFAULT_TARGETS: [(IpAddr, u16); 2] = [
+    (IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)), 80),
+    (
+        IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
+        80,
+    ),
+];
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "imds-snoop",
+    version,
+    about = "Names the process, container and pod behind every EC2 instance metadata (IMDS) \
+             call, and whether it is IMDSv1 or IMDSv2.",
+    long_about = None
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Trace log; parent directories are created. Rotated to PATH.1, PATH.2, ...
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/var/log/imds/imds-trace.log"
+    )]
+    pub log_file: PathBuf,
+
+    /// Also print trace lines on stdout (for `kubectl logs` and journald).
+    #[arg(long)]
+    pub stdout: bool,
+
+    /// Line format of the trace log and stdout.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// Node name put into JSON lines (a DaemonSet passes spec.nodeName); default: hostname.
+    #[arg(long, env = "NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+
+    /// Kernel hook: `auto` tries fentry, then kprobe, then the tracepoint.
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+    pub attach: AttachMode,
+
+    /// Another destination to trace, ADDR:PORT or [ADDR6]:PORT (e.g. EKS Pod Identity's
+    /// 169.254.170.23:80). Adds to 169.254.169.254:80 and [fd00:ec2::254]:80. Repeatable.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_target)]
+    pub target: Vec<SocketAddr>,
+
+    /// Bytes of each request the kernel copies (64..=4096). A request longer than this is
+    /// logged and marked `truncated`.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_PAYLOAD_BYTES)]
+    pub payload_bytes: u32,
+
+    /// Size of the kernel-to-daemon ring buffer (a power of two, at least a page).
+    #[arg(long, value_name = "BYTES", default_value_t = 4 << 20)]
+    pub ring_bytes: u32,
+
+    /// Rotate the trace log when it would grow past this size.
+    #[arg(long, value_name = "BYTES", default_value_t = 10 << 20)]
+    pub max_bytes: u64,
+
+    /// Rotated files to keep (PATH.1 ... PATH.N); the oldest is removed.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub backups: u32,
+
+    /// The kernel's BTF, for struct offsets.
+    #[arg(long, value_name = "PATH", default_value = "/sys/kernel/btf/vmlinux")]
+    pub btf: PathBuf,
+
+    /// Where the node's /proc is (a DaemonSet may mount the host's elsewhere).
+    #[arg(long, value_name = "PATH", default_value = "/proc")]
+    pub proc_root: PathBuf,
+
+    /// The node's cgroup v2 mount, to find the cgroup of a caller that has exited.
+    #[arg(long, value_name = "PATH", default_value = "/sys/fs/cgroup")]
+    pub cgroup_root: PathBuf,
+
+    /// containerd's task state, where each container's OCI bundle (with the pod's CRI
+    /// annotations) lives under <namespace>/<id>/config.json.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/run/containerd/io.containerd.runtime.v2.task"
+    )]
+    pub containerd_root: PathBuf,
+
+    /// CRI-O's container state.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/run/containers/storage/overlay-containers"
+    )]
+    pub crio_root: PathBuf,
+
+    /// kubelet's pod log directory (<namespace>_<pod>_<uid>/), a fallback for pod names.
+    #[arg(long, value_name = "PATH", default_value = "/var/log/pods")]
+    pub pod_logs: PathBuf,
+}
+
+impl RunArgs {
+    pub fn container_paths(&self) -> crate::container::Paths {
+        crate::container::Paths {
+            proc_root: self.proc_root.clone(),
+            cgroup_root: self.cgroup_root.clone(),
+            containerd_root: self.containerd_root.clone(),
+            crio_root: self.crio_root.clone(),
+            pod_logs: self.pod_logs.clone(),
+        }
+    }
+
+    /// The default targets plus `--target`s, without duplicates.
+    pub fn targets(&self) -> Vec<(IpAddr, u16)> {
+        let mut all = DEFAULT_TARGETS.to_vec();
+        for t in &self.target {
+            let t = (t.ip(), t.port());
+            if !all.contains(&t) {
+                all.push(t);
+            }
+        }
+        all
+    }
+}
+
+fn parse_target(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| {
+        format!("{s:?} is not ADDR:PORT (e.g. 169.254.170.23:80 or [fd00:ec2::23]:80)")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_add_to_defaults_once() {
+        let cli = Cli::parse_from([
+            "imds-snoop",
+            "--target",
+            "169.254.170.23:80",
+            "--target",
+            "169.254.169.254:80",
+            "--target",
+            "[fd00:ec2::23]:80",
+        ]);
+        let t = cli.run.targets();
+        assert_eq!(t.len(), 4);
+        assert_eq!(t[2], ("169.254.170.23".parse().unwrap(), 80));
+    }
+
+    #[test]
+    fn bad_target_is_a_clear_error() {
+        let err = Cli::try_parse_from(["imds-snoop", "--target", "169.254.170.23"]).unwrap_err();
+        assert!(err.to_string().contains("is not ADDR:PORT"), "{err}");
+    }
+}

@@ -1,0 +1,569 @@
+//! Which container and pod a caller runs in, from node-local state only (no API server):
+//!
+//! 1. the cgroup path: `/proc/<pid>/cgroup` of the caller or, when it has exited, of its
+//!    nearest living ancestor; failing that, the kernel-recorded cgroup id looked up under
+//!    /sys/fs/cgroup (a cgroup v2 directory's inode number is its id). The path names the
+//!    container id, the runtime and the pod UID (`.../kubepods-burstable-pod<uid>.slice/
+//!    cri-containerd-<id>.scope`, `.../kubepods/burstable/pod<uid>/<id>`, `docker-<id>.scope`,
+//!    `crio-<id>.scope`), or the systemd unit of a host process.
+//! 2. the runtime's bundle for that id: containerd's
+//!    `<containerd-root>/<namespace>/<id>/config.json` carries the CRI annotations
+//!    (`io.kubernetes.cri.sandbox-namespace`, `-name`, `container-name`); CRI-O's carries
+//!    `io.kubernetes.pod.namespace`, `.name`, `io.kubernetes.container.name`.
+//! 3. kubelet's `/var/log/pods/<namespace>_<pod>_<uid>/<container>/` as a fallback, by pod UID.
+//!
+//! Each container id is looked up once and cached (bounded).
+
+use std::{
+    collections::HashMap,
+    fs,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use serde::Serialize;
+
+/// Where a call came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Origin {
+    Container(Container),
+    Host {
+        unit: Option<String>,
+    },
+    /// No cgroup could be found (the caller and its ancestors were gone, no cgroup v2).
+    Unknown,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Container {
+    pub id: String,
+    pub runtime: &'static str,
+    pub pod_uid: Option<String>,
+    pub pod: Option<Pod>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    pub container: Option<String>,
+}
+
+/// What a cgroup path says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CgroupInfo {
+    Container {
+        id: String,
+        runtime: &'static str,
+        pod_uid: Option<String>,
+    },
+    Host {
+        unit: Option<String>,
+    },
+}
+
+/// Reads a cgroup path (the part after `0::` in /proc/<pid>/cgroup).
+pub fn parse_cgroup_path(path: &str) -> CgroupInfo {
+    let mut pod_uid = None;
+    let mut container = None;
+    for seg in path.split('/').filter(|s| !s.is_empty()) {
+        if let Some(uid) = pod_segment(seg) {
+            pod_uid = Some(uid);
+            continue;
+        }
+        if let Some(found) = container_segment(seg, pod_uid.is_some()) {
+            container = Some(found);
+        }
+    }
+    if let Some((id, runtime)) = container {
+        return CgroupInfo::Container {
+            id,
+            runtime,
+            pod_uid,
+        };
+    }
+    // A host process: report its systemd unit (service or scope), if any.
+    let unit = path
+        .rsplit('/')
+        .find(|s| s.ends_with(".service") || s.ends_with(".scope"))
+        .map(str::to_owned);
+    CgroupInfo::Host { unit }
+}
+
+/// `pod<uid>` (cgroupfs) or `kubepods-<qos>-pod<uid with _>.slice` (systemd).
+fn pod_segment(seg: &str) -> Option<String> {
+    let rest = seg.strip_suffix(".slice").unwrap_or(seg);
+    let idx = rest.rfind("pod")?;
+    let before = &rest[..idx];
+    if !(before.is_empty() || before.starts_with("kubepods")) {
+        return None;
+    }
+    let uid = rest[idx + 3..].replace('_', "-");
+    (uid.len() == 36 && uid.chars().all(|c| c.is_ascii_hexdigit() || c == '-')).then_some(uid)
+}
+
+/// `cri-containerd-<id>.scope`, `docker-<id>.scope`, `crio-<id>.scope`, `crio-conmon-...`
+/// (skipped: that is the monitor), or a bare 64-hex id under a pod.
+fn container_segment(seg: &str, under_pod: bool) -> Option<(String, &'static str)> {
+    let name = seg.strip_suffix(".scope").unwrap_or(seg);
+    for (prefix, runtime) in [
+        ("cri-containerd-", "containerd"),
+        ("docker-", "docker"),
+        ("crio-", "cri-o"),
+    ] {
+        if let Some(id) = name.strip_prefix(prefix)
+            && is_container_id(id)
+        {
+            return Some((id.to_owned(), runtime));
+        }
+    }
+    (is_container_id(name) && under_pod).then(|| (name.to_owned(), "containerd"))
+}
+
+fn is_container_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The cgroup path in a /proc/<pid>/cgroup file: the first line whose path names a
+/// container (v2's `0::` line or any v1 controller: on hybrid hosts they can differ), else
+/// the v2 path, else the first line's.
+pub fn cgroup_path_of(proc_cgroup: &str) -> Option<String> {
+    let paths: Vec<(&str, &str)> = proc_cgroup
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let hier = parts.next()?;
+            let path = parts.nth(1)?;
+            Some((hier, path))
+        })
+        .collect();
+    paths
+        .iter()
+        .find(|(_, p)| matches!(parse_cgroup_path(p), CgroupInfo::Container { .. }))
+        .or_else(|| paths.iter().find(|(h, _)| *h == "0"))
+        .or_else(|| paths.first())
+        .map(|(_, p)| (*p).to_owned())
+}
+
+/// The id of a containerd shim's sandbox: `containerd-shim-runc-v2 -namespace k8s.io -id
+/// <id> -address ...`, or the v1 shim's `-workdir .../<namespace>/<id>`.
+pub fn shim_id(argv: &str) -> Option<String> {
+    let mut words = argv.split_whitespace();
+    let first = words.next()?;
+    if !first.rsplit('/').next()?.starts_with("containerd-shim") {
+        return None;
+    }
+    let words: Vec<&str> = argv.split_whitespace().collect();
+    for pair in words.windows(2) {
+        match pair[0] {
+            "-id" => return Some(pair[1].to_owned()),
+            "-workdir" => return pair[1].rsplit('/').next().map(str::to_owned),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Node paths the resolver reads; configurable for a DaemonSet that mounts the host's.
+#[derive(Clone, Debug)]
+pub struct Paths {
+    pub proc_root: PathBuf,
+    pub cgroup_root: PathBuf,
+    /// containerd's task state: `/run/containerd/io.containerd.runtime.v2.task`.
+    pub containerd_root: PathBuf,
+    /// CRI-O's container state: `/run/containers/storage/overlay-containers`.
+    pub crio_root: PathBuf,
+    pub pod_logs: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Self {
+            proc_root: "/proc".into(),
+            cgroup_root: "/sys/fs/cgroup".into(),
+            containerd_root: "/run/containerd/io.containerd.runtime.v2.task".into(),
+            crio_root: "/run/containers/storage/overlay-containers".into(),
+            pod_logs: "/var/log/pods".into(),
+        }
+    }
+}
+
+/// Bound on cached container ids and cgroup ids (a node runs a few hundred containers).
+const MAX_CACHED: usize = 4096;
+
+pub struct Resolver {
+    paths: Paths,
+    pods: HashMap<String, Option<Pod>>,
+    cgroup_paths: HashMap<u64, Option<String>>,
+}
+
+impl Resolver {
+    pub fn new(paths: Paths) -> Self {
+        Self {
+            paths,
+            pods: HashMap::new(),
+            cgroup_paths: HashMap::new(),
+        }
+    }
+
+    /// Origin of a call by `pids` (caller first, then ancestors) in cgroup `cgroup_id`.
+    pub fn resolve(&mut self, pids: &[u32], cgroup_id: u64) -> Origin {
+        let path = pids
+            .iter()
+            .find_map(|pid| {
+                fs::read_to_string(self.paths.proc_root.join(pid.to_string()).join("cgroup"))
+                    .ok()
+                    .and_then(|c| cgroup_path_of(&c))
+            })
+            .or_else(|| self.cgroup_path_by_id(cgroup_id));
+        let Some(path) = path else {
+            return Origin::Unknown;
+        };
+        match parse_cgroup_path(&path) {
+            CgroupInfo::Host { unit } => Origin::Host { unit },
+            CgroupInfo::Container {
+                id,
+                runtime,
+                pod_uid,
+            } => {
+                let pod = self.pod(&id, pod_uid.as_deref());
+                Origin::Container(Container {
+                    id,
+                    runtime,
+                    pod_uid,
+                    pod,
+                })
+            }
+        }
+    }
+
+    /// Origin named by a containerd shim's sandbox id (when the cgroup said nothing).
+    pub fn sandbox(&mut self, id: String) -> Origin {
+        let pod = self.pod(&id, None);
+        Origin::Container(Container {
+            id,
+            runtime: "containerd",
+            pod_uid: None,
+            pod,
+        })
+    }
+
+    fn pod(&mut self, id: &str, pod_uid: Option<&str>) -> Option<Pod> {
+        if let Some(cached) = self.pods.get(id) {
+            return cached.clone();
+        }
+        let pod = self
+            .pod_from_bundle(id)
+            .or_else(|| pod_uid.and_then(|uid| self.pod_from_logs(uid)));
+        if self.pods.len() >= MAX_CACHED {
+            self.pods.clear();
+        }
+        // A miss is cached too only when we found a pod; a container whose bundle is not
+        // written yet gets another look next time.
+        if pod.is_some() {
+            self.pods.insert(id.to_owned(), pod.clone());
+        }
+        pod
+    }
+
+    fn pod_from_bundle(&self, id: &str) -> Option<Pod> {
+        let mut candidates = vec![self.paths.crio_root.join(id).join("userdata/config.json")];
+        if let Ok(namespaces) = fs::read_dir(&self.paths.containerd_root) {
+            for ns in namespaces.flatten() {
+                candidates.push(ns.path().join(id).join("config.json"));
+            }
+        }
+        candidates
+            .iter()
+            .find_map(|p| fs::read(p).ok())
+            .and_then(|bytes| pod_from_config(&bytes))
+    }
+
+    fn pod_from_logs(&self, pod_uid: &str) -> Option<Pod> {
+        let suffix = format!("_{pod_uid}");
+        fs::read_dir(&self.paths.pod_logs)
+            .ok()?
+            .flatten()
+            .find_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let (ns, pod) = name.strip_suffix(&suffix)?.split_once('_')?;
+                Some(Pod {
+                    namespace: ns.to_owned(),
+                    name: pod.to_owned(),
+                    container: None,
+                })
+            })
+    }
+
+    /// The cgroup v2 directory whose inode is `id`, searched under the kubepods and system
+    /// trees (bounded depth), cached.
+    fn cgroup_path_by_id(&mut self, id: u64) -> Option<String> {
+        if id == 0 {
+            return None;
+        }
+        if let Some(p) = self.cgroup_paths.get(&id) {
+            return p.clone();
+        }
+        // Only the v2 hierarchy: ids are inode numbers of its directories, and a v1 tree's
+        // inodes (another filesystem) could collide. Hybrid hosts mount it at `unified/`.
+        let root = &self.paths.cgroup_root;
+        let v2 = if root.join("cgroup.controllers").exists() {
+            root.clone()
+        } else {
+            root.join("unified")
+        };
+        let found = find_inode(&v2, id, 6).map(|p| {
+            let rel = p.strip_prefix(&v2).unwrap_or(&p);
+            format!("/{}", rel.display())
+        });
+        if self.cgroup_paths.len() >= MAX_CACHED {
+            self.cgroup_paths.clear();
+        }
+        self.cgroup_paths.insert(id, found.clone());
+        found
+    }
+}
+
+fn find_inode(dir: &Path, ino: u64, depth: u32) -> Option<PathBuf> {
+    if fs::metadata(dir).ok()?.ino() == ino {
+        return Some(dir.to_owned());
+    }
+    if depth == 0 {
+        return None;
+    }
+    fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .find_map(|e| find_inode(&e.path(), ino, depth - 1))
+}
+
+/// Pod identity from an OCI bundle's annotations (containerd CRI or CRI-O).
+pub fn pod_from_config(bytes: &[u8]) -> Option<Pod> {
+    #[derive(serde::Deserialize)]
+    struct Spec {
+        #[serde(default)]
+        annotations: HashMap<String, String>,
+    }
+    let spec: Spec = serde_json::from_slice(bytes).ok()?;
+    let a = &spec.annotations;
+    let get = |keys: &[&str]| keys.iter().find_map(|k| a.get(*k).cloned());
+    Some(Pod {
+        namespace: get(&[
+            "io.kubernetes.cri.sandbox-namespace",
+            "io.kubernetes.pod.namespace",
+        ])?,
+        name: get(&["io.kubernetes.cri.sandbox-name", "io.kubernetes.pod.name"])?,
+        container: get(&[
+            "io.kubernetes.cri.container-name",
+            "io.kubernetes.container.name",
+        ]),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "b924c0e5a0e0d2c4f1c9a8b3e7d6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d70a";
+
+    #[test]
+    fn cgroup_v2_systemd_driver() {
+        let p = format!(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0f1e2d3c_4b5a_6978_8a9b_0c1d2e3f4a5b.slice/cri-containerd-{ID}.scope"
+        );
+        assert_eq!(
+            parse_cgroup_path(&p),
+            CgroupInfo::Container {
+                id: ID.into(),
+                runtime: "containerd",
+                pod_uid: Some("0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn cgroup_cgroupfs_driver_and_guaranteed_pod() {
+        let p = format!("/kubepods/pod0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b/{ID}");
+        let CgroupInfo::Container { id, pod_uid, .. } = parse_cgroup_path(&p) else {
+            panic!("not a container: {p}");
+        };
+        assert_eq!(id, ID);
+        assert_eq!(
+            pod_uid.as_deref(),
+            Some("0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b")
+        );
+    }
+
+    #[test]
+    fn docker_and_crio_scopes() {
+        let d = parse_cgroup_path(&format!("/system.slice/docker-{ID}.scope"));
+        assert!(
+            matches!(
+                d,
+                CgroupInfo::Container {
+                    runtime: "docker",
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+        let c = parse_cgroup_path(&format!(
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod0f1e2d3c_4b5a_6978_8a9b_0c1d2e3f4a5b.slice/crio-{ID}.scope"
+        ));
+        assert!(
+            matches!(
+                c,
+                CgroupInfo::Container {
+                    runtime: "cri-o",
+                    pod_uid: Some(_),
+                    ..
+                }
+            ),
+            "{c:?}"
+        );
+    }
+
+    #[test]
+    fn host_process_gets_its_unit() {
+        assert_eq!(
+            parse_cgroup_path("/system.slice/amazon-ssm-agent.service"),
+            CgroupInfo::Host {
+                unit: Some("amazon-ssm-agent.service".into())
+            }
+        );
+        assert_eq!(parse_cgroup_path("/"), CgroupInfo::Host { unit: None });
+    }
+
+    /// Real files: a container run by containerd 1.6 + runc on a hybrid (v1 + v2) host, and
+    /// a host process there (tests/fixtures/cgroup/).
+    #[test]
+    fn real_proc_cgroup_files() {
+        let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/cgroup/");
+        let c = fs::read_to_string(format!("{fixtures}containerd-cgroupfs-hybrid.txt")).unwrap();
+        let CgroupInfo::Container {
+            id,
+            runtime,
+            pod_uid,
+        } = parse_cgroup_path(&cgroup_path_of(&c).unwrap())
+        else {
+            panic!("container not recognised in {c}");
+        };
+        assert_eq!(
+            id,
+            "abc123def4567890abc123def4567890abc123def4567890abc123def4567890"
+        );
+        assert_eq!(runtime, "containerd");
+        assert_eq!(
+            pod_uid.as_deref(),
+            Some("0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b")
+        );
+        let h = fs::read_to_string(format!("{fixtures}host-hybrid.txt")).unwrap();
+        assert!(matches!(
+            parse_cgroup_path(&cgroup_path_of(&h).unwrap()),
+            CgroupInfo::Host { .. }
+        ));
+    }
+
+    /// A real bundle written by containerd 1.6 for a container with a pod's CRI annotations.
+    #[test]
+    fn real_containerd_bundle() {
+        let bytes = include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/containerd/config.json"
+        ));
+        assert_eq!(
+            pod_from_config(bytes),
+            Some(Pod {
+                namespace: "shop".into(),
+                name: "web-1".into(),
+                container: Some("app".into())
+            })
+        );
+    }
+
+    #[test]
+    fn proc_cgroup_v1_and_v2_files() {
+        let v1 = format!(
+            "12:pids:/kubepods/besteffort/pod0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b/{ID}\n11:memory:/kubepods/besteffort/pod0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b/{ID}\n1:name=systemd:/kubepods/besteffort/pod0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b/{ID}\n"
+        );
+        assert!(cgroup_path_of(&v1).unwrap().ends_with(ID));
+        assert_eq!(
+            cgroup_path_of("0::/system.slice/sshd.service\n").as_deref(),
+            Some("/system.slice/sshd.service")
+        );
+    }
+
+    #[test]
+    fn shim_ids() {
+        assert_eq!(
+            shim_id(&format!("/usr/bin/containerd-shim-runc-v2 -namespace k8s.io -id {ID} -address /run/containerd/containerd.sock")).as_deref(),
+            Some(ID)
+        );
+        assert_eq!(
+            shim_id(&format!("containerd-shim -namespace moby -workdir /var/lib/containerd/io.containerd.runtime.v1.linux/moby/{ID} -address /run/containerd/containerd.sock")).as_deref(),
+            Some(ID)
+        );
+        assert_eq!(shim_id("/bin/bash -id x"), None);
+    }
+
+    #[test]
+    fn pod_from_containerd_and_crio_annotations() {
+        let containerd = br#"{"ociVersion":"1.1.0","annotations":{"io.kubernetes.cri.container-type":"container","io.kubernetes.cri.sandbox-name":"web-7d9f","io.kubernetes.cri.sandbox-namespace":"shop","io.kubernetes.cri.container-name":"app"}}"#;
+        assert_eq!(
+            pod_from_config(containerd),
+            Some(Pod {
+                namespace: "shop".into(),
+                name: "web-7d9f".into(),
+                container: Some("app".into())
+            })
+        );
+        let crio = br#"{"annotations":{"io.kubernetes.pod.name":"p","io.kubernetes.pod.namespace":"n","io.kubernetes.container.name":"c"}}"#;
+        assert_eq!(pod_from_config(crio).unwrap().name, "p");
+        assert_eq!(pod_from_config(br#"{"annotations":{}}"#), None);
+        assert_eq!(pod_from_config(b"not json"), None);
+    }
+
+    #[test]
+    fn resolver_reads_bundle_and_falls_back_to_pod_logs() {
+        let root = std::env::temp_dir().join(format!("imds-container-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let uid = "0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b";
+        let pid = "4242";
+        fs::create_dir_all(root.join("proc").join(pid)).unwrap();
+        fs::write(
+            root.join("proc").join(pid).join("cgroup"),
+            format!("0::/kubepods/besteffort/pod{uid}/{ID}\n"),
+        )
+        .unwrap();
+        let paths = Paths {
+            proc_root: root.join("proc"),
+            cgroup_root: root.join("cgroup"),
+            containerd_root: root.join("containerd"),
+            crio_root: root.join("crio"),
+            pod_logs: root.join("pods"),
+        };
+        fs::create_dir_all(root.join(format!("pods/shop_web-1_{uid}/app"))).unwrap();
+        let mut r = Resolver::new(paths);
+        let Origin::Container(c) = r.resolve(&[4242], 0) else {
+            panic!("not a container");
+        };
+        assert_eq!(c.pod.as_ref().map(|p| p.name.as_str()), Some("web-1"));
+
+        let bundle = root.join("containerd/k8s.io").join(ID);
+        fs::create_dir_all(&bundle).unwrap();
+        fs::write(
+            bundle.join("config.json"),
+            br#"{"annotations":{"io.kubernetes.cri.sandbox-name":"web-1","io.kubernetes.cri.sandbox-namespace":"shop","io.kubernetes.cri.container-name":"app"}}"#,
+        )
+        .unwrap();
+        let mut r = Resolver::new(r.paths.clone());
+        let Origin::Container(c) = r.resolve(&[4242], 0) else {
+            panic!("not a container");
+        };
+        assert_eq!(c.pod.unwrap().container.as_deref(), Some("app"));
+        assert_eq!(r.resolve(&[999_999], 0), Origin::Unknown);
+        fs::remove_dir_all(&root).unwrap();
+    }
+}

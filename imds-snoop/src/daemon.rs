@@ -1,0 +1,279 @@
+//! The running tracer: opens the log, attaches, then moves each ring-buffer record through
+//! decode -> http -> process -> output until SIGINT/SIGTERM.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use chrono::{DateTime, Local};
+use imds_snoop_common::{DROP_NO_SCRATCH, DROP_RINGBUF_FULL};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+};
+use tracing::{info, warn};
+
+use crate::{
+    capture::{Capture, CaptureOptions},
+    cli::RunArgs,
+    container::{self, Origin, Resolver},
+    decode::{self, Event, Send},
+    http::{Reassembler, Request},
+    output::{
+        Format, Record,
+        writer::{self, LineSender, WriterConfig},
+    },
+    process::{ExecCache, ProcessView},
+};
+
+/// A request whose headers have not ended after this long is logged as it is (truncated).
+const REASSEMBLY_TTL: Duration = Duration::from_secs(2);
+/// Bytes of one request kept while waiting for the end of its headers.
+const MAX_REQUEST_BYTES: usize = 16 * 1024;
+/// Lines queued for the writer thread before new ones are counted as dropped.
+const WRITER_QUEUE: usize = 65_536;
+/// Processes whose exec argv is remembered (about 600 bytes each at most).
+const EXEC_CACHE_ENTRIES: usize = 8192;
+/// How long a departed process's argv is kept for requests still in reassembly.
+const EXEC_KEEP_AFTER_EXIT: Duration = Duration::from_secs(30);
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // The log first: a bad path is reported before anything is attached.
+    let writer = writer::start(WriterConfig {
+        path: args.log_file.clone(),
+        max_bytes: args.max_bytes,
+        backups: args.backups,
+        stdout: args.stdout,
+        queue: WRITER_QUEUE,
+    })?;
+
+    let targets = args.targets();
+    let mut capture = Capture::start(&CaptureOptions {
+        attach: args.attach,
+        targets: &targets,
+        payload_bytes: args.payload_bytes,
+        ring_bytes: args.ring_bytes,
+        btf_path: &args.btf,
+    })?;
+    let ring = capture.take_events()?;
+    // SAFETY: the AsyncFd owns the RingBuf, so the fd stays open for as long as it is
+    // registered.
+    let mut ring = unsafe { AsyncFd::register(ring) }
+        .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
+    let target_list: Vec<String> = targets
+        .iter()
+        .map(|&(ip, port)| std::net::SocketAddr::new(ip, port).to_string())
+        .collect();
+    info!(
+        "attached {}; tracing {}; writing {}",
+        capture.attached,
+        target_list.join(" "),
+        args.log_file.display()
+    );
+
+    let mut pipeline = Pipeline::new(&args);
+    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut reported_drops = [0u64; 2];
+
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("waiting on the ring buffer")?;
+                pipeline.drain_ring(guard.get_inner_mut(), &writer);
+                guard.clear_ready();
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = tick.tick() => {
+                pipeline.expire(Instant::now(), &writer);
+                report_drops(&capture, &writer, &mut reported_drops);
+            }
+        }
+    }
+
+    // Whatever reached the ring before the signal is still logged.
+    pipeline.drain_ring(ring.get_mut(), &writer);
+    pipeline.finish(&writer);
+    report_drops(&capture, &writer, &mut reported_drops);
+    drop(ring);
+    drop(capture); // detaches
+    let stats = writer.stats().clone();
+    writer.close();
+    info!(
+        lines = stats.written.load(std::sync::atomic::Ordering::Relaxed),
+        dropped_kernel = reported_drops.iter().sum::<u64>(),
+        dropped_backpressure = stats
+            .dropped_backpressure
+            .load(std::sync::atomic::Ordering::Relaxed),
+        lost_io = stats.lost_io.load(std::sync::atomic::Ordering::Relaxed),
+        decode_errors = pipeline.decode_errors,
+        "detached, log flushed"
+    );
+    Ok(())
+}
+
+/// Logs new kernel-side drops, both as a daemon warning and as a line in the trace log (a
+/// reader of the log must know calls may be missing from it).
+fn report_drops(capture: &Capture, writer: &LineSender, seen: &mut [u64; 2]) {
+    let Ok(drops) = capture.drops() else { return };
+    let now = [
+        drops[DROP_RINGBUF_FULL as usize],
+        drops[DROP_NO_SCRATCH as usize],
+    ];
+    if now != *seen {
+        let new = now.iter().sum::<u64>() - seen.iter().sum::<u64>();
+        warn!(
+            ring_full = now[0],
+            no_scratch = now[1],
+            "{new} IMDS send events dropped in the kernel (ring buffer full: raise --ring-bytes)"
+        );
+        writer.send(format!(
+            "[{}] [WARNING] imds-snoop dropped {new} events (total: ring buffer full {}, no scratch {}); raise --ring-bytes",
+            Local::now().format("%Y-%m-%d %H:%M:%S,%3f"),
+            now[0],
+            now[1]
+        ));
+        *seen = now;
+    }
+}
+
+/// The userspace stages, in order. Owns the per-socket reassembly state.
+struct Pipeline {
+    format: Format,
+    node: String,
+    reassembler: Reassembler<Send>,
+    processes: ProcessView,
+    containers: Resolver,
+    clock: BootClock,
+    decode_errors: u64,
+}
+
+impl Pipeline {
+    fn new(args: &RunArgs) -> Self {
+        Self {
+            format: args.format,
+            node: args.node_name.clone().unwrap_or_else(hostname),
+            reassembler: Reassembler::new(MAX_REQUEST_BYTES, REASSEMBLY_TTL),
+            containers: Resolver::new(args.container_paths()),
+            processes: ProcessView::new(
+                &args.proc_root,
+                ExecCache::new(EXEC_CACHE_ENTRIES, EXEC_KEEP_AFTER_EXIT),
+            ),
+            clock: BootClock::now(),
+            decode_errors: 0,
+        }
+    }
+
+    fn drain_ring(&mut self, ring: &mut RingBuf<MapData>, writer: &LineSender) {
+        let now = Instant::now();
+        while let Some(item) = ring.next() {
+            match decode::decode(&item) {
+                Ok(Event::Send(send)) => self.on_send(send, now, writer),
+                Ok(Event::Exec(exec)) => self.processes.execs.on_exec(exec, now),
+                Ok(Event::Exit { tgid }) => self.processes.execs.on_exit(tgid, now),
+                Err(e) => {
+                    self.decode_errors += 1;
+                    if self.decode_errors.is_power_of_two() {
+                        warn!(count = self.decode_errors, "undecodable kernel event: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_send(&mut self, mut send: Send, now: Instant, writer: &LineSender) {
+        if send.payload.is_empty() && send.unreadable {
+            // Still a call to IMDS by someone: log it, with what the kernel knows.
+            let request = Request::unreadable();
+            self.emit(send, request, writer);
+            return;
+        }
+        let payload = std::mem::take(&mut send.payload);
+        let key = send.sock_id;
+        let truncated = send.truncated;
+        for (ctx, request) in self.reassembler.push(key, send, &payload, truncated, now) {
+            self.emit(ctx, request, writer);
+        }
+    }
+
+    fn expire(&mut self, now: Instant, writer: &LineSender) {
+        self.clock = BootClock::now();
+        self.processes.execs.sweep(now);
+        for (ctx, request) in self.reassembler.expire(now) {
+            self.emit(ctx, request, writer);
+        }
+    }
+
+    fn finish(&mut self, writer: &LineSender) {
+        for (ctx, request) in self.reassembler.drain() {
+            self.emit(ctx, request, writer);
+        }
+    }
+
+    fn emit(&mut self, send: Send, request: Request, writer: &LineSender) {
+        let (caller, ancestors) = self.processes.chain(&send);
+        let pids: Vec<u32> = std::iter::once(caller.pid)
+            .chain(ancestors.iter().map(|a| a.pid))
+            .collect();
+        let mut origin = self.containers.resolve(&pids, send.cgroup_id);
+        if !matches!(origin, Origin::Container(_)) {
+            // The anchor's clue: a containerd shim among the ancestors names the pod sandbox.
+            if let Some(id) = ancestors
+                .iter()
+                .find_map(|a| a.argv.as_deref().and_then(container::shim_id))
+            {
+                origin = self.containers.sandbox(id);
+            }
+        }
+        let record = Record {
+            time: self.clock.wall(send.ts_ns),
+            request,
+            caller,
+            ancestors,
+            uid: send.uid,
+            origin,
+            cgroup_id: send.cgroup_id,
+            netns: send.netns,
+            dst: send.dst,
+            bytes: send.size,
+            unreadable: send.unreadable,
+        };
+        writer.send(record.format(self.format, &self.node));
+    }
+}
+
+/// Converts the kernel's CLOCK_BOOTTIME stamps to wall-clock time.
+struct BootClock {
+    realtime_minus_boot_ns: i128,
+}
+
+impl BootClock {
+    fn now() -> Self {
+        Self {
+            realtime_minus_boot_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME),
+        }
+    }
+
+    fn wall(&self, boot_ns: u64) -> DateTime<Local> {
+        let ns = boot_ns as i128 + self.realtime_minus_boot_ns;
+        DateTime::from_timestamp_nanos(ns.clamp(0, i64::MAX as i128) as i64).with_timezone(&Local)
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid clock id and pointer.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}

@@ -1,0 +1,248 @@
+//! Ring-buffer records to typed events. Nothing here trusts the record: a short or
+//! inconsistent one is an error the caller counts, never a panic.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use imds_snoop_common::{
+    AF_INET6, COMM_LEN, EVENT_EXEC, EVENT_EXIT, EVENT_SEND, ExecEvent, ExitEvent, FLAG_READ_ERROR,
+    FLAG_TRUNCATED, FLAG_UNSUPPORTED_ITER, MAX_ANCESTORS, MAX_ARGV, SendEvent,
+};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is shorter than its event head ({1} bytes)")]
+    Short(usize, usize),
+    #[error("unknown event kind {0}")]
+    Kind(u32),
+    #[error("payload_len {payload_len} exceeds the {available} bytes in the record")]
+    PayloadLen { payload_len: u32, available: usize },
+}
+
+/// A send to a traced destination, as the kernel saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Send {
+    pub ts_ns: u64,
+    pub sock_id: u64,
+    pub cgroup_id: u64,
+    pub size: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub netns: u32,
+    pub dst: (IpAddr, u16),
+    pub comm: String,
+    /// Parent first, up to pid 1 or [`MAX_ANCESTORS`] levels.
+    pub ancestors: Vec<(u32, String)>,
+    pub payload: Vec<u8>,
+    /// The kernel copied fewer bytes than the send had.
+    pub truncated: bool,
+    /// The payload could not be read (unsupported iterator or a read fault).
+    pub unreadable: bool,
+}
+
+/// A process started a new program.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exec {
+    pub tgid: u32,
+    pub ppid: u32,
+    pub comm: String,
+    /// Arguments as the program received them (at most [`MAX_ARGV`] bytes of them).
+    pub argv: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Send(Send),
+    Exec(Exec),
+    Exit { tgid: u32 },
+}
+
+pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
+    let kind = record
+        .get(..4)
+        .map(|k| u32::from_ne_bytes([k[0], k[1], k[2], k[3]]))
+        .ok_or(DecodeError::Short(record.len(), 4))?;
+    match kind {
+        EVENT_SEND => decode_send(record).map(Event::Send),
+        EVENT_EXEC => {
+            let ev: ExecEvent = head(record)?;
+            let len = (ev.argv_len as usize).min(MAX_ARGV);
+            let argv = ev.argv[..len]
+                .split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            Ok(Event::Exec(Exec {
+                tgid: ev.tgid,
+                ppid: ev.ppid,
+                comm: comm(&ev.comm),
+                argv,
+            }))
+        }
+        EVENT_EXIT => {
+            let ev: ExitEvent = head(record)?;
+            Ok(Event::Exit { tgid: ev.tgid })
+        }
+        other => Err(DecodeError::Kind(other)),
+    }
+}
+
+/// Reads a fixed-size event head from the start of a record.
+fn head<T: Copy>(record: &[u8]) -> Result<T, DecodeError> {
+    let len = std::mem::size_of::<T>();
+    if record.len() < len {
+        return Err(DecodeError::Short(record.len(), len));
+    }
+    // SAFETY: every event type is repr(C) and made of integers only (any bit pattern is
+    // valid), the record holds at least size_of::<T>() bytes, and read_unaligned has no
+    // alignment needs.
+    Ok(unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) })
+}
+
+fn decode_send(record: &[u8]) -> Result<Send, DecodeError> {
+    let head: SendEvent = head(record)?;
+    let available = record.len() - SendEvent::HEAD_LEN;
+    let payload_len = head.payload_len as usize;
+    if payload_len > available {
+        return Err(DecodeError::PayloadLen {
+            payload_len: head.payload_len,
+            available,
+        });
+    }
+    let payload = record[SendEvent::HEAD_LEN..SendEvent::HEAD_LEN + payload_len].to_vec();
+    let n = (head.ancestors_len as usize).min(MAX_ANCESTORS);
+    let ancestors = head.ancestors[..n]
+        .iter()
+        .map(|a| (a.tgid, comm(&a.comm)))
+        .collect();
+    Ok(Send {
+        ts_ns: head.ts_ns,
+        sock_id: head.sock_id,
+        cgroup_id: head.cgroup_id,
+        size: head.size,
+        tgid: head.tgid,
+        tid: head.tid,
+        uid: head.uid,
+        gid: head.gid,
+        netns: head.netns,
+        dst: (address(head.family, &head.daddr), head.dport),
+        comm: comm(&head.comm),
+        ancestors,
+        payload,
+        truncated: head.flags & FLAG_TRUNCATED != 0,
+        unreadable: head.flags & (FLAG_UNSUPPORTED_ITER | FLAG_READ_ERROR) != 0,
+    })
+}
+
+fn comm(raw: &[u8; COMM_LEN]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+fn address(family: u16, words: &[u32; 4]) -> IpAddr {
+    let mut bytes = [0u8; 16];
+    for (chunk, w) in bytes.chunks_exact_mut(4).zip(words) {
+        chunk.copy_from_slice(&w.to_ne_bytes());
+    }
+    match family {
+        AF_INET6 => IpAddr::V6(Ipv6Addr::from(bytes)),
+        // AF_INET; the kernel program reports nothing else.
+        _ => IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3])),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use imds_snoop_common::{AF_INET, Ancestor};
+
+    use super::*;
+
+    fn record(payload: &[u8], payload_len: u32) -> Vec<u8> {
+        let mut comm = [0u8; COMM_LEN];
+        comm[..4].copy_from_slice(b"curl");
+        let mut ancestors = [Ancestor::default(); MAX_ANCESTORS];
+        ancestors[0] = Ancestor { tgid: 7, comm };
+        ancestors[0].comm[..4].copy_from_slice(b"bash");
+        let head = SendEvent {
+            kind: EVENT_SEND,
+            flags: FLAG_TRUNCATED,
+            ts_ns: 1,
+            sock_id: 0xdead,
+            cgroup_id: 2,
+            size: 999,
+            tgid: 42,
+            tid: 43,
+            uid: 0,
+            gid: 0,
+            netns: 4026531840,
+            family: AF_INET,
+            dport: 80,
+            daddr: [u32::from_ne_bytes([169, 254, 169, 254]), 0, 0, 0],
+            payload_len,
+            ancestors_len: 1,
+            comm,
+            ancestors,
+        };
+        // SAFETY: reading the bytes of a repr(C) integer-only struct.
+        let bytes: [u8; SendEvent::HEAD_LEN] = unsafe { std::mem::transmute(head) };
+        let mut v = bytes.to_vec();
+        v.extend_from_slice(payload);
+        v
+    }
+
+    #[test]
+    fn decodes_a_send() {
+        let Ok(Event::Send(s)) = decode(&record(b"GET / HTTP/1.1\r\n", 16)) else {
+            panic!("not a send");
+        };
+        assert_eq!(s.tgid, 42);
+        assert_eq!(s.comm, "curl");
+        assert_eq!(s.ancestors, vec![(7, "bash".to_string())]);
+        assert_eq!(s.dst, ("169.254.169.254".parse().unwrap(), 80));
+        assert_eq!(s.payload, b"GET / HTTP/1.1\r\n");
+        assert!(s.truncated && !s.unreadable);
+    }
+
+    #[test]
+    fn rejects_bad_records() {
+        assert_eq!(
+            decode(&record(b"", 0)[..10]),
+            Err(DecodeError::Short(10, SendEvent::HEAD_LEN))
+        );
+        assert_eq!(decode(&[1, 0]), Err(DecodeError::Short(2, 4)));
+        assert!(matches!(
+            decode(&record(b"abc", 4000)),
+            Err(DecodeError::PayloadLen { .. })
+        ));
+        let mut r = record(b"", 0);
+        r[0] = 9;
+        assert_eq!(decode(&r), Err(DecodeError::Kind(9)));
+    }
+
+    #[test]
+    fn decodes_exec_argv() {
+        let mut ev = ExecEvent {
+            kind: EVENT_EXEC,
+            tgid: 5,
+            ppid: 4,
+            uid: 0,
+            ts_ns: 0,
+            argv_len: 0,
+            comm: [0; COMM_LEN],
+            _pad: 0,
+            argv: [0; MAX_ARGV],
+        };
+        let args = b"curl\0-s\0http://169.254.169.254/\0";
+        ev.argv[..args.len()].copy_from_slice(args);
+        ev.argv_len = args.len() as u32;
+        ev.comm[..4].copy_from_slice(b"curl");
+        // SAFETY: bytes of a repr(C) integer-only struct.
+        let bytes: [u8; std::mem::size_of::<ExecEvent>()] = unsafe { std::mem::transmute(ev) };
+        let Ok(Event::Exec(e)) = decode(&bytes) else {
+            panic!("not an exec");
+        };
+        assert_eq!(e.argv, ["curl", "-s", "http://169.254.169.254/"]);
+        assert_eq!((e.tgid, e.ppid, e.comm.as_str()), (5, 4, "curl"));
+    }
+}

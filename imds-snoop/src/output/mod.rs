@@ -1,0 +1,75 @@
+//! What a trace line says, how it is written, and where.
+
+pub mod json;
+pub mod text;
+pub mod writer;
+
+use std::net::IpAddr;
+
+use chrono::{DateTime, Local};
+
+use crate::{
+    container::Origin,
+    http::{Class, Request},
+    process::Proc,
+};
+
+/// Everything one trace line reports about one IMDS request.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub time: DateTime<Local>,
+    pub request: Request,
+    pub caller: Proc,
+    pub ancestors: Vec<Proc>,
+    pub uid: u32,
+    pub origin: Origin,
+    pub cgroup_id: u64,
+    pub netns: u32,
+    pub dst: (IpAddr, u16),
+    /// Bytes in the send that started the request (may exceed what was captured).
+    pub bytes: u64,
+    /// The kernel could not read the send's payload (unsupported buffer type or a fault).
+    pub unreadable: bool,
+}
+
+impl Record {
+    /// Level as the anchor tool prints it: v1 and anything odd are warnings.
+    pub fn level(&self) -> &'static str {
+        match self.request.class {
+            Class::V1 | Class::Malformed => "WARNING",
+            Class::V2 | Class::V2Token => "INFO",
+        }
+    }
+}
+
+/// Line format of the trace log and `--stdout`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// aws-imds-packet-analyzer's line, with our fields appended.
+    Text,
+    /// One JSON object per line, schema in the README.
+    Json,
+}
+
+impl Record {
+    pub fn format(&self, format: Format, node: &str) -> String {
+        match format {
+            Format::Text => text::format(self),
+            Format::Json => json::format(self, node),
+        }
+    }
+}
+
+/// Makes a value safe to put in a one-line log: control characters (a newline in an argv or
+/// a header could forge a whole line) become `\xNN`.
+pub fn escape_controls(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            out.push_str(&format!("\\x{:02x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

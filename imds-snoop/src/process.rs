@@ -1,0 +1,328 @@
+//! The caller and its ancestors: pids and comms as the kernel recorded them at the send,
+//! argv from /proc while the process is still there.
+//!
+//! The kernel's chain is the authority (it was read at the moment of the call, so a caller
+//! that has exited, or a pid since reused, cannot mislead it); /proc adds argv, and where
+//! the process is already gone, the exec cache (fed by the kernel's exec/exit events) does.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use procfs::process::Process;
+
+use crate::decode::{Exec, Send};
+
+/// Longest argv kept, in characters: enough for a long `aws` or `java` command line.
+const MAX_ARGV_CHARS: usize = 512;
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Proc {
+    pub pid: u32,
+    pub comm: String,
+    /// `None` when the process had exited before we could read /proc.
+    pub argv: Option<String>,
+}
+
+pub struct ProcessView {
+    proc_root: PathBuf,
+    pub execs: ExecCache,
+}
+
+impl ProcessView {
+    pub fn new(proc_root: &Path, execs: ExecCache) -> Self {
+        Self {
+            proc_root: proc_root.to_owned(),
+            execs,
+        }
+    }
+
+    /// The caller, then its ancestors up to pid 1.
+    pub fn chain(&self, send: &Send) -> (Proc, Vec<Proc>) {
+        let caller = self.proc(send.tgid, &send.comm);
+        let mut ancestors: Vec<Proc> = send
+            .ancestors
+            .iter()
+            .map(|(pid, comm)| self.proc(*pid, comm))
+            .collect();
+        // The kernel records a bounded number of levels; finish a deep tree from /proc.
+        let mut last = ancestors.last().map_or(send.tgid, |p| p.pid);
+        while last > 1
+            && ancestors.len() < 32
+            && send.ancestors.len() >= imds_snoop_common::MAX_ANCESTORS
+        {
+            let Some(ppid) = self.ppid(last) else { break };
+            if ppid == 0 {
+                break;
+            }
+            let comm = self.comm(ppid).unwrap_or_default();
+            ancestors.push(self.proc(ppid, &comm));
+            last = ppid;
+        }
+        (caller, ancestors)
+    }
+
+    fn proc(&self, pid: u32, comm: &str) -> Proc {
+        Proc {
+            pid,
+            comm: comm.to_owned(),
+            argv: self.argv(pid),
+        }
+    }
+
+    fn process(&self, pid: u32) -> Option<Process> {
+        Process::new_with_root(self.proc_root.join(pid.to_string())).ok()
+    }
+
+    fn argv(&self, pid: u32) -> Option<String> {
+        let args = self
+            .process(pid)
+            .and_then(|p| p.cmdline().ok())
+            // Kernel threads and zombies have an empty cmdline.
+            .filter(|args| !args.is_empty())
+            .or_else(|| self.execs.get(pid).map(|k| k.argv.clone()))?;
+        Some(truncate_chars(
+            &redact_tokens(&args.join(" ")),
+            MAX_ARGV_CHARS,
+        ))
+    }
+
+    fn ppid(&self, pid: u32) -> Option<u32> {
+        let stat = self.process(pid)?.stat().ok()?;
+        u32::try_from(stat.ppid).ok()
+    }
+
+    fn comm(&self, pid: u32) -> Option<String> {
+        Some(self.process(pid)?.stat().ok()?.comm)
+    }
+}
+
+/// What the kernel told us of a program started since the daemon began.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Known {
+    pub argv: Vec<String>,
+    pub ppid: u32,
+    seen: Instant,
+    exited: Option<Instant>,
+}
+
+/// argv of recently started processes, by pid, bounded in count and in age after exit.
+pub struct ExecCache {
+    entries: HashMap<u32, Known>,
+    max_entries: usize,
+    keep_after_exit: Duration,
+}
+
+impl ExecCache {
+    pub fn new(max_entries: usize, keep_after_exit: Duration) -> Self {
+        Self {
+            entries: HashMap::new(),
+            max_entries,
+            keep_after_exit,
+        }
+    }
+
+    pub fn on_exec(&mut self, e: Exec, now: Instant) {
+        if self.entries.len() >= self.max_entries {
+            self.sweep(now);
+        }
+        self.entries.insert(
+            e.tgid,
+            Known {
+                argv: e.argv,
+                ppid: e.ppid,
+                seen: now,
+                exited: None,
+            },
+        );
+    }
+
+    /// Kept a while after exit: the exiting caller's request may still be in reassembly.
+    pub fn on_exit(&mut self, tgid: u32, now: Instant) {
+        if let Some(k) = self.entries.get_mut(&tgid) {
+            k.exited = Some(now);
+        }
+    }
+
+    pub fn get(&self, pid: u32) -> Option<&Known> {
+        self.entries.get(&pid)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Drops exited entries older than `keep_after_exit`; if still at the bound, drops the
+    /// oldest half of the live ones too (a live process is still in /proc anyway).
+    pub fn sweep(&mut self, now: Instant) {
+        let keep = self.keep_after_exit;
+        self.entries
+            .retain(|_, k| k.exited.is_none_or(|t| now.duration_since(t) < keep));
+        if self.entries.len() >= self.max_entries {
+            let mut seen: Vec<Instant> = self.entries.values().map(|k| k.seen).collect();
+            seen.sort_unstable();
+            let cutoff = seen[seen.len() / 2];
+            self.entries.retain(|_, k| k.seen > cutoff);
+        }
+    }
+}
+
+/// A token can sit in a caller's argv (`curl -H "X-aws-ec2-metadata-token: AQAE..."`):
+/// replace whatever follows the header name, up to the next blank or quote, so the token
+/// never reaches the log through the process tree either.
+pub fn redact_tokens(argv: &str) -> String {
+    const NEEDLE: &str = "x-aws-ec2-metadata-token:";
+    let lower = argv.to_ascii_lowercase();
+    let mut out = String::with_capacity(argv.len());
+    let mut rest = 0;
+    let mut search = 0;
+    while let Some(found) = lower[search..].find(NEEDLE) {
+        let name_end = search + found + NEEDLE.len();
+        let bytes = argv.as_bytes();
+        let mut start = name_end;
+        while start < bytes.len() && bytes[start] == b' ' {
+            start += 1;
+        }
+        let mut end = start;
+        while end < bytes.len() && !matches!(bytes[end], b' ' | b'"' | b'\'' | b'\t') {
+            end += 1;
+        }
+        out.push_str(&argv[rest..start]);
+        if end > start {
+            out.push_str("**token redacted**");
+        }
+        rest = end;
+        search = end.max(name_end);
+    }
+    out.push_str(&argv[rest..]);
+    out
+}
+
+pub fn truncate_chars(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}...", &s[..cut]),
+        None => s.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send_from(tgid: u32, comm: &str, ancestors: Vec<(u32, String)>) -> Send {
+        Send {
+            ts_ns: 0,
+            sock_id: 0,
+            cgroup_id: 0,
+            size: 0,
+            tgid,
+            tid: tgid,
+            uid: 0,
+            gid: 0,
+            netns: 0,
+            dst: ("169.254.169.254".parse().unwrap(), 80),
+            comm: comm.into(),
+            ancestors,
+            payload: vec![],
+            truncated: false,
+            unreadable: false,
+        }
+    }
+
+    fn view() -> ProcessView {
+        ProcessView::new(
+            Path::new("/proc"),
+            ExecCache::new(16, Duration::from_secs(1)),
+        )
+    }
+
+    fn exec(tgid: u32, argv: &[&str]) -> Exec {
+        Exec {
+            tgid,
+            ppid: 1,
+            comm: argv[0].into(),
+            argv: argv.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn live_process_gets_argv_from_proc() {
+        let me = std::process::id();
+        let view = view();
+        let (caller, _) = view.chain(&send_from(me, "test", vec![]));
+        let argv = caller.argv.expect("own argv");
+        let exe = std::env::args().next().unwrap();
+        assert!(argv.starts_with(&exe), "{argv}");
+    }
+
+    #[test]
+    fn exited_process_keeps_kernel_identity_without_argv() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        let mut view = view();
+        let (caller, ancestors) = view.chain(&send_from(pid, "true", vec![(1, "init".into())]));
+        assert_eq!(caller.pid, pid);
+        assert_eq!(caller.comm, "true");
+        assert_eq!(caller.argv, None);
+        assert_eq!(ancestors[0].pid, 1);
+
+        // With its exec seen by the kernel, the departed caller keeps its argv (redacted).
+        view.execs.on_exec(
+            exec(pid, &["true", "-H", "X-aws-ec2-metadata-token: SECRET"]),
+            Instant::now(),
+        );
+        view.execs.on_exit(pid, Instant::now());
+        let (caller, _) = view.chain(&send_from(pid, "true", vec![]));
+        assert_eq!(
+            caller.argv.as_deref(),
+            Some("true -H X-aws-ec2-metadata-token: **token redacted**")
+        );
+    }
+
+    #[test]
+    fn exec_cache_is_bounded_in_count_and_age() {
+        let mut cache = ExecCache::new(16, Duration::from_millis(50));
+        let t0 = Instant::now();
+        for pid in 0..100 {
+            cache.on_exec(
+                exec(100_000 + pid, &["x"]),
+                t0 + Duration::from_millis(pid.into()),
+            );
+            assert!(cache.len() <= 16, "{} entries", cache.len());
+        }
+        // The newest survive a count eviction.
+        assert!(cache.get(100_099).is_some());
+        cache.on_exit(100_099, t0 + Duration::from_millis(100));
+        cache.sweep(t0 + Duration::from_millis(120));
+        assert!(cache.get(100_099).is_some(), "kept shortly after exit");
+        cache.sweep(t0 + Duration::from_millis(200));
+        assert!(cache.get(100_099).is_none(), "gone after keep_after_exit");
+    }
+
+    #[test]
+    fn tokens_in_argv_are_redacted() {
+        let argv = "curl -H X-aws-ec2-metadata-token: AQAEAbc123== http://169.254.169.254/ -H x-AWS-ec2-metadata-token:Zz9 -s";
+        let r = redact_tokens(argv);
+        assert!(!r.contains("AQAEAbc123") && !r.contains("Zz9"), "{r}");
+        assert_eq!(
+            r,
+            "curl -H X-aws-ec2-metadata-token: **token redacted** http://169.254.169.254/ -H x-AWS-ec2-metadata-token:**token redacted** -s"
+        );
+        assert_eq!(redact_tokens("curl http://x/"), "curl http://x/");
+        // The ttl header is not a token.
+        let ttl = "curl -H X-aws-ec2-metadata-token-ttl-seconds: 21600";
+        assert_eq!(redact_tokens(ttl), ttl);
+    }
+
+    #[test]
+    fn long_argv_is_truncated_on_a_char_boundary() {
+        let s = "é".repeat(600);
+        let t = truncate_chars(&s, MAX_ARGV_CHARS);
+        assert_eq!(t.chars().count(), MAX_ARGV_CHARS + 3);
+        assert!(t.ends_with("..."));
+    }
+}

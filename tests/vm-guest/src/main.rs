@@ -1,0 +1,861 @@
+//! `vm-guest`: the end-to-end check that `cargo xtask vm-test` runs inside each kernel-matrix
+//! VM (as a static musl binary in the initramfs) and, on the host kernel, inside a network
+//! namespace. Nothing else is needed in the guest: no Python, no curl.
+//!
+//! ```text
+//! vm-guest [--daemon PATH] [--workdir DIR] [--ignore-foreign] [--attach-timeout SECS] SPEC...
+//!   SPEC = fentry | kprobe | tracepoint   run the suite with `--attach SPEC`, expect it attached
+//!        | auto=MODE                      run the suite with `--attach auto`, expect MODE
+//!        | refuse=MODE                    expect `--attach MODE` to fail cleanly (no hook)
+//! vm-guest client KIND                     (internal) one IMDS client, run as our child
+//! ```
+//!
+//! Per SPEC it starts `imds-snoop --attach M --log-file DIR/imds-M.log`, waits for its
+//! `attached ...` line, runs the clients below as child processes (so their pid, comm
+//! `vm-guest`, argv `vm-guest client KIND` and parent are known), waits for the lines, stops
+//! the daemon with SIGTERM (it must exit 0) and checks that the log holds exactly the expected
+//! lines. Then it prints one line for the host to parse:
+//!
+//! `IMDS-RESULT kernel=6.1.0-56-cloud-amd64 mode=fentry attached=fentry result=pass events=15 secs=2.1`
+//! `IMDS-RESULT kernel=... mode=kprobe attached=- result=fail events=3 secs=9.0 reason=...`
+//!
+//! (`reason=` is always last and runs to the end of the line.) The fake IMDS listens on
+//! 169.254.169.254:80, [fd00:ec2::254]:80 and 169.254.169.254:8080 (a port that must not be
+//! traced); those addresses must already be on `lo` (the VM's /init, or the host's netns).
+
+use std::{
+    collections::BTreeMap,
+    env, fs,
+    io::{self, IoSlice, Read, Write},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream},
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitCode, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+const IMDS_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+const IMDS_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
+/// A port on the IMDS address that the daemon must not trace.
+const OTHER_PORT: u16 = 8080;
+/// The token our fake IMDS hands out and the clients send; it must never reach the log.
+const TOKEN: &str = "VmGuestT0ken-AQAEAxxSECRETxx-0123456789abcdef";
+/// argv[0] of our clients and the comm the kernel gives them (the binary's file name).
+const COMM: &str = "vm-guest";
+/// Threads of the `burst` client, each making one request at the same time.
+const BURST: usize = 8;
+const V4_DST: &str = "169.254.169.254:80";
+const V6_DST: &str = "[fd00:ec2::254]:80";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("client") {
+        return match client(args.get(1).map(String::as_str).unwrap_or("")) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vm-guest client: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match runner(&args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("vm-guest: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Runner
+// ---------------------------------------------------------------------------------------------
+
+struct Options {
+    daemon: PathBuf,
+    workdir: PathBuf,
+    /// Ignore trace lines of processes that are not ours (the host run: other tests on the
+    /// same kernel may talk to their own fake IMDS while we run).
+    ignore_foreign: bool,
+    attach_timeout: Duration,
+    specs: Vec<Spec>,
+}
+
+#[derive(Clone, Debug)]
+enum Spec {
+    /// Run the suite with `--attach mode` and expect the daemon to report `expect`.
+    Attach { mode: String, expect: String },
+    /// Expect `--attach mode` to be refused: non-zero exit and no `attached` line.
+    Refuse { mode: String },
+}
+
+impl Spec {
+    fn mode(&self) -> &str {
+        match self {
+            Spec::Attach { mode, .. } | Spec::Refuse { mode } => mode,
+        }
+    }
+}
+
+const MODES: [&str; 3] = ["fentry", "kprobe", "tracepoint"];
+
+fn parse_args(args: &[String]) -> Result<Options, String> {
+    let mut opts = Options {
+        daemon: PathBuf::from("/imds-snoop"),
+        workdir: PathBuf::from("/tmp"),
+        ignore_foreign: false,
+        attach_timeout: Duration::from_secs(120),
+        specs: Vec::new(),
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().cloned().ok_or(format!("{name} needs a value"));
+        match a.as_str() {
+            "--daemon" => opts.daemon = value("--daemon")?.into(),
+            "--workdir" => opts.workdir = value("--workdir")?.into(),
+            "--ignore-foreign" => opts.ignore_foreign = true,
+            "--attach-timeout" => {
+                let v = value("--attach-timeout")?;
+                let secs: u64 = v.parse().map_err(|_| format!("bad --attach-timeout {v}"))?;
+                opts.attach_timeout = Duration::from_secs(secs);
+            }
+            "-h" | "--help" => {
+                return Err("usage: vm-guest [--daemon PATH] [--workdir DIR] [--ignore-foreign] \
+                            [--attach-timeout SECS] fentry|kprobe|tracepoint|auto=MODE|refuse=MODE..."
+                    .into());
+            }
+            spec => {
+                let parsed = if let Some(m) = spec.strip_prefix("auto=") {
+                    Spec::Attach { mode: "auto".into(), expect: m.into() }
+                } else if let Some(m) = spec.strip_prefix("refuse=") {
+                    Spec::Refuse { mode: m.into() }
+                } else {
+                    Spec::Attach { mode: spec.into(), expect: spec.into() }
+                };
+                let checked = match &parsed {
+                    Spec::Attach { expect, .. } => expect,
+                    Spec::Refuse { mode } => mode,
+                };
+                if !MODES.contains(&checked.as_str()) {
+                    return Err(format!("unknown spec {spec:?}"));
+                }
+                opts.specs.push(parsed);
+            }
+        }
+    }
+    if opts.specs.is_empty() {
+        return Err("no attach mode given (try: vm-guest fentry kprobe auto=fentry)".into());
+    }
+    Ok(opts)
+}
+
+fn runner(args: &[String]) -> Result<bool, String> {
+    let opts = parse_args(args)?;
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into());
+    let btf = fs::read("/sys/kernel/btf/vmlinux").ok();
+    let has_tp = btf
+        .as_deref()
+        .is_some_and(|b| contains(b, b"btf_trace_tcp_sendmsg_locked"));
+    out(&format!(
+        "IMDS-INFO kernel={kernel} btf={} tcp_sendmsg_locked={}",
+        yes_no(btf.is_some()),
+        yes_no(has_tp)
+    ));
+
+    let server = start_fake_imds();
+    let mut all_ok = true;
+    for spec in &opts.specs {
+        let start = Instant::now();
+        let outcome = match &server {
+            Err(e) => Outcome::fail(0, format!("fake IMDS did not start: {e}")),
+            Ok(()) => match spec {
+                Spec::Attach { mode, expect } => run_suite(&opts, mode, expect),
+                Spec::Refuse { mode } => run_refused(&opts, mode),
+            },
+        };
+        all_ok &= outcome.ok;
+        let mut line = format!(
+            "IMDS-RESULT kernel={kernel} mode={} ",
+            match spec {
+                Spec::Refuse { mode } => format!("{mode} expect=refused"),
+                Spec::Attach { .. } => spec.mode().to_owned(),
+            }
+        );
+        line.push_str(&format!(
+            "attached={} result={} events={} secs={:.1}",
+            outcome.attached.as_deref().unwrap_or("-"),
+            if outcome.ok { "pass" } else { "fail" },
+            outcome.events,
+            start.elapsed().as_secs_f64()
+        ));
+        if let Some(reason) = &outcome.reason {
+            line.push_str(" reason=");
+            line.push_str(&one_line(reason));
+        }
+        out(&line);
+    }
+    out(&format!("IMDS-DONE kernel={kernel} ok={}", yes_no(all_ok)));
+    Ok(all_ok)
+}
+
+struct Outcome {
+    ok: bool,
+    attached: Option<String>,
+    events: usize,
+    reason: Option<String>,
+}
+
+impl Outcome {
+    fn fail(events: usize, reason: String) -> Self {
+        Self { ok: false, attached: None, events, reason: Some(reason) }
+    }
+}
+
+/// Prints a result line on stdout and flushes (the console is what the host reads).
+fn out(line: &str) {
+    let mut o = io::stdout().lock();
+    let _ = writeln!(o, "{line}");
+    let _ = o.flush();
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+fn one_line(s: &str) -> String {
+    s.split(['\n', '\r']).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" | ")
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+// --- the daemon -------------------------------------------------------------------------------
+
+struct Daemon {
+    child: Child,
+    stderr: Arc<Mutex<Vec<String>>>,
+    reader: Option<thread::JoinHandle<()>>,
+}
+
+impl Daemon {
+    fn spawn(opts: &Options, mode: &str, log: &Path) -> Result<Self, String> {
+        let mut child = Command::new(&opts.daemon)
+            .args(["--attach", mode, "--log-file"])
+            .arg(log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", opts.daemon.display()))?;
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let pipe = child.stderr.take().expect("piped stderr");
+        let sink = Arc::clone(&stderr);
+        let tag = format!("[imds-snoop --attach {mode}]");
+        let reader = thread::spawn(move || {
+            let mut pipe = io::BufReader::new(pipe);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match io::BufRead::read_until(&mut pipe, b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let line = strip_ansi(&String::from_utf8_lossy(&buf)).trim_end().to_owned();
+                        eprintln!("{tag} {line}");
+                        sink.lock().unwrap().push(line);
+                    }
+                }
+            }
+        });
+        Ok(Self { child, stderr, reader: Some(reader) })
+    }
+
+    fn stderr_has(&self, needle: &str) -> Option<String> {
+        self.stderr.lock().unwrap().iter().find(|l| l.contains(needle)).cloned()
+    }
+
+    fn last_error(&self) -> String {
+        let lines = self.stderr.lock().unwrap();
+        lines
+            .iter()
+            .rev()
+            .find(|l| l.contains("ERROR") || l.contains("error"))
+            .or(lines.last())
+            .cloned()
+            .unwrap_or_else(|| "(no output)".into())
+    }
+
+    /// Waits for the `attached ...` line; `Err` if the daemon exits or the time runs out.
+    fn wait_attached(&mut self, timeout: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.stderr_has("attached ") {
+                return Ok(line);
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                self.join_reader();
+                if let Some(line) = self.stderr_has("attached ") {
+                    return Ok(line);
+                }
+                return Err(format!("imds-snoop exited ({st}) before attaching: {}", self.last_error()));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("no `attached` line after {}s", timeout.as_secs()));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, then waits for the exit status (SIGKILL after `timeout`).
+    fn stop(&mut self, timeout: Duration) -> Result<ExitStatus, String> {
+        if let Ok(Some(st)) = self.child.try_wait() {
+            self.join_reader();
+            return Err(format!("imds-snoop had already exited ({st}): {}", self.last_error()));
+        }
+        // SAFETY: kill(2) on our own child's pid, which is not reaped yet.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let st = wait_timeout(&mut self.child, timeout);
+        self.join_reader();
+        st.ok_or_else(|| format!("imds-snoop still running {}s after SIGTERM (killed)", timeout.as_secs()))
+    }
+
+    fn join_reader(&mut self) {
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Waits for `child` up to `timeout`; kills it and returns `None` when it did not exit.
+fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) => return Some(st),
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut outs = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            outs.push(c);
+        }
+    }
+    outs
+}
+
+fn attach_label(mode: &str) -> String {
+    match mode {
+        "fentry" => "attached fentry (fentry/tcp_sendmsg)".into(),
+        "kprobe" => "attached kprobe (kprobe/tcp_sendmsg)".into(),
+        "tracepoint" => "attached tracepoint (tp_btf/tcp_sendmsg_locked)".into(),
+        other => format!("attached {other}"),
+    }
+}
+
+fn run_refused(opts: &Options, mode: &str) -> Outcome {
+    let log = opts.workdir.join(format!("imds-refuse-{mode}.log"));
+    let mut daemon = match Daemon::spawn(opts, mode, &log) {
+        Ok(d) => d,
+        Err(e) => return Outcome::fail(0, e),
+    };
+    let Some(st) = wait_timeout(&mut daemon.child, opts.attach_timeout) else {
+        daemon.join_reader();
+        let reason = match daemon.stderr_has("attached ") {
+            Some(l) => format!("expected --attach {mode} to be refused, but: {l}"),
+            None => format!("--attach {mode} neither attached nor exited in {}s", opts.attach_timeout.as_secs()),
+        };
+        return Outcome::fail(0, reason);
+    };
+    daemon.join_reader();
+    if let Some(l) = daemon.stderr_has("attached ") {
+        return Outcome::fail(0, format!("expected --attach {mode} to be refused, but: {l} ({st})"));
+    }
+    if st.success() {
+        return Outcome::fail(0, format!("--attach {mode} exited 0 without attaching"));
+    }
+    eprintln!("vm-guest: --attach {mode} refused as expected ({st}): {}", daemon.last_error());
+    Outcome { ok: true, attached: None, events: 0, reason: None }
+}
+
+// --- one suite run ----------------------------------------------------------------------------
+
+/// One line the log must hold.
+#[derive(Clone, Debug)]
+struct Want {
+    kind: &'static str,
+    pid: u32,
+    label: &'static str,
+    level: &'static str,
+    path: String,
+    dst: &'static str,
+}
+
+/// The clients, in the order they run, and what each must produce.
+const CLIENTS: [&str; 7] = ["v1", "v2", "writev", "split", "v6", "other", "burst"];
+
+fn wants_for(kind: &'static str, pid: u32) -> Vec<Want> {
+    let w = |label: &'static str, path: &str, dst: &'static str| Want {
+        kind,
+        pid,
+        label,
+        level: if label == "imdsv1(!)" { "WARNING" } else { "INFO" },
+        path: path.to_owned(),
+        dst,
+    };
+    match kind {
+        "v1" => vec![w("imdsv1(!)", "/latest/meta-data/vm-guest/v1", V4_DST)],
+        "v2" => vec![
+            w("imdsv2(token)", "/latest/api/token", V4_DST),
+            w("imdsv2", "/latest/meta-data/vm-guest/v2", V4_DST),
+        ],
+        "writev" => vec![w("imdsv1(!)", "/latest/meta-data/vm-guest/writev", V4_DST)],
+        "split" => vec![w("imdsv2", "/latest/meta-data/vm-guest/split", V4_DST)],
+        "v6" => vec![w("imdsv1(!)", "/latest/meta-data/vm-guest/v6", V6_DST)],
+        "other" => vec![],
+        "burst" => (0..BURST)
+            .map(|i| w("imdsv1(!)", &format!("/latest/meta-data/vm-guest/burst/{i}"), V4_DST))
+            .collect(),
+        _ => unreachable!("unknown client {kind}"),
+    }
+}
+
+fn run_suite(opts: &Options, mode: &str, expect: &str) -> Outcome {
+    let log = opts.workdir.join(format!("imds-{mode}.log"));
+    let _ = fs::remove_file(&log);
+    let mut daemon = match Daemon::spawn(opts, mode, &log) {
+        Ok(d) => d,
+        Err(e) => return Outcome::fail(0, e),
+    };
+    let attached_line = match daemon.wait_attached(opts.attach_timeout) {
+        Ok(l) => l,
+        Err(e) => return Outcome::fail(0, e),
+    };
+    let attached = MODES
+        .iter()
+        .find(|m| attached_line.contains(&attach_label(m)))
+        .map(|m| (*m).to_owned())
+        .unwrap_or_else(|| "?".into());
+    let mut failures = Vec::new();
+    if attached != expect {
+        failures.push(format!("expected `{}`, daemon said: {attached_line}", attach_label(expect)));
+    }
+
+    // The clients, one after the other (burst is concurrent inside).
+    let mut wants = Vec::new();
+    let mut pids: BTreeMap<u32, &'static str> = BTreeMap::new();
+    for kind in CLIENTS {
+        match run_client(kind) {
+            Ok(pid) => {
+                pids.insert(pid, kind);
+                wants.extend(wants_for(kind, pid));
+            }
+            Err(e) => failures.push(format!("client {kind}: {e}")),
+        }
+    }
+
+    // Lines must show up while the daemon runs, not only when it flushes at exit.
+    let own = |lines: &[LogLine]| {
+        lines.iter().filter(|l| l.pid.is_some_and(|p| pids.contains_key(&p))).count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut live = 0;
+    while Instant::now() < deadline {
+        live = own(&read_log(&log));
+        if live >= wants.len() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    // Anything extra (a split request logged twice, the other port) has a moment to appear.
+    thread::sleep(Duration::from_millis(500));
+    if live < wants.len() {
+        failures.push(format!("only {live}/{} lines in the log after 20s while running", wants.len()));
+    }
+
+    match daemon.stop(Duration::from_secs(30)) {
+        Ok(st) if st.success() => {}
+        Ok(st) => failures.push(format!("imds-snoop exited {st} after SIGTERM: {}", daemon.last_error())),
+        Err(e) => failures.push(e),
+    }
+
+    let lines = read_log(&log);
+    let events = own(&lines);
+    check_lines(&lines, &wants, &pids, opts.ignore_foreign, &mut failures);
+
+    if !failures.is_empty() {
+        eprintln!("vm-guest: --attach {mode}: {} problem(s); the log ({}) held:", failures.len(), log.display());
+        for l in lines.iter().take(40) {
+            eprintln!("  log: {}", l.raw);
+        }
+        for f in &failures {
+            eprintln!("  FAIL: {f}");
+        }
+    }
+    Outcome {
+        ok: failures.is_empty(),
+        attached: Some(attached),
+        events,
+        reason: (!failures.is_empty()).then(|| summarize(&failures)),
+    }
+}
+
+/// The first few failures, each cut short, for the one-line result (the console has all).
+fn summarize(failures: &[String]) -> String {
+    const SHOWN: usize = 4;
+    let mut s: Vec<String> = failures.iter().take(SHOWN).map(|f| cut(f, 400)).collect();
+    if failures.len() > SHOWN {
+        s.push(format!("(+{} more)", failures.len() - SHOWN));
+    }
+    s.join("; ")
+}
+
+fn cut(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+/// A log line without its ancestry: `[LEVEL] label (pid:N:comm argv:...) req details: ...`.
+fn short(l: &LogLine) -> String {
+    let caller = l.raw.find(" (pid:").map(|i| &l.raw[i + 1..]).unwrap_or("");
+    let caller = caller.split(") ").next().unwrap_or(caller);
+    let details = l.raw.find(" req details: ").map(|i| &l.raw[i + 1..]).unwrap_or("");
+    cut(&format!("[{}] {} {}) {}", l.level, l.label, caller, details), 300)
+}
+
+fn run_client(kind: &str) -> Result<u32, String> {
+    let exe = env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let mut child = Command::new(exe)
+        .arg0(COMM)
+        .args(["client", kind])
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("spawn: {e}"))?;
+    let pid = child.id();
+    match wait_timeout(&mut child, Duration::from_secs(30)) {
+        Some(st) if st.success() => Ok(pid),
+        Some(st) => Err(format!("pid {pid} failed ({st})")),
+        None => Err(format!("pid {pid} still running after 30s (killed)")),
+    }
+}
+
+/// One line of the trace log, split into the fields we check.
+struct LogLine {
+    raw: String,
+    level: String,
+    label: String,
+    pid: Option<u32>,
+    comm: String,
+}
+
+/// `[2026-11-23 08:42:32,962] [WARNING] imdsv1(!) (pid:12001:curl argv:...) ...`
+fn parse_line(raw: &str) -> LogLine {
+    let mut l = LogLine { raw: raw.to_owned(), level: String::new(), label: String::new(), pid: None, comm: String::new() };
+    let Some(i) = raw.find("] [") else { return l };
+    let rest = &raw[i + 3..];
+    let Some(j) = rest.find("] ") else { return l };
+    l.level = rest[..j].to_owned();
+    let rest = &rest[j + 2..];
+    let Some(k) = rest.find(" (pid:") else { return l };
+    l.label = rest[..k].to_owned();
+    let rest = &rest[k + 6..];
+    let Some(c) = rest.find(':') else { return l };
+    l.pid = rest[..c].parse().ok();
+    let rest = &rest[c + 1..];
+    l.comm = rest.split(" argv:").next().unwrap_or("").to_owned();
+    l
+}
+
+fn read_log(path: &Path) -> Vec<LogLine> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(parse_line)
+        .collect()
+}
+
+fn check_lines(
+    lines: &[LogLine],
+    wants: &[Want],
+    pids: &BTreeMap<u32, &'static str>,
+    ignore_foreign: bool,
+    failures: &mut Vec<String>,
+) {
+    let runner = std::process::id();
+    let mut used = vec![false; lines.len()];
+    for l in lines {
+        if l.raw.contains(TOKEN) {
+            failures.push(format!("the token value is in the log: {}", short(l)));
+        }
+    }
+    for w in wants {
+        let request = format!("{} http/1.1", w.path);
+        let found = lines.iter().enumerate().find(|(i, l)| {
+            !used[*i]
+                && l.pid == Some(w.pid)
+                && l.label == w.label
+                && l.raw.to_ascii_lowercase().contains(&request)
+        });
+        let Some((i, l)) = found else {
+            let near: Vec<String> = lines
+                .iter()
+                .enumerate()
+                .filter(|(i, l)| !used[*i] && l.pid == Some(w.pid))
+                .map(|(_, l)| short(l))
+                .collect();
+            failures.push(format!(
+                "missing `{} ... {request}` from client {} (pid {}){}",
+                w.label,
+                w.kind,
+                w.pid,
+                if near.is_empty() { String::new() } else { format!("; its lines: {}", near.join(" || ")) }
+            ));
+            continue;
+        };
+        used[i] = true;
+        let mut bad = Vec::new();
+        if l.level != w.level {
+            bad.push(format!("level {} (want {})", l.level, w.level));
+        }
+        if l.comm != COMM {
+            bad.push(format!("comm {:?} (want {COMM})", l.comm));
+        }
+        let argv = format!("(pid:{}:{COMM} argv:{COMM} client {})", w.pid, w.kind);
+        if !l.raw.contains(&argv) {
+            bad.push(format!("caller is not `{argv}`"));
+        }
+        let parent = format!("called by -> (pid:{runner}:{COMM} ");
+        if !l.raw.contains(&parent) {
+            bad.push(format!("parent is not `{parent}...`"));
+        }
+        if !l.raw.contains(&format!(" dst:{}", w.dst)) {
+            bad.push(format!("dst is not {}", w.dst));
+        }
+        if !bad.is_empty() {
+            failures.push(format!("client {} line wrong ({}): {}", w.kind, bad.join(", "), short(l)));
+        }
+    }
+    for (i, l) in lines.iter().enumerate() {
+        if used[i] {
+            continue;
+        }
+        let ours = l.pid.is_some_and(|p| p == runner || pids.contains_key(&p));
+        if l.pid.is_none() {
+            failures.push(format!("unexpected log line: {}", l.raw));
+        } else if ours {
+            let who = l.pid.and_then(|p| pids.get(&p).copied()).unwrap_or("runner (fake IMDS)");
+            failures.push(format!("unexpected line from {who}: {}", short(l)));
+        } else if !ignore_foreign {
+            failures.push(format!("line from a process that is not ours: {}", short(l)));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fake IMDS
+// ---------------------------------------------------------------------------------------------
+
+fn start_fake_imds() -> Result<(), String> {
+    let addrs = [
+        SocketAddr::new(IpAddr::V4(IMDS_V4), 80),
+        SocketAddr::new(IpAddr::V6(IMDS_V6), 80),
+        SocketAddr::new(IpAddr::V4(IMDS_V4), OTHER_PORT),
+    ];
+    for addr in addrs {
+        let listener = TcpListener::bind(addr).map_err(|e| {
+            format!("bind {addr}: {e} (are 169.254.169.254/32 and fd00:ec2::254/128 on lo?)")
+        })?;
+        thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                thread::spawn(move || {
+                    if let Err(e) = serve(conn) {
+                        eprintln!("vm-guest: fake IMDS {addr}: {e}");
+                    }
+                });
+            }
+        });
+    }
+    Ok(())
+}
+
+fn serve(mut conn: TcpStream) -> io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut req = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !contains(&req, b"\r\n\r\n") {
+        let n = conn.read(&mut buf)?;
+        if n == 0 || req.len() > 64 * 1024 {
+            return Ok(());
+        }
+        req.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&req).to_ascii_lowercase();
+    let mut first = text.lines().next().unwrap_or("").split(' ');
+    let (method, path) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
+    let (status, body) = if method == "put" && path == "/latest/api/token" {
+        if text.contains("x-aws-ec2-metadata-token-ttl-seconds:") {
+            ("200 OK", TOKEN.to_owned())
+        } else {
+            ("400 Bad Request", String::new())
+        }
+    } else if method == "get" {
+        ("200 OK", format!("fake imds {path}\n"))
+    } else {
+        ("405 Method Not Allowed", String::new())
+    };
+    let resp = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(resp.as_bytes())?;
+    let _ = conn.shutdown(Shutdown::Write);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients (each runs as `vm-guest client KIND`, a child of the runner)
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy)]
+enum Send {
+    /// All parts in one write(2).
+    Whole,
+    /// One writev(2) with one iovec per part.
+    Vectored,
+    /// One write(2) per part, a little apart: the daemon must reassemble them.
+    Split,
+}
+
+fn client(kind: &str) -> Result<(), String> {
+    let v4 = SocketAddr::new(IpAddr::V4(IMDS_V4), 80);
+    let ua = "User-Agent: vm-guest/1\r\n";
+    match kind {
+        "v1" => get(v4, "/latest/meta-data/vm-guest/v1", None, Send::Whole).map(drop),
+        "v2" => {
+            let put = format!(
+                "PUT /latest/api/token HTTP/1.1\r\nHost: 169.254.169.254\r\n{ua}\
+                 X-aws-ec2-metadata-token-ttl-seconds: 21600\r\nContent-Length: 0\r\n\
+                 Connection: close\r\n\r\n"
+            );
+            let token = request(v4, &[put.as_str()], Send::Whole)?;
+            if token != TOKEN {
+                return Err(format!("token PUT returned {token:?}"));
+            }
+            get(v4, "/latest/meta-data/vm-guest/v2", Some(&token), Send::Whole).map(drop)
+        }
+        "writev" => get(v4, "/latest/meta-data/vm-guest/writev", None, Send::Vectored).map(drop),
+        "split" => get(v4, "/latest/meta-data/vm-guest/split", Some(TOKEN), Send::Split).map(drop),
+        "v6" => get(SocketAddr::new(IpAddr::V6(IMDS_V6), 80), "/latest/meta-data/vm-guest/v6", None, Send::Whole)
+            .map(drop),
+        "other" => get(
+            SocketAddr::new(IpAddr::V4(IMDS_V4), OTHER_PORT),
+            "/latest/meta-data/vm-guest/other",
+            None,
+            Send::Whole,
+        )
+        .map(drop),
+        "burst" => {
+            let threads: Vec<_> = (0..BURST)
+                .map(|i| {
+                    thread::spawn(move || {
+                        get(v4, &format!("/latest/meta-data/vm-guest/burst/{i}"), None, Send::Whole)
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().map_err(|_| "burst thread panicked".to_owned())??;
+            }
+            Ok(())
+        }
+        other => Err(format!("unknown client {other:?}")),
+    }
+}
+
+/// A GET split into the request line, the headers and the blank line (one part each), so
+/// `Send::Vectored` and `Send::Split` really send several pieces. Returns the body.
+fn get(addr: SocketAddr, path: &str, token: Option<&str>, how: Send) -> Result<String, String> {
+    let host = match addr.ip() {
+        IpAddr::V4(ip) => ip.to_string(),
+        IpAddr::V6(ip) => format!("[{ip}]"),
+    };
+    let line = format!("GET {path} HTTP/1.1\r\n");
+    let mut headers = format!("Host: {host}\r\nUser-Agent: vm-guest/1\r\nAccept: */*\r\n");
+    let token = token.map(|t| format!("X-aws-ec2-metadata-token: {t}\r\n")).unwrap_or_default();
+    headers.push_str("Connection: close\r\n");
+    request(addr, &[&line, &headers, &token, "\r\n"], how)
+}
+
+fn request(addr: SocketAddr, parts: &[&str], how: Send) -> Result<String, String> {
+    let err = |what: &str, e: io::Error| format!("{what} {addr}: {e}");
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| err("connect", e))?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| err("timeout", e))?;
+    s.set_nodelay(true).map_err(|e| err("nodelay", e))?;
+    let parts: Vec<&[u8]> = parts.iter().map(|p| p.as_bytes()).filter(|p| !p.is_empty()).collect();
+    match how {
+        Send::Whole => s.write_all(&parts.concat()).map_err(|e| err("write", e))?,
+        Send::Vectored => {
+            let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+            let mut slices = &mut slices[..];
+            while !slices.is_empty() {
+                let n = s.write_vectored(slices).map_err(|e| err("writev", e))?;
+                if n == 0 {
+                    return Err(format!("writev {addr}: wrote 0 bytes"));
+                }
+                IoSlice::advance_slices(&mut slices, n);
+            }
+        }
+        Send::Split => {
+            for (i, p) in parts.iter().enumerate() {
+                if i > 0 {
+                    thread::sleep(Duration::from_millis(30));
+                }
+                s.write_all(p).map_err(|e| err("write", e))?;
+            }
+        }
+    }
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).map_err(|e| err("read", e))?;
+    let resp = String::from_utf8_lossy(&resp);
+    let (head, body) = resp.split_once("\r\n\r\n").ok_or(format!("{addr}: bad response {resp:?}"))?;
+    if !head.starts_with("HTTP/1.1 200 ") {
+        return Err(format!("{addr}: {}", head.lines().next().unwrap_or("")));
+    }
+    Ok(body.to_owned())
+}

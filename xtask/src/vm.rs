@@ -1,0 +1,987 @@
+//! `cargo xtask vm-test`: the kernel matrix. Boots Debian's cloud kernels 5.10 (bullseye, as
+//! on AL2), 6.1 and 6.12 (bookworm, as on AL2023) under qemu (TCG: nested KVM hangs on the CI
+//! machine) with an initramfs holding busybox, the static (musl) `imds-snoop` and the
+//! `vm-guest` runner (tests/vm-guest), and reads each guest's verdict from its serial
+//! console. Then runs the same runner on the host kernel in a network namespace of its own
+//! (the tracepoint path). Prints a kernel x attach-mode matrix; fails if any cell failed or a
+//! kernel did not report.
+//!
+//! Everything downloaded is a Debian package (kernels, with a private apt state under
+//! `target/vm/apt/` so the system's apt lists are not changed) or a crate. Cached under
+//! `target/vm/`: `kernels/<uname -r>/` (unpacked package), `apt/`, `initramfs.cpio`,
+//! `logs/<kernel>.console.log` (each guest's console), `matrix.md` (the last matrix).
+
+use std::{
+    collections::BTreeMap,
+    env, fs,
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+
+use crate::cmd;
+
+/// What `cargo xtask vm-test` does; `Default` is the full matrix.
+#[derive(Debug, Clone)]
+pub struct VmTestOptions {
+    /// Kernel series to boot (`5.10`, `6.1`, `6.12`); empty: all of them.
+    pub kernels: Vec<String>,
+    /// Do not run the suite on the host kernel (in a network namespace).
+    pub skip_host: bool,
+    /// Do not boot any VM (host kernel only).
+    pub skip_vms: bool,
+    /// Seconds one VM may take from qemu start to power-off before it counts as hung.
+    pub boot_timeout_secs: u64,
+    /// Resolve the newest kernel packages again (apt update + download) instead of using
+    /// the ones cached under target/vm/kernels.
+    pub refresh_kernels: bool,
+    /// Stream every guest console (and the host run's stderr) to the terminal; otherwise
+    /// only the result lines are shown and the consoles go to target/vm/logs/.
+    pub verbose: bool,
+}
+
+impl Default for VmTestOptions {
+    fn default() -> Self {
+        Self {
+            kernels: Vec::new(),
+            skip_host: false,
+            skip_vms: false,
+            boot_timeout_secs: 300,
+            refresh_kernels: false,
+            verbose: false,
+        }
+    }
+}
+
+/// A Debian release whose packages we download with a private apt state.
+#[derive(Debug, Clone, Copy)]
+enum Dist {
+    Bullseye,
+    Bookworm,
+}
+
+impl Dist {
+    fn name(self) -> &'static str {
+        match self {
+            Dist::Bullseye => "bullseye",
+            Dist::Bookworm => "bookworm",
+        }
+    }
+}
+
+/// One kernel of the matrix and what its guest runs (vm-guest specs: `MODE` must attach,
+/// `auto=MODE` must pick MODE, `refuse=MODE` must fail cleanly).
+struct KernelPlan {
+    series: &'static str,
+    dist: Dist,
+    specs: &'static [&'static str],
+}
+
+/// 5.10 and 6.1 have no `tcp_sendmsg_locked` tracepoint (it came in 6.12), so there the
+/// tracepoint mode must be refused with a clear error instead.
+const PLAN: &[KernelPlan] = &[
+    KernelPlan {
+        series: "5.10",
+        dist: Dist::Bullseye,
+        specs: &["fentry", "kprobe", "refuse=tracepoint", "auto=fentry"],
+    },
+    KernelPlan {
+        series: "6.1",
+        dist: Dist::Bookworm,
+        specs: &["fentry", "kprobe", "refuse=tracepoint", "auto=fentry"],
+    },
+    KernelPlan {
+        series: "6.12",
+        dist: Dist::Bookworm,
+        specs: &["fentry", "kprobe", "tracepoint", "auto=fentry"],
+    },
+];
+
+/// The host kernel (this project's CI machine, 6.18 under Firecracker) refuses fentry and has
+/// no kprobes: only the tracepoint path runs there.
+const HOST_SPECS: &[&str] = &["tracepoint", "auto=tracepoint"];
+
+const MUSL: &str = "x86_64-unknown-linux-musl";
+const DEB_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "musl-tools", "iproute2"];
+const BUSYBOX: &str = "/bin/busybox";
+const MATRIX_MODES: [&str; 4] = ["fentry", "kprobe", "tracepoint", "auto"];
+
+pub fn vm_test(opts: VmTestOptions) -> Result<()> {
+    let started = Instant::now();
+    let root = cmd::workspace_root();
+    let target = env::var_os("CARGO_TARGET_DIR")
+        .filter(|v| !v.is_empty())
+        .map(|v| root.join(v))
+        .unwrap_or_else(|| root.join("target"));
+    let vm_dir = target.join("vm");
+    fs::create_dir_all(vm_dir.join("logs"))?;
+
+    let plans: Vec<&KernelPlan> = if opts.skip_vms {
+        Vec::new()
+    } else if opts.kernels.is_empty() {
+        PLAN.iter().collect()
+    } else {
+        for k in &opts.kernels {
+            if !PLAN.iter().any(|p| p.series == k) {
+                let known: Vec<_> = PLAN.iter().map(|p| p.series).collect();
+                bail!("unknown kernel series {k:?} (known: {})", known.join(", "));
+            }
+        }
+        PLAN.iter().filter(|p| opts.kernels.iter().any(|k| k == p.series)).collect()
+    };
+    if plans.is_empty() && opts.skip_host {
+        bail!("nothing to do: no kernels and --skip-host");
+    }
+
+    // (a) tools
+    crate::setup::setup(&crate::setup::SetupArgs::default())?;
+    ensure_debs(DEB_PACKAGES)?;
+    ensure_rust_target(MUSL)?;
+
+    // (b) kernels
+    let mut kernels = Vec::new();
+    for plan in &plans {
+        let k = kernel(&root, &vm_dir, plan, opts.refresh_kernels)
+            .with_context(|| format!("getting the {} kernel", plan.series))?;
+        kernels.push((plan, k));
+    }
+
+    // (c) static binaries
+    let (daemon, guest) = build_static(&target)?;
+
+    // (d) initramfs, shared by all kernels (the specs come on the kernel command line)
+    let initrd = vm_dir.join("initramfs.cpio");
+    if !plans.is_empty() {
+        write_initramfs(&initrd, &root.join("tests/vm/init.sh"), &daemon, &guest)?;
+    }
+
+    // (e) boots, one after the other (CI has two cores, shared)
+    let mut rows = Vec::new();
+    for (plan, k) in &kernels {
+        eprintln!("\nvm-test: booting {} ({}) : {}", k.version, plan.series, plan.specs.join(" "));
+        let row = boot(k, plan.specs, &initrd, &vm_dir, &opts);
+        rows.push(row);
+    }
+
+    // (f) the host kernel, in a network namespace of ours
+    if !opts.skip_host {
+        eprintln!("\nvm-test: host kernel, in a network namespace: {}", HOST_SPECS.join(" "));
+        rows.push(host_run(&daemon, &guest, &vm_dir, &opts));
+    }
+
+    // (g) the matrix
+    let table = matrix(&rows);
+    eprintln!();
+    println!("{table}");
+    let md = markdown(&rows);
+    let _ = fs::write(vm_dir.join("matrix.md"), &md);
+    let failed: Vec<&Row> = rows.iter().filter(|r| !r.ok()).collect();
+    println!(
+        "vm-test: {} kernel(s), {} failed, {:.0}s in all (matrix also in {})",
+        rows.len(),
+        failed.len(),
+        started.elapsed().as_secs_f64(),
+        vm_dir.join("matrix.md").display()
+    );
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        let names: Vec<&str> = failed.iter().map(|r| r.kernel.as_str()).collect();
+        bail!("kernel matrix failed on: {} (consoles in {})", names.join(", "), vm_dir.join("logs").display())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tools
+// ---------------------------------------------------------------------------------------------
+
+fn deb_installed(name: &str) -> bool {
+    cmd::output(Command::new("dpkg-query").args(["-W", "-f=${Status}", name]))
+        .ok()
+        .flatten()
+        .is_some_and(|s| s.contains("install ok installed"))
+}
+
+fn ensure_debs(names: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = names.iter().copied().filter(|n| !deb_installed(n)).collect();
+    for n in names.iter().filter(|n| !missing.contains(n)) {
+        println!("ok: {n} (vm-test)");
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !cmd::is_root() {
+        bail!("vm-test needs {} installed: run as root, or `apt-get install {}`", missing.join(" "), missing.join(" "));
+    }
+    println!("installing: {} (vm-test)", missing.join(" "));
+    let install = || {
+        let mut c = cmd::command("apt-get");
+        c.env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["-o", "DPkg::Lock::Timeout=300", "install", "-y", "--no-install-recommends"])
+            .args(&missing);
+        cmd::run(&mut c)
+    };
+    if install().is_err() {
+        // A fresh machine may have no package lists yet.
+        let mut update = cmd::command("apt-get");
+        update.args(["-o", "DPkg::Lock::Timeout=300", "update"]);
+        cmd::run(&mut update)?;
+        install()?;
+    }
+    Ok(())
+}
+
+fn ensure_rust_target(target: &str) -> Result<()> {
+    let installed = cmd::output(cmd::command("rustup").args(["target", "list", "--installed"]))?
+        .ok_or_else(|| anyhow!("`rustup target list --installed` failed (is rustup installed?)"))?;
+    if installed.lines().any(|l| l.trim() == target) {
+        println!("ok: rust target {target} (vm-test)");
+        return Ok(());
+    }
+    println!("installing: rust target {target} (vm-test)");
+    cmd::run(cmd::command("rustup").args(["target", "add", target]))
+}
+
+/// Builds `imds-snoop` (its build.rs embeds the eBPF object) and `vm-guest` static for musl.
+fn build_static(target: &Path) -> Result<(PathBuf, PathBuf)> {
+    let mut cargo = cmd::command("cargo");
+    cargo.args(["build", "--release", "--target", MUSL, "-p", "imds-snoop", "-p", "vm-guest"]);
+    eprintln!("vm-test: {}", cmd::display(&cargo));
+    cmd::run(&mut cargo)?;
+    let dir = target.join(MUSL).join("release");
+    let daemon = dir.join("imds-snoop");
+    let guest = dir.join("vm-guest");
+    for bin in [&daemon, &guest] {
+        if is_dynamic(bin)? {
+            bail!("{} is dynamically linked; the initramfs has no libc", bin.display());
+        }
+    }
+    Ok((daemon, guest))
+}
+
+/// Whether an ELF file asks for a program interpreter (PT_INTERP), i.e. is not static.
+fn is_dynamic(path: &Path) -> Result<bool> {
+    let elf = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    let u32_at = |o: usize| elf.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
+    let u64_at = |o: usize| elf.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize);
+    if elf.get(..5) != Some(b"\x7fELF\x02") {
+        bail!("{} is not a 64-bit ELF file", path.display());
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
+        bail!("{}: truncated ELF header", path.display());
+    };
+    Ok((0..phnum).any(|i| u32_at(phoff + i * phentsize) == Some(3)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernels
+// ---------------------------------------------------------------------------------------------
+
+struct Kernel {
+    /// `uname -r` of the kernel, e.g. `6.1.0-56-cloud-amd64`.
+    version: String,
+    vmlinuz: PathBuf,
+}
+
+/// Sort key of a kernel package of `series`, e.g. `linux-image-6.1.0-56-cloud-amd64` ->
+/// [0, 56]; `linux-image-6.12.117+deb12-cloud-amd64` -> [117, 12]; None for other packages
+/// (other series, -dbg, -unsigned, meta packages).
+fn series_key(series: &str, package: &str) -> Option<Vec<u64>> {
+    let rest = package.strip_prefix("linux-image-")?.strip_prefix(series)?.strip_prefix('.')?;
+    let middle = rest.strip_suffix("-cloud-amd64")?;
+    if !middle.starts_with(|c: char| c.is_ascii_digit()) {
+        return None;
+    }
+    let key: Vec<u64> = middle
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().ok())
+        .collect::<Option<_>>()?;
+    Some(key)
+}
+
+fn kernel(root: &Path, vm_dir: &Path, plan: &KernelPlan, refresh: bool) -> Result<Kernel> {
+    let kernels = vm_dir.join("kernels");
+    fs::create_dir_all(&kernels)?;
+    if !refresh && let Some(k) = cached_kernel(&kernels, plan.series)? {
+        println!("ok: kernel {} (cached in {})", k.version, kernels.display());
+        return Ok(k);
+    }
+
+    let apt = PrivateApt::new(root, vm_dir, plan.dist)?;
+    apt.update(refresh)?;
+    let names = apt.output(&["pkgnames", "linux-image-"], "apt-cache")?;
+    let mut candidates: Vec<(Vec<u64>, String)> = names
+        .lines()
+        .filter_map(|n| series_key(plan.series, n.trim()).map(|k| (k, n.trim().to_owned())))
+        .collect();
+    candidates.sort();
+    // The newest one that apt can actually download (pkgnames also lists names that are only
+    // referenced).
+    let package = candidates
+        .iter()
+        .rev()
+        .map(|(_, n)| n)
+        .find(|n| apt.output(&["show", "--no-all-versions", n], "apt-cache").is_ok_and(|s| !s.trim().is_empty()))
+        .cloned()
+        .ok_or_else(|| anyhow!("no linux-image-{}.*-cloud-amd64 package in {}", plan.series, plan.dist.name()))?;
+    let version = package.trim_start_matches("linux-image-").to_owned();
+    let dest = kernels.join(&version);
+    if dest.join(".complete").is_file() {
+        println!("ok: kernel {version} (cached)");
+        return load_kernel(&dest, &version);
+    }
+
+    println!("installing: kernel {package} (apt-get download from {}, unpacked to {})", plan.dist.name(), dest.display());
+    let debs = vm_dir.join("debs");
+    fs::create_dir_all(&debs)?;
+    let mut dl = apt.command("apt-get");
+    dl.current_dir(&debs).args(["download", &package]);
+    cmd::run(&mut dl)?;
+    let deb = fs::read_dir(&debs)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
+        })
+        .ok_or_else(|| anyhow!("apt-get download {package} left no .deb in {}", debs.display()))?;
+    let tmp = kernels.join(format!(".unpack-{version}"));
+    let _ = fs::remove_dir_all(&tmp);
+    let _ = fs::remove_dir_all(&dest);
+    let mut x = cmd::command("dpkg-deb");
+    x.arg("-x").arg(&deb).arg(&tmp);
+    cmd::run(&mut x)?;
+    fs::write(tmp.join(".complete"), format!("{}\n", deb.file_name().unwrap_or_default().to_string_lossy()))?;
+    fs::rename(&tmp, &dest)?;
+    let _ = fs::remove_file(&deb);
+    load_kernel(&dest, &version)
+}
+
+/// The newest completely unpacked kernel of `series` under `kernels/`.
+fn cached_kernel(kernels: &Path, series: &str) -> Result<Option<Kernel>> {
+    let mut found: Vec<(Vec<u64>, String)> = Vec::new();
+    for e in fs::read_dir(kernels)? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(key) = series_key(series, &format!("linux-image-{name}"))
+            && e.path().join(".complete").is_file()
+        {
+            found.push((key, name));
+        }
+    }
+    found.sort();
+    match found.pop() {
+        Some((_, version)) => load_kernel(&kernels.join(&version), &version).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn load_kernel(dir: &Path, version: &str) -> Result<Kernel> {
+    let vmlinuz = dir.join("boot").join(format!("vmlinuz-{version}"));
+    if !vmlinuz.is_file() {
+        bail!("{} missing (delete {} to fetch it again)", vmlinuz.display(), dir.display());
+    }
+    Ok(Kernel { version: version.to_owned(), vmlinuz })
+}
+
+/// apt with its own sources list, lists and cache under target/vm/apt/<dist>/: downloads do
+/// not depend on, or change, the machine's apt configuration.
+struct PrivateApt {
+    opts: Vec<String>,
+    lists: PathBuf,
+}
+
+impl PrivateApt {
+    fn new(root: &Path, vm_dir: &Path, dist: Dist) -> Result<Self> {
+        let sources = root.join("tests/vm").join(format!("{}.list", dist.name()));
+        if !sources.is_file() {
+            bail!("{} missing", sources.display());
+        }
+        let base = vm_dir.join("apt").join(dist.name());
+        let lists = base.join("lists");
+        let cache = base.join("cache");
+        let parts = base.join("sources.list.d");
+        for d in [lists.join("partial"), cache.join("archives/partial"), parts.clone()] {
+            fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        let opts = [
+            format!("Dir::Etc::SourceList={}", sources.display()),
+            format!("Dir::Etc::SourceParts={}", parts.display()),
+            format!("Dir::State::Lists={}", lists.display()),
+            format!("Dir::Cache={}", cache.display()),
+            "Acquire::Languages=none".into(),
+            "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false".into(),
+            "Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false".into(),
+            "Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false".into(),
+            "APT::Sandbox::User=root".into(),
+        ]
+        .into_iter()
+        .flat_map(|o| ["-o".to_owned(), o])
+        .collect();
+        Ok(Self { opts, lists })
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut c = cmd::command(program);
+        c.args(&self.opts);
+        c
+    }
+
+    fn output(&self, args: &[&str], program: &str) -> Result<String> {
+        let mut c = self.command(program);
+        c.args(args);
+        cmd::output_or_reason(&mut c).map_err(|e| anyhow!("`{}`: {e}", cmd::display(&c)))
+    }
+
+    /// `apt-get update` into the private lists, unless they are there already.
+    fn update(&self, force: bool) -> Result<()> {
+        let have_lists = fs::read_dir(&self.lists)?
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().contains("_Packages"));
+        if have_lists && !force {
+            return Ok(());
+        }
+        let mut c = self.command("apt-get");
+        c.arg("update");
+        eprintln!("vm-test: {}", cmd::display(&c));
+        cmd::run(&mut c)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Initramfs (cpio "newc", written here: no cpio tool needed, no root for the device node)
+// ---------------------------------------------------------------------------------------------
+
+struct Cpio {
+    buf: Vec<u8>,
+    ino: u32,
+}
+
+impl Cpio {
+    fn new() -> Self {
+        Self { buf: Vec::new(), ino: 1 }
+    }
+
+    fn entry(&mut self, name: &str, mode: u32, rdev: (u32, u32), data: &[u8]) {
+        let name = name.trim_start_matches('/');
+        let fields = [
+            self.ino,
+            mode,
+            0, // uid
+            0, // gid
+            if mode & 0o170000 == 0o040000 { 2 } else { 1 },
+            0, // mtime: reproducible
+            data.len() as u32,
+            0,
+            0,
+            rdev.0,
+            rdev.1,
+            name.len() as u32 + 1,
+            0, // check
+        ];
+        self.ino += 1;
+        self.buf.extend_from_slice(b"070701");
+        for f in fields {
+            self.buf.extend_from_slice(format!("{f:08x}").as_bytes());
+        }
+        self.buf.extend_from_slice(name.as_bytes());
+        self.buf.push(0);
+        self.pad();
+        self.buf.extend_from_slice(data);
+        self.pad();
+    }
+
+    fn pad(&mut self) {
+        while !self.buf.len().is_multiple_of(4) {
+            self.buf.push(0);
+        }
+    }
+
+    fn dir(&mut self, name: &str) {
+        self.entry(name, 0o040755, (0, 0), &[]);
+    }
+
+    fn file(&mut self, name: &str, data: &[u8]) {
+        self.entry(name, 0o100755, (0, 0), data);
+    }
+
+    fn symlink(&mut self, name: &str, target: &str) {
+        self.entry(name, 0o120777, (0, 0), target.as_bytes());
+    }
+
+    fn chardev(&mut self, name: &str, major: u32, minor: u32) {
+        self.entry(name, 0o020600, (major, minor), &[]);
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.entry("TRAILER!!!", 0, (0, 0), &[]);
+        self.buf
+    }
+}
+
+fn write_initramfs(out: &Path, init: &Path, daemon: &Path, guest: &Path) -> Result<()> {
+    let read = |p: &Path| fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let busybox = Path::new(BUSYBOX);
+    if is_dynamic(busybox)? {
+        bail!("{BUSYBOX} is not static: install busybox-static");
+    }
+    let mut c = Cpio::new();
+    for d in ["bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "run", "etc"] {
+        c.dir(d);
+    }
+    // The kernel opens /dev/console for init before anything is mounted.
+    c.chardev("dev/console", 5, 1);
+    c.chardev("dev/null", 1, 3);
+    c.file("bin/busybox", &read(busybox)?);
+    c.symlink("bin/sh", "busybox");
+    c.file("init", &read(init)?);
+    c.file("imds-snoop", &read(daemon)?);
+    c.file("vm-guest", &read(guest)?);
+    let bytes = c.finish();
+    fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+    eprintln!("vm-test: initramfs {} ({:.1} MiB)", out.display(), bytes.len() as f64 / (1 << 20) as f64);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Runs and results
+// ---------------------------------------------------------------------------------------------
+
+/// One `IMDS-RESULT` line of vm-guest.
+#[derive(Debug, Clone)]
+struct ModeResult {
+    pass: bool,
+    refused: bool,
+    attached: String,
+    events: u64,
+    secs: f64,
+    reason: Option<String>,
+}
+
+/// One kernel's row of the matrix.
+struct Row {
+    kernel: String,
+    label: String,
+    /// Matrix column (`fentry`, `kprobe`, `tracepoint`, `auto`) -> result.
+    results: BTreeMap<String, ModeResult>,
+    /// Problems outside any one mode (did not boot, hung, a spec did not report).
+    errors: Vec<String>,
+    secs: f64,
+}
+
+impl Row {
+    fn ok(&self) -> bool {
+        self.errors.is_empty() && self.results.values().all(|r| r.pass)
+    }
+}
+
+/// Parses `IMDS-RESULT kernel=K mode=M [expect=refused] attached=A result=R events=N secs=S
+/// [reason=...]`.
+fn parse_result(line: &str) -> Option<(String, String, ModeResult)> {
+    let rest = line.strip_prefix("IMDS-RESULT ")?;
+    let (fields, reason) = match rest.split_once(" reason=") {
+        Some((f, r)) => (f, Some(r.to_owned())),
+        None => (rest, None),
+    };
+    let kv: BTreeMap<&str, &str> = fields.split_whitespace().filter_map(|f| f.split_once('=')).collect();
+    let result = ModeResult {
+        pass: kv.get("result") == Some(&"pass"),
+        refused: kv.get("expect") == Some(&"refused"),
+        attached: kv.get("attached").unwrap_or(&"-").to_string(),
+        events: kv.get("events").and_then(|v| v.parse().ok()).unwrap_or(0),
+        secs: kv.get("secs").and_then(|v| v.parse().ok()).unwrap_or(0.0),
+        reason,
+    };
+    Some((kv.get("kernel")?.to_string(), kv.get("mode")?.to_string(), result))
+}
+
+/// The matrix column of a vm-guest spec.
+fn spec_column(spec: &str) -> &str {
+    if spec.starts_with("auto=") {
+        "auto"
+    } else {
+        spec.strip_prefix("refuse=").unwrap_or(spec)
+    }
+}
+
+/// Collects the result lines of one run into a row; specs without a result are errors.
+fn collect(kernel: &str, label: String, specs: &[&str], lines: &[String], mut errors: Vec<String>, secs: f64) -> Row {
+    let mut results = BTreeMap::new();
+    for l in lines {
+        if let Some((k, mode, r)) = parse_result(l) {
+            if k != kernel {
+                errors.push(format!("a result for kernel {k} came from {kernel}"));
+            }
+            results.insert(mode, r);
+        }
+    }
+    for spec in specs {
+        if !results.contains_key(spec_column(spec)) {
+            errors.push(format!("{spec}: did not report"));
+        }
+    }
+    Row { kernel: kernel.to_owned(), label, results, errors, secs }
+}
+
+/// Streams a child's output lines into a channel (and a log file), from a thread.
+fn pump(reader: impl std::io::Read + Send + 'static, tx: mpsc::Sender<String>) {
+    thread::spawn(move || {
+        let mut r = BufReader::new(reader);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_owned();
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Reads lines from `rx` until the senders are gone or `deadline`; each line goes to `log`,
+/// result lines (or, with `verbose`, all lines) to the terminal. Returns (lines, timed out).
+fn read_lines(rx: &mpsc::Receiver<String>, deadline: Instant, log: &mut fs::File, verbose: bool, tag: &str) -> (Vec<String>, bool) {
+    let mut lines = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return (lines, true);
+        }
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let _ = writeln!(log, "{line}");
+                let line = strip_controls(&line);
+                if verbose || line.starts_with("IMDS-RESULT") || line.starts_with("IMDS-BOOT") {
+                    eprintln!("  [{tag}] {line}");
+                }
+                lines.push(line);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => return (lines, true),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return (lines, false),
+        }
+    }
+}
+
+/// Without terminal escapes and stray carriage returns (the serial console has both).
+fn strip_controls(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else if c != '\r' {
+            out.push(c);
+        }
+    }
+    // A kernel message may land in front of ours on the same console line.
+    match out.find("IMDS-") {
+        Some(i) if i > 0 => out[i..].to_owned(),
+        _ => out,
+    }
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn boot(k: &Kernel, specs: &[&str], initrd: &Path, vm_dir: &Path, opts: &VmTestOptions) -> Row {
+    let started = Instant::now();
+    let label = k.version.clone();
+    let fail = |e: String| Row {
+        kernel: k.version.clone(),
+        label: label.clone(),
+        results: BTreeMap::new(),
+        errors: vec![e],
+        secs: started.elapsed().as_secs_f64(),
+    };
+    let log_path = vm_dir.join("logs").join(format!("{}.console.log", k.version));
+    let mut log = match fs::File::create(&log_path) {
+        Ok(f) => f,
+        Err(e) => return fail(format!("creating {}: {e}", log_path.display())),
+    };
+    let append = format!("console=ttyS0 panic=-1 quiet -- {}", specs.join(" "));
+    let mut qemu = cmd::command("qemu-system-x86_64");
+    qemu.args(["-machine", "q35", "-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "1"])
+        .args(["-nographic", "-no-reboot", "-nic", "none"])
+        .arg("-kernel")
+        .arg(&k.vmlinuz)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", &append])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let _ = writeln!(log, "# {}", cmd::display(&qemu));
+    let mut child = match qemu.spawn() {
+        Ok(c) => c,
+        Err(e) => return fail(format!("cannot start qemu-system-x86_64: {e}")),
+    };
+    let (tx, rx) = mpsc::channel();
+    pump(child.stdout.take().expect("piped"), tx.clone());
+    pump(child.stderr.take().expect("piped"), tx);
+    let deadline = started + Duration::from_secs(opts.boot_timeout_secs);
+    let (lines, timed_out) = read_lines(&rx, deadline, &mut log, opts.verbose, &k.version);
+    let mut errors = Vec::new();
+    if timed_out {
+        kill(&mut child);
+        errors.push(format!("no power-off within {}s (hung? see {})", opts.boot_timeout_secs, log_path.display()));
+    } else {
+        // Output closed: qemu is exiting.
+        let exit = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < exit && matches!(child.try_wait(), Ok(None)) {
+            thread::sleep(Duration::from_millis(50));
+        }
+        kill(&mut child);
+    }
+    if !lines.iter().any(|l| l.starts_with("IMDS-BOOT")) {
+        let tail: Vec<&str> = lines.iter().rev().take(5).map(String::as_str).collect();
+        errors.push(format!("the guest never reached /init; console tail: {}", tail.into_iter().rev().collect::<Vec<_>>().join(" | ")));
+    } else if !lines.iter().any(|l| l.starts_with("IMDS-DONE")) {
+        errors.push(format!("vm-guest did not finish (see {})", log_path.display()));
+    }
+    // The kernel as the guest saw it must be the one we meant to boot.
+    let seen = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("IMDS-INFO kernel="))
+        .and_then(|s| s.split_whitespace().next())
+        .map(str::to_owned);
+    if let Some(seen) = &seen
+        && seen != &k.version
+    {
+        errors.push(format!("booted {} but the guest runs {seen}", k.version));
+    }
+    collect(&k.version, label, specs, &lines, errors, started.elapsed().as_secs_f64())
+}
+
+/// A network namespace that is deleted when dropped.
+struct Netns(String);
+
+impl Netns {
+    fn create(name: &str) -> Result<Self> {
+        let _ = cmd::output(cmd::command("ip").args(["netns", "del", name]));
+        cmd::run(cmd::command("ip").args(["netns", "add", name]))?;
+        let ns = Netns(name.to_owned());
+        for args in [
+            &["link", "set", "lo", "up"][..],
+            &["addr", "add", "169.254.169.254/32", "dev", "lo"],
+            &["-6", "addr", "add", "fd00:ec2::254/128", "dev", "lo"],
+        ] {
+            cmd::run(cmd::command("ip").args(["-n", name]).args(args))?;
+        }
+        Ok(ns)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Err(e) = cmd::run(cmd::command("ip").args(["netns", "del", &self.0])) {
+            eprintln!("vm-test: WARNING: could not delete network namespace {}: {e:#}", self.0);
+        }
+    }
+}
+
+/// The guest runner on this machine's kernel, inside a network namespace we create: the
+/// IMDS addresses exist only on that namespace's `lo`.
+fn host_run(daemon: &Path, guest: &Path, vm_dir: &Path, opts: &VmTestOptions) -> Row {
+    let started = Instant::now();
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "host".into());
+    let label = format!("{kernel} (host)");
+    let fail = |e: String| Row {
+        kernel: kernel.clone(),
+        label: label.clone(),
+        results: BTreeMap::new(),
+        errors: vec![e],
+        secs: started.elapsed().as_secs_f64(),
+    };
+    if !cmd::is_root() {
+        return fail("the host run needs root (network namespace, BPF)".into());
+    }
+    let workdir = vm_dir.join("host");
+    if let Err(e) = fs::create_dir_all(&workdir) {
+        return fail(format!("creating {}: {e}", workdir.display()));
+    }
+    let log_path = vm_dir.join("logs").join("host.log");
+    let mut log = match fs::File::create(&log_path) {
+        Ok(f) => f,
+        Err(e) => return fail(format!("creating {}: {e}", log_path.display())),
+    };
+    let ns = match Netns::create(&format!("imds-vmtest-{}", std::process::id())) {
+        Ok(ns) => ns,
+        Err(e) => return fail(format!("network namespace: {e:#}")),
+    };
+    let mut run = cmd::command("ip");
+    run.args(["netns", "exec", &ns.0])
+        .arg(guest)
+        .arg("--daemon")
+        .arg(daemon)
+        .arg("--workdir")
+        .arg(&workdir)
+        // Other tests on this machine may trace their own fake IMDS meanwhile.
+        .arg("--ignore-foreign")
+        .args(HOST_SPECS)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let _ = writeln!(log, "# {}", cmd::display(&run));
+    let mut child = match run.spawn() {
+        Ok(c) => c,
+        Err(e) => return fail(format!("cannot start vm-guest: {e}")),
+    };
+    let (tx, rx) = mpsc::channel();
+    pump(child.stdout.take().expect("piped"), tx.clone());
+    pump(child.stderr.take().expect("piped"), tx);
+    let (lines, timed_out) = read_lines(&rx, started + Duration::from_secs(300), &mut log, opts.verbose, "host");
+    let mut errors = Vec::new();
+    if timed_out {
+        errors.push(format!("vm-guest still running after 300s (see {})", log_path.display()));
+    }
+    kill(&mut child);
+    drop(ns);
+    collect(&kernel, label, HOST_SPECS, &lines, errors, started.elapsed().as_secs_f64())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The matrix
+// ---------------------------------------------------------------------------------------------
+
+fn cell(r: Option<&ModeResult>) -> String {
+    match r {
+        None => "-".into(),
+        Some(r) if r.refused && r.pass => "refused (ok)".into(),
+        Some(r) if r.refused => "FAIL (not refused)".into(),
+        Some(r) => {
+            let via = if r.attached != "-" && r.attached != "?" { format!("{} ", r.attached) } else { String::new() };
+            format!("{} {via}{}ev {:.1}s", if r.pass { "pass" } else { "FAIL" }, r.events, r.secs)
+        }
+    }
+}
+
+fn auto_cell(r: Option<&ModeResult>) -> String {
+    match r {
+        Some(r) if !r.refused => {
+            format!("{} ->{} {}ev {:.1}s", if r.pass { "pass" } else { "FAIL" }, r.attached, r.events, r.secs)
+        }
+        other => cell(other),
+    }
+}
+
+fn row_cells(row: &Row) -> Vec<String> {
+    let mut cells = vec![row.label.clone()];
+    for m in MATRIX_MODES {
+        let r = row.results.get(m);
+        cells.push(if m == "auto" { auto_cell(r) } else { cell(r) });
+    }
+    cells.push(if row.ok() { "PASS".into() } else { "FAIL".into() });
+    cells.push(format!("{:.0}s", row.secs));
+    cells
+}
+
+const HEADER: [&str; 7] = ["kernel", "fentry", "kprobe", "tracepoint", "auto", "kernel result", "time"];
+
+fn matrix(rows: &[Row]) -> String {
+    let table: Vec<Vec<String>> = std::iter::once(HEADER.iter().map(|s| s.to_string()).collect())
+        .chain(rows.iter().map(row_cells))
+        .collect();
+    let widths: Vec<usize> = (0..HEADER.len()).map(|i| table.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    let mut out = String::from("imds-snoop kernel matrix (ev = trace lines checked)\n");
+    for (n, r) in table.iter().enumerate() {
+        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+        if n == 0 {
+            out.push_str(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
+            out.push('\n');
+        }
+    }
+    let mut problems = Vec::new();
+    for row in rows {
+        for e in &row.errors {
+            problems.push(format!("  {}: {e}", row.label));
+        }
+        for (mode, r) in &row.results {
+            if !r.pass {
+                problems.push(format!("  {} {mode}: {}", row.label, r.reason.as_deref().unwrap_or("failed")));
+            }
+        }
+    }
+    if !problems.is_empty() {
+        out.push_str("\nfailures:\n");
+        out.push_str(&problems.join("\n"));
+        out.push('\n');
+    }
+    out
+}
+
+fn markdown(rows: &[Row]) -> String {
+    let mut out = format!("| {} |\n|{}\n", HEADER.join(" | "), "---|".repeat(HEADER.len()));
+    for row in rows {
+        out.push_str(&format!("| {} |\n", row_cells(row).join(" | ")));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_package_names() {
+        assert_eq!(series_key("6.1", "linux-image-6.1.0-56-cloud-amd64"), Some(vec![0, 56]));
+        assert_eq!(series_key("6.12", "linux-image-6.12.117+deb12-cloud-amd64"), Some(vec![117, 12]));
+        assert_eq!(series_key("5.10", "linux-image-5.10.0-46-cloud-amd64"), Some(vec![0, 46]));
+        assert_eq!(series_key("6.1", "linux-image-6.12.117+deb12-cloud-amd64"), None);
+        assert_eq!(series_key("6.1", "linux-image-6.1.0-56-cloud-amd64-dbg"), None);
+        assert_eq!(series_key("6.1", "linux-image-6.1.0-56-cloud-amd64-unsigned"), None);
+        assert_eq!(series_key("6.12", "linux-image-6.12-cloud-amd64"), None);
+        assert_eq!(series_key("6.1", "linux-image-cloud-amd64"), None);
+    }
+
+    #[test]
+    fn result_lines() {
+        let (k, m, r) = parse_result(
+            "IMDS-RESULT kernel=6.1.0-56-cloud-amd64 mode=auto attached=fentry result=pass events=15 secs=2.5",
+        )
+        .unwrap();
+        assert_eq!((k.as_str(), m.as_str()), ("6.1.0-56-cloud-amd64", "auto"));
+        assert!(r.pass && !r.refused && r.attached == "fentry" && r.events == 15);
+        let (_, m, r) = parse_result(
+            "IMDS-RESULT kernel=5.10 mode=tracepoint expect=refused attached=- result=fail events=0 secs=1.0 reason=a b=c",
+        )
+        .unwrap();
+        assert_eq!(m, "tracepoint");
+        assert!(!r.pass && r.refused);
+        assert_eq!(r.reason.as_deref(), Some("a b=c"));
+    }
+
+    #[test]
+    fn cpio_is_aligned() {
+        let mut c = Cpio::new();
+        c.dir("bin");
+        c.file("init", b"#!/bin/sh\n");
+        c.symlink("bin/sh", "busybox");
+        let out = c.finish();
+        assert!(out.starts_with(b"070701"));
+        assert_eq!(out.len() % 4, 0);
+        assert!(out.windows(10).any(|w| w == b"TRAILER!!!"));
+    }
+}
