@@ -27,10 +27,26 @@ pub const DEFAULT_TARGETS: [(IpAddr, u16); 2] = [
              call, and whether it is IMDSv1 or IMDSv2.",
     long_about = None
 )]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     #[command(flatten)]
     pub run: RunArgs,
 }
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Exit 0 if a running imds-snoop has attached (its --ready-file names a live pid):
+    /// a liveness/readiness probe for images with no shell.
+    Check {
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_READY_FILE)]
+        ready_file: PathBuf,
+    },
+}
+
+pub const DEFAULT_READY_FILE: &str = "/run/imds-snoop/ready";
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -79,6 +95,11 @@ pub struct RunArgs {
     /// Rotated files to keep (PATH.1 ... PATH.N); the oldest is removed.
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub backups: u32,
+
+    /// Written (with our pid) once attached, removed at exit: what `imds-snoop check` and
+    /// probes look at.
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
 
     /// The kernel's BTF, for struct offsets.
     #[arg(long, value_name = "PATH", default_value = "/sys/kernel/btf/vmlinux")]

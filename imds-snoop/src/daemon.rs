@@ -24,6 +24,7 @@ use crate::{
         writer::{self, LineSender, WriterConfig},
     },
     process::{ExecCache, ProcessView},
+    readiness::{ReadyFile, notify_ready},
 };
 
 /// A request whose headers have not ended after this long is logged as it is (truncated).
@@ -70,6 +71,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         target_list.join(" "),
         args.log_file.display()
     );
+    let _ready = match &args.ready_file {
+        Some(path) => Some(
+            ReadyFile::create(path)
+                .with_context(|| format!("writing ready file {}", path.display()))?,
+        ),
+        None => None,
+    };
+    if let Err(e) = notify_ready() {
+        warn!("could not tell systemd we are ready (NOTIFY_SOCKET): {e}");
+    }
 
     let mut pipeline = Pipeline::new(&args);
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;

@@ -10,6 +10,7 @@ mod decode;
 mod http;
 mod output;
 mod process;
+mod readiness;
 
 use clap::Parser;
 
@@ -24,6 +25,9 @@ fn main() -> std::process::ExitCode {
         )
         .init();
     let cli = cli::Cli::parse();
+    if let Some(cli::Command::Check { ready_file }) = cli.command {
+        return readiness::check(&ready_file);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
