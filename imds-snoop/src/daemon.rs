@@ -20,7 +20,7 @@ use crate::{
     decode::{self, Event, Send},
     http::{Reassembler, Request},
     output::{
-        Format, Record,
+        self, Format, Record,
         writer::{self, LineSender, WriterConfig},
     },
     process::{ExecCache, ProcessView},
@@ -99,7 +99,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             _ = sigint.recv() => break,
             _ = tick.tick() => {
                 pipeline.expire(Instant::now(), &writer);
-                report_drops(&capture, &writer, &mut reported_drops);
+                report_drops(&capture, &writer, &mut reported_drops, pipeline.format, &pipeline.node);
             }
         }
     }
@@ -107,7 +107,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Whatever reached the ring before the signal is still logged.
     pipeline.drain_ring(ring.get_mut(), &writer);
     pipeline.finish(&writer);
-    report_drops(&capture, &writer, &mut reported_drops);
+    report_drops(
+        &capture,
+        &writer,
+        &mut reported_drops,
+        pipeline.format,
+        &pipeline.node,
+    );
     drop(ring);
     drop(capture); // detaches
     let stats = writer.stats().clone();
@@ -127,7 +133,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 /// Logs new kernel-side drops, both as a daemon warning and as a line in the trace log (a
 /// reader of the log must know calls may be missing from it).
-fn report_drops(capture: &Capture, writer: &LineSender, seen: &mut [u64; 2]) {
+fn report_drops(
+    capture: &Capture,
+    writer: &LineSender,
+    seen: &mut [u64; 2],
+    format: Format,
+    node: &str,
+) {
     let Ok(drops) = capture.drops() else { return };
     let now = [
         drops[DROP_RINGBUF_FULL as usize],
@@ -140,12 +152,7 @@ fn report_drops(capture: &Capture, writer: &LineSender, seen: &mut [u64; 2]) {
             no_scratch = now[1],
             "{new} IMDS send events dropped in the kernel (ring buffer full: raise --ring-bytes)"
         );
-        writer.send(format!(
-            "[{}] [WARNING] imds-snoop dropped {new} events (total: ring buffer full {}, no scratch {}); raise --ring-bytes",
-            Local::now().format("%Y-%m-%d %H:%M:%S,%3f"),
-            now[0],
-            now[1]
-        ));
+        writer.send(output::dropped_line(format, node, new, now[0], now[1]));
         *seen = now;
     }
 }

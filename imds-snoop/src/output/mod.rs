@@ -60,6 +60,35 @@ impl Record {
     }
 }
 
+/// The line that tells a reader of the trace log that calls are missing from it: `new`
+/// events dropped in the kernel since the last report (`ring_full` and `no_scratch` are
+/// totals since start).
+pub fn dropped_line(
+    format: Format,
+    node: &str,
+    new: u64,
+    ring_full: u64,
+    no_scratch: u64,
+) -> String {
+    let now = Local::now();
+    match format {
+        Format::Text => format!(
+            "[{}] [WARNING] imds-snoop dropped {new} events (total: ring buffer full {ring_full}, no scratch {no_scratch}); raise --ring-bytes",
+            now.format("%Y-%m-%d %H:%M:%S,%3f")
+        ),
+        Format::Json => serde_json::json!({
+            "schema": json::SCHEMA_VERSION,
+            "timestamp": now.to_rfc3339_opts(chrono::SecondsFormat::Millis, false),
+            "node": node,
+            "level": "WARNING",
+            "class": "dropped",
+            "dropped": new,
+            "dropped_total": {"ring_full": ring_full, "no_scratch": no_scratch},
+        })
+        .to_string(),
+    }
+}
+
 /// Makes a value safe to put in a one-line log: control characters (a newline in an argv or
 /// a header could forge a whole line) become `\xNN`.
 pub fn escape_controls(s: &str) -> String {
