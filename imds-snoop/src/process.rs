@@ -76,13 +76,20 @@ impl ProcessView {
         Process::new_with_root(self.proc_root.join(pid.to_string())).ok()
     }
 
+    /// argv as the kernel saw it at exec when we have it (complete, and immune to the
+    /// partial /proc/<pid>/cmdline of a process that is exiting), else /proc. A cached
+    /// entry whose process has exited is used only while its pid is not taken again.
     fn argv(&self, pid: u32) -> Option<String> {
-        let args = self
-            .process(pid)
-            .and_then(|p| p.cmdline().ok())
+        let live = self.process(pid);
+        let cached = self
+            .execs
+            .get(pid)
+            .filter(|k| k.exited.is_none() || live.is_none())
+            .map(|k| k.argv.clone());
+        let args = cached
+            .or_else(|| live.and_then(|p| p.cmdline().ok()))
             // Kernel threads and zombies have an empty cmdline.
-            .filter(|args| !args.is_empty())
-            .or_else(|| self.execs.get(pid).map(|k| k.argv.clone()))?;
+            .filter(|args| !args.is_empty())?;
         Some(truncate_chars(
             &redact_tokens(&args.join(" ")),
             MAX_ARGV_CHARS,
@@ -281,6 +288,21 @@ mod tests {
             caller.argv.as_deref(),
             Some("true -H X-aws-ec2-metadata-token: **token redacted**")
         );
+    }
+
+    #[test]
+    fn exec_argv_wins_while_live_and_loses_to_a_reused_pid() {
+        let me = std::process::id();
+        let mut view = view();
+        view.execs.on_exec(exec(me, &["from-exec", "a"]), Instant::now());
+        let (caller, _) = view.chain(&send_from(me, "x", vec![]));
+        assert_eq!(caller.argv.as_deref(), Some("from-exec a"));
+        // Marked exited, yet the pid is alive: it was taken by another process, whose argv
+        // only /proc knows.
+        view.execs.on_exit(me, Instant::now());
+        let (caller, _) = view.chain(&send_from(me, "x", vec![]));
+        let exe = std::env::args().next().unwrap();
+        assert!(caller.argv.unwrap().starts_with(&exe));
     }
 
     #[test]

@@ -1,0 +1,273 @@
+//! Attribution to container and pod with a real runtime: a private containerd (Debian's
+//! 1.6) and runc run a container from a busybox-static rootfs in namespace `k8s.io`, with
+//! the CRI annotations kubelet's CRI plugin would put on a pod's container, inside a test
+//! network namespace that holds the fake IMDS. The daemon must name the shim, the pod and
+//! the container from the runtime's own state on the node.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::harness::{
+    Daemon, FakeImds, FakeOpts, IMDS_V4, LINE_TIMEOUT, Netns, TestDir, require_root, serial,
+};
+
+/// A containerd of our own: own root, state and sockets under a scratch directory; the CRI
+/// plugin off (no kubelet here; we set the CRI annotations ourselves).
+struct Containerd {
+    dir: TestDir,
+    child: Child,
+    containers: Vec<String>,
+}
+
+impl Containerd {
+    fn start() -> Self {
+        for tool in ["containerd", "ctr", "runc", "busybox"] {
+            assert!(
+                Command::new("sh")
+                    .args(["-c", &format!("command -v {tool}")])
+                    .output()
+                    .is_ok_and(|o| o.status.success()),
+                "`{tool}` is missing: `cargo xtask setup` installs containerd, runc and busybox-static"
+            );
+        }
+        let dir = TestDir::new("containerd");
+        let d = dir.path();
+        let config = format!(
+            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
+             [debug]\n  address = \"{debug}\"\n[metrics]\n  address = \"\"\n",
+            root = d.join("root").display(),
+            state = d.join("state").display(),
+            sock = d.join("c.sock").display(),
+            debug = d.join("debug.sock").display(),
+        );
+        fs::write(d.join("config.toml"), config).unwrap();
+        make_rootfs(&d.join("rootfs"));
+        let log = fs::File::create(d.join("containerd.log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start containerd");
+        let me = Self {
+            dir,
+            child,
+            containers: vec![],
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !me.ctr(&["version"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not answer within 20 s:\n{}",
+                fs::read_to_string(me.dir.path().join("containerd.log")).unwrap_or_default()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+        me
+    }
+
+    fn ctr(&self, args: &[&str]) -> Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(self.dir.path().join("c.sock"))
+            .args(["-n", "k8s.io"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ctr")
+    }
+
+    /// Where the daemon finds bundles: `--containerd-root`.
+    fn task_root(&self) -> PathBuf {
+        self.dir.path().join("state/io.containerd.runtime.v2.task")
+    }
+
+    /// Runs `sleep` as container `name` of pod `namespace/pod` in network namespace `ns`,
+    /// in a kubepods cgroup as kubelet's cgroupfs driver names it. Returns (id, pod uid).
+    fn run_pod_container(
+        &mut self,
+        ns: &Netns,
+        namespace: &str,
+        pod: &str,
+        name: &str,
+    ) -> (String, String) {
+        let id = random_hex(64);
+        let h = random_hex(32);
+        let uid = format!(
+            "{}-{}-{}-{}-{}",
+            &h[..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..]
+        );
+        let rootfs = self.dir.path().join("rootfs");
+        let out = self.ctr(&[
+            "run",
+            "-d",
+            "--null-io",
+            "--with-ns",
+            &format!("network:/var/run/netns/{}", ns.name()),
+            "--annotation",
+            &format!("io.kubernetes.cri.sandbox-name={pod}"),
+            "--annotation",
+            &format!("io.kubernetes.cri.sandbox-namespace={namespace}"),
+            "--annotation",
+            &format!("io.kubernetes.cri.container-name={name}"),
+            "--annotation",
+            &format!("io.kubernetes.cri.sandbox-id={id}"),
+            "--annotation",
+            "io.kubernetes.cri.container-type=container",
+            "--cgroup",
+            &format!("/kubepods/besteffort/pod{uid}/{id}"),
+            "--rootfs",
+            rootfs.to_str().unwrap(),
+            &id,
+            "/bin/sleep",
+            "3600",
+        ]);
+        assert!(
+            out.status.success(),
+            "ctr run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.containers.push(id.clone());
+        (id, uid)
+    }
+
+    /// `ctr task exec` inside container `id`; returns the exec's output.
+    fn exec(&self, id: &str, exec_id: &str, argv: &[&str]) -> Output {
+        let mut args = vec!["task", "exec", "--exec-id", exec_id, id];
+        args.extend_from_slice(argv);
+        self.ctr(&args)
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        for id in std::mem::take(&mut self.containers) {
+            let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", &id]);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !self.ctr(&["task", "delete", &id]).status.success() && Instant::now() < deadline
+            {
+                thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.ctr(&["container", "delete", &id]);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        remove_kubepods_cgroups();
+    }
+}
+
+/// runc leaves the (empty) kubepods cgroup directories behind in every hierarchy.
+fn remove_kubepods_cgroups() {
+    let Ok(out) = Command::new("find")
+        .args([
+            "/sys/fs/cgroup",
+            "-depth",
+            "-type",
+            "d",
+            "-path",
+            "*kubepods*",
+        ])
+        .output()
+    else {
+        return;
+    };
+    for dir in String::from_utf8_lossy(&out.stdout).lines() {
+        let _ = fs::remove_dir(dir);
+    }
+}
+
+/// A busybox-static root filesystem: /bin/busybox and its applet links.
+fn make_rootfs(rootfs: &Path) {
+    fs::create_dir_all(rootfs.join("bin")).unwrap();
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("busybox-static is installed");
+    fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
+    let out = Command::new("chroot")
+        .arg(rootfs)
+        .args(["/bin/busybox", "--install", "-s", "/bin"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "busybox --install: {out:?}");
+}
+
+/// `n` random hex digits, from the kernel's uuid generator.
+fn random_hex(n: usize) -> String {
+    let mut s = String::new();
+    while s.len() < n {
+        let uuid = fs::read_to_string("/proc/sys/kernel/random/uuid").unwrap();
+        s.extend(uuid.trim().chars().filter(|c| *c != '-'));
+    }
+    s.truncate(n);
+    s
+}
+
+/// A v1 call from inside a pod's container: the line names the caller (wget), the shim
+/// with the container's id, the container and the pod.
+#[test]
+fn call_from_a_pod_names_container_and_pod() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new("pod");
+    let imds = FakeImds::start(&ns, FakeOpts::default());
+    let mut containerd = Containerd::start();
+    let (id, _uid) = containerd.run_pod_container(&ns, "shop", "web-1", "app");
+    let task_root = containerd.task_root();
+    let daemon = Daemon::start(&["--containerd-root", task_root.to_str().unwrap()]);
+
+    let url = format!("http://{IMDS_V4}/latest/meta-data/instance-id");
+    let out = containerd.exec(&id, "v1", &["/bin/wget", "-q", "-O", "-", &url]);
+    assert!(out.status.success(), "wget in the container: {out:?}");
+    // A short-lived caller under a shell that is gone too by the time we look.
+    let out = containerd.exec(
+        &id,
+        "short",
+        &[
+            "/bin/sh",
+            "-c",
+            &format!("exec /bin/wget -q -O /dev/null {url}?short"),
+        ],
+    );
+    assert!(out.status.success(), "sh -c wget in the container: {out:?}");
+
+    let tag = format!("container:{}", &id[..12]);
+    let lines = daemon.wait_lines(|l| l.contains(&tag), 2, LINE_TIMEOUT);
+    for line in &lines {
+        assert!(
+            line.contains(" [WARNING] imdsv1(!) (pid:"),
+            "not a v1 line: {line}"
+        );
+        assert!(
+            line.contains(":wget argv:/bin/wget -q -O"),
+            "caller/argv: {line}"
+        );
+        assert!(
+            line.contains(&format!(
+                "containerd-shim argv:/usr/bin/containerd-shim-runc-v2 -namespace k8s.io -id {id}"
+            )),
+            "shim with the container id among the ancestors: {line}"
+        );
+        assert!(
+            line.contains(&format!("{tag} pod:shop/web-1 container-name:app")),
+            "pod and container names: {line}"
+        );
+    }
+    assert!(lines[1].contains("?short"), "{}", lines[1]);
+    daemon.finish(&[&imds], &[]);
+}
