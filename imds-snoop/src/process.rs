@@ -294,7 +294,8 @@ mod tests {
     fn exec_argv_wins_while_live_and_loses_to_a_reused_pid() {
         let me = std::process::id();
         let mut view = view();
-        view.execs.on_exec(exec(me, &["from-exec", "a"]), Instant::now());
+        view.execs
+            .on_exec(exec(me, &["from-exec", "a"]), Instant::now());
         let (caller, _) = view.chain(&send_from(me, "x", vec![]));
         assert_eq!(caller.argv.as_deref(), Some("from-exec a"));
         // Marked exited, yet the pid is alive: it was taken by another process, whose argv
