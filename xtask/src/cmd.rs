@@ -82,6 +82,42 @@ pub fn status(cmd: &mut Command) -> Result<ExitStatus> {
         .with_context(|| format!("cannot start `{}`", display(cmd)))
 }
 
+/// Tests counted from libtest's `test result: ok. N passed; M failed; ...` lines.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TestCounts {
+    pub passed: u64,
+    pub failed: u64,
+}
+
+/// Like [`status`], but reads the command's stdout (echoing every line) to add up the
+/// `test result:` lines of each test binary cargo runs.
+pub fn status_counting_tests(cmd: &mut Command, counts: &mut TestCounts) -> Result<ExitStatus> {
+    use std::io::{BufRead as _, Write as _};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start `{}`", display(cmd)))?;
+    let stdout = child.stdout.take().context("child stdout")?;
+    let mut out = std::io::stdout();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.context("reading test output")?;
+        let _ = writeln!(out, "{line}");
+        if let Some(rest) = line.trim().strip_prefix("test result: ") {
+            for part in rest.split(['.', ';']) {
+                let mut words = part.split_whitespace();
+                match (words.next().map(str::parse::<u64>), words.next()) {
+                    (Some(Ok(n)), Some("passed")) => counts.passed += n,
+                    (Some(Ok(n)), Some("failed")) => counts.failed += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    child
+        .wait()
+        .with_context(|| format!("waiting for `{}`", display(cmd)))
+}
+
 /// Runs `cmd` with inherited stdio; fails unless it exits successfully.
 pub fn run(cmd: &mut Command) -> Result<()> {
     let st = status(cmd)?;

@@ -146,6 +146,7 @@ fn test() -> Result<ExitCode> {
     ];
 
     let mut results: Vec<(&str, String, &str)> = Vec::new();
+    let mut counts = cmd::TestCounts::default();
     let mut failed = false;
     for step in &mut steps {
         let line = cmd::display(&step.command);
@@ -154,7 +155,12 @@ fn test() -> Result<ExitCode> {
             continue;
         }
         eprintln!("\nxtask: [{}] {line}", step.name);
-        let outcome = match cmd::status(&mut step.command) {
+        let status = if step.name == "tests" {
+            cmd::status_counting_tests(&mut step.command, &mut counts)
+        } else {
+            cmd::status(&mut step.command)
+        };
+        let outcome = match status {
             Ok(st) if st.success() => "passed",
             Ok(st) => {
                 eprintln!("xtask: [{}] FAILED ({st})", step.name);
@@ -175,7 +181,9 @@ fn test() -> Result<ExitCode> {
     for (name, line, outcome) in &results {
         eprintln!("  {outcome:<8} {name:<7} {line}");
     }
-    println!("steps: {passed} passed, {nfailed} failed");
+    eprintln!("steps: {passed} passed, {nfailed} failed");
+    // The closing line: every test of every test binary, added up.
+    println!("tests: {} passed, {} failed", counts.passed, counts.failed);
     Ok(if nfailed == 0 {
         ExitCode::SUCCESS
     } else {
