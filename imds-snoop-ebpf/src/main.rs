@@ -68,6 +68,24 @@ pub fn imds_exit(_ctx: BtfTracePointContext) -> u32 {
     0
 }
 
+// Empty programs on the same attach points: the floor `cargo xtask bench` measures the
+// capture program against (daemon flag `--empty-program`, hidden).
+
+#[fentry(function = "tcp_sendmsg")]
+pub fn empty_fentry(_ctx: FEntryContext) -> u32 {
+    0
+}
+
+#[kprobe]
+pub fn empty_kprobe(_ctx: ProbeContext) -> u32 {
+    0
+}
+
+#[btf_tracepoint(function = "tcp_sendmsg_locked")]
+pub fn empty_tracepoint(_ctx: BtfTracePointContext) -> u32 {
+    0
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -87,6 +87,8 @@ pub enum CaptureError {
 
 pub struct CaptureOptions<'a> {
     pub attach: AttachMode,
+    /// Attach the empty programs instead of the capture ones (benchmark floor).
+    pub empty: bool,
     pub targets: &'a [(IpAddr, u16)],
     pub payload_bytes: u32,
     pub ring_bytes: u32,
@@ -151,7 +153,7 @@ impl Capture {
         attach_process_tracking(&mut ebpf, &btf);
         let mut tried = Vec::new();
         for &mode in order {
-            match attach(&mut ebpf, mode, &btf, &kbtf) {
+            match attach(&mut ebpf, mode, &btf, &kbtf, opts.empty) {
                 Ok(()) => {
                     return Ok(Self {
                         ebpf,
@@ -214,15 +216,17 @@ fn attach(
     mode: AttachMode,
     btf: &Btf,
     kbtf: &KernelBtf,
+    empty: bool,
 ) -> Result<(), ProgramError> {
+    let name = |capture: &'static str, floor: &'static str| if empty { floor } else { capture };
     match mode {
         AttachMode::Fentry => {
-            let p: &mut FEntry = program(ebpf, "imds_fentry")?;
+            let p: &mut FEntry = program(ebpf, name("imds_fentry", "empty_fentry"))?;
             p.load(SEND_FUNCTION, btf)?;
             attach_or_unload(p.attach().map(drop), || p.unload())
         }
         AttachMode::Kprobe => {
-            let p: &mut KProbe = program(ebpf, "imds_kprobe")?;
+            let p: &mut KProbe = program(ebpf, name("imds_kprobe", "empty_kprobe"))?;
             p.load()?;
             attach_or_unload(p.attach(SEND_FUNCTION, 0).map(drop), || p.unload())
         }
@@ -232,7 +236,7 @@ fn attach(
                     "this kernel has no {SEND_TRACEPOINT} tracepoint"
                 ))));
             }
-            let p: &mut BtfTracePoint = program(ebpf, "imds_tracepoint")?;
+            let p: &mut BtfTracePoint = program(ebpf, name("imds_tracepoint", "empty_tracepoint"))?;
             p.load(SEND_TRACEPOINT, btf)?;
             attach_or_unload(p.attach().map(drop), || p.unload())
         }

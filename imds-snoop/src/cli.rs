@@ -101,6 +101,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
 
+    /// Benchmark floor: attach empty programs on the same hooks, trace nothing.
+    #[arg(long, hide = true)]
+    pub empty_program: bool,
+
     /// The kernel's BTF, for struct offsets.
     #[arg(long, value_name = "PATH", default_value = "/sys/kernel/btf/vmlinux")]
     pub btf: PathBuf,

@@ -51,6 +51,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let targets = args.targets();
     let mut capture = Capture::start(&CaptureOptions {
         attach: args.attach,
+        empty: args.empty_program,
         targets: &targets,
         payload_bytes: args.payload_bytes,
         ring_bytes: args.ring_bytes,
@@ -66,8 +67,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .map(|&(ip, port)| std::net::SocketAddr::new(ip, port).to_string())
         .collect();
     info!(
-        "attached {}; tracing {}; writing {}",
+        "attached {}{}; tracing {}; writing {}",
         capture.attached,
+        if args.empty_program {
+            " [empty benchmark program: traces nothing]"
+        } else {
+            ""
+        },
         target_list.join(" "),
         args.log_file.display()
     );
