@@ -91,6 +91,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut pipeline = Pipeline::new(&args);
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut reported_drops = [0u64; 2];
 
@@ -103,6 +104,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
+            // logrotate (`create` mode) renamed the file away: write to a new one.
+            _ = sighup.recv() => writer.reopen(),
             _ = tick.tick() => {
                 pipeline.expire(Instant::now(), &writer);
                 report_drops(&capture, &writer, &mut reported_drops, pipeline.format, &pipeline.node);

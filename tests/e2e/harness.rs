@@ -590,8 +590,14 @@ impl Daemon {
     /// Starts it with `--log-file <scratch>/imds-trace.log ARGS` and waits (up to 15 s)
     /// until it says `attached`.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_logging_to(None, args)
+    }
+
+    /// As [`Daemon::start`], with the trace log at `log` instead of the scratch directory
+    /// (e.g. on a small tmpfs that a test fills up).
+    pub fn start_logging_to(log: Option<&Path>, args: &[&str]) -> Self {
         let dir = TestDir::new("daemon");
-        let log = dir.path().join("imds-trace.log");
+        let log = log.map_or_else(|| dir.path().join("imds-trace.log"), Path::to_owned);
         let stdout = dir.path().join("stdout");
         let stderr = dir.path().join("stderr");
         let mut cmd = Command::new(DAEMON);
@@ -633,6 +639,14 @@ impl Daemon {
 
     pub fn stderr(&self) -> String {
         read_or_empty(&self.stderr)
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn stdout(&self) -> String {
@@ -720,9 +734,16 @@ impl Daemon {
 
     /// Everything the daemon wrote: the log and its rotations, stdout, stderr.
     fn outputs(&self) -> Vec<(PathBuf, String)> {
-        let mut files: Vec<PathBuf> = fs::read_dir(self.dir.path())
-            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
+        let mut dirs = vec![self.dir.path().to_owned()];
+        if let Some(log_dir) = self.log.parent().filter(|d| *d != self.dir.path()) {
+            dirs.push(log_dir.to_owned());
+        }
+        let mut files: Vec<PathBuf> = dirs
+            .iter()
+            .filter_map(|d| fs::read_dir(d).ok())
+            .flat_map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())))
+            .filter(|p| p.is_file())
+            .collect();
         files.sort();
         files
             .into_iter()

@@ -7,3 +7,4 @@
 mod capture;
 mod containers;
 mod harness;
+mod output;

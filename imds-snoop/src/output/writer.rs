@@ -5,13 +5,13 @@
 
 use std::{
     fs::{self, File, OpenOptions},
-    io::{self, BufWriter, Write},
-    os::unix::fs::OpenOptionsExt,
+    io::{self, Write},
+    os::unix::fs::{MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
-        mpsc::{self, Receiver, SyncSender, TrySendError},
+        mpsc::{self, Receiver, RecvTimeoutError, SyncSender},
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -54,9 +54,16 @@ pub struct WriterStats {
     pub lost_io: AtomicU64,
 }
 
+/// What the writer thread is asked to do.
+enum Msg {
+    Line(String),
+    /// Close and reopen the log (SIGHUP: an external logrotate moved it away).
+    Reopen,
+}
+
 /// The sending half; cheap to use from the async event loop.
 pub struct LineSender {
-    tx: Option<SyncSender<String>>,
+    tx: Option<SyncSender<Msg>>,
     stats: Arc<WriterStats>,
     thread: Option<JoinHandle<()>>,
 }
@@ -64,13 +71,18 @@ pub struct LineSender {
 impl LineSender {
     pub fn send(&self, line: String) {
         let Some(tx) = &self.tx else { return };
-        match tx.try_send(line) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.stats
-                    .dropped_backpressure
-                    .fetch_add(1, Ordering::Relaxed);
-            }
+        if tx.try_send(Msg::Line(line)).is_err() {
+            self.stats
+                .dropped_backpressure
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Reopens the log file after the lines already queued (for SIGHUP).
+    pub fn reopen(&self) {
+        if let Some(tx) = &self.tx {
+            // Blocking send: a reopen request must not be lost to a full queue.
+            let _ = tx.send(Msg::Reopen);
         }
     }
 
@@ -108,30 +120,49 @@ pub fn start(config: WriterConfig) -> Result<LineSender, WriterError> {
     })
 }
 
-fn run(mut file: LogFile, rx: Receiver<String>, stats: &WriterStats) {
+/// How often the writer checks that its path still names the file it writes to (a log
+/// file or directory deleted while we run is recreated).
+const PATH_CHECK: Duration = Duration::from_secs(1);
+
+fn run(mut file: LogFile, rx: Receiver<Msg>, stats: &WriterStats) {
     let mut stdout = io::stdout();
-    while let Ok(first) = rx.recv() {
-        // Write whatever is queued, then flush once: `tail -f` sees lines at once without a
-        // syscall per line under load.
-        for line in std::iter::once(first).chain(rx.try_iter()) {
-            if file.config.stdout {
-                let _ = writeln!(stdout, "{line}");
-            }
-            if file.write_line(&line) {
-                stats.written.fetch_add(1, Ordering::Relaxed);
-            } else {
-                stats.lost_io.fetch_add(1, Ordering::Relaxed);
+    let mut last_check = Instant::now();
+    loop {
+        let first = match rx.recv_timeout(PATH_CHECK) {
+            Ok(msg) => Some(msg),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        // Write whatever is queued in one go: `tail -f` sees lines at once, and a busy
+        // node costs one write per batch, not per line.
+        let mut batch = Vec::new();
+        for msg in first.into_iter().chain(rx.try_iter()) {
+            match msg {
+                Msg::Line(line) => {
+                    if file.config.stdout {
+                        let _ = writeln!(stdout, "{line}");
+                    }
+                    batch.push(line);
+                }
+                Msg::Reopen => {
+                    file.write_lines(&batch, stats);
+                    batch.clear();
+                    file.close();
+                }
             }
         }
-        file.flush();
+        file.write_lines(&batch, stats);
         let _ = stdout.flush();
+        if last_check.elapsed() >= PATH_CHECK {
+            file.check_path();
+            last_check = Instant::now();
+        }
     }
-    file.flush();
 }
 
 struct LogFile {
     config: WriterConfig,
-    out: Option<BufWriter<File>>,
+    out: Option<File>,
     size: u64,
     last_warning: Option<Instant>,
 }
@@ -161,54 +192,84 @@ impl LogFile {
             source,
         })?;
         self.size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        self.out = Some(BufWriter::new(file));
+        self.out = Some(file);
         Ok(())
     }
 
-    /// Returns false when the line could not be written (counted by the caller).
-    fn write_line(&mut self, line: &str) -> bool {
-        let len = line.len() as u64 + 1;
-        if self.size > 0 && self.size + len > self.config.max_bytes {
-            self.rotate();
+    fn close(&mut self) {
+        self.out = None;
+    }
+
+    /// Reopens when the path no longer names our file: deleted (with or without its
+    /// directory) or replaced. Lines written meanwhile went to the unlinked file: nothing to
+    /// be done about those, but no further ones do.
+    fn check_path(&mut self) {
+        let Some(out) = &self.out else { return };
+        let same = match (out.metadata(), fs::metadata(&self.config.path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        };
+        if !same {
+            self.close();
+            if let Err(e) = self.reopen() {
+                self.warn(&e);
+            }
+        }
+    }
+
+    /// Appends `lines`, rotating by size between lines. Counts each line written or lost.
+    fn write_lines(&mut self, lines: &[String], stats: &WriterStats) {
+        let mut chunk = Vec::new();
+        let mut in_chunk = 0u64;
+        for line in lines {
+            let len = line.len() as u64 + 1;
+            if self.size + chunk.len() as u64 > 0
+                && self.size + chunk.len() as u64 + len > self.config.max_bytes
+            {
+                self.write_chunk(&chunk, in_chunk, stats);
+                chunk.clear();
+                in_chunk = 0;
+                if self.size > 0 {
+                    self.rotate();
+                }
+            }
+            chunk.extend_from_slice(line.as_bytes());
+            chunk.push(b'\n');
+            in_chunk += 1;
+        }
+        self.write_chunk(&chunk, in_chunk, stats);
+    }
+
+    /// One append of whole lines. On a failure (disk full, file gone) the file is cut back
+    /// to where the chunk started, so no torn line is left, the chunk's lines are counted
+    /// as lost, and the next chunk retries with a fresh open.
+    fn write_chunk(&mut self, chunk: &[u8], lines: u64, stats: &WriterStats) {
+        if chunk.is_empty() {
+            return;
         }
         if self.out.is_none()
             && let Err(e) = self.reopen()
         {
             self.warn(&e);
-            return false;
+            stats.lost_io.fetch_add(lines, Ordering::Relaxed);
+            return;
         }
-        let Some(out) = self.out.as_mut() else {
-            return false;
-        };
-        // One write_all of line + newline into the buffer: a line is never split by us.
-        let mut buf = Vec::with_capacity(line.len() + 1);
-        buf.extend_from_slice(line.as_bytes());
-        buf.push(b'\n');
-        match out.write_all(&buf) {
+        let Some(out) = self.out.as_mut() else { return };
+        match out.write_all(chunk) {
             Ok(()) => {
-                self.size += len;
-                true
+                self.size += chunk.len() as u64;
+                stats.written.fetch_add(lines, Ordering::Relaxed);
             }
             Err(e) => {
+                let _ = out.set_len(self.size);
                 self.warn(&e);
-                // Drop the handle: the next line retries with a fresh open.
                 self.out = None;
-                false
+                stats.lost_io.fetch_add(lines, Ordering::Relaxed);
             }
-        }
-    }
-
-    fn flush(&mut self) {
-        if let Some(out) = self.out.as_mut()
-            && let Err(e) = out.flush()
-        {
-            self.warn(&e);
-            self.out = None;
         }
     }
 
     fn rotate(&mut self) {
-        self.flush();
         self.out = None;
         let path = &self.config.path;
         let n = self.config.backups;
@@ -323,6 +384,41 @@ mod tests {
         assert!(backup(&cfg.path, 2).exists());
         assert!(!backup(&cfg.path, 3).exists());
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn reopen_follows_an_external_rename_and_a_deleted_directory() {
+        let dir = tempdir("reopen");
+        let cfg = config(&dir, 1 << 20, 1);
+        let w = start(cfg.clone()).unwrap();
+        w.send("before".into());
+        wait_for(&cfg.path, "before");
+        // logrotate's `create` mode: rename, then SIGHUP.
+        let moved = dir.join("moved.log");
+        fs::rename(&cfg.path, &moved).unwrap();
+        w.reopen();
+        w.send("after-hup".into());
+        wait_for(&cfg.path, "after-hup");
+        assert_eq!(fs::read_to_string(&moved).unwrap(), "before\n");
+        // The whole directory removed: recreated within PATH_CHECK, no signal needed.
+        fs::remove_dir_all(cfg.path.parent().unwrap()).unwrap();
+        std::thread::sleep(PATH_CHECK * 2);
+        w.send("after-rmdir".into());
+        wait_for(&cfg.path, "after-rmdir");
+        w.close();
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn wait_for(path: &Path, line: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !fs::read_to_string(path).is_ok_and(|t| t.lines().any(|l| l == line)) {
+            assert!(
+                Instant::now() < deadline,
+                "{line:?} never reached {}",
+                path.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     #[test]

@@ -14,7 +14,13 @@
 //! `attached ...` line, runs the clients below as child processes (so their pid, comm
 //! `vm-guest`, argv `vm-guest client KIND` and parent are known), waits for the lines, stops
 //! the daemon with SIGTERM (it must exit 0) and checks that the log holds exactly the expected
-//! lines. Then it prints one line for the host to parse:
+//! lines. The clients: `v1` (GET), `v2` (token PUT, then GET with the token), `writev` (one
+//! writev(2) of several iovecs), `split` (a v2 GET in four write(2)s, the token header in the
+//! third: the daemon must reassemble), `v6` ([fd00:ec2::254]), `mapped` (an IPv6 socket to
+//! ::ffff:169.254.169.254, logged as IPv4), `other` (port 8080: must not be logged), `burst`
+//! (8 threads at once: none may be lost). Each line must carry the right label and level,
+//! path, comm, argv, parent (this runner) and destination; the token never appears.
+//! Then it prints one line for the host to parse:
 //!
 //! `IMDS-RESULT kernel=6.1.0-56-cloud-amd64 mode=fentry attached=fentry result=pass events=15 secs=2.1`
 //! `IMDS-RESULT kernel=... mode=kprobe attached=- result=fail events=3 secs=9.0 reason=...`
@@ -129,11 +135,17 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             }
             spec => {
                 let parsed = if let Some(m) = spec.strip_prefix("auto=") {
-                    Spec::Attach { mode: "auto".into(), expect: m.into() }
+                    Spec::Attach {
+                        mode: "auto".into(),
+                        expect: m.into(),
+                    }
                 } else if let Some(m) = spec.strip_prefix("refuse=") {
                     Spec::Refuse { mode: m.into() }
                 } else {
-                    Spec::Attach { mode: spec.into(), expect: spec.into() }
+                    Spec::Attach {
+                        mode: spec.into(),
+                        expect: spec.into(),
+                    }
                 };
                 let checked = match &parsed {
                     Spec::Attach { expect, .. } => expect,
@@ -212,7 +224,12 @@ struct Outcome {
 
 impl Outcome {
     fn fail(events: usize, reason: String) -> Self {
-        Self { ok: false, attached: None, events, reason: Some(reason) }
+        Self {
+            ok: false,
+            attached: None,
+            events,
+            reason: Some(reason),
+        }
     }
 }
 
@@ -228,7 +245,10 @@ fn yes_no(b: bool) -> &'static str {
 }
 
 fn one_line(s: &str) -> String {
-    s.split(['\n', '\r']).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" | ")
+    s.split(['\n', '\r'])
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -265,18 +285,29 @@ impl Daemon {
                 match io::BufRead::read_until(&mut pipe, b'\n', &mut buf) {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {
-                        let line = strip_ansi(&String::from_utf8_lossy(&buf)).trim_end().to_owned();
+                        let line = strip_ansi(&String::from_utf8_lossy(&buf))
+                            .trim_end()
+                            .to_owned();
                         eprintln!("{tag} {line}");
                         sink.lock().unwrap().push(line);
                     }
                 }
             }
         });
-        Ok(Self { child, stderr, reader: Some(reader) })
+        Ok(Self {
+            child,
+            stderr,
+            reader: Some(reader),
+        })
     }
 
     fn stderr_has(&self, needle: &str) -> Option<String> {
-        self.stderr.lock().unwrap().iter().find(|l| l.contains(needle)).cloned()
+        self.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains(needle))
+            .cloned()
     }
 
     fn last_error(&self) -> String {
@@ -302,7 +333,10 @@ impl Daemon {
                 if let Some(line) = self.stderr_has("attached ") {
                     return Ok(line);
                 }
-                return Err(format!("imds-snoop exited ({st}) before attaching: {}", self.last_error()));
+                return Err(format!(
+                    "imds-snoop exited ({st}) before attaching: {}",
+                    self.last_error()
+                ));
             }
             if Instant::now() > deadline {
                 return Err(format!("no `attached` line after {}s", timeout.as_secs()));
@@ -315,13 +349,21 @@ impl Daemon {
     fn stop(&mut self, timeout: Duration) -> Result<ExitStatus, String> {
         if let Ok(Some(st)) = self.child.try_wait() {
             self.join_reader();
-            return Err(format!("imds-snoop had already exited ({st}): {}", self.last_error()));
+            return Err(format!(
+                "imds-snoop had already exited ({st}): {}",
+                self.last_error()
+            ));
         }
         // SAFETY: kill(2) on our own child's pid, which is not reaped yet.
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
         let st = wait_timeout(&mut self.child, timeout);
         self.join_reader();
-        st.ok_or_else(|| format!("imds-snoop still running {}s after SIGTERM (killed)", timeout.as_secs()))
+        st.ok_or_else(|| {
+            format!(
+                "imds-snoop still running {}s after SIGTERM (killed)",
+                timeout.as_secs()
+            )
+        })
     }
 
     fn join_reader(&mut self) {
@@ -393,19 +435,33 @@ fn run_refused(opts: &Options, mode: &str) -> Outcome {
         daemon.join_reader();
         let reason = match daemon.stderr_has("attached ") {
             Some(l) => format!("expected --attach {mode} to be refused, but: {l}"),
-            None => format!("--attach {mode} neither attached nor exited in {}s", opts.attach_timeout.as_secs()),
+            None => format!(
+                "--attach {mode} neither attached nor exited in {}s",
+                opts.attach_timeout.as_secs()
+            ),
         };
         return Outcome::fail(0, reason);
     };
     daemon.join_reader();
     if let Some(l) = daemon.stderr_has("attached ") {
-        return Outcome::fail(0, format!("expected --attach {mode} to be refused, but: {l} ({st})"));
+        return Outcome::fail(
+            0,
+            format!("expected --attach {mode} to be refused, but: {l} ({st})"),
+        );
     }
     if st.success() {
         return Outcome::fail(0, format!("--attach {mode} exited 0 without attaching"));
     }
-    eprintln!("vm-guest: --attach {mode} refused as expected ({st}): {}", daemon.last_error());
-    Outcome { ok: true, attached: None, events: 0, reason: None }
+    eprintln!(
+        "vm-guest: --attach {mode} refused as expected ({st}): {}",
+        daemon.last_error()
+    );
+    Outcome {
+        ok: true,
+        attached: None,
+        events: 0,
+        reason: None,
+    }
 }
 
 // --- one suite run ----------------------------------------------------------------------------
@@ -422,14 +478,20 @@ struct Want {
 }
 
 /// The clients, in the order they run, and what each must produce.
-const CLIENTS: [&str; 7] = ["v1", "v2", "writev", "split", "v6", "other", "burst"];
+const CLIENTS: [&str; 8] = [
+    "v1", "v2", "writev", "split", "v6", "mapped", "other", "burst",
+];
 
 fn wants_for(kind: &'static str, pid: u32) -> Vec<Want> {
     let w = |label: &'static str, path: &str, dst: &'static str| Want {
         kind,
         pid,
         label,
-        level: if label == "imdsv1(!)" { "WARNING" } else { "INFO" },
+        level: if label == "imdsv1(!)" {
+            "WARNING"
+        } else {
+            "INFO"
+        },
         path: path.to_owned(),
         dst,
     };
@@ -442,9 +504,18 @@ fn wants_for(kind: &'static str, pid: u32) -> Vec<Want> {
         "writev" => vec![w("imdsv1(!)", "/latest/meta-data/vm-guest/writev", V4_DST)],
         "split" => vec![w("imdsv2", "/latest/meta-data/vm-guest/split", V4_DST)],
         "v6" => vec![w("imdsv1(!)", "/latest/meta-data/vm-guest/v6", V6_DST)],
+        // An IPv6 socket talking to IPv4 IMDS (as dual-stack runtimes such as Java do) is
+        // reported as IPv4.
+        "mapped" => vec![w("imdsv1(!)", "/latest/meta-data/vm-guest/mapped", V4_DST)],
         "other" => vec![],
         "burst" => (0..BURST)
-            .map(|i| w("imdsv1(!)", &format!("/latest/meta-data/vm-guest/burst/{i}"), V4_DST))
+            .map(|i| {
+                w(
+                    "imdsv1(!)",
+                    &format!("/latest/meta-data/vm-guest/burst/{i}"),
+                    V4_DST,
+                )
+            })
             .collect(),
         _ => unreachable!("unknown client {kind}"),
     }
@@ -468,7 +539,10 @@ fn run_suite(opts: &Options, mode: &str, expect: &str) -> Outcome {
         .unwrap_or_else(|| "?".into());
     let mut failures = Vec::new();
     if attached != expect {
-        failures.push(format!("expected `{}`, daemon said: {attached_line}", attach_label(expect)));
+        failures.push(format!(
+            "expected `{}`, daemon said: {attached_line}",
+            attach_label(expect)
+        ));
     }
 
     // The clients, one after the other (burst is concurrent inside).
@@ -486,7 +560,10 @@ fn run_suite(opts: &Options, mode: &str, expect: &str) -> Outcome {
 
     // Lines must show up while the daemon runs, not only when it flushes at exit.
     let own = |lines: &[LogLine]| {
-        lines.iter().filter(|l| l.pid.is_some_and(|p| pids.contains_key(&p))).count()
+        lines
+            .iter()
+            .filter(|l| l.pid.is_some_and(|p| pids.contains_key(&p)))
+            .count()
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut live = 0;
@@ -500,12 +577,18 @@ fn run_suite(opts: &Options, mode: &str, expect: &str) -> Outcome {
     // Anything extra (a split request logged twice, the other port) has a moment to appear.
     thread::sleep(Duration::from_millis(500));
     if live < wants.len() {
-        failures.push(format!("only {live}/{} lines in the log after 20s while running", wants.len()));
+        failures.push(format!(
+            "only {live}/{} lines in the log after 20s while running",
+            wants.len()
+        ));
     }
 
     match daemon.stop(Duration::from_secs(30)) {
         Ok(st) if st.success() => {}
-        Ok(st) => failures.push(format!("imds-snoop exited {st} after SIGTERM: {}", daemon.last_error())),
+        Ok(st) => failures.push(format!(
+            "imds-snoop exited {st} after SIGTERM: {}",
+            daemon.last_error()
+        )),
         Err(e) => failures.push(e),
     }
 
@@ -514,7 +597,11 @@ fn run_suite(opts: &Options, mode: &str, expect: &str) -> Outcome {
     check_lines(&lines, &wants, &pids, opts.ignore_foreign, &mut failures);
 
     if !failures.is_empty() {
-        eprintln!("vm-guest: --attach {mode}: {} problem(s); the log ({}) held:", failures.len(), log.display());
+        eprintln!(
+            "vm-guest: --attach {mode}: {} problem(s); the log ({}) held:",
+            failures.len(),
+            log.display()
+        );
         for l in lines.iter().take(40) {
             eprintln!("  log: {}", l.raw);
         }
@@ -555,8 +642,15 @@ fn cut(s: &str, max: usize) -> String {
 fn short(l: &LogLine) -> String {
     let caller = l.raw.find(" (pid:").map(|i| &l.raw[i + 1..]).unwrap_or("");
     let caller = caller.split(") ").next().unwrap_or(caller);
-    let details = l.raw.find(" req details: ").map(|i| &l.raw[i + 1..]).unwrap_or("");
-    cut(&format!("[{}] {} {}) {}", l.level, l.label, caller, details), 300)
+    let details = l
+        .raw
+        .find(" req details: ")
+        .map(|i| &l.raw[i + 1..])
+        .unwrap_or("");
+    cut(
+        &format!("[{}] {} {}) {}", l.level, l.label, caller, details),
+        300,
+    )
 }
 
 fn run_client(kind: &str) -> Result<u32, String> {
@@ -586,13 +680,21 @@ struct LogLine {
 
 /// `[2026-11-23 08:42:32,962] [WARNING] imdsv1(!) (pid:12001:curl argv:...) ...`
 fn parse_line(raw: &str) -> LogLine {
-    let mut l = LogLine { raw: raw.to_owned(), level: String::new(), label: String::new(), pid: None, comm: String::new() };
+    let mut l = LogLine {
+        raw: raw.to_owned(),
+        level: String::new(),
+        label: String::new(),
+        pid: None,
+        comm: String::new(),
+    };
     let Some(i) = raw.find("] [") else { return l };
     let rest = &raw[i + 3..];
     let Some(j) = rest.find("] ") else { return l };
     l.level = rest[..j].to_owned();
     let rest = &rest[j + 2..];
-    let Some(k) = rest.find(" (pid:") else { return l };
+    let Some(k) = rest.find(" (pid:") else {
+        return l;
+    };
     l.label = rest[..k].to_owned();
     let rest = &rest[k + 6..];
     let Some(c) = rest.find(':') else { return l };
@@ -645,7 +747,11 @@ fn check_lines(
                 w.label,
                 w.kind,
                 w.pid,
-                if near.is_empty() { String::new() } else { format!("; its lines: {}", near.join(" || ")) }
+                if near.is_empty() {
+                    String::new()
+                } else {
+                    format!("; its lines: {}", near.join(" || "))
+                }
             ));
             continue;
         };
@@ -669,7 +775,12 @@ fn check_lines(
             bad.push(format!("dst is not {}", w.dst));
         }
         if !bad.is_empty() {
-            failures.push(format!("client {} line wrong ({}): {}", w.kind, bad.join(", "), short(l)));
+            failures.push(format!(
+                "client {} line wrong ({}): {}",
+                w.kind,
+                bad.join(", "),
+                short(l)
+            ));
         }
     }
     for (i, l) in lines.iter().enumerate() {
@@ -680,10 +791,16 @@ fn check_lines(
         if l.pid.is_none() {
             failures.push(format!("unexpected log line: {}", l.raw));
         } else if ours {
-            let who = l.pid.and_then(|p| pids.get(&p).copied()).unwrap_or("runner (fake IMDS)");
+            let who = l
+                .pid
+                .and_then(|p| pids.get(&p).copied())
+                .unwrap_or("runner (fake IMDS)");
             failures.push(format!("unexpected line from {who}: {}", short(l)));
         } else if !ignore_foreign {
-            failures.push(format!("line from a process that is not ours: {}", short(l)));
+            failures.push(format!(
+                "line from a process that is not ours: {}",
+                short(l)
+            ));
         }
     }
 }
@@ -778,12 +895,42 @@ fn client(kind: &str) -> Result<(), String> {
             if token != TOKEN {
                 return Err(format!("token PUT returned {token:?}"));
             }
-            get(v4, "/latest/meta-data/vm-guest/v2", Some(&token), Send::Whole).map(drop)
+            get(
+                v4,
+                "/latest/meta-data/vm-guest/v2",
+                Some(&token),
+                Send::Whole,
+            )
+            .map(drop)
         }
-        "writev" => get(v4, "/latest/meta-data/vm-guest/writev", None, Send::Vectored).map(drop),
-        "split" => get(v4, "/latest/meta-data/vm-guest/split", Some(TOKEN), Send::Split).map(drop),
-        "v6" => get(SocketAddr::new(IpAddr::V6(IMDS_V6), 80), "/latest/meta-data/vm-guest/v6", None, Send::Whole)
-            .map(drop),
+        "writev" => get(
+            v4,
+            "/latest/meta-data/vm-guest/writev",
+            None,
+            Send::Vectored,
+        )
+        .map(drop),
+        "split" => get(
+            v4,
+            "/latest/meta-data/vm-guest/split",
+            Some(TOKEN),
+            Send::Split,
+        )
+        .map(drop),
+        "v6" => get(
+            SocketAddr::new(IpAddr::V6(IMDS_V6), 80),
+            "/latest/meta-data/vm-guest/v6",
+            None,
+            Send::Whole,
+        )
+        .map(drop),
+        "mapped" => get(
+            SocketAddr::new(IpAddr::V6(IMDS_V4.to_ipv6_mapped()), 80),
+            "/latest/meta-data/vm-guest/mapped",
+            None,
+            Send::Whole,
+        )
+        .map(drop),
         "other" => get(
             SocketAddr::new(IpAddr::V4(IMDS_V4), OTHER_PORT),
             "/latest/meta-data/vm-guest/other",
@@ -795,7 +942,12 @@ fn client(kind: &str) -> Result<(), String> {
             let threads: Vec<_> = (0..BURST)
                 .map(|i| {
                     thread::spawn(move || {
-                        get(v4, &format!("/latest/meta-data/vm-guest/burst/{i}"), None, Send::Whole)
+                        get(
+                            v4,
+                            &format!("/latest/meta-data/vm-guest/burst/{i}"),
+                            None,
+                            Send::Whole,
+                        )
                     })
                 })
                 .collect();
@@ -813,21 +965,32 @@ fn client(kind: &str) -> Result<(), String> {
 fn get(addr: SocketAddr, path: &str, token: Option<&str>, how: Send) -> Result<String, String> {
     let host = match addr.ip() {
         IpAddr::V4(ip) => ip.to_string(),
-        IpAddr::V6(ip) => format!("[{ip}]"),
+        IpAddr::V6(ip) => match ip.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => format!("[{ip}]"),
+        },
     };
     let line = format!("GET {path} HTTP/1.1\r\n");
     let mut headers = format!("Host: {host}\r\nUser-Agent: vm-guest/1\r\nAccept: */*\r\n");
-    let token = token.map(|t| format!("X-aws-ec2-metadata-token: {t}\r\n")).unwrap_or_default();
+    let token = token
+        .map(|t| format!("X-aws-ec2-metadata-token: {t}\r\n"))
+        .unwrap_or_default();
     headers.push_str("Connection: close\r\n");
     request(addr, &[&line, &headers, &token, "\r\n"], how)
 }
 
 fn request(addr: SocketAddr, parts: &[&str], how: Send) -> Result<String, String> {
     let err = |what: &str, e: io::Error| format!("{what} {addr}: {e}");
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| err("connect", e))?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| err("timeout", e))?;
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| err("connect", e))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| err("timeout", e))?;
     s.set_nodelay(true).map_err(|e| err("nodelay", e))?;
-    let parts: Vec<&[u8]> = parts.iter().map(|p| p.as_bytes()).filter(|p| !p.is_empty()).collect();
+    let parts: Vec<&[u8]> = parts
+        .iter()
+        .map(|p| p.as_bytes())
+        .filter(|p| !p.is_empty())
+        .collect();
     match how {
         Send::Whole => s.write_all(&parts.concat()).map_err(|e| err("write", e))?,
         Send::Vectored => {
@@ -853,7 +1016,9 @@ fn request(addr: SocketAddr, parts: &[&str], how: Send) -> Result<String, String
     let mut resp = Vec::new();
     s.read_to_end(&mut resp).map_err(|e| err("read", e))?;
     let resp = String::from_utf8_lossy(&resp);
-    let (head, body) = resp.split_once("\r\n\r\n").ok_or(format!("{addr}: bad response {resp:?}"))?;
+    let (head, body) = resp
+        .split_once("\r\n\r\n")
+        .ok_or(format!("{addr}: bad response {resp:?}"))?;
     if !head.starts_with("HTTP/1.1 200 ") {
         return Err(format!("{addr}: {}", head.lines().next().unwrap_or("")));
     }

@@ -1,0 +1,172 @@
+# Helpers shared by tests/deploy/*_test.sh (sourced, not run). Bash.
+#
+# Isolation: every IMDS call of these tests goes to a fake IMDS (tests/fake_imds.py) inside
+# a network namespace the test creates, with 169.254.169.254/32 on its loopback and no other
+# interface: no packet leaves it. Everything a test starts is stopped by its EXIT trap.
+
+DEPLOY_TESTS=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$DEPLOY_TESTS/../.." && pwd)
+IMDS=169.254.169.254
+TEST_NAME=${TEST_NAME:-$(basename "$0" .sh)}
+
+fail() {
+    echo "$TEST_NAME: FAILED: $*" >&2
+    exit 1
+}
+ok() {
+    echo "$TEST_NAME: ok: [${SECONDS}s] $*"
+    PASSED=$((${PASSED:-0} + 1))
+}
+note() { echo "$TEST_NAME: $*"; }
+
+# Cleanup actions, run last-registered first at exit.
+CLEANUPS=()
+on_exit() { CLEANUPS+=("$1"); }
+run_cleanups() {
+    local i
+    for ((i = ${#CLEANUPS[@]} - 1; i >= 0; i--)); do
+        eval "${CLEANUPS[$i]}" >/dev/null 2>&1 || true
+    done
+}
+trap run_cleanups EXIT
+trap 'exit 130' INT TERM
+
+# require_tools TOOL...: a missing tool fails the test (CI installs them: cargo xtask setup).
+require_tools() {
+    local t missing=()
+    for t in "$@"; do command -v "$t" >/dev/null 2>&1 || missing+=("$t"); done
+    [ ${#missing[@]} = 0 ] || fail "missing tools: ${missing[*]} (cargo xtask setup installs them)"
+}
+
+require_root() {
+    [ "$(id -u)" = 0 ] || fail "needs root (BPF, namespaces, containerd)"
+}
+
+# wait_until SECONDS CMD...: polls CMD every 0.1 s; false when it never succeeds.
+wait_until() {
+    local deadline=$((SECONDS + $1))
+    shift
+    until "$@" >/dev/null 2>&1; do
+        [ "$SECONDS" -lt "$deadline" ] || return 1
+        sleep 0.1
+    done
+}
+
+# scratch_dir TAG: a directory removed at exit (in $SCRATCH). Under /var/lib, not /tmp: the systemd unit
+# has PrivateTmp=yes, so paths the daemon must read (containerd's state) cannot be in /tmp.
+# Sets SCRATCH.
+scratch_dir() {
+    SCRATCH=$(mktemp -d "/var/lib/imds-snoop-test-$1.XXXXXX")
+    on_exit "rm -rf '$SCRATCH'"
+}
+
+# netns_up: creates network namespace $NETNS with the IMDS address on its loopback, and
+# starts the fake IMDS in it (log in $1/fake_imds.log).
+netns_up() {
+    local dir=$1
+    NETNS=imds-deploy-$$-$RANDOM
+    ip netns add "$NETNS"
+    on_exit "ip netns pids '$NETNS' | xargs -r kill -9; ip netns delete '$NETNS'"
+    ip -n "$NETNS" link set lo up
+    ip -n "$NETNS" addr add "$IMDS/32" dev lo
+    ip netns exec "$NETNS" python3 "$REPO/tests/fake_imds.py" --bind "$IMDS" --port 80 \
+        --ready-file "$dir/fake_imds.ready" >"$dir/fake_imds.log" 2>&1 &
+    wait_until 10 test -s "$dir/fake_imds.ready" ||
+        fail "fake IMDS did not start: $(cat "$dir/fake_imds.log")"
+}
+
+# --- a private containerd (Debian's 1.6) with the CRI plugin off -------------------------
+containerd_start() {
+    CTRD_DIR=$1
+    require_tools containerd ctr runc busybox
+    cat >"$CTRD_DIR/config.toml" <<EOF
+version = 2
+root = "$CTRD_DIR/root"
+state = "$CTRD_DIR/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$CTRD_DIR/c.sock"
+[ttrpc]
+  address = "$CTRD_DIR/c.sock.ttrpc"
+[debug]
+  address = "$CTRD_DIR/debug.sock"
+[metrics]
+  address = ""
+EOF
+    containerd --config "$CTRD_DIR/config.toml" >"$CTRD_DIR/containerd.log" 2>&1 &
+    CTRD_PID=$!
+    on_exit containerd_stop
+    wait_until 20 ctr_ version || fail "containerd did not answer: $(tail -5 "$CTRD_DIR/containerd.log")"
+    CTRD_TASKS=$CTRD_DIR/state/io.containerd.runtime.v2.task
+}
+ctr_() { ctr --address "$CTRD_DIR/c.sock" -n k8s.io "$@" </dev/null; }
+CTRD_CONTAINERS=()
+containerd_stop() {
+    local id
+    for id in "${CTRD_CONTAINERS[@]}"; do
+        ctr_ task kill -s SIGKILL "$id" >/dev/null 2>&1
+        wait_until 10 ctr_ task delete "$id"
+        ctr_ container delete "$id" >/dev/null 2>&1
+    done
+    CTRD_CONTAINERS=()
+    [ -z "${CTRD_PID:-}" ] || { kill "$CTRD_PID"; wait "$CTRD_PID"; } 2>/dev/null
+    CTRD_PID=
+    # runc leaves the empty kubepods cgroups behind in every hierarchy.
+    find /sys/fs/cgroup -depth -type d -path '*kubepods*' -exec rmdir {} + 2>/dev/null || true
+}
+
+hex() { tr -d '-' </proc/sys/kernel/random/uuid | head -c "$1"; }
+
+# busybox_rootfs DIR: a busybox-static root filesystem.
+busybox_rootfs() {
+    mkdir -p "$1/bin"
+    cp "$(command -v busybox)" "$1/bin/busybox"
+    chroot "$1" /bin/busybox --install -s /bin
+}
+
+# pod_container NAMESPACE POD NAME: runs `sleep` as container NAME of pod NAMESPACE/POD in
+# $NETNS with the CRI annotations kubelet would set, in a kubepods cgroup (cgroupfs driver
+# naming). Sets POD_ID.
+pod_container() {
+    local rootfs=$CTRD_DIR/rootfs h uid
+    [ -d "$rootfs/bin" ] || busybox_rootfs "$rootfs"
+    POD_ID=$(hex 64)
+    h=$(hex 32)
+    uid=${h:0:8}-${h:8:4}-${h:12:4}-${h:16:4}-${h:20:12}
+    ctr_ run -d --null-io --with-ns "network:/var/run/netns/$NETNS" \
+        --annotation "io.kubernetes.cri.sandbox-name=$2" \
+        --annotation "io.kubernetes.cri.sandbox-namespace=$1" \
+        --annotation "io.kubernetes.cri.container-name=$3" \
+        --annotation "io.kubernetes.cri.sandbox-id=$POD_ID" \
+        --annotation io.kubernetes.cri.container-type=container \
+        --cgroup "/kubepods/besteffort/pod$uid/$POD_ID" \
+        --rootfs "$rootfs" "$POD_ID" /bin/sleep 3600 ||
+        fail "ctr run (pod container) failed"
+    CTRD_CONTAINERS+=("$POD_ID")
+}
+
+# pod_call EXEC_ID QUERY: a v1 GET from inside the pod container (busybox wget).
+pod_call() {
+    ctr_ task exec --exec-id "$1" "$POD_ID" /bin/wget -q -O /dev/null \
+        "http://$IMDS/latest/meta-data/instance-id?$2" ||
+        fail "wget in the pod container failed"
+}
+
+# host_call QUERY: a v1 GET by curl, a process of the host (in $NETNS).
+host_call() {
+    ip netns exec "$NETNS" curl -sf -m 5 -o /dev/null \
+        "http://$IMDS/latest/meta-data/instance-id?$1" || fail "curl to the fake IMDS failed"
+}
+
+# wait_line FILE NEEDLE [SECONDS]: the line of FILE that contains NEEDLE, once there.
+wait_line() {
+    local file=$1 needle=$2 secs=${3:-10}
+    wait_until "$secs" grep -qF -- "$needle" "$file" || return 1
+    grep -F -- "$needle" "$file" | head -1
+}
+
+# unit_caps: the unit's AmbientCapabilities as a comma list for capsh (cap_bpf,...).
+unit_caps() {
+    sed -n 's/^AmbientCapabilities=//p' "$REPO/deploy/systemd/imds-snoop.service" | tail -1 |
+        tr 'A-Z' 'a-z' | tr -s ' ' '\n' | grep . | paste -sd, -
+}

@@ -1,0 +1,198 @@
+#!/usr/bin/env bash
+# The systemd unit under a real systemd: Debian's systemd 252 booted as PID 1 of new pid,
+# mount, cgroup, uts and ipc namespaces inside a network namespace of ours (the way a
+# container manager runs it), with its own /run, a copy of /etc, an empty /usr/local/bin
+# and /var/log, and a unit directory holding only stub targets. deploy/install.sh runs in
+# there exactly as a node owner runs it, and the service runs with every setting of
+# deploy/systemd/imds-snoop.service (User=, capabilities, seccomp filter, ProtectSystem=...).
+#
+#   tests/deploy/systemd_test.sh BINARY
+#
+# Nothing outside the namespaces changes: /etc, /run, /var/log, /usr/local/bin and the unit
+# directories are private copies or tmpfs; the manager's cgroup is a child of ours that is
+# removed at the end.
+#
+# Checks: install.sh installs, creates the user, enables and starts (start returns once
+# READY=1 came, i.e. once attached); the process runs as imds-snoop with exactly the unit's
+# capabilities, no-new-privs and a seccomp filter; `imds-snoop check` sees the ready file;
+# a v1 call is logged to /var/log/imds/imds-trace.log with its caller; a second install
+# restarts nothing; Restart=on-failure brings it back after SIGKILL; a start that cannot
+# attach (CAP_BPF taken away) fails `systemctl start` instead of reporting active; stop is
+# clean (exit 0, ready file gone); --uninstall stops, disables and removes everything.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+binary=$(realpath "${1:?usage: systemd_test.sh BINARY}")
+require_root
+SYSTEMD=/usr/lib/systemd/systemd
+[ -x "$SYSTEMD" ] || fail "no $SYSTEMD: install Debian's systemd package"
+require_tools unshare nsenter ip curl python3 systemctl
+
+scratch_dir systemd
+dir=$SCRATCH
+netns_up "$dir"
+
+# The manager's cgroup: a child of the cgroup v2 hierarchy (the unified one on hybrid hosts).
+cg_root=/sys/fs/cgroup
+[ -f "$cg_root/cgroup.controllers" ] || cg_root=/sys/fs/cgroup/unified
+[ -f "$cg_root/cgroup.controllers" ] || fail "no cgroup v2 hierarchy mounted"
+CG=$cg_root/imds-snoop-systemd-test-$$
+mkdir "$CG"
+on_exit "find '$CG' -depth -type d -exec rmdir {} +"
+
+# What PID 1 sees: set up inside the new namespaces, then exec systemd.
+cat >"$dir/boot.sh" <<'EOF'
+#!/bin/sh
+set -eu
+dir=$1
+mount --make-rprivate /
+mount -t tmpfs -o mode=0755 tmpfs /run
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+cp -a /etc "$dir/etc"
+mount --bind "$dir/etc" /etc
+for d in /etc/systemd/system /usr/lib/systemd/system /usr/lib/systemd/system-generators \
+    /etc/systemd/system-generators /usr/local/bin /var/log; do
+    mkdir -p "$d"
+    mount -t tmpfs -o mode=0755 tmpfs "$d"
+done
+# Stub targets: the unit's default dependencies (sysinit, basic, shutdown) and its
+# WantedBy= target exist but pull nothing in (no udev, no tmpfiles, no journald).
+for t in sysinit basic shutdown multi-user default local-fs; do
+    printf '[Unit]\nDescription=stub %s\nDefaultDependencies=no\n' "$t" >/usr/lib/systemd/system/$t.target
+done
+mount -o remount,bind,ro /proc/sys
+export container=imds-snoop-test
+exec /usr/lib/systemd/systemd --system --unit=default.target --log-target=console \
+    --log-level=notice --show-status=no
+EOF
+chmod 0755 "$dir/boot.sh"
+
+# shellcheck disable=SC2016
+setsid sh -c 'echo $$ >"$1/cgroup.procs"; shift; exec "$@"' sh "$CG" \
+    ip netns exec "$NETNS" unshare --pid --fork --kill-child --mount --cgroup --uts --ipc \
+    --mount-proc "$dir/boot.sh" "$dir" >"$dir/systemd.log" 2>&1 </dev/null &
+# --kill-child: killing unshare kills the namespace's PID 1, and with it everything inside.
+on_exit "kill -KILL $!"
+
+# PID 1 of the new namespace, from our side.
+sd_pid() {
+    local u
+    u=$(pgrep -f "unshare --pid --fork --kill-child .*--mount-proc $dir/boot.sh" | head -1)
+    [ -n "$u" ] && pgrep -P "$u" | head -1
+}
+wait_until 10 sd_pid || fail "systemd did not start: $(cat "$dir/systemd.log")"
+SD=$(sd_pid)
+on_exit "kill -KILL $SD"
+in_ns() { nsenter -t "$SD" -m -p -u -i -C -n -- "$@"; }
+sd_up() {
+    local state
+    state=$(in_ns systemctl is-system-running 2>/dev/null) || true
+    [ "$state" = running ] || [ "$state" = degraded ]
+}
+wait_until 20 sd_up || fail "systemd in the namespace did not come up: $(tail -20 "$dir/systemd.log")"
+ok "systemd $(in_ns systemctl --version | head -1 | cut -d' ' -f2) is PID 1 of a private namespace ($(in_ns systemctl is-system-running || true))"
+
+# Service output: no journald in here, so a runtime drop-in (in /run, which install.sh
+# does not own) sends it to a file; and a short RestartSec for the restart check.
+in_ns mkdir -p /run/systemd/system/imds-snoop.service.d
+in_ns sh -c "printf '[Service]\nStandardOutput=append:$dir/service.out\nStandardError=append:$dir/service.err\nRestartSec=1s\n' >/run/systemd/system/imds-snoop.service.d/50-test.conf"
+
+before=$(in_ns sh -c 'find /etc /usr/local/bin ! -name "*-" ! -name .pwd.lock -printf "%p %y %m %l\n" | sort; cat /etc/passwd /etc/group')
+
+# 1. install.sh as a node owner runs it.
+t0=$SECONDS
+in_ns "$REPO/deploy/install.sh" --binary "$binary" >"$dir/install1.out" 2>&1 ||
+    fail "install.sh failed: $(cat "$dir/install1.out"; tail -5 "$dir/service.err" 2>/dev/null)"
+in_ns systemctl is-active --quiet imds-snoop.service || fail "not active after install"
+in_ns systemctl is-enabled --quiet imds-snoop.service || fail "not enabled after install"
+[ -s "$dir/service.err" ] && grep -q 'attached' "$dir/service.err" || fail "no 'attached' on stderr"
+ok "install.sh: installed, enabled, started in $((SECONDS - t0))s (start returned after READY=1)"
+
+main_pid() { in_ns systemctl show -P MainPID imds-snoop.service; }
+pid=$(main_pid)
+# MainPID is in the namespace's pid space; its status from inside.
+status=$(in_ns cat "/proc/$pid/status")
+uid=$(in_ns id -u imds-snoop)
+grep -qP "^Uid:\t$uid\t" <<<"$status" || fail "not running as imds-snoop ($uid): $(grep ^Uid <<<"$status")"
+# Capability masks as sorted name lists, compared with the unit's AmbientCapabilities=.
+want=$(unit_caps | tr ',' '\n' | sort | paste -sd, -)
+for f in CapEff CapPrm CapAmb CapBnd; do
+    got=$(capsh --decode="$(awk -v f="$f:" '$1 == f {print $2}' <<<"$status")" |
+        sed 's/^[^=]*=//' | tr ',' '\n' | sort | paste -sd, -)
+    [ "$got" = "$want" ] || fail "$f is $got, want $want"
+done
+grep -qP '^NoNewPrivs:\t1$' <<<"$status" || fail "no-new-privs is off"
+grep -qP '^Seccomp:\t2$' <<<"$status" || fail "no seccomp filter"
+ok "runs as imds-snoop (uid $uid) with CapEff=CapPrm=CapAmb=CapBnd=$want only, no-new-privs, seccomp filter"
+
+in_ns /usr/local/bin/imds-snoop check --ready-file /run/imds-snoop/ready ||
+    fail "imds-snoop check: not ready"
+ok "imds-snoop check --ready-file /run/imds-snoop/ready: ready"
+
+# 2. A v1 call from a process of this "node" (in the manager's pid namespace, so the
+#    daemon's /proc shows it).
+in_ns sh -c "curl -sf -m 5 -o /dev/null 'http://$IMDS/latest/meta-data/instance-id?systemd-v1'" ||
+    fail "curl in the namespace failed"
+wait_until 10 in_ns grep -qF '?systemd-v1' /var/log/imds/imds-trace.log ||
+    fail "call not logged: $(in_ns cat /var/log/imds/imds-trace.log 2>&1)"
+line=$(in_ns grep -F '?systemd-v1' /var/log/imds/imds-trace.log)
+[[ $line == *"[WARNING] imdsv1(!) (pid:"*":curl argv:curl -sf -m 5 -o /dev/null http://$IMDS/latest/meta-data/instance-id?systemd-v1) called by -> (pid:"*":sh argv:sh -c curl"* ]] ||
+    fail "line lacks caller and parent: $line"
+owner=$(in_ns stat -c %U /var/log/imds/imds-trace.log)
+[ "$owner" = imds-snoop ] || fail "trace log owned by $owner"
+ok "v1 call logged in /var/log/imds/imds-trace.log with caller curl and parent sh"
+
+# 3. A second install: nothing changes, nothing restarts.
+in_ns "$REPO/deploy/install.sh" --binary "$binary" >"$dir/install2.out" 2>&1 ||
+    fail "second install.sh failed: $(cat "$dir/install2.out")"
+[ "$(main_pid)" = "$pid" ] || fail "a second install restarted the service"
+grep -q 'unchanged: imds-snoop.service running' "$dir/install2.out" || fail "$(cat "$dir/install2.out")"
+ok "second install.sh: nothing changed, same MainPID"
+
+# 4. Restart=on-failure.
+in_ns kill -KILL "$pid"
+restarted() {
+    [ "$(in_ns systemctl show -P NRestarts imds-snoop.service)" = 1 ] &&
+        in_ns systemctl is-active --quiet imds-snoop.service
+}
+wait_until 15 restarted ||
+    fail "not restarted after SIGKILL: $(in_ns systemctl show -p ActiveState -p SubState -p NRestarts imds-snoop.service)"
+ok "Restart=on-failure: back after SIGKILL (NRestarts=1, new MainPID $(main_pid))"
+
+# 5. A start that cannot attach fails: Type=notify means active = attached.
+in_ns sh -c "printf '[Service]\nAmbientCapabilities=\nAmbientCapabilities=CAP_PERFMON CAP_DAC_READ_SEARCH\nRestart=no\n' >/run/systemd/system/imds-snoop.service.d/60-nobpf.conf"
+in_ns systemctl daemon-reload
+if in_ns systemctl restart imds-snoop.service 2>"$dir/restart.err"; then
+    fail "systemctl restart succeeded without CAP_BPF"
+fi
+state=$(in_ns systemctl show -P ActiveState imds-snoop.service)
+[ "$state" != active ] || fail "active without CAP_BPF"
+in_ns rm /run/systemd/system/imds-snoop.service.d/60-nobpf.conf
+in_ns systemctl daemon-reload
+in_ns systemctl restart imds-snoop.service || fail "restart with the unit's capabilities failed"
+ok "without CAP_BPF 'systemctl restart' fails (state $state); with the unit's set it is active again"
+
+# 6. A clean stop.
+pid=$(main_pid)
+in_ns systemctl stop imds-snoop.service
+[ "$(in_ns systemctl show -P ExecMainStatus imds-snoop.service)" = 0 ] || fail "stop: exit status not 0"
+in_ns test ! -e /run/imds-snoop/ready || fail "ready file left after stop"
+grep -q 'detached, log flushed' "$dir/service.err" || fail "no clean-exit message"
+ok "systemctl stop: exit 0, 'detached, log flushed', ready file removed"
+in_ns systemctl start imds-snoop.service
+
+# 7. Uninstall: stopped, disabled, everything removed but the trace logs.
+in_ns "$REPO/deploy/install.sh" --uninstall >"$dir/uninstall.out" 2>&1 ||
+    fail "install.sh --uninstall failed: $(cat "$dir/uninstall.out")"
+if in_ns systemctl is-active --quiet imds-snoop.service; then fail "still active after uninstall"; fi
+after=$(in_ns sh -c 'find /etc /usr/local/bin ! -name "*-" ! -name .pwd.lock -printf "%p %y %m %l\n" | sort; cat /etc/passwd /etc/group')
+if [ "$after" != "$before" ]; then
+    diff <(echo "$before") <(echo "$after") >&2 || true
+    fail "--uninstall left /etc or /usr/local/bin different from before the install"
+fi
+in_ns test -f /var/log/imds/imds-trace.log || fail "--uninstall removed the trace log"
+in_ns "$REPO/deploy/install.sh" --uninstall --purge >"$dir/purge.out" 2>&1 || fail "--purge failed"
+in_ns test ! -e /var/log/imds || fail "--purge left /var/log/imds"
+ok "--uninstall: stopped, disabled, /etc and /usr/local/bin as before, logs kept; --purge removes them"
+
+echo "systemd_test: $PASSED passed, 0 failed"
