@@ -104,6 +104,12 @@ pub struct Offsets {
     pub task_mm: u32,
     pub mm_arg_start: u32,
     pub mm_arg_end: u32,
+    /// `task_struct.thread_pid`, `pid.level`, `pid.numbers`, `sizeof(struct upid)`: the
+    /// caller's pid as its own pid namespace (its container) sees it.
+    pub task_thread_pid: u32,
+    pub pid_level: u32,
+    pub pid_numbers: u32,
+    pub upid_size: u32,
 }
 
 /// The snippet's run-time settings.
@@ -148,6 +154,9 @@ pub struct SendEvent {
     pub daddr: [u32; 4],
     pub payload_len: u32,
     pub ancestors_len: u32,
+    /// The caller's tgid in its own pid namespace (equal to `tgid` on the host).
+    pub ns_tgid: u32,
+    pub _pad: u32,
     pub comm: [u8; COMM_LEN],
     pub ancestors: [Ancestor; MAX_ANCESTORS],
 }
@@ -194,11 +203,11 @@ pub struct SendRecord {
 // Layout guards: a field added on one side only breaks the build here, not at run time.
 const _: () = assert!(core::mem::size_of::<Target>() == 20);
 const _: () = assert!(core::mem::size_of::<Ancestor>() == 20);
-const _: () = assert!(core::mem::size_of::<Offsets>() == 24 * 4);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 28 * 4);
 const _: () = assert!(core::mem::size_of::<ExecEvent>() == 48 + MAX_ARGV);
 const _: () = assert!(core::mem::size_of::<ExitEvent>() == 16);
 const _: () = assert!(MAX_ARGV.is_power_of_two());
-const _: () = assert!(core::mem::size_of::<SendEvent>() == 264);
+const _: () = assert!(core::mem::size_of::<SendEvent>() == 272);
 const _: () = assert!(core::mem::size_of::<SendEvent>().is_multiple_of(8));
 const _: () = assert!(MAX_PAYLOAD.is_power_of_two());
 

@@ -163,6 +163,16 @@ fn fill_process(head: &mut SendEvent, o: &Offsets) {
     if let Ok(comm) = read::<[u8; COMM_LEN]>(leader, o.task_comm) {
         head.comm = comm;
     }
+    // pid->numbers[pid->level].nr: the pid in the innermost namespace.
+    head.ns_tgid = read::<*const u8>(leader, o.task_thread_pid)
+        .and_then(|pid| {
+            let level = read::<u32>(pid, o.pid_level)?;
+            if level > 31 {
+                return Err(-1);
+            }
+            read::<u32>(pid, o.pid_numbers + level * o.upid_size)
+        })
+        .unwrap_or(0);
     let mut t = leader;
     for i in 0..MAX_ANCESTORS {
         let Ok(parent) = read::<*const u8>(t, o.task_real_parent) else {

@@ -31,6 +31,10 @@ static OFFSETS: Offsets = Offsets {
     task_mm: 0,
     mm_arg_start: 0,
     mm_arg_end: 0,
+    task_thread_pid: 0,
+    pid_level: 0,
+    pid_numbers: 0,
+    upid_size: 0,
 };
 
 #[unsafe(no_mangle)]

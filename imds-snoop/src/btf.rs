@@ -106,6 +106,10 @@ impl KernelBtf {
             task_mm: self.offset("task_struct", &[&["mm"]])?,
             mm_arg_start: self.offset("mm_struct", &[&["arg_start"]])?,
             mm_arg_end: self.offset("mm_struct", &[&["arg_end"]])?,
+            task_thread_pid: self.offset("task_struct", &[&["thread_pid"]])?,
+            pid_level: self.offset("pid", &[&["level"]])?,
+            pid_numbers: self.offset("pid", &[&["numbers"]])?,
+            upid_size: self.struct_size("upid")?,
         })
     }
 
@@ -118,6 +122,10 @@ impl KernelBtf {
 
     pub fn kernel(&self) -> &str {
         &self.kernel
+    }
+
+    fn struct_size(&self, strukt: &str) -> Result<u32, BtfError> {
+        self.size_of(&self.struct_type(strukt)?)
     }
 
     fn offset(&self, strukt: &str, paths: &[&[&str]]) -> Result<u32, BtfError> {

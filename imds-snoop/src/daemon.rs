@@ -260,6 +260,7 @@ impl Pipeline {
             caller,
             ancestors,
             uid: send.uid,
+            ns_pid: (send.ns_tgid != 0 && send.ns_tgid != send.tgid).then_some(send.ns_tgid),
             origin,
             cgroup_id: send.cgroup_id,
             netns: send.netns,

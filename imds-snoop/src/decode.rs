@@ -26,6 +26,8 @@ pub struct Send {
     pub cgroup_id: u64,
     pub size: u64,
     pub tgid: u32,
+    /// The caller's pid inside its own pid namespace (its container); 0 if unknown.
+    pub ns_tgid: u32,
     pub tid: u32,
     pub uid: u32,
     pub gid: u32,
@@ -122,6 +124,7 @@ fn decode_send(record: &[u8]) -> Result<Send, DecodeError> {
         cgroup_id: head.cgroup_id,
         size: head.size,
         tgid: head.tgid,
+        ns_tgid: head.ns_tgid,
         tid: head.tid,
         uid: head.uid,
         gid: head.gid,
@@ -181,6 +184,8 @@ mod tests {
             daddr: [u32::from_ne_bytes([169, 254, 169, 254]), 0, 0, 0],
             payload_len,
             ancestors_len: 1,
+            ns_tgid: 42,
+            _pad: 0,
             comm,
             ancestors,
         };

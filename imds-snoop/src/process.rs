@@ -226,6 +226,7 @@ mod tests {
             cgroup_id: 0,
             size: 0,
             tgid,
+            ns_tgid: tgid,
             tid: tgid,
             uid: 0,
             gid: 0,

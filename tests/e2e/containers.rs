@@ -267,6 +267,17 @@ fn call_from_a_pod_names_container_and_pod() {
             line.contains(&format!("{tag} pod:shop/web-1 container-name:app")),
             "pod and container names: {line}"
         );
+        // In its own pid namespace the exec'd wget is never pid 1 (sleep is), nor its host pid.
+        let ns_pid: u32 = line
+            .split(" container-pid:")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no container-pid: {line}"));
+        assert!(
+            ns_pid > 1 && ns_pid < 1000,
+            "in-container pid {ns_pid}: {line}"
+        );
     }
     assert!(lines[1].contains("?short"), "{}", lines[1]);
     daemon.finish(&[&imds], &[]);

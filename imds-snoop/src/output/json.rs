@@ -37,6 +37,8 @@ struct Line<'a> {
 #[derive(Serialize)]
 struct Caller<'a> {
     pid: u32,
+    /// pid inside the caller's pid namespace, when it differs from `pid`.
+    ns_pid: Option<u32>,
     comm: &'a str,
     argv: Option<&'a str>,
     uid: u32,
@@ -97,6 +99,7 @@ pub fn format(r: &Record, node: &str) -> String {
         headers: &req.headers,
         caller: Caller {
             pid: r.caller.pid,
+            ns_pid: r.ns_pid,
             comm: &r.caller.comm,
             argv: r.caller.argv.as_deref(),
             uid: r.uid,

@@ -22,6 +22,8 @@ pub struct Record {
     pub caller: Proc,
     pub ancestors: Vec<Proc>,
     pub uid: u32,
+    /// The caller's pid inside its container's pid namespace, when that differs.
+    pub ns_pid: Option<u32>,
     pub origin: Origin,
     pub cgroup_id: u64,
     pub netns: u32,

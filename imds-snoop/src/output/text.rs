@@ -31,6 +31,9 @@ pub fn format(r: &Record) -> String {
     line.push_str(&escape_controls(&r.request.details()));
     line.push(' ');
     line.push_str(&origin(&r.origin));
+    if let Some(ns_pid) = r.ns_pid {
+        let _ = write!(line, " container-pid:{ns_pid}");
+    }
     let _ = write!(line, " uid:{} dst:", r.uid);
     match r.dst.0 {
         std::net::IpAddr::V6(v6) => {
