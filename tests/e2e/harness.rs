@@ -788,6 +788,19 @@ impl Daemon {
     pub fn finish(mut self, fakes: &[&FakeImds], extra: &[&str]) {
         self.stop();
         self.assert_clean(fakes, extra);
+        self.keep_log();
+    }
+
+    /// With `IMDS_E2E_KEEP_LOGS=DIR`, copies the trace log there (the README's excerpt
+    /// comes from such a run).
+    fn keep_log(&self) {
+        let Some(dir) = std::env::var_os("IMDS_E2E_KEEP_LOGS") else {
+            return;
+        };
+        let dir = PathBuf::from(dir);
+        let _ = fs::create_dir_all(&dir);
+        let name = self.dir.path().file_name().unwrap_or_default();
+        let _ = fs::copy(&self.log, dir.join(name).with_extension("log"));
     }
 }
 

@@ -4,10 +4,14 @@
 //!   Python botocore); idempotent.
 //! - `build [--release]`: setup, then builds the daemon (build.rs embeds the eBPF object).
 //! - `run [-- ARGS]`: setup, release build, then runs `target/release/imds-snoop ARGS` as root.
-//! - `test`: setup, then fmt check, clippy, unit and end-to-end tests; fails fast.
+//! - `test`: setup, then fmt check, clippy, unit and end-to-end tests, and the kernel
+//!   matrix (`vm-test`); fails fast.
+//! - `vm-test`: the end-to-end suite on Debian's 5.10, 6.1 and 6.12 kernels under QEMU and
+//!   on the host kernel.
 
 mod cmd;
 mod setup;
+mod vm;
 
 use std::{os::unix::process::CommandExt as _, process::ExitCode};
 
@@ -44,9 +48,31 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Setup, then `cargo fmt --check`, `cargo clippy -D warnings` and `cargo test`
-    /// (end-to-end tests need root; under CI=... they fail instead of skipping).
+    /// Setup, then `cargo fmt --check`, `cargo clippy -D warnings`, `cargo test` and
+    /// `vm-test` (end-to-end tests need root; under CI=... they fail instead of skipping).
     Test,
+    /// Boot Debian's 5.10, 6.1 and 6.12 cloud kernels under QEMU (TCG) and run the guest
+    /// suite for each attach mode; also run it on the host kernel in a network namespace.
+    VmTest {
+        /// Kernel series to boot (5.10, 6.1, 6.12); repeatable; default all.
+        #[arg(long = "kernel", value_name = "SERIES")]
+        kernels: Vec<String>,
+        /// Skip the host-kernel run.
+        #[arg(long)]
+        skip_host: bool,
+        /// Skip the VMs (host kernel only).
+        #[arg(long)]
+        skip_vms: bool,
+        /// Seconds one VM may take before it counts as hung.
+        #[arg(long, default_value_t = 300)]
+        boot_timeout: u64,
+        /// Download the newest kernel packages again instead of using the cache.
+        #[arg(long)]
+        refresh_kernels: bool,
+        /// Stream guest consoles to the terminal.
+        #[arg(short, long)]
+        verbose: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -66,7 +92,22 @@ fn dispatch(task: Task) -> Result<ExitCode> {
         Task::Build { release } => build(release).map(|()| ExitCode::SUCCESS),
         Task::Run { args } => run(&args),
         Task::Test => test(),
-        // Task::VmTest { .. } => ...,  (added by the VM test issue)
+        Task::VmTest {
+            kernels,
+            skip_host,
+            skip_vms,
+            boot_timeout,
+            refresh_kernels,
+            verbose,
+        } => vm::vm_test(vm::VmTestOptions {
+            kernels,
+            skip_host,
+            skip_vms,
+            boot_timeout_secs: boot_timeout,
+            refresh_kernels,
+            verbose,
+        })
+        .map(|()| ExitCode::SUCCESS),
         // Task::Bench { .. } => ...,   (added by the benchmark issue)
     }
 }
@@ -143,6 +184,15 @@ fn test() -> Result<ExitCode> {
             &["clippy", "--all-targets", "--", "-D", "warnings"],
         ),
         tests,
+        // The kernel matrix: fentry and kprobe on 5.10/6.1/6.12 VMs, the tracepoint here.
+        Step {
+            name: "vm-test",
+            command: {
+                let mut c = cmd::command("cargo");
+                c.args(["xtask", "vm-test"]);
+                c
+            },
+        },
     ];
 
     let mut results: Vec<(&str, String, &str)> = Vec::new();

@@ -108,7 +108,12 @@ const PLAN: &[KernelPlan] = &[
 const HOST_SPECS: &[&str] = &["tracepoint", "auto=tracepoint"];
 
 const MUSL: &str = "x86_64-unknown-linux-musl";
-const DEB_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "musl-tools", "iproute2"];
+const DEB_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "musl-tools",
+    "iproute2",
+];
 const BUSYBOX: &str = "/bin/busybox";
 const MATRIX_MODES: [&str; 4] = ["fentry", "kprobe", "tracepoint", "auto"];
 
@@ -133,7 +138,9 @@ pub fn vm_test(opts: VmTestOptions) -> Result<()> {
                 bail!("unknown kernel series {k:?} (known: {})", known.join(", "));
             }
         }
-        PLAN.iter().filter(|p| opts.kernels.iter().any(|k| k == p.series)).collect()
+        PLAN.iter()
+            .filter(|p| opts.kernels.iter().any(|k| k == p.series))
+            .collect()
     };
     if plans.is_empty() && opts.skip_host {
         bail!("nothing to do: no kernels and --skip-host");
@@ -164,14 +171,22 @@ pub fn vm_test(opts: VmTestOptions) -> Result<()> {
     // (e) boots, one after the other (CI has two cores, shared)
     let mut rows = Vec::new();
     for (plan, k) in &kernels {
-        eprintln!("\nvm-test: booting {} ({}) : {}", k.version, plan.series, plan.specs.join(" "));
+        eprintln!(
+            "\nvm-test: booting {} ({}) : {}",
+            k.version,
+            plan.series,
+            plan.specs.join(" ")
+        );
         let row = boot(k, plan.specs, &initrd, &vm_dir, &opts);
         rows.push(row);
     }
 
     // (f) the host kernel, in a network namespace of ours
     if !opts.skip_host {
-        eprintln!("\nvm-test: host kernel, in a network namespace: {}", HOST_SPECS.join(" "));
+        eprintln!(
+            "\nvm-test: host kernel, in a network namespace: {}",
+            HOST_SPECS.join(" ")
+        );
         rows.push(host_run(&daemon, &guest, &vm_dir, &opts));
     }
 
@@ -193,7 +208,11 @@ pub fn vm_test(opts: VmTestOptions) -> Result<()> {
         Ok(())
     } else {
         let names: Vec<&str> = failed.iter().map(|r| r.kernel.as_str()).collect();
-        bail!("kernel matrix failed on: {} (consoles in {})", names.join(", "), vm_dir.join("logs").display())
+        bail!(
+            "kernel matrix failed on: {} (consoles in {})",
+            names.join(", "),
+            vm_dir.join("logs").display()
+        )
     }
 }
 
@@ -209,7 +228,11 @@ fn deb_installed(name: &str) -> bool {
 }
 
 fn ensure_debs(names: &[&str]) -> Result<()> {
-    let missing: Vec<&str> = names.iter().copied().filter(|n| !deb_installed(n)).collect();
+    let missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| !deb_installed(n))
+        .collect();
     for n in names.iter().filter(|n| !missing.contains(n)) {
         println!("ok: {n} (vm-test)");
     }
@@ -217,13 +240,23 @@ fn ensure_debs(names: &[&str]) -> Result<()> {
         return Ok(());
     }
     if !cmd::is_root() {
-        bail!("vm-test needs {} installed: run as root, or `apt-get install {}`", missing.join(" "), missing.join(" "));
+        bail!(
+            "vm-test needs {} installed: run as root, or `apt-get install {}`",
+            missing.join(" "),
+            missing.join(" ")
+        );
     }
     println!("installing: {} (vm-test)", missing.join(" "));
     let install = || {
         let mut c = cmd::command("apt-get");
         c.env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["-o", "DPkg::Lock::Timeout=300", "install", "-y", "--no-install-recommends"])
+            .args([
+                "-o",
+                "DPkg::Lock::Timeout=300",
+                "install",
+                "-y",
+                "--no-install-recommends",
+            ])
             .args(&missing);
         cmd::run(&mut c)
     };
@@ -251,7 +284,16 @@ fn ensure_rust_target(target: &str) -> Result<()> {
 /// Builds `imds-snoop` (its build.rs embeds the eBPF object) and `vm-guest` static for musl.
 fn build_static(target: &Path) -> Result<(PathBuf, PathBuf)> {
     let mut cargo = cmd::command("cargo");
-    cargo.args(["build", "--release", "--target", MUSL, "-p", "imds-snoop", "-p", "vm-guest"]);
+    cargo.args([
+        "build",
+        "--release",
+        "--target",
+        MUSL,
+        "-p",
+        "imds-snoop",
+        "-p",
+        "vm-guest",
+    ]);
     eprintln!("vm-test: {}", cmd::display(&cargo));
     cmd::run(&mut cargo)?;
     let dir = target.join(MUSL).join("release");
@@ -259,7 +301,10 @@ fn build_static(target: &Path) -> Result<(PathBuf, PathBuf)> {
     let guest = dir.join("vm-guest");
     for bin in [&daemon, &guest] {
         if is_dynamic(bin)? {
-            bail!("{} is dynamically linked; the initramfs has no libc", bin.display());
+            bail!(
+                "{} is dynamically linked; the initramfs has no libc",
+                bin.display()
+            );
         }
     }
     Ok((daemon, guest))
@@ -268,13 +313,23 @@ fn build_static(target: &Path) -> Result<(PathBuf, PathBuf)> {
 /// Whether an ELF file asks for a program interpreter (PT_INTERP), i.e. is not static.
 fn is_dynamic(path: &Path) -> Result<bool> {
     let elf = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
-    let u32_at = |o: usize| elf.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
-    let u64_at = |o: usize| elf.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize);
+    let u16_at = |o: usize| {
+        elf.get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
+    let u32_at = |o: usize| {
+        elf.get(o..o + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+    };
+    let u64_at = |o: usize| {
+        elf.get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize)
+    };
     if elf.get(..5) != Some(b"\x7fELF\x02") {
         bail!("{} is not a 64-bit ELF file", path.display());
     }
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
         bail!("{}: truncated ELF header", path.display());
     };
     Ok((0..phnum).any(|i| u32_at(phoff + i * phentsize) == Some(3)))
@@ -294,7 +349,10 @@ struct Kernel {
 /// [0, 56]; `linux-image-6.12.117+deb12-cloud-amd64` -> [117, 12]; None for other packages
 /// (other series, -dbg, -unsigned, meta packages).
 fn series_key(series: &str, package: &str) -> Option<Vec<u64>> {
-    let rest = package.strip_prefix("linux-image-")?.strip_prefix(series)?.strip_prefix('.')?;
+    let rest = package
+        .strip_prefix("linux-image-")?
+        .strip_prefix(series)?
+        .strip_prefix('.')?;
     let middle = rest.strip_suffix("-cloud-amd64")?;
     if !middle.starts_with(|c: char| c.is_ascii_digit()) {
         return None;
@@ -329,9 +387,18 @@ fn kernel(root: &Path, vm_dir: &Path, plan: &KernelPlan, refresh: bool) -> Resul
         .iter()
         .rev()
         .map(|(_, n)| n)
-        .find(|n| apt.output(&["show", "--no-all-versions", n], "apt-cache").is_ok_and(|s| !s.trim().is_empty()))
+        .find(|n| {
+            apt.output(&["show", "--no-all-versions", n], "apt-cache")
+                .is_ok_and(|s| !s.trim().is_empty())
+        })
         .cloned()
-        .ok_or_else(|| anyhow!("no linux-image-{}.*-cloud-amd64 package in {}", plan.series, plan.dist.name()))?;
+        .ok_or_else(|| {
+            anyhow!(
+                "no linux-image-{}.*-cloud-amd64 package in {}",
+                plan.series,
+                plan.dist.name()
+            )
+        })?;
     let version = package.trim_start_matches("linux-image-").to_owned();
     let dest = kernels.join(&version);
     if dest.join(".complete").is_file() {
@@ -339,7 +406,11 @@ fn kernel(root: &Path, vm_dir: &Path, plan: &KernelPlan, refresh: bool) -> Resul
         return load_kernel(&dest, &version);
     }
 
-    println!("installing: kernel {package} (apt-get download from {}, unpacked to {})", plan.dist.name(), dest.display());
+    println!(
+        "installing: kernel {package} (apt-get download from {}, unpacked to {})",
+        plan.dist.name(),
+        dest.display()
+    );
     let debs = vm_dir.join("debs");
     fs::create_dir_all(&debs)?;
     let mut dl = apt.command("apt-get");
@@ -352,16 +423,34 @@ fn kernel(root: &Path, vm_dir: &Path, plan: &KernelPlan, refresh: bool) -> Resul
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
         })
-        .ok_or_else(|| anyhow!("apt-get download {package} left no .deb in {}", debs.display()))?;
+        .ok_or_else(|| {
+            anyhow!(
+                "apt-get download {package} left no .deb in {}",
+                debs.display()
+            )
+        })?;
     let tmp = kernels.join(format!(".unpack-{version}"));
     let _ = fs::remove_dir_all(&tmp);
     let _ = fs::remove_dir_all(&dest);
     let mut x = cmd::command("dpkg-deb");
     x.arg("-x").arg(&deb).arg(&tmp);
     cmd::run(&mut x)?;
-    fs::write(tmp.join(".complete"), format!("{}\n", deb.file_name().unwrap_or_default().to_string_lossy()))?;
+    fs::write(
+        tmp.join(".complete"),
+        format!(
+            "{}\n",
+            deb.file_name().unwrap_or_default().to_string_lossy()
+        ),
+    )?;
     fs::rename(&tmp, &dest)?;
     let _ = fs::remove_file(&deb);
+    // Older kernels of the same series are not booted any more.
+    for e in fs::read_dir(&kernels)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name != version && series_key(plan.series, &format!("linux-image-{name}")).is_some() {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
     load_kernel(&dest, &version)
 }
 
@@ -387,9 +476,16 @@ fn cached_kernel(kernels: &Path, series: &str) -> Result<Option<Kernel>> {
 fn load_kernel(dir: &Path, version: &str) -> Result<Kernel> {
     let vmlinuz = dir.join("boot").join(format!("vmlinuz-{version}"));
     if !vmlinuz.is_file() {
-        bail!("{} missing (delete {} to fetch it again)", vmlinuz.display(), dir.display());
+        bail!(
+            "{} missing (delete {} to fetch it again)",
+            vmlinuz.display(),
+            dir.display()
+        );
     }
-    Ok(Kernel { version: version.to_owned(), vmlinuz })
+    Ok(Kernel {
+        version: version.to_owned(),
+        vmlinuz,
+    })
 }
 
 /// apt with its own sources list, lists and cache under target/vm/apt/<dist>/: downloads do
@@ -409,7 +505,11 @@ impl PrivateApt {
         let lists = base.join("lists");
         let cache = base.join("cache");
         let parts = base.join("sources.list.d");
-        for d in [lists.join("partial"), cache.join("archives/partial"), parts.clone()] {
+        for d in [
+            lists.join("partial"),
+            cache.join("archives/partial"),
+            parts.clone(),
+        ] {
             fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
         }
         let opts = [
@@ -467,7 +567,10 @@ struct Cpio {
 
 impl Cpio {
     fn new() -> Self {
-        Self { buf: Vec::new(), ino: 1 }
+        Self {
+            buf: Vec::new(),
+            ino: 1,
+        }
     }
 
     fn entry(&mut self, name: &str, mode: u32, rdev: (u32, u32), data: &[u8]) {
@@ -534,7 +637,9 @@ fn write_initramfs(out: &Path, init: &Path, daemon: &Path, guest: &Path) -> Resu
         bail!("{BUSYBOX} is not static: install busybox-static");
     }
     let mut c = Cpio::new();
-    for d in ["bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "run", "etc"] {
+    for d in [
+        "bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "run", "etc",
+    ] {
         c.dir(d);
     }
     // The kernel opens /dev/console for init before anything is mounted.
@@ -547,7 +652,11 @@ fn write_initramfs(out: &Path, init: &Path, daemon: &Path, guest: &Path) -> Resu
     c.file("vm-guest", &read(guest)?);
     let bytes = c.finish();
     fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
-    eprintln!("vm-test: initramfs {} ({:.1} MiB)", out.display(), bytes.len() as f64 / (1 << 20) as f64);
+    eprintln!(
+        "vm-test: initramfs {} ({:.1} MiB)",
+        out.display(),
+        bytes.len() as f64 / (1 << 20) as f64
+    );
     Ok(())
 }
 
@@ -591,7 +700,10 @@ fn parse_result(line: &str) -> Option<(String, String, ModeResult)> {
         Some((f, r)) => (f, Some(r.to_owned())),
         None => (rest, None),
     };
-    let kv: BTreeMap<&str, &str> = fields.split_whitespace().filter_map(|f| f.split_once('=')).collect();
+    let kv: BTreeMap<&str, &str> = fields
+        .split_whitespace()
+        .filter_map(|f| f.split_once('='))
+        .collect();
     let result = ModeResult {
         pass: kv.get("result") == Some(&"pass"),
         refused: kv.get("expect") == Some(&"refused"),
@@ -600,7 +712,11 @@ fn parse_result(line: &str) -> Option<(String, String, ModeResult)> {
         secs: kv.get("secs").and_then(|v| v.parse().ok()).unwrap_or(0.0),
         reason,
     };
-    Some((kv.get("kernel")?.to_string(), kv.get("mode")?.to_string(), result))
+    Some((
+        kv.get("kernel")?.to_string(),
+        kv.get("mode")?.to_string(),
+        result,
+    ))
 }
 
 /// The matrix column of a vm-guest spec.
@@ -613,7 +729,14 @@ fn spec_column(spec: &str) -> &str {
 }
 
 /// Collects the result lines of one run into a row; specs without a result are errors.
-fn collect(kernel: &str, label: String, specs: &[&str], lines: &[String], mut errors: Vec<String>, secs: f64) -> Row {
+fn collect(
+    kernel: &str,
+    label: String,
+    specs: &[&str],
+    lines: &[String],
+    mut errors: Vec<String>,
+    secs: f64,
+) -> Row {
     let mut results = BTreeMap::new();
     for l in lines {
         if let Some((k, mode, r)) = parse_result(l) {
@@ -628,7 +751,13 @@ fn collect(kernel: &str, label: String, specs: &[&str], lines: &[String], mut er
             errors.push(format!("{spec}: did not report"));
         }
     }
-    Row { kernel: kernel.to_owned(), label, results, errors, secs }
+    Row {
+        kernel: kernel.to_owned(),
+        label,
+        results,
+        errors,
+        secs,
+    }
 }
 
 /// Streams a child's output lines into a channel (and a log file), from a thread.
@@ -641,7 +770,9 @@ fn pump(reader: impl std::io::Read + Send + 'static, tx: mpsc::Sender<String>) {
             match r.read_until(b'\n', &mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {
-                    let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_owned();
+                    let line = String::from_utf8_lossy(&buf)
+                        .trim_end_matches(['\n', '\r'])
+                        .to_owned();
                     if tx.send(line).is_err() {
                         break;
                     }
@@ -653,7 +784,15 @@ fn pump(reader: impl std::io::Read + Send + 'static, tx: mpsc::Sender<String>) {
 
 /// Reads lines from `rx` until the senders are gone or `deadline`; each line goes to `log`,
 /// result lines (or, with `verbose`, all lines) to the terminal. Returns (lines, timed out).
-fn read_lines(rx: &mpsc::Receiver<String>, deadline: Instant, log: &mut fs::File, verbose: bool, tag: &str) -> (Vec<String>, bool) {
+///
+/// Once the guest's /init says `IMDS-EXIT` only [`POWER_OFF_GRACE`] more is waited for.
+fn read_lines(
+    rx: &mpsc::Receiver<String>,
+    mut deadline: Instant,
+    log: &mut fs::File,
+    verbose: bool,
+    tag: &str,
+) -> (Vec<String>, bool) {
     let mut lines = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -666,6 +805,9 @@ fn read_lines(rx: &mpsc::Receiver<String>, deadline: Instant, log: &mut fs::File
                 let line = strip_controls(&line);
                 if verbose || line.starts_with("IMDS-RESULT") || line.starts_with("IMDS-BOOT") {
                     eprintln!("  [{tag}] {line}");
+                }
+                if line.starts_with("IMDS-EXIT") {
+                    deadline = deadline.min(Instant::now() + POWER_OFF_GRACE);
                 }
                 lines.push(line);
             }
@@ -700,6 +842,9 @@ fn strip_controls(s: &str) -> String {
     }
 }
 
+/// How long a guest may take to power off after its /init has printed `IMDS-EXIT`.
+const POWER_OFF_GRACE: Duration = Duration::from_secs(20);
+
 fn kill(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
@@ -715,23 +860,27 @@ fn boot(k: &Kernel, specs: &[&str], initrd: &Path, vm_dir: &Path, opts: &VmTestO
         errors: vec![e],
         secs: started.elapsed().as_secs_f64(),
     };
-    let log_path = vm_dir.join("logs").join(format!("{}.console.log", k.version));
+    let log_path = vm_dir
+        .join("logs")
+        .join(format!("{}.console.log", k.version));
     let mut log = match fs::File::create(&log_path) {
         Ok(f) => f,
         Err(e) => return fail(format!("creating {}: {e}", log_path.display())),
     };
     let append = format!("console=ttyS0 panic=-1 quiet -- {}", specs.join(" "));
     let mut qemu = cmd::command("qemu-system-x86_64");
-    qemu.args(["-machine", "q35", "-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "1"])
-        .args(["-nographic", "-no-reboot", "-nic", "none"])
-        .arg("-kernel")
-        .arg(&k.vmlinuz)
-        .arg("-initrd")
-        .arg(initrd)
-        .args(["-append", &append])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    qemu.args([
+        "-machine", "q35", "-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "1",
+    ])
+    .args(["-nographic", "-no-reboot", "-nic", "none"])
+    .arg("-kernel")
+    .arg(&k.vmlinuz)
+    .arg("-initrd")
+    .arg(initrd)
+    .args(["-append", &append])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let _ = writeln!(log, "# {}", cmd::display(&qemu));
     let mut child = match qemu.spawn() {
         Ok(c) => c,
@@ -743,9 +892,20 @@ fn boot(k: &Kernel, specs: &[&str], initrd: &Path, vm_dir: &Path, opts: &VmTestO
     let deadline = started + Duration::from_secs(opts.boot_timeout_secs);
     let (lines, timed_out) = read_lines(&rx, deadline, &mut log, opts.verbose, &k.version);
     let mut errors = Vec::new();
-    if timed_out {
+    let exited = lines.iter().any(|l| l.starts_with("IMDS-EXIT"));
+    if timed_out && exited {
         kill(&mut child);
-        errors.push(format!("no power-off within {}s (hung? see {})", opts.boot_timeout_secs, log_path.display()));
+        eprintln!(
+            "vm-test: WARNING: {} did not power off after its tests ended (killed)",
+            k.version
+        );
+    } else if timed_out {
+        kill(&mut child);
+        errors.push(format!(
+            "no power-off within {}s (hung? see {})",
+            opts.boot_timeout_secs,
+            log_path.display()
+        ));
     } else {
         // Output closed: qemu is exiting.
         let exit = Instant::now() + Duration::from_secs(10);
@@ -756,9 +916,15 @@ fn boot(k: &Kernel, specs: &[&str], initrd: &Path, vm_dir: &Path, opts: &VmTestO
     }
     if !lines.iter().any(|l| l.starts_with("IMDS-BOOT")) {
         let tail: Vec<&str> = lines.iter().rev().take(5).map(String::as_str).collect();
-        errors.push(format!("the guest never reached /init; console tail: {}", tail.into_iter().rev().collect::<Vec<_>>().join(" | ")));
+        errors.push(format!(
+            "the guest never reached /init; console tail: {}",
+            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        ));
     } else if !lines.iter().any(|l| l.starts_with("IMDS-DONE")) {
-        errors.push(format!("vm-guest did not finish (see {})", log_path.display()));
+        errors.push(format!(
+            "vm-guest did not finish (see {})",
+            log_path.display()
+        ));
     }
     // The kernel as the guest saw it must be the one we meant to boot.
     let seen = lines
@@ -771,13 +937,39 @@ fn boot(k: &Kernel, specs: &[&str], initrd: &Path, vm_dir: &Path, opts: &VmTestO
     {
         errors.push(format!("booted {} but the guest runs {seen}", k.version));
     }
-    collect(&k.version, label, specs, &lines, errors, started.elapsed().as_secs_f64())
+    collect(
+        &k.version,
+        label,
+        specs,
+        &lines,
+        errors,
+        started.elapsed().as_secs_f64(),
+    )
 }
 
 /// A network namespace that is deleted when dropped.
 struct Netns(String);
 
 impl Netns {
+    const PREFIX: &str = "imds-vmtest-";
+
+    /// Deletes namespaces that earlier runs left behind (killed before they could clean up):
+    /// ours are named after the pid of the xtask that made them.
+    fn remove_stale() {
+        let Ok(Some(list)) = cmd::output(cmd::command("ip").args(["netns", "list"])) else {
+            return;
+        };
+        for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+            let Some(pid) = name.strip_prefix(Self::PREFIX) else {
+                continue;
+            };
+            if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+                eprintln!("vm-test: deleting stale network namespace {name}");
+                let _ = cmd::output(cmd::command("ip").args(["netns", "del", name]));
+            }
+        }
+    }
+
     fn create(name: &str) -> Result<Self> {
         let _ = cmd::output(cmd::command("ip").args(["netns", "del", name]));
         cmd::run(cmd::command("ip").args(["netns", "add", name]))?;
@@ -796,7 +988,10 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         if let Err(e) = cmd::run(cmd::command("ip").args(["netns", "del", &self.0])) {
-            eprintln!("vm-test: WARNING: could not delete network namespace {}: {e:#}", self.0);
+            eprintln!(
+                "vm-test: WARNING: could not delete network namespace {}: {e:#}",
+                self.0
+            );
         }
     }
 }
@@ -805,7 +1000,9 @@ impl Drop for Netns {
 /// IMDS addresses exist only on that namespace's `lo`.
 fn host_run(daemon: &Path, guest: &Path, vm_dir: &Path, opts: &VmTestOptions) -> Row {
     let started = Instant::now();
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "host".into());
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "host".into());
     let label = format!("{kernel} (host)");
     let fail = |e: String| Row {
         kernel: kernel.clone(),
@@ -826,7 +1023,8 @@ fn host_run(daemon: &Path, guest: &Path, vm_dir: &Path, opts: &VmTestOptions) ->
         Ok(f) => f,
         Err(e) => return fail(format!("creating {}: {e}", log_path.display())),
     };
-    let ns = match Netns::create(&format!("imds-vmtest-{}", std::process::id())) {
+    Netns::remove_stale();
+    let ns = match Netns::create(&format!("{}{}", Netns::PREFIX, std::process::id())) {
         Ok(ns) => ns,
         Err(e) => return fail(format!("network namespace: {e:#}")),
     };
@@ -851,14 +1049,30 @@ fn host_run(daemon: &Path, guest: &Path, vm_dir: &Path, opts: &VmTestOptions) ->
     let (tx, rx) = mpsc::channel();
     pump(child.stdout.take().expect("piped"), tx.clone());
     pump(child.stderr.take().expect("piped"), tx);
-    let (lines, timed_out) = read_lines(&rx, started + Duration::from_secs(300), &mut log, opts.verbose, "host");
+    let (lines, timed_out) = read_lines(
+        &rx,
+        started + Duration::from_secs(300),
+        &mut log,
+        opts.verbose,
+        "host",
+    );
     let mut errors = Vec::new();
     if timed_out {
-        errors.push(format!("vm-guest still running after 300s (see {})", log_path.display()));
+        errors.push(format!(
+            "vm-guest still running after 300s (see {})",
+            log_path.display()
+        ));
     }
     kill(&mut child);
     drop(ns);
-    collect(&kernel, label, HOST_SPECS, &lines, errors, started.elapsed().as_secs_f64())
+    collect(
+        &kernel,
+        label,
+        HOST_SPECS,
+        &lines,
+        errors,
+        started.elapsed().as_secs_f64(),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -870,17 +1084,25 @@ fn cell(r: Option<&ModeResult>) -> String {
         None => "-".into(),
         Some(r) if r.refused && r.pass => "refused (ok)".into(),
         Some(r) if r.refused => "FAIL (not refused)".into(),
-        Some(r) => {
-            let via = if r.attached != "-" && r.attached != "?" { format!("{} ", r.attached) } else { String::new() };
-            format!("{} {via}{}ev {:.1}s", if r.pass { "pass" } else { "FAIL" }, r.events, r.secs)
-        }
+        Some(r) => format!(
+            "{} {}ev {:.1}s",
+            if r.pass { "pass" } else { "FAIL" },
+            r.events,
+            r.secs
+        ),
     }
 }
 
 fn auto_cell(r: Option<&ModeResult>) -> String {
     match r {
         Some(r) if !r.refused => {
-            format!("{} ->{} {}ev {:.1}s", if r.pass { "pass" } else { "FAIL" }, r.attached, r.events, r.secs)
+            format!(
+                "{} ->{} {}ev {:.1}s",
+                if r.pass { "pass" } else { "FAIL" },
+                r.attached,
+                r.events,
+                r.secs
+            )
         }
         other => cell(other),
     }
@@ -892,25 +1114,49 @@ fn row_cells(row: &Row) -> Vec<String> {
         let r = row.results.get(m);
         cells.push(if m == "auto" { auto_cell(r) } else { cell(r) });
     }
-    cells.push(if row.ok() { "PASS".into() } else { "FAIL".into() });
+    cells.push(if row.ok() {
+        "PASS".into()
+    } else {
+        "FAIL".into()
+    });
     cells.push(format!("{:.0}s", row.secs));
     cells
 }
 
-const HEADER: [&str; 7] = ["kernel", "fentry", "kprobe", "tracepoint", "auto", "kernel result", "time"];
+const HEADER: [&str; 7] = [
+    "kernel",
+    "fentry",
+    "kprobe",
+    "tracepoint",
+    "auto",
+    "kernel result",
+    "time",
+];
 
 fn matrix(rows: &[Row]) -> String {
     let table: Vec<Vec<String>> = std::iter::once(HEADER.iter().map(|s| s.to_string()).collect())
         .chain(rows.iter().map(row_cells))
         .collect();
-    let widths: Vec<usize> = (0..HEADER.len()).map(|i| table.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..HEADER.len())
+        .map(|i| table.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
     let mut out = String::from("imds-snoop kernel matrix (ev = trace lines checked)\n");
     for (n, r) in table.iter().enumerate() {
-        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
         if n == 0 {
-            out.push_str(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
+            out.push_str(
+                &widths
+                    .iter()
+                    .map(|w| "-".repeat(*w))
+                    .collect::<Vec<_>>()
+                    .join("  "),
+            );
             out.push('\n');
         }
     }
@@ -921,7 +1167,11 @@ fn matrix(rows: &[Row]) -> String {
         }
         for (mode, r) in &row.results {
             if !r.pass {
-                problems.push(format!("  {} {mode}: {}", row.label, r.reason.as_deref().unwrap_or("failed")));
+                problems.push(format!(
+                    "  {} {mode}: {}",
+                    row.label,
+                    r.reason.as_deref().unwrap_or("failed")
+                ));
             }
         }
     }
@@ -934,7 +1184,11 @@ fn matrix(rows: &[Row]) -> String {
 }
 
 fn markdown(rows: &[Row]) -> String {
-    let mut out = format!("| {} |\n|{}\n", HEADER.join(" | "), "---|".repeat(HEADER.len()));
+    let mut out = format!(
+        "| {} |\n|{}\n",
+        HEADER.join(" | "),
+        "---|".repeat(HEADER.len())
+    );
     for row in rows {
         out.push_str(&format!("| {} |\n", row_cells(row).join(" | ")));
     }
@@ -947,12 +1201,30 @@ mod tests {
 
     #[test]
     fn kernel_package_names() {
-        assert_eq!(series_key("6.1", "linux-image-6.1.0-56-cloud-amd64"), Some(vec![0, 56]));
-        assert_eq!(series_key("6.12", "linux-image-6.12.117+deb12-cloud-amd64"), Some(vec![117, 12]));
-        assert_eq!(series_key("5.10", "linux-image-5.10.0-46-cloud-amd64"), Some(vec![0, 46]));
-        assert_eq!(series_key("6.1", "linux-image-6.12.117+deb12-cloud-amd64"), None);
-        assert_eq!(series_key("6.1", "linux-image-6.1.0-56-cloud-amd64-dbg"), None);
-        assert_eq!(series_key("6.1", "linux-image-6.1.0-56-cloud-amd64-unsigned"), None);
+        assert_eq!(
+            series_key("6.1", "linux-image-6.1.0-56-cloud-amd64"),
+            Some(vec![0, 56])
+        );
+        assert_eq!(
+            series_key("6.12", "linux-image-6.12.117+deb12-cloud-amd64"),
+            Some(vec![117, 12])
+        );
+        assert_eq!(
+            series_key("5.10", "linux-image-5.10.0-46-cloud-amd64"),
+            Some(vec![0, 46])
+        );
+        assert_eq!(
+            series_key("6.1", "linux-image-6.12.117+deb12-cloud-amd64"),
+            None
+        );
+        assert_eq!(
+            series_key("6.1", "linux-image-6.1.0-56-cloud-amd64-dbg"),
+            None
+        );
+        assert_eq!(
+            series_key("6.1", "linux-image-6.1.0-56-cloud-amd64-unsigned"),
+            None
+        );
         assert_eq!(series_key("6.12", "linux-image-6.12-cloud-amd64"), None);
         assert_eq!(series_key("6.1", "linux-image-cloud-amd64"), None);
     }
