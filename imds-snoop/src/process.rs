@@ -78,18 +78,24 @@ impl ProcessView {
 
     /// argv as the kernel saw it at exec when we have it (complete, and immune to the
     /// partial /proc/<pid>/cmdline of a process that is exiting), else /proc. A cached
-    /// entry whose process has exited is used only while its pid is not taken again.
+    /// entry whose process has exited is used when /proc has no argv for the pid (gone, or
+    /// a zombie not yet reaped), not when the pid was taken by another process.
     fn argv(&self, pid: u32) -> Option<String> {
-        let live = self.process(pid);
-        let cached = self
-            .execs
-            .get(pid)
-            .filter(|k| k.exited.is_none() || live.is_none())
-            .map(|k| k.argv.clone());
-        let args = cached
-            .or_else(|| live.and_then(|p| p.cmdline().ok()))
+        let from_proc = self
+            .process(pid)
+            .and_then(|p| p.cmdline().ok())
             // Kernel threads and zombies have an empty cmdline.
-            .filter(|args| !args.is_empty())?;
+            .filter(|args| !args.is_empty());
+        let cached = self.execs.get(pid);
+        let args = match (cached, from_proc) {
+            (Some(k), _) if k.exited.is_none() => k.argv.clone(),
+            (_, Some(args)) => args,
+            (Some(k), None) => k.argv.clone(),
+            (None, None) => return None,
+        };
+        if args.is_empty() {
+            return None;
+        }
         Some(truncate_chars(
             &redact_tokens(&args.join(" ")),
             MAX_ARGV_CHARS,
