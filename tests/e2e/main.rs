@@ -8,3 +8,4 @@ mod capture;
 mod containers;
 mod harness;
 mod output;
+mod reliability;

@@ -1,0 +1,174 @@
+//! What a node-level tracer must survive: a SIGKILL and restart, hostile payloads to the IMDS
+//! address, and a crowd of callers that are gone before their line is written.
+
+use std::{fs, time::Duration};
+
+use crate::harness::{
+    Daemon, FakeImds, FakeOpts, IMDS_V4, LINE_TIMEOUT, Netns, TestDir, client_script, require_root,
+    run_client, serial,
+};
+
+/// Every line of a trace log is whole: it starts with a timestamp and ends with our last
+/// field.
+fn assert_no_torn_line(text: &str) {
+    for line in text.lines() {
+        assert!(
+            line.starts_with("[20") && line.contains(" dst:"),
+            "torn or foreign line: {line:?}"
+        );
+    }
+}
+
+#[test]
+fn sigkill_and_restart_leave_nothing_attached_and_log_at_once() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new("kill9");
+    let fake = FakeImds::start(&ns, FakeOpts::default());
+    let url = format!("http://{IMDS_V4}/latest/meta-data/instance-id");
+    let curl = |tag: &str| {
+        run_client(
+            &ns,
+            ns.command("curl")
+                .args(["-s", "-o", "/dev/null", "-m", "5"])
+                .arg(format!("{url}?{tag}")),
+        )
+    };
+
+    // The log outlives both daemons (each daemon's own scratch directory does not).
+    let log_dir = TestDir::new("kill9-log");
+    let log = log_dir.path().join("imds-trace.log");
+    let first = Daemon::start_logging_to(Some(&log), &[]);
+    curl("first");
+    first.wait_lines(|l| l.contains("?first"), 1, LINE_TIMEOUT);
+    let programs_before = bpf_program_fds();
+    // SAFETY: our own child.
+    unsafe { libc::kill(first.pid() as libc::pid_t, libc::SIGKILL) };
+    drop(first);
+    assert!(
+        bpf_program_fds() < programs_before,
+        "the killed daemon's programs must go with its file descriptors"
+    );
+
+    // The new instance appends to the same log and logs the next call at once.
+    let second = Daemon::start_logging_to(Some(&log), &[]);
+    curl("second");
+    second.wait_lines(|l| l.contains("?second"), 1, LINE_TIMEOUT);
+    let text = fs::read_to_string(&log).unwrap();
+    assert_no_torn_line(&text);
+    let firsts = text.lines().filter(|l| l.contains("?first")).count();
+    assert_eq!(firsts, 1, "the first call once, intact:\n{text}");
+    second.finish(&[&fake], &[]);
+}
+
+/// BPF program file descriptors open on the machine (every loaded-and-attached program
+/// of a process is held by one): from /proc/*/fdinfo, as `bpftool` would.
+fn bpf_program_fds() -> usize {
+    let mut n = 0;
+    for proc in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(fds) = fs::read_dir(proc.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy() == "anon_inode:bpf-prog")
+            {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+#[test]
+fn hostile_payloads_are_logged_and_survived() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new("hostile");
+    let fake = FakeImds::start(&ns, FakeOpts::default());
+    let daemon = Daemon::start(&[]);
+    run_client(
+        &ns,
+        ns.command("python3")
+            .arg(client_script("hostile.py"))
+            .args(["garbage", "longline", "manysends", "stalled", "halfopen"]),
+    );
+    // garbage 1 + longline 1 + manysends 1 + stalled 1 + halfopen 20.
+    let lines = daemon.expect_our_lines(24, "hostile.py's payloads");
+    let count = |pred: &dyn Fn(&str) -> bool| lines.iter().filter(|l| pred(&l.raw)).count();
+    assert_eq!(count(&|l| l.contains("] malformed(!) (pid:")), 1, "garbage");
+    assert_eq!(
+        count(&|l| l.contains("/latest/meta-data/aaaa") && l.contains(" truncated")),
+        1,
+        "64 KiB request line"
+    );
+    assert_eq!(
+        count(&|l| l.contains("] imdsv2 (pid:") && l.contains("/many-sends")),
+        1,
+        "headers in 30 sends are one v2 request"
+    );
+    assert_eq!(
+        count(&|l| l.contains("/stalled") && l.contains(" truncated")),
+        1,
+        "unfinished headers are logged when they expire"
+    );
+    assert_eq!(
+        count(&|l| l.contains(" req details: get /, ") && l.ends_with(" truncated")),
+        20,
+        "each half-open request is logged, truncated"
+    );
+    for l in &lines {
+        assert!(
+            l.raw.len() < 8192,
+            "a line stays bounded: {} bytes",
+            l.raw.len()
+        );
+    }
+    daemon.finish(&[&fake], &["AQAEAhostileTokenValue0123456789=="]);
+}
+
+/// 300 processes, 30 at a time, each makes one request and exits at once: every call is
+/// logged, with its own pid and its argv (kept from the kernel's exec event).
+#[test]
+fn short_lived_callers_are_all_logged_with_argv() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new("crowd");
+    let fake = FakeImds::start(&ns, FakeOpts::default());
+    let daemon = Daemon::start(&[]);
+    const N: usize = 300;
+    let script = format!(
+        "import os, socket\n\
+         for batch in range({N} // 30):\n\
+         \x20   pids = []\n\
+         \x20   for i in range(30):\n\
+         \x20       pid = os.fork()\n\
+         \x20       if pid == 0:\n\
+         \x20           os.execvp('python3', ['python3', '-c', 'import socket; s = socket.create_connection((\"{IMDS_V4}\", 80), timeout=5); s.sendall(b\"GET /latest/meta-data/crowd HTTP/1.1\\\\r\\\\nHost: x\\\\r\\\\n\\\\r\\\\n\")', 'crowd-member'])\n\
+         \x20       pids.append(pid)\n\
+         \x20   for pid in pids:\n\
+         \x20       os.waitpid(pid, 0)\n"
+    );
+    run_client(&ns, ns.command("python3").args(["-c", &script]));
+    let lines = daemon.expect_our_lines(N, "the crowd's requests");
+    let pids: std::collections::BTreeSet<u32> = lines.iter().map(|l| l.pid).collect();
+    assert_eq!(pids.len(), N, "one line per caller");
+    let without_argv: Vec<&str> = lines
+        .iter()
+        .filter(|l| !l.argv.contains("crowd-member"))
+        .map(|l| l.raw.as_str())
+        .collect();
+    assert!(
+        without_argv.is_empty(),
+        "{} of {N} callers lost their argv, e.g. {:?}",
+        without_argv.len(),
+        without_argv.first()
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    daemon.finish(&[&fake], &[]);
+}
