@@ -459,13 +459,7 @@ fn redact_raw(data: &[u8], redact_first_line: bool) -> Cow<'_, [u8]> {
         copied = end;
         i = end;
     }
-    match out {
-        None => Cow::Borrowed(data),
-        Some(mut buf) => {
-            buf.extend_from_slice(&data[copied..]);
-            Cow::Owned(buf)
-        }
-    }
+    splice_rest(out, data, copied)
 }
 
 /// Defence in depth: a send seen from its middle (lost events, a tracer started
@@ -498,6 +492,12 @@ fn redact_token_like(data: &[u8]) -> Cow<'_, [u8]> {
             copied = i;
         }
     }
+    splice_rest(out, data, copied)
+}
+
+/// The end of a redaction pass: `data` untouched when nothing was replaced, else what was
+/// built so far plus the rest of `data` from `copied`.
+fn splice_rest(out: Option<Vec<u8>>, data: &[u8], copied: usize) -> Cow<'_, [u8]> {
     match out {
         None => Cow::Borrowed(data),
         Some(mut buf) => {
