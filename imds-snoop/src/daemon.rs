@@ -1,7 +1,10 @@
 //! The running tracer: opens the log, attaches, then moves each ring-buffer record through
 //! decode -> http -> process -> output until SIGINT/SIGTERM.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
@@ -20,7 +23,7 @@ use crate::{
     decode::{self, Event, Send},
     http::{Reassembler, Request},
     output::{
-        self, Format, Record,
+        self, Format, Losses, Record,
         writer::{self, LineSender, WriterConfig},
     },
     process::{ExecCache, ProcessView},
@@ -93,7 +96,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut reported_drops = [0u64; 2];
+    let mut losses = Losses::default();
 
     loop {
         tokio::select! {
@@ -108,7 +111,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             _ = sighup.recv() => writer.reopen(),
             _ = tick.tick() => {
                 pipeline.expire(Instant::now(), &writer);
-                report_drops(&capture, &writer, &mut reported_drops, pipeline.format, &pipeline.node);
+                report_losses(&capture, &writer, &mut losses, pipeline.format, &pipeline.node);
             }
         }
     }
@@ -116,10 +119,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Whatever reached the ring before the signal is still logged.
     pipeline.drain_ring(ring.get_mut(), &writer);
     pipeline.finish(&writer);
-    report_drops(
+    report_losses(
         &capture,
         &writer,
-        &mut reported_drops,
+        &mut losses,
         pipeline.format,
         &pipeline.node,
     );
@@ -128,40 +131,38 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let stats = writer.stats().clone();
     writer.close();
     info!(
-        lines = stats.written.load(std::sync::atomic::Ordering::Relaxed),
-        dropped_kernel = reported_drops.iter().sum::<u64>(),
-        dropped_backpressure = stats
-            .dropped_backpressure
-            .load(std::sync::atomic::Ordering::Relaxed),
-        lost_io = stats.lost_io.load(std::sync::atomic::Ordering::Relaxed),
+        lines = stats.written.load(Ordering::Relaxed),
+        dropped_kernel = losses.ring_full + losses.no_scratch,
+        dropped_backpressure = stats.dropped_backpressure.load(Ordering::Relaxed),
+        lost_io = stats.lost_io.load(Ordering::Relaxed),
         decode_errors = pipeline.decode_errors,
         "detached, log flushed"
     );
     Ok(())
 }
 
-/// Logs new kernel-side drops, both as a daemon warning and as a line in the trace log (a
-/// reader of the log must know calls may be missing from it).
-fn report_drops(
+/// Reports new losses (kernel drops, writer queue overflow, failed log writes) as a daemon
+/// warning and as a line in the trace log: a reader of the log must know calls are missing
+/// from it. A line lost to a full disk is reported once the disk takes lines again.
+fn report_losses(
     capture: &Capture,
     writer: &LineSender,
-    seen: &mut [u64; 2],
+    seen: &mut Losses,
     format: Format,
     node: &str,
 ) {
-    let Ok(drops) = capture.drops() else { return };
-    let now = [
-        drops[DROP_RINGBUF_FULL as usize],
-        drops[DROP_NO_SCRATCH as usize],
-    ];
+    let stats = writer.stats();
+    let drops = capture.drops().unwrap_or_default();
+    let now = Losses {
+        ring_full: drops[DROP_RINGBUF_FULL as usize],
+        no_scratch: drops[DROP_NO_SCRATCH as usize],
+        writer_queue_full: stats.dropped_backpressure.load(Ordering::Relaxed),
+        log_write_failed: stats.lost_io.load(Ordering::Relaxed),
+    };
     if now != *seen {
-        let new = now.iter().sum::<u64>() - seen.iter().sum::<u64>();
-        warn!(
-            ring_full = now[0],
-            no_scratch = now[1],
-            "{new} IMDS send events dropped in the kernel (ring buffer full: raise --ring-bytes)"
-        );
-        writer.send(output::dropped_line(format, node, new, now[0], now[1]));
+        let new = now.total() - seen.total();
+        warn!(?now, "{new} IMDS calls are missing from the trace log");
+        writer.send(output::dropped_line(format, node, new, &now));
         *seen = now;
     }
 }

@@ -775,10 +775,10 @@ impl Daemon {
             }
         }
         assert!(
-            !self
-                .lines()
-                .iter()
-                .any(|l| l.contains("imds-snoop dropped")),
+            // Losses reported in the log are failures, except lines a test lost on purpose
+            // to a full disk (the kernel and the writer queue must never drop here).
+            !self.lines().iter().any(|l| l.contains("imds-snoop dropped")
+                && !l.contains("ring buffer full 0, no scratch 0, writer queue full 0,")),
             "the daemon dropped events\n{}",
             self.dump()
         );

@@ -184,11 +184,14 @@ fn full_disk_loses_counted_lines_and_recovers() {
 
     let text = fs::read_to_string(&log).unwrap();
     for line in text.lines() {
-        assert!(
-            line.starts_with('[') && line.contains(" dst:"),
-            "torn line: {line:?}"
-        );
+        let whole = line.contains(" dst:") || line.contains("imds-snoop dropped");
+        assert!(line.starts_with('[') && whole, "torn line: {line:?}");
     }
+    assert!(
+        text.lines()
+            .any(|l| l.contains("imds-snoop dropped") && l.contains("log write failed 1)")),
+        "once the disk takes lines again, the log says one was lost:\n{text}"
+    );
     assert!(
         !text.contains("/while-full"),
         "the line written while full is not there"

@@ -62,21 +62,39 @@ impl Record {
     }
 }
 
+/// Calls missing from the trace log, by where they were lost; totals since start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Losses {
+    /// Kernel events that did not fit the ring buffer.
+    pub ring_full: u64,
+    /// Kernel events with no per-CPU scratch record (should never happen).
+    pub no_scratch: u64,
+    /// Lines dropped because the writer's queue was full.
+    pub writer_queue_full: u64,
+    /// Lines that could not be written to the file (disk full, ...).
+    pub log_write_failed: u64,
+}
+
+impl Losses {
+    pub fn total(&self) -> u64 {
+        self.ring_full + self.no_scratch + self.writer_queue_full + self.log_write_failed
+    }
+}
+
 /// The line that tells a reader of the trace log that calls are missing from it: `new`
-/// events dropped in the kernel since the last report (`ring_full` and `no_scratch` are
-/// totals since start).
-pub fn dropped_line(
-    format: Format,
-    node: &str,
-    new: u64,
-    ring_full: u64,
-    no_scratch: u64,
-) -> String {
+/// losses since the last report, and the totals.
+pub fn dropped_line(format: Format, node: &str, new: u64, totals: &Losses) -> String {
     let now = Local::now();
     match format {
         Format::Text => format!(
-            "[{}] [WARNING] imds-snoop dropped {new} events (total: ring buffer full {ring_full}, no scratch {no_scratch}); raise --ring-bytes",
-            now.format("%Y-%m-%d %H:%M:%S,%3f")
+            "[{}] [WARNING] imds-snoop dropped {new} events (totals: ring buffer full {}, \
+             no scratch {}, writer queue full {}, log write failed {}); raise --ring-bytes if \
+             the ring buffer fills",
+            now.format("%Y-%m-%d %H:%M:%S,%3f"),
+            totals.ring_full,
+            totals.no_scratch,
+            totals.writer_queue_full,
+            totals.log_write_failed,
         ),
         Format::Json => serde_json::json!({
             "schema": json::SCHEMA_VERSION,
@@ -85,7 +103,7 @@ pub fn dropped_line(
             "level": "WARNING",
             "class": "dropped",
             "dropped": new,
-            "dropped_total": {"ring_full": ring_full, "no_scratch": no_scratch},
+            "dropped_total": totals,
         })
         .to_string(),
     }

@@ -338,9 +338,10 @@ mod tests {
     #[test]
     fn rotation_keeps_every_line_exactly_once_within_backups() {
         let dir = tempdir("rotate");
-        let cfg = config(&dir, 4096, 50);
+        // 20,000 lines of 51 bytes through 64 KiB files: about 16 rotations.
+        let cfg = config(&dir, 65536, 50);
         let w = start(cfg.clone()).unwrap();
-        for i in 0..2000 {
+        for i in 0..20_000 {
             w.send(format!("line {i:05} {}", "x".repeat(40)));
         }
         w.close();
@@ -357,7 +358,7 @@ mod tests {
             };
             files += 1;
             assert!(
-                text.len() as u64 <= 4096,
+                text.len() as u64 <= 65536,
                 "{} is {} bytes",
                 p.display(),
                 text.len()
@@ -367,7 +368,8 @@ mod tests {
                 seen.push(l[5..10].parse::<u32>().unwrap());
             }
         }
-        assert_eq!(seen, (0..2000).collect::<Vec<_>>());
+        assert_eq!(seen, (0..20_000).collect::<Vec<_>>());
+        assert!(files > 10, "it rotated ({files} files)");
         assert!(files <= 51);
         fs::remove_dir_all(&dir).unwrap();
     }
