@@ -38,6 +38,9 @@ pub struct Cli {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
+    /// Summarise trace logs (text or JSON, rotated files, stdin): unique callers, IMDSv1
+    /// use, old SDKs, and per node whether http_tokens=required and hop limit 1 are safe.
+    Report(crate::report::ReportArgs),
     /// Exit 0 if a running imds-snoop has attached (its --ready-file names a live pid):
     /// a liveness/readiness probe for images with no shell.
     Check {

@@ -11,6 +11,7 @@ mod http;
 mod output;
 mod process;
 mod readiness;
+mod report;
 
 use clap::Parser;
 
@@ -25,8 +26,15 @@ fn main() -> std::process::ExitCode {
         )
         .init();
     let cli = cli::Cli::parse();
-    if let Some(cli::Command::Check { ready_file }) = cli.command {
-        return readiness::check(&ready_file);
+    match cli.command {
+        Some(cli::Command::Check { ready_file }) => return readiness::check(&ready_file),
+        Some(cli::Command::Report(args)) => {
+            return report::run(&args).unwrap_or_else(|e| {
+                eprintln!("imds-snoop report: {}", error_chain(&e));
+                std::process::ExitCode::FAILURE
+            });
+        }
+        None => {}
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

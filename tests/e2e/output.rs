@@ -231,3 +231,58 @@ impl Drop for Tmpfs<'_> {
         let _ = Command::new("umount").arg("-l").arg(self.0).output();
     }
 }
+
+/// `imds-snoop report` over logs this test produced: curl's v2 calls alone make the node
+/// SAFE; one more v1 call makes it NOT SAFE, with curl named as the v1 caller.
+#[test]
+fn report_names_the_v1_callers_and_gives_a_verdict() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new("report");
+    let fake = FakeImds::start(&ns, FakeOpts::default());
+    let mut daemon = Daemon::start(&[]);
+    // v2 only first: token PUT and a GET with the token.
+    let v2 = format!(
+        "T=$(curl -s -m 5 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' http://{IMDS_V4}/latest/api/token) \
+         && curl -s -m 5 -o /dev/null -H \"X-aws-ec2-metadata-token: $T\" http://{IMDS_V4}/latest/meta-data/instance-id"
+    );
+    run_client(&ns, ns.command("sh").args(["-c", &v2]));
+    daemon.wait_lines(|l| l.contains("] imdsv2 (pid:"), 1, LINE_TIMEOUT);
+    let v2_only = daemon.log_path().with_extension("v2only");
+    fs::copy(daemon.log_path(), &v2_only).unwrap();
+    get(&ns, "/latest/meta-data/ami-id");
+    daemon.wait_lines(|l| l.contains("/ami-id"), 1, LINE_TIMEOUT);
+    daemon.stop();
+
+    let report = |log: &Path| -> serde_json::Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_imds-snoop"))
+            .args(["report", "--format", "json"])
+            .arg(log)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "report failed: {out:?}");
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("report JSON: {e}: {out:?}"))
+    };
+    let all = report(daemon.log_path());
+    let verdict = &all["verdicts"][0];
+    assert_eq!(verdict["imdsv2_required_safe"], false, "{all}");
+    assert!(
+        verdict["v1_callers"].to_string().contains("curl"),
+        "curl is named as the v1 caller: {all}"
+    );
+    let curl = all["callers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["process"] == "curl")
+        .unwrap_or_else(|| panic!("no curl caller: {all}"));
+    assert_eq!(curl["v1"], 1, "{all}");
+    assert_eq!(curl["v2"], 1, "{all}");
+    assert_eq!(curl["token"], 1, "{all}");
+
+    let safe = report(&v2_only);
+    assert_eq!(safe["verdicts"][0]["imdsv2_required_safe"], true, "{safe}");
+    daemon.assert_clean(&[&fake], &[]);
+}

@@ -1,0 +1,332 @@
+//! Calls to unique callers, per node, and each node's verdict.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{NaiveDateTime, TimeDelta};
+use serde::Serialize;
+
+use super::{
+    parse::{Call, Kind, Line, Origin},
+    sdk::{Sdk, SdkTable},
+};
+
+/// Name of the node text lines come from when `--node` does not name it.
+pub const DEFAULT_NODE: &str = "this node";
+
+/// The IMDS endpoints. Calls to other `--target` destinations (EKS Pod Identity's agent,
+/// a test address) are not IMDS calls and do not count against a verdict.
+const IMDS_DESTINATIONS: [&str; 2] = ["169.254.169.254:80", "[fd00:ec2::254]:80"];
+
+/// One caller: where, which process, which client.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallerKey {
+    pub node: String,
+    pub origin: Origin,
+    pub process: String,
+    pub user_agent: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub v1: u64,
+    pub v2: u64,
+    pub token: u64,
+    pub token_failures: u64,
+    pub malformed: u64,
+    /// IMDSv1 calls made by a process shortly after its own token PUT: the SDK fell back,
+    /// typically because the PUT's response was lost (hop limit) or refused.
+    pub fallbacks: u64,
+    pub first_seen: Option<NaiveDateTime>,
+    pub last_seen: Option<NaiveDateTime>,
+}
+
+impl Counts {
+    fn add(&mut self, kind: Kind, time: Option<NaiveDateTime>) {
+        *match kind {
+            Kind::V1 => &mut self.v1,
+            Kind::V2 => &mut self.v2,
+            Kind::V2Token => &mut self.token,
+            Kind::TokenFailure => &mut self.token_failures,
+            Kind::Malformed => &mut self.malformed,
+        } += 1;
+        if let Some(t) = time {
+            self.first_seen = Some(self.first_seen.map_or(t, |f| f.min(t)));
+            self.last_seen = Some(self.last_seen.map_or(t, |l| l.max(t)));
+        }
+    }
+
+    pub fn calls(&self) -> u64 {
+        self.v1 + self.v2 + self.token + self.malformed
+    }
+}
+
+/// A row of the report.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub key: CallerKey,
+    pub counts: Counts,
+    pub sdk: Option<Sdk>,
+}
+
+impl Caller {
+    /// Remarks for the NOTE column.
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if let Some(s) = self.sdk.as_ref().and_then(|s| s.imdsv2.as_ref())
+            && s.below_minimum
+        {
+            notes.push(format!(
+                "SDK too old for IMDSv2 (needs >= {})",
+                s.min_version
+            ));
+        }
+        if self.counts.token_failures > 0 {
+            notes.push("token response not received (hop limit?)".into());
+        } else if self.counts.fallbacks > 0 {
+            notes.push("v1 right after its own token PUT: fallback (hop limit?)".into());
+        }
+        notes
+    }
+
+    /// `wget in pod shop/web-1 (app)`, `python3 [botocore 1.43.11] on host`.
+    pub fn describe(&self) -> String {
+        let mut s = self.key.process.clone();
+        if let Some(sdk) = &self.sdk
+            && !sdk.name.eq_ignore_ascii_case(&self.key.process)
+        {
+            s.push_str(&format!(" [{}]", sdk.label()));
+        }
+        match &self.key.origin {
+            Origin::Pod {
+                namespace,
+                name,
+                container,
+            } => {
+                s.push_str(&format!(" in pod {namespace}/{name}"));
+                if let Some(c) = container {
+                    s.push_str(&format!(" ({c})"));
+                }
+            }
+            Origin::Container { id } => s.push_str(&format!(" in container {id}")),
+            Origin::Host { unit: Some(u) } => s.push_str(&format!(" on host ({u})")),
+            Origin::Host { unit: None } => s.push_str(" on host"),
+            Origin::Unknown => {}
+        }
+        s
+    }
+}
+
+/// What the input held, per node.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct NodeStats {
+    /// Calls to IMDS counted in the report.
+    pub calls: u64,
+    /// Events the kernel dropped (the log says so): calls the report cannot see.
+    pub dropped_events: u64,
+    /// Calls to other `--target` destinations, not counted.
+    pub other_destinations: u64,
+}
+
+/// Everything a report shows.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Sorted: most v1 calls first.
+    pub callers: Vec<Caller>,
+    pub nodes: BTreeMap<String, NodeStats>,
+    pub lines: u64,
+    pub not_understood: u64,
+}
+
+/// A v1 call this soon after the same process's token PUT is taken as its fallback (SDKs
+/// wait 1 to 5 s for the token).
+const FALLBACK_WINDOW: TimeDelta = TimeDelta::seconds(10);
+
+/// Collects lines; `node` names text lines and, when given, keeps only that node's JSON
+/// lines.
+pub struct Aggregator<'a> {
+    node: Option<&'a str>,
+    table: &'a SdkTable,
+    callers: BTreeMap<CallerKey, Counts>,
+    /// Last token PUT per (node, pid) not yet followed by a v1 call.
+    token_puts: HashMap<(String, u32), NaiveDateTime>,
+    report: Report,
+}
+
+impl<'a> Aggregator<'a> {
+    pub fn new(node: Option<&'a str>, table: &'a SdkTable) -> Self {
+        Aggregator {
+            node,
+            table,
+            callers: BTreeMap::new(),
+            token_puts: HashMap::new(),
+            report: Report::default(),
+        }
+    }
+
+    pub fn add(&mut self, line: Option<Line>) {
+        self.report.lines += 1;
+        let Some(line) = line else {
+            self.report.not_understood += 1;
+            return;
+        };
+        let line_node = match &line {
+            Line::Call(c) => c.node.as_deref(),
+            Line::Dropped { node, .. } => node.as_deref(),
+        };
+        let node = match (line_node, self.node) {
+            (Some(n), Some(want)) if n != want => return,
+            (Some(n), _) => n,
+            (None, want) => want.unwrap_or(DEFAULT_NODE),
+        }
+        .to_string();
+        let stats = self.report.nodes.entry(node.clone()).or_default();
+        match line {
+            Line::Dropped { events, .. } => stats.dropped_events += events,
+            Line::Call(call) if !is_imds(&call) => stats.other_destinations += 1,
+            Line::Call(call) => {
+                if call.kind != Kind::TokenFailure {
+                    stats.calls += 1;
+                }
+                let fallback = self.fallback(&node, &call);
+                let Call {
+                    kind,
+                    time,
+                    origin,
+                    comm,
+                    user_agent,
+                    ..
+                } = call;
+                let key = CallerKey {
+                    node,
+                    origin,
+                    process: comm,
+                    user_agent,
+                };
+                let counts = self.callers.entry(key).or_default();
+                counts.add(kind, time);
+                counts.fallbacks += u64::from(fallback);
+            }
+        }
+    }
+
+    /// Remembers token PUTs; says whether this v1 call follows one from the same process.
+    fn fallback(&mut self, node: &str, call: &Call) -> bool {
+        let (Some(pid), Some(time)) = (call.pid, call.time) else {
+            return false;
+        };
+        let key = (node.to_string(), pid);
+        match call.kind {
+            Kind::V2Token => {
+                self.token_puts.insert(key, time);
+                false
+            }
+            Kind::V1 => self
+                .token_puts
+                .remove(&key)
+                .is_some_and(|put| put <= time && time - put <= FALLBACK_WINDOW),
+            _ => false,
+        }
+    }
+
+    pub fn finish(mut self) -> Report {
+        if let Some(want) = self.node {
+            self.report.nodes.entry(want.to_string()).or_default();
+        } else if self.report.nodes.is_empty() {
+            self.report
+                .nodes
+                .entry(DEFAULT_NODE.to_string())
+                .or_default();
+        }
+        let table = self.table;
+        let mut callers: Vec<Caller> = self
+            .callers
+            .into_iter()
+            .map(|(key, counts)| Caller {
+                sdk: key.user_agent.as_deref().and_then(|ua| table.identify(ua)),
+                key,
+                counts,
+            })
+            .collect();
+        callers.sort_by(|a, b| {
+            (b.counts.v1, b.counts.token_failures, b.counts.calls())
+                .cmp(&(a.counts.v1, a.counts.token_failures, a.counts.calls()))
+                .then_with(|| a.key.cmp(&b.key))
+        });
+        self.report.callers = callers;
+        self.report
+    }
+}
+
+fn is_imds(call: &Call) -> bool {
+    call.destination
+        .as_deref()
+        .is_none_or(|d| IMDS_DESTINATIONS.contains(&d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::parse::parse_line;
+
+    fn report(node: Option<&str>, lines: &[&str]) -> Report {
+        let table = SdkTable::builtin().unwrap();
+        let mut agg = Aggregator::new(node, &table);
+        for l in lines {
+            agg.add(parse_line(l));
+        }
+        agg.finish()
+    }
+
+    #[test]
+    fn node_filter_keeps_one_nodes_json_lines() {
+        let a = r#"{"schema":1,"node":"a","class":"v1","caller":{"comm":"curl"}}"#;
+        let b = r#"{"schema":1,"node":"b","class":"v1","caller":{"comm":"curl"}}"#;
+        let r = report(Some("a"), &[a, b, b]);
+        assert_eq!(r.nodes.keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(r.callers.len(), 1);
+        let r = report(None, &[a, b, b]);
+        assert_eq!(r.nodes.len(), 2);
+        assert_eq!(r.callers[0].key.node, "b");
+    }
+
+    #[test]
+    fn v1_right_after_own_token_put_is_a_fallback() {
+        let line = |t: &str, pid: u32, label: &str| {
+            format!(
+                "[2026-11-23 09:00:{t}] [INFO] {label} (pid:{pid}:python3 argv:x) req details: \
+                 get / http/1.1, user-agent: botocore/1.31.0, container:0123456789ab pod:a/b \
+                 uid:0 dst:169.254.169.254:80"
+            )
+        };
+        let lines = [
+            line("00,000", 10, "imdsv2(token)"),
+            line("01,000", 10, "imdsv1(!)"), // fallback
+            line("02,000", 10, "imdsv1(!)"), // one per PUT
+            line("03,000", 11, "imdsv2(token)"),
+            line("04,000", 12, "imdsv1(!)"), // another process
+            line("05,000", 13, "imdsv2(token)"),
+            line("30,000", 13, "imdsv1(!)"), // too late
+        ];
+        let r = report(None, &lines.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(r.callers[0].counts.v1, 4);
+        assert_eq!(r.callers[0].counts.fallbacks, 1);
+        assert_eq!(
+            r.callers[0].notes(),
+            ["v1 right after its own token PUT: fallback (hop limit?)"]
+        );
+    }
+
+    #[test]
+    fn notes_old_sdk_and_fallback() {
+        let old = "[2026-11-23 09:33:18,000] [WARNING] imdsv1(!) (pid:3:python3 argv:x) req \
+            details: get / http/1.1, user-agent: botocore/1.12.0 python/2.7, host unit:- uid:0 \
+            dst:169.254.169.254:80";
+        let r = report(None, &[old]);
+        assert_eq!(
+            r.callers[0].notes(),
+            ["SDK too old for IMDSv2 (needs >= 1.13.25)"]
+        );
+        assert_eq!(r.callers[0].counts.fallbacks, 0);
+        assert_eq!(r.callers[0].describe(), "python3 [botocore 1.12.0] on host");
+    }
+}
