@@ -51,6 +51,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         queue: WRITER_QUEUE,
     })?;
 
+    // Handlers first: a SIGTERM right after we say "attached" must still stop us cleanly.
+    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+
     let targets = args.targets();
     let mut capture = Capture::start(&CaptureOptions {
         attach: args.attach,
@@ -92,9 +97,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 
     let mut pipeline = Pipeline::new(&args);
-    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut losses = Losses::default();
 

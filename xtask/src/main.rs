@@ -9,6 +9,7 @@
 //! - `vm-test`: the end-to-end suite on Debian's 5.10, 6.1 and 6.12 kernels under QEMU and
 //!   on the host kernel.
 
+mod bench;
 mod cmd;
 mod setup;
 mod vm;
@@ -51,6 +52,28 @@ enum Task {
     /// Setup, then `cargo fmt --check`, `cargo clippy -D warnings`, `cargo test` and
     /// `vm-test` (end-to-end tests need root; under CI=... they fail instead of skipping).
     Test,
+    /// Benchmarks (issue 8): hot-path overhead, IMDS burst, daemon cost, start-up. Needs root.
+    Bench {
+        /// Short run: fewer rounds, shorter bursts (a smoke test, not figures).
+        #[arg(long)]
+        quick: bool,
+        /// Hot-path rounds of detached / empty program / imds-snoop (default 9; 3 with --quick).
+        #[arg(long, value_name = "N")]
+        rounds: Option<usize>,
+        /// Seconds per IMDS burst (default 5; 2 with --quick).
+        #[arg(long, value_name = "SECONDS")]
+        seconds: Option<f64>,
+        /// Paced burst rate, requests/s (default 20000).
+        #[arg(long, value_name = "REQ_PER_S")]
+        rate: Option<f64>,
+        /// Attach mode to measure; repeatable (default fentry, kprobe, tracepoint; refused
+        /// ones skipped).
+        #[arg(long = "attach", value_name = "MODE")]
+        attach: Vec<String>,
+        /// Use the existing target/release/imds-snoop.
+        #[arg(long)]
+        no_build: bool,
+    },
     /// Boot Debian's 5.10, 6.1 and 6.12 cloud kernels under QEMU (TCG) and run the guest
     /// suite for each attach mode; also run it on the host kernel in a network namespace.
     VmTest {
@@ -108,7 +131,22 @@ fn dispatch(task: Task) -> Result<ExitCode> {
             verbose,
         })
         .map(|()| ExitCode::SUCCESS),
-        // Task::Bench { .. } => ...,   (added by the benchmark issue)
+        Task::Bench {
+            quick,
+            rounds,
+            seconds,
+            rate,
+            attach,
+            no_build,
+        } => bench::bench(bench::BenchOptions {
+            quick,
+            rounds,
+            seconds,
+            rate,
+            attach,
+            no_build,
+        })
+        .map(|()| ExitCode::SUCCESS),
     }
 }
 
