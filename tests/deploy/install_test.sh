@@ -26,8 +26,9 @@ scratch=$(mktemp -d "${TMPDIR:-/tmp}/imds-install-test.XXXXXX")
 trap 'rm -rf "$scratch"' EXIT
 root=$scratch/root
 
-# A minimal system root: the account databases and the directories every system has.
-mkdir -p "$root"/etc/systemd/system "$root"/usr/local/bin "$root"/var/log
+# A minimal system root: the account databases and the directories a systemd system has
+# (install.sh creates the directories it needs, and leaves empty ones behind on uninstall).
+mkdir -p "$root"/etc/systemd/system "$root"/etc/sysusers.d "$root"/usr/local/bin "$root"/var/log
 printf 'root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n' >"$root/etc/passwd"
 printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
 printf 'root:*:19000:0:99999:7:::\nnobody:*:19000:0:99999:7:::\n' >"$root/etc/shadow"

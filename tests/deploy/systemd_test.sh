@@ -38,7 +38,12 @@ cg_root=/sys/fs/cgroup
 [ -f "$cg_root/cgroup.controllers" ] || fail "no cgroup v2 hierarchy mounted"
 CG=$cg_root/imds-snoop-systemd-test-$$
 mkdir "$CG"
-on_exit "find '$CG' -depth -type d -exec rmdir {} +"
+cg_empty() { ! find "$CG" -name cgroup.procs -exec cat {} + | grep -q .; }
+cg_remove() {
+    wait_until 10 cg_empty || true
+    find "$CG" -depth -type d -exec rmdir {} +
+}
+on_exit cg_remove
 
 # What PID 1 sees: set up inside the new namespaces, then exec systemd.
 cat >"$dir/boot.sh" <<'EOF'
@@ -60,6 +65,7 @@ done
 for t in sysinit basic shutdown multi-user default local-fs; do
     printf '[Unit]\nDescription=stub %s\nDefaultDependencies=no\n' "$t" >/usr/lib/systemd/system/$t.target
 done
+mount --bind /proc/sys /proc/sys
 mount -o remount,bind,ro /proc/sys
 export container=imds-snoop-test
 exec /usr/lib/systemd/systemd --system --unit=default.target --log-target=console \
