@@ -107,7 +107,10 @@ containerd_stop() {
         ctr_ task kill -s SIGKILL "$id" >/dev/null 2>&1
         wait_until 10 ctr_ task delete "$id"
         ctr_ container delete "$id" >/dev/null 2>&1
+        # ctr's default cgroup for a container run without --cgroup: /k8s.io/<id>.
+        find /sys/fs/cgroup -depth -type d -path "*/k8s.io/$id" -exec rmdir {} + 2>/dev/null || true
     done
+    find /sys/fs/cgroup -maxdepth 2 -type d -name k8s.io -exec rmdir {} + 2>/dev/null || true
     CTRD_CONTAINERS=()
     [ -z "${CTRD_PID:-}" ] || { kill "$CTRD_PID"; wait "$CTRD_PID"; } 2>/dev/null
     CTRD_PID=

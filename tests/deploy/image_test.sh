@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# The container image, built from deploy/container/Containerfile with buildah, run the way
+# deploy/kubernetes/daemonset.yaml runs it, under a real containerd and runc: the closest
+# thing to a node this machine has (no kubelet).
+#
+#   tests/deploy/image_test.sh BINARY [IMAGE_ARCHIVE]
+#
+# Without IMAGE_ARCHIVE it builds one with deploy/container/build.sh from BINARY.
+# Checks:
+#   1. the image holds exactly one file, /imds-snoop, identical to BINARY, static, with
+#      entrypoint /imds-snoop and user 0:0 (skopeo/tar on the OCI archive);
+#   2. `ctr images import` loads it;
+#   3. run with the DaemonSet's settings (args read from daemonset.yaml; host PID namespace;
+#      every capability dropped but CAP_BPF and CAP_PERFMON; containerd's default seccomp
+#      profile; read-only root filesystem; the hostPath mounts read-only under /host and
+#      /var/log/imds read-write; NODE_NAME set), the probe command of the DaemonSet
+#      (`/imds-snoop check ...` by `ctr task exec`, no shell in the image) turns ready;
+#   4. a v1 call from another pod's container is logged as JSON, on stdout and in the
+#      node's /var/log/imds/imds-trace.log, with the node name, pod, container and caller;
+#   5. SIGTERM stops it cleanly (exit status 0, "detached, log flushed").
+# (CAP_SYS_RESOURCE of the DaemonSet is left out here: this machine's own bounding set lacks
+# it, and kernels from 5.11 on do not use it.)
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+binary=$(realpath "${1:?usage: image_test.sh BINARY [IMAGE_ARCHIVE]}")
+archive=${2:-}
+require_root
+require_tools skopeo tar python3 ip curl
+
+scratch_dir image
+dir=$SCRATCH
+chmod 0755 "$dir"
+
+# 1. The image.
+if [ -z "$archive" ]; then
+    require_tools buildah
+    archive=$("$REPO/deploy/container/build.sh" --binary "$binary" --output "$dir/image.oci.tar")
+fi
+[ -f "$archive" ] || fail "no image archive $archive"
+config=$(skopeo inspect --config "oci-archive:$archive")
+python3 - "$config" <<'EOF' || fail "image config: $config"
+import json, sys
+c = json.loads(sys.argv[1])
+assert c["architecture"] == "amd64" and c["os"] == "linux", (c["architecture"], c["os"])
+cfg = c["config"]
+assert cfg["Entrypoint"] == ["/imds-snoop"], cfg["Entrypoint"]
+assert cfg.get("User") == "0:0", cfg.get("User")
+EOF
+mkdir "$dir/oci" "$dir/layer"
+tar -xf "$archive" -C "$dir/oci"
+layers=$(python3 -c '
+import json, sys
+d = sys.argv[1]
+idx = json.load(open(d + "/index.json"))
+man = json.load(open(d + "/blobs/" + idx["manifests"][0]["digest"].replace(":", "/")))
+print(" ".join(l["digest"].replace(":", "/") for l in man["layers"]))' "$dir/oci")
+[ "$(wc -w <<<"$layers")" = 1 ] || fail "image has $(wc -w <<<"$layers") layers, want 1"
+tar -xf "$dir/oci/blobs/$layers" -C "$dir/layer"
+files=$(cd "$dir/layer" && find . -mindepth 1 | sort | paste -sd' ')
+[ "$files" = ./imds-snoop ] || fail "image files: $files (want only ./imds-snoop)"
+cmp -s "$binary" "$dir/layer/imds-snoop" || fail "image's /imds-snoop differs from $binary"
+[ "$(stat -c %a "$dir/layer/imds-snoop")" = 755 ] || fail "/imds-snoop mode"
+if grep -qaF -e /lib64/ld-linux -e /lib/ld-musl "$dir/layer/imds-snoop"; then
+    fail "/imds-snoop is dynamically linked: it cannot run in a FROM scratch image"
+fi
+ok "image: one layer holding only /imds-snoop (= BINARY, static, 0755), entrypoint /imds-snoop, user 0:0"
+
+# 2. containerd, a pod to be traced, the image imported.
+netns_up "$dir"
+mkdir -m 0755 "$dir/containerd"
+containerd_start "$dir/containerd"
+pod_container shop web-1 app
+ctr_ images import --all-platforms "$archive" >"$dir/import.out" 2>&1 ||
+    fail "ctr images import: $(cat "$dir/import.out")"
+image=$(ctr_ images ls -q | grep -m1 imds-snoop) || fail "imported image not listed: $(ctr_ images ls)"
+ok "ctr images import: $image"
+
+# 3. The DaemonSet's container.
+daemonset=$REPO/deploy/kubernetes/daemonset.yaml
+mapfile -t args < <(sed -n '/^ *args:/,/^ *env:/p' "$daemonset" | sed -n 's/^ *- \(--.*\)$/\1/p')
+[ ${#args[@]} -ge 5 ] || fail "could not read the container args from $daemonset"
+probe=$(sed -n '/^ *readinessProbe:/,/^ *[a-z]*Probe:\|^ *resources:/p' "$daemonset" |
+    sed -n 's/^ *command: \[\(.*\)\]$/\1/p' | head -1 | tr -d '",')
+[ -n "$probe" ] || fail "no readinessProbe command in $daemonset"
+read -r -a probe_argv <<<"$probe"
+note "args: ${args[*]}; probe: ${probe_argv[*]}"
+
+# capabilities: drop: [ALL]. ctr has no ALL: drop each capability of its default set.
+drop_caps=()
+for c in CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP NET_BIND_SERVICE \
+    NET_RAW SYS_CHROOT MKNOD AUDIT_WRITE SETFCAP; do
+    drop_caps+=(--cap-drop "CAP_$c")
+done
+mkdir -p "$dir/pods" "$dir/imds-log"
+DS=imds-snoop-ds-$$
+# hostPID: the host's PID namespace, named through our own process (this machine refuses
+# runc the /proc/1/ns/pid of its init, which is not systemd).
+ctr_ run -d --log-uri "file://$dir/ds.stdout" \
+    --with-ns "pid:/proc/$$/ns/pid" \
+    "${drop_caps[@]}" --cap-add CAP_BPF --cap-add CAP_PERFMON \
+    --seccomp --read-only \
+    --env NODE_NAME=test-node-1 \
+    --mount "type=bind,src=/sys/kernel/btf,dst=/host/sys/kernel/btf,options=rbind:ro" \
+    --mount "type=bind,src=/sys/fs/cgroup,dst=/host/sys/fs/cgroup,options=rbind:ro" \
+    --mount "type=bind,src=$CTRD_TASKS,dst=/host/run/containerd/io.containerd.runtime.v2.task,options=rbind:ro" \
+    --mount "type=bind,src=$dir/pods,dst=/host/var/log/pods,options=rbind:ro" \
+    --mount "type=bind,src=$dir/imds-log,dst=/var/log/imds,options=rbind:rw" \
+    --mount "type=tmpfs,src=tmpfs,dst=/run/imds-snoop,options=rw:nosuid:nodev:mode=755" \
+    "$image" "$DS" /imds-snoop "${args[@]}" >"$dir/ds.run" 2>&1 ||
+    fail "ctr run (DaemonSet container): $(cat "$dir/ds.run")"
+CTRD_CONTAINERS+=("$DS")
+n=0
+probe_ok() {
+    n=$((n + 1))
+    ctr_ task exec --exec-id "probe-$n" "$DS" "${probe_argv[@]}" >/dev/null 2>&1
+}
+wait_until 30 probe_ok || fail "probe never succeeded: $(tail -5 "$dir/ds.stdout")"
+status=$(cat "/proc/$(ctr_ task ls | awk -v id="$DS" '$1 == id {print $2}')/status")
+caps=$(capsh --decode="$(awk '$1 == "CapEff:" {print $2}' <<<"$status")" | sed 's/^[^=]*=//')
+[ "$caps" = cap_perfmon,cap_bpf ] || fail "container CapEff is $caps"
+grep -qP '^Seccomp:\t2$' <<<"$status" || fail "no seccomp filter in the container"
+ok "DaemonSet container (caps $caps, seccomp, read-only root, host PID) ready by its probe: ${probe_argv[*]}"
+
+# 4. A call from the pod.
+pod_call v1 "image-pod"
+json=$(wait_line "$dir/imds-log/imds-trace.log" "image-pod" 15) ||
+    fail "pod call not in the node's trace log: $(tail -3 "$dir/imds-log/imds-trace.log" 2>/dev/null; tail -5 "$dir/ds.stdout")"
+wait_line "$dir/ds.stdout" "image-pod" 5 >/dev/null || fail "pod call not on the container's stdout"
+python3 - "$json" "$POD_ID" <<'EOF' || fail "JSON line: $json"
+import json, sys
+r = json.loads(sys.argv[1])
+pod_id = sys.argv[2]
+assert r["node"] == "test-node-1", r["node"]
+assert r["class"] == "v1", r["class"]
+assert r["caller"]["comm"] == "wget", r["caller"]
+assert r["caller"]["argv"].startswith("/bin/wget -q -O /dev/null http://169.254.169.254/"), r["caller"]
+assert r["container"]["id"] == pod_id, r["container"]
+assert r["pod"]["namespace"] == "shop" and r["pod"]["name"] == "web-1", r["pod"]
+assert r["pod"]["container"] == "app", r["pod"]
+EOF
+ok "pod call logged (stdout and /var/log/imds/imds-trace.log): node test-node-1, pod shop/web-1, container app, caller wget"
+
+# 5. SIGTERM.
+ctr_ task kill -s SIGTERM "$DS"
+stopped() { ctr_ task ls | awk -v id="$DS" '$1 == id {print $3}' | grep -qx STOPPED; }
+wait_until 30 stopped || fail "not stopped 30 s after SIGTERM"
+code=$(ctr_ task delete "$DS" 2>&1 | sed -n 's/.*exit status \([0-9]*\).*/\1/p')
+[ "${code:-0}" = 0 ] || fail "exit status $code after SIGTERM"
+grep -q 'detached, log flushed' "$dir/ds.stdout" || fail "no clean-exit message: $(tail -3 "$dir/ds.stdout")"
+ok "SIGTERM: stopped, exit 0, 'detached, log flushed'"
+
+echo "image_test: $PASSED passed, 0 failed"

@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""Structural checks of deploy/kubernetes/ on top of schema validation (kubernetes-validate):
+the properties the issue asks of the DaemonSet, read from the parsed YAML.
+
+    manifests_check.py DEPLOY_KUBERNETES_DIR [RENDERED_YAML]
+
+RENDERED_YAML is `kubectl kustomize` output; without it the files are read one by one.
+Needs PyYAML (kubernetes-validate depends on it). Exit 1 with one line per problem.
+"""
+
+import sys
+from pathlib import Path
+
+import yaml
+
+problems = []
+
+
+def check(cond, msg):
+    if not cond:
+        problems.append(msg)
+
+
+def main():
+    kdir = Path(sys.argv[1])
+    kust = yaml.safe_load((kdir / "kustomization.yaml").read_text())
+    files = sorted(p.name for p in kdir.glob("*.yaml") if p.name != "kustomization.yaml")
+    check(sorted(kust.get("resources", [])) == files,
+          f"kustomization resources {kust.get('resources')} != the manifests {files}")
+
+    if len(sys.argv) > 2:
+        docs = [d for d in yaml.safe_load_all(Path(sys.argv[2]).read_text()) if d]
+    else:
+        docs = [d for f in files for d in yaml.safe_load_all((kdir / f).read_text()) if d]
+    by_kind = {d["kind"]: d for d in docs}
+    check(sorted(by_kind) == ["DaemonSet", "Namespace", "ServiceAccount"],
+          f"kinds: {sorted(by_kind)}")
+    check(not any(k in by_kind for k in ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")),
+          "RBAC objects present: the tool needs none")
+
+    ns = by_kind["Namespace"]
+    check(ns["metadata"]["labels"].get("pod-security.kubernetes.io/enforce") == "privileged",
+          "namespace must allow the privileged Pod Security level (hostPID, hostPath)")
+    sa = by_kind["ServiceAccount"]
+    check(sa.get("automountServiceAccountToken") is False, "service account token automounted")
+
+    ds = by_kind["DaemonSet"]
+    name = ds["metadata"]["name"]
+    for d in docs:
+        check(d["metadata"].get("namespace", ns["metadata"]["name"]) == ns["metadata"]["name"],
+              f"{d['kind']} not in namespace {ns['metadata']['name']}")
+    spec = ds["spec"]["template"]["spec"]
+    check(spec.get("hostPID") is True, "hostPID is not true")
+    check(not spec.get("hostNetwork"), "hostNetwork is not needed")
+    check(spec.get("serviceAccountName") == sa["metadata"]["name"], "service account not used")
+    check(spec.get("automountServiceAccountToken") is False, "pod automounts a token")
+    check(spec.get("priorityClassName") == "system-node-critical", "priorityClassName")
+    check({"operator": "Exists"} in spec.get("tolerations", []),
+          "no toleration for every taint ({operator: Exists})")
+    (c,) = spec["containers"]
+    args = c.get("args", [])
+    check("--stdout" in args, "--stdout missing (kubectl logs)")
+    env = {e["name"]: e for e in c.get("env", [])}
+    check(env.get("NODE_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+          == "spec.nodeName", "NODE_NAME not from the downward API spec.nodeName")
+    sc = c["securityContext"]
+    caps = sc.get("capabilities", {})
+    check(sc.get("privileged") in (None, False), "privileged: the capability list suffices")
+    check(caps.get("drop") == ["ALL"], f"capabilities.drop {caps.get('drop')} != [ALL]")
+    check(set(caps.get("add", [])) <= {"BPF", "PERFMON", "SYS_RESOURCE"} and
+          {"BPF", "PERFMON"} <= set(caps.get("add", [])),
+          f"capabilities.add {caps.get('add')}")
+    check(sc.get("allowPrivilegeEscalation") is False, "allowPrivilegeEscalation")
+    check(sc.get("readOnlyRootFilesystem") is True, "readOnlyRootFilesystem")
+    res = c.get("resources", {})
+    for kind in ("requests", "limits"):
+        check("memory" in res.get(kind, {}), f"no memory {kind}")
+    check("cpu" in res.get("requests", {}), "no cpu request")
+
+    ready = None
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        p = c.get(probe)
+        check(p is not None, f"no {probe}")
+        if p:
+            cmd = p.get("exec", {}).get("command", [])
+            check(cmd[:2] == ["/imds-snoop", "check"], f"{probe} is not `/imds-snoop check`: {cmd}")
+            flag = [a for a in cmd if a.startswith("--ready-file=")]
+            check(len(flag) == 1, f"{probe} has no --ready-file=")
+            ready = ready or (flag[0].split("=", 1)[1] if flag else None)
+    check(f"--ready-file={ready}" in args, f"daemon's --ready-file is not the probes' {ready}")
+
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    mounts = {m["name"]: m for m in c.get("volumeMounts", [])}
+    want_ro = {"/sys/kernel/btf", "/sys/fs/cgroup", "/var/log/pods"}
+    host_paths = {}
+    for vname, m in mounts.items():
+        v = volumes.get(vname)
+        check(v is not None, f"mount {vname} has no volume")
+        if v and "hostPath" in v:
+            hp = v["hostPath"]["path"]
+            host_paths[hp] = m
+            if hp == "/var/log/imds":
+                check(not m.get("readOnly"), "/var/log/imds must be writable")
+            else:
+                check(m.get("readOnly") is True, f"hostPath {hp} mounted read-write")
+    for hp in want_ro:
+        check(hp in host_paths, f"no hostPath mount of {hp}")
+    check(any(hp.startswith("/run/containerd") for hp in host_paths), "no containerd state mount")
+    check("/run/containerd" not in host_paths,
+          "all of /run/containerd mounted: that hands the pod containerd's socket")
+    check("/var/log/imds" in host_paths, "no /var/log/imds mount")
+    # Each path the daemon is told about is a mount of the matching host path.
+    flag_paths = {
+        "--btf=": "/sys/kernel/btf",
+        "--cgroup-root=": "/sys/fs/cgroup",
+        "--containerd-root=": "/run/containerd/io.containerd.runtime.v2.task",
+        "--pod-logs=": "/var/log/pods",
+    }
+    for flag, hp in flag_paths.items():
+        val = next((a[len(flag):] for a in args if a.startswith(flag)), None)
+        m = host_paths.get(hp)
+        check(val is not None and m is not None and val.startswith(m["mountPath"]),
+              f"{flag}{val} is not under the mount of {hp}")
+
+    if problems:
+        for p in problems:
+            print(f"manifests_check: {name}: {p}", file=sys.stderr)
+        sys.exit(1)
+    print(f"manifests_check: ok ({len(docs)} objects)")
+
+
+if __name__ == "__main__":
+    main()
