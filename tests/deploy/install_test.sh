@@ -115,4 +115,40 @@ fi
 [ "$(snapshot)" = "$before" ] || fail "a refused install changed the root"
 ok "refusals: missing binary, unknown flag; root untouched"
 
-echo "install_test: 6 passed, 0 failed"
+passed=6
+
+# 7. The real paths (no --root) on a machine where systemd is not running (a container,
+#    an image build): needs root; done in a private mount namespace whose /etc is a copy
+#    and whose /usr/local/bin and /run are empty tmpfs, so this machine is not touched.
+if [ "$(id -u)" = 0 ]; then
+    cat >"$scratch/nosystemd.sh" <<'EOF2'
+set -eu
+scratch=$1 install_sh=$2 binary=$3
+mount --make-rprivate /
+cp -a /etc "$scratch/etc-copy"
+mount --bind "$scratch/etc-copy" /etc
+mount -t tmpfs tmpfs /usr/local/bin
+mount -t tmpfs tmpfs /run
+"$install_sh" --binary "$binary" >"$scratch/ns1.out" 2>&1
+"$install_sh" --binary "$binary" >"$scratch/ns2.out" 2>&1
+test -x /usr/local/bin/imds-snoop
+test -L /etc/systemd/system/multi-user.target.wants/imds-snoop.service
+grep -q '^imds-snoop:' /etc/passwd
+"$install_sh" --uninstall >"$scratch/ns3.out" 2>&1
+test ! -e /usr/local/bin/imds-snoop
+test ! -e /etc/systemd/system/imds-snoop.service
+test ! -e /etc/systemd/system/multi-user.target.wants/imds-snoop.service
+! grep -q '^imds-snoop:' /etc/passwd
+EOF2
+    unshare --mount sh "$scratch/nosystemd.sh" "$scratch" "$install_sh" "$binary" ||
+        fail "install without a running systemd: $(cat "$scratch"/ns*.out 2>/dev/null)"
+    grep -q 'systemd is not running here .*skipping systemctl start' "$scratch/ns1.out" ||
+        fail "no 'systemd is not running' message: $(cat "$scratch/ns1.out")"
+    if grep -E 'installed:|created:' "$scratch/ns2.out"; then fail "second install changed files"; fi
+    ok "real paths without a running systemd: installed and enabled offline, says it did not start; second run no change; uninstalled"
+    passed=7
+else
+    echo "install_test: *** SKIPPED (not root): install to the real paths without systemd ***"
+fi
+
+echo "install_test: $passed passed, 0 failed"

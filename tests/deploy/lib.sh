@@ -104,8 +104,9 @@ CTRD_CONTAINERS=()
 containerd_stop() {
     local id
     for id in "${CTRD_CONTAINERS[@]}"; do
-        ctr_ task kill -s SIGKILL "$id" >/dev/null 2>&1
-        wait_until 10 ctr_ task delete "$id"
+        if ctr_ task ls -q | grep -qx "$id"; then
+            ctr_ task delete --force "$id" >/dev/null 2>&1
+        fi
         ctr_ container delete "$id" >/dev/null 2>&1
         # ctr's default cgroup for a container run without --cgroup: /k8s.io/<id>.
         find /sys/fs/cgroup -depth -type d -path "*/k8s.io/$id" -exec rmdir {} + 2>/dev/null || true

@@ -26,7 +26,7 @@ binary=$(realpath "${1:?usage: systemd_test.sh BINARY}")
 require_root
 SYSTEMD=/usr/lib/systemd/systemd
 [ -x "$SYSTEMD" ] || fail "no $SYSTEMD: install Debian's systemd package"
-require_tools unshare nsenter ip curl python3 systemctl
+require_tools unshare nsenter setsid ip curl python3 systemctl capsh
 
 scratch_dir systemd
 dir=$SCRATCH

@@ -169,19 +169,22 @@ fn install_tools() -> Result<()> {
         .iter()
         .filter(|(program, _)| cmd::find_program(program).is_none())
         .map(|(_, package)| *package)
+        // systemd is Priority: important on Debian, so normally present. Never reinstall
+        // it over an installed one; a missing one is installed (its package brings the
+        // tools without making it PID 1: that takes systemd-sysv, not installed here).
+        .filter(|package| *package != "systemd" || !deb_installed("systemd"))
         .collect();
     if missing.is_empty() {
         return Ok(());
     }
-    // systemd is Priority: important on Debian, so normally present; if it is not, its
-    // package installs the tools without making it PID 1 of this machine.
-    eprintln!("xtask deploy-check: installing {}", missing.join(" "));
-    cmd::run(
-        cmd::command("apt-get")
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    dist::install_debs(&missing, "tools deploy-check runs")
+}
+
+fn deb_installed(package: &str) -> bool {
+    cmd::output(cmd::command("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .ok()
+        .flatten()
+        .is_some_and(|s| s.trim() == "install ok installed")
 }
 
 fn require(program: &str, package: &str) -> Result<PathBuf> {

@@ -237,13 +237,29 @@ fn ensure_rust_target(triple: &str) -> Result<()> {
 }
 
 fn install_deb(package: &str, why: &str) -> Result<()> {
+    install_debs(&[package], why)
+}
+
+/// `apt-get update`, then `apt-get install` of `packages` (root only: says which package
+/// to install otherwise).
+pub fn install_debs(packages: &[&str], why: &str) -> Result<()> {
+    let list = packages.join(" ");
     if !cmd::is_root() {
-        bail!("{why} is missing: install the Debian package {package} (needs root)");
+        bail!("{why}: install the Debian packages {list} (needs root)");
     }
-    eprintln!("xtask dist: installing {package} ({why})");
+    if cmd::find_program("apt-get").is_none() {
+        bail!("{why}: apt-get not found: install {list} by hand");
+    }
+    eprintln!("xtask: installing {list} ({why})");
     cmd::run(
         cmd::command("apt-get")
-            .args(["install", "-y", "--no-install-recommends", package])
+            .arg("update")
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    cmd::run(
+        cmd::command("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(packages)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
 }

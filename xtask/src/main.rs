@@ -11,6 +11,8 @@
 
 mod bench;
 mod cmd;
+mod deploy;
+mod dist;
 mod setup;
 mod vm;
 
@@ -74,6 +76,13 @@ enum Task {
         #[arg(long)]
         no_build: bool,
     },
+    /// Release tarballs in target/dist/: imds-snoop-<version>-<arch>-linux-musl.tar.gz for
+    /// x86_64 and aarch64 (static musl binaries, kernel program embedded), and SHA256SUMS.
+    Dist(dist::DistArgs),
+    /// Check deploy/: systemd unit (verify, real systemd), install.sh, capabilities,
+    /// Kubernetes manifests (schema), AL2023 user data, container image (needs root; under
+    /// CI=... nothing is skipped).
+    DeployCheck,
     /// Boot Debian's 5.10, 6.1 and 6.12 cloud kernels under QEMU (TCG) and run the guest
     /// suite for each attach mode; also run it on the host kernel in a network namespace.
     VmTest {
@@ -115,6 +124,8 @@ fn dispatch(task: Task) -> Result<ExitCode> {
         Task::Build { release } => build(release).map(|()| ExitCode::SUCCESS),
         Task::Run { args } => run(&args),
         Task::Test => test(),
+        Task::Dist(args) => dist::dist(&args).map(|()| ExitCode::SUCCESS),
+        Task::DeployCheck => deploy::deploy_check(),
         Task::VmTest {
             kernels,
             skip_host,
