@@ -4,8 +4,8 @@
 //!   Python botocore); idempotent.
 //! - `build [--release]`: setup, then builds the daemon (build.rs embeds the eBPF object).
 //! - `run [-- ARGS]`: setup, release build, then runs `target/release/imds-snoop ARGS` as root.
-//! - `test`: setup, then fmt check, clippy, unit and end-to-end tests, and the kernel
-//!   matrix (`vm-test`); fails fast.
+//! - `test`: setup, then fmt check, clippy, unit and end-to-end tests, `deploy-check` and
+//!   the kernel matrix (`vm-test`); fails fast.
 //! - `vm-test`: the end-to-end suite on Debian's 5.10, 6.1 and 6.12 kernels under QEMU and
 //!   on the host kernel.
 
@@ -51,8 +51,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Setup, then `cargo fmt --check`, `cargo clippy -D warnings`, `cargo test` and
-    /// `vm-test` (end-to-end tests need root; under CI=... they fail instead of skipping).
+    /// Setup, then `cargo fmt --check`, `cargo clippy -D warnings`, `cargo test`,
+    /// `deploy-check` and `vm-test` (end-to-end tests need root; under CI=... they fail
+    /// instead of skipping).
     Test,
     /// Benchmarks (issue 8): hot-path overhead, IMDS burst, daemon cost, start-up. Needs root.
     Bench {
@@ -233,6 +234,16 @@ fn test() -> Result<ExitCode> {
             &["clippy", "--all-targets", "--", "-D", "warnings"],
         ),
         tests,
+        // deploy/: unit verified and run under real systemd, install.sh, capabilities,
+        // manifests against Kubernetes schemas, AL2023 user data, the container image.
+        Step {
+            name: "deploy-check",
+            command: {
+                let mut c = cmd::command("cargo");
+                c.args(["xtask", "deploy-check"]);
+                c
+            },
+        },
         // The kernel matrix: fentry and kprobe on 5.10/6.1/6.12 VMs, the tracepoint here.
         Step {
             name: "vm-test",
@@ -278,7 +289,7 @@ fn test() -> Result<ExitCode> {
     let nfailed = results.iter().filter(|r| r.2 == "FAILED").count();
     eprintln!("\nxtask test summary:");
     for (name, line, outcome) in &results {
-        eprintln!("  {outcome:<8} {name:<7} {line}");
+        eprintln!("  {outcome:<8} {name:<12} {line}");
     }
     eprintln!("steps: {passed} passed, {nfailed} failed");
     // The closing line: every test of every test binary, added up.
