@@ -18,12 +18,10 @@ from pathlib import Path
 
 import yaml
 
-problems = []
+from checks import Problems
 
-
-def check(cond, msg):
-    if not cond:
-        problems.append(msg)
+problems = Problems("al2023_check")
+check = problems.check
 
 
 def main():
@@ -57,11 +55,7 @@ def main():
             check('"$work/imds-snoop-$VERSION-$ARCH-linux-musl/install.sh"' in body,
                   "script does not run the tarball's install.sh")
             check("sha256sum -c" in body, "script does not verify the tarball's checksum")
-    if problems:
-        for p in problems:
-            print(f"al2023_check: {path.name}: {p}", file=sys.stderr)
-        sys.exit(1)
-    print(f"al2023_check: ok ({len(parts)} parts: {', '.join(types)})")
+    problems.finish(path.name, f"{len(parts)} parts: {', '.join(types)}")
 
 
 if __name__ == "__main__":

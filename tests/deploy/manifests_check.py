@@ -13,12 +13,10 @@ from pathlib import Path
 
 import yaml
 
-problems = []
+from checks import Problems
 
-
-def check(cond, msg):
-    if not cond:
-        problems.append(msg)
+problems = Problems("manifests_check")
+check = problems.check
 
 
 def main():
@@ -122,11 +120,7 @@ def main():
         check(val is not None and m is not None and val.startswith(m["mountPath"]),
               f"{flag}{val} is not under the mount of {hp}")
 
-    if problems:
-        for p in problems:
-            print(f"manifests_check: {name}: {p}", file=sys.stderr)
-        sys.exit(1)
-    print(f"manifests_check: ok ({len(docs)} objects)")
+    problems.finish(name, f"{len(docs)} objects")
 
 
 if __name__ == "__main__":
