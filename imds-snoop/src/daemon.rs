@@ -197,7 +197,8 @@ struct Pipeline {
     decode_errors: u64,
     metrics: Metrics,
     /// When the ring-buffer record (or expiry tick) being processed was read: the start of
-    /// the `processing` latency.
+    /// the `processing` latency. A request emitted later (expired, or after waiting for
+    /// something) counts from the read that let it out, so waiting is never measured.
     read_at: Instant,
 }
 

@@ -216,8 +216,8 @@ impl Metrics {
         registry.register_with_unit(
             "processing",
             "Time from reading a request's last send off the ring buffer to its line being \
-             queued for the writer (decode, reassembly, process and pod lookup, formatting; \
-             not waiting for anything)",
+             queued for the writer: decode, reassembly, process and pod lookup, formatting. \
+             Time spent waiting (for more sends of a request, for a response) is not included",
             Unit::Seconds,
             processing.clone(),
         );
@@ -549,6 +549,27 @@ mod tests {
         assert_eq!(
             sample(&text, "imds_snoop_log_lines_written_total"),
             Some(41.0)
+        );
+    }
+
+    #[test]
+    fn pod_labels_come_from_the_pod_only() {
+        let r = record(Class::V1, "curl", Some(("prod", "web-1", "app")));
+        let l = RequestLabels::of(&r);
+        assert_eq!(
+            (l.class, &l.namespace[..], &l.pod[..], &l.container[..]),
+            ("v1", "prod", "web-1", "app")
+        );
+        // A container with no pod (plain containerd, docker): no pod labels, and no
+        // container id either (ids would make a label set per container restart).
+        let mut r = record(Class::V2, "curl", Some(("prod", "web-1", "app")));
+        if let Origin::Container(c) = &mut r.origin {
+            c.pod = None;
+        }
+        let l = RequestLabels::of(&r);
+        assert_eq!(
+            (&l.namespace[..], &l.pod[..], &l.container[..], &l.comm[..]),
+            ("", "", "", "curl")
         );
     }
 
