@@ -104,6 +104,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9901); off by default.
+    /// A port that cannot be bound stops start-up, before anything is attached.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// Benchmark floor: attach empty programs on the same hooks, trace nothing.
     #[arg(long, hide = true)]
     pub empty_program: bool,

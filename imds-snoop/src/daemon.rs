@@ -22,6 +22,7 @@ use crate::{
     container::{self, Origin, Resolver},
     decode::{self, Event, Send},
     http::{Reassembler, Request},
+    metrics::{self, Metrics},
     output::{
         self, Format, Losses, Record,
         writer::{self, LineSender, WriterConfig},
@@ -51,6 +52,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         queue: WRITER_QUEUE,
     })?;
 
+    // The metrics port too: a taken port is a start-up error, not a silent lack of metrics.
+    let metrics = match args.metrics_addr {
+        Some(addr) => {
+            let listener = metrics::bind(addr).await?;
+            let metrics = Metrics::new();
+            metrics::serve(listener, &metrics);
+            info!("serving metrics at http://{addr}/metrics");
+            metrics
+        }
+        None => Metrics::disabled(),
+    };
+
     // Handlers first: a SIGTERM right after we say "attached" must still stop us cleanly.
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
@@ -66,6 +79,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         btf_path: &args.btf,
     })?;
     let ring = capture.take_events()?;
+    metrics.set_attached(capture.attached, true);
     // SAFETY: the AsyncFd owns the RingBuf, so the fd stays open for as long as it is
     // registered.
     let mut ring = unsafe { AsyncFd::register(ring) }
@@ -96,7 +110,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         warn!("could not tell systemd we are ready (NOTIFY_SOCKET): {e}");
     }
 
-    let mut pipeline = Pipeline::new(&args);
+    let mut pipeline = Pipeline::new(&args, metrics);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut losses = Losses::default();
 
@@ -113,7 +127,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             _ = sighup.recv() => writer.reopen(),
             _ = tick.tick() => {
                 pipeline.expire(Instant::now(), &writer);
-                report_losses(&capture, &writer, &mut losses, pipeline.format, &pipeline.node);
+                report_losses(&capture, &writer, &mut losses, pipeline.format, &pipeline.node, &pipeline.metrics);
             }
         }
     }
@@ -127,6 +141,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         &mut losses,
         pipeline.format,
         &pipeline.node,
+        &pipeline.metrics,
     );
     drop(ring);
     drop(capture); // detaches
@@ -152,6 +167,7 @@ fn report_losses(
     seen: &mut Losses,
     format: Format,
     node: &str,
+    metrics: &Metrics,
 ) {
     let stats = writer.stats();
     let drops = capture.drops().unwrap_or_default();
@@ -161,6 +177,7 @@ fn report_losses(
         writer_queue_full: stats.dropped_backpressure.load(Ordering::Relaxed),
         log_write_failed: stats.lost_io.load(Ordering::Relaxed),
     };
+    metrics.set_totals(&now, stats.written.load(Ordering::Relaxed));
     if now != *seen {
         let new = now.total() - seen.total();
         warn!(?now, "{new} IMDS calls are missing from the trace log");
@@ -178,10 +195,15 @@ struct Pipeline {
     containers: Resolver,
     clock: BootClock,
     decode_errors: u64,
+    metrics: Metrics,
+    /// When the ring-buffer record (or expiry tick) being processed was read: the start of
+    /// the `processing` latency. A request emitted later (expired, or after waiting for
+    /// something) counts from the read that let it out, so waiting is never measured.
+    read_at: Instant,
 }
 
 impl Pipeline {
-    fn new(args: &RunArgs) -> Self {
+    fn new(args: &RunArgs, metrics: Metrics) -> Self {
         Self {
             format: args.format,
             node: args.node_name.clone().unwrap_or_else(hostname),
@@ -193,12 +215,15 @@ impl Pipeline {
             ),
             clock: BootClock::now(),
             decode_errors: 0,
+            metrics,
+            read_at: Instant::now(),
         }
     }
 
     fn drain_ring(&mut self, ring: &mut RingBuf<MapData>, writer: &LineSender) {
         let now = Instant::now();
         while let Some(item) = ring.next() {
+            self.read_at = Instant::now();
             match decode::decode(&item) {
                 Ok(Event::Send(send)) => self.on_send(send, now, writer),
                 Ok(Event::Exec(exec)) => self.processes.execs.on_exec(exec, now),
@@ -230,6 +255,7 @@ impl Pipeline {
 
     fn expire(&mut self, now: Instant, writer: &LineSender) {
         self.clock = BootClock::now();
+        self.read_at = now;
         self.processes.execs.sweep(now);
         for (ctx, request) in self.reassembler.expire(now) {
             self.emit(ctx, request, writer);
@@ -237,6 +263,7 @@ impl Pipeline {
     }
 
     fn finish(&mut self, writer: &LineSender) {
+        self.read_at = Instant::now();
         for (ctx, request) in self.reassembler.drain() {
             self.emit(ctx, request, writer);
         }
@@ -272,6 +299,7 @@ impl Pipeline {
             unreadable: send.unreadable,
         };
         writer.send(record.format(self.format, &self.node));
+        self.metrics.observe(&record, self.read_at.elapsed());
     }
 }
 

@@ -8,6 +8,7 @@ mod container;
 mod daemon;
 mod decode;
 mod http;
+mod metrics;
 mod output;
 mod process;
 mod readiness;

@@ -17,6 +17,9 @@
 #      (`/imds-snoop check ...` by `ctr task exec`, no shell in the image) turns ready;
 #   4. a v1 call from another pod's container is logged as JSON, on stdout and in the
 #      node's /var/log/imds/imds-trace.log, with the node name, pod, container and caller;
+#   4b. its metrics endpoint (port from --metrics-addr, as the scrape annotations say),
+#      scraped inside the container's own network namespace with the real Prometheus
+#      parsers (tests/e2e/scrape_metrics.py), counts that call under its pod and comm;
 #   5. SIGTERM stops it cleanly (exit status 0, "detached, log flushed").
 # (CAP_SYS_RESOURCE of the DaemonSet is left out here: this machine's own bounding set lacks
 # it, and kernels from 5.11 on do not use it.)
@@ -26,7 +29,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 binary=$(realpath "${1:?usage: image_test.sh BINARY [IMAGE_ARCHIVE]}")
 archive=${2:-}
 require_root
-require_tools skopeo tar python3 ip curl
+require_tools skopeo tar python3 ip curl nsenter
 
 scratch_dir image
 dir=$SCRATCH
@@ -140,6 +143,30 @@ assert r["pod"]["namespace"] == "shop" and r["pod"]["name"] == "web-1", r["pod"]
 assert r["pod"]["container"] == "app", r["pod"]
 EOF
 ok "pod call logged (stdout and /var/log/imds/imds-trace.log): node test-node-1, pod shop/web-1, container app, caller wget"
+
+# 4b. Metrics, scraped where Prometheus would reach them: the pod's own network namespace
+# (a new one: the DaemonSet has no hostNetwork; its loopback is brought up for the scrape).
+port=$(sed -n 's/^ *- --metrics-addr=.*:\([0-9]*\)$/\1/p' "$daemonset")
+[ -n "$port" ] || fail "no --metrics-addr=ADDR:PORT in $daemonset"
+ds_pid=$(ctr_ task ls | awk -v id="$DS" '$1 == id {print $2}')
+[ "$(readlink "/proc/$ds_pid/ns/net")" != "$(readlink /proc/self/ns/net)" ] ||
+    fail "the DaemonSet container shares the host's network namespace"
+nsenter --net="/proc/$ds_pid/ns/net" ip link set lo up
+scrape=$(nsenter --net="/proc/$ds_pid/ns/net" python3 "$REPO/tests/e2e/scrape_metrics.py" \
+    "http://127.0.0.1:$port/metrics") || fail "scraping :$port/metrics in the container failed"
+python3 - "$scrape" <<'EOF' || fail "metrics: $scrape"
+import json, sys
+samples = json.loads(sys.argv[1])["samples"]
+def value(name, **labels):
+    found = [v for n, l, v in samples if n == name and all(l.get(k) == w for k, w in labels.items())]
+    assert len(found) == 1, (name, labels, found)
+    return found[0]
+assert value("imds_snoop_requests_total", **{"class": "v1"}, namespace="shop", pod="web-1",
+             container="app", comm="wget") == 1
+assert value("imds_snoop_attached") == 1
+assert value("imds_snoop_kernel_drops_total", reason="ring_full") == 0
+EOF
+ok "metrics on the pod's :$port/metrics: 1 v1 call by wget in shop/web-1 (app), attached, no drops"
 
 # 5. SIGTERM.
 ctr_ task kill -s SIGTERM "$DS"

@@ -87,6 +87,22 @@ def main():
             ready = ready or (flag[0].split("=", 1)[1] if flag else None)
     check(f"--ready-file={ready}" in args, f"daemon's --ready-file is not the probes' {ready}")
 
+    # Metrics: the daemon listens where the scrape annotations and the named port say.
+    addr = next((a.split("=", 1)[1] for a in args if a.startswith("--metrics-addr=")), None)
+    check(addr is not None, "no --metrics-addr: the pod cannot be scraped")
+    notes = ds["spec"]["template"]["metadata"].get("annotations", {})
+    ports = {p.get("name"): p for p in c.get("ports", [])}
+    check(notes.get("prometheus.io/scrape") == "true", "no prometheus.io/scrape: \"true\"")
+    check(notes.get("prometheus.io/path") == "/metrics", "prometheus.io/path is not /metrics")
+    if addr is not None:
+        port = addr.rsplit(":", 1)[1]
+        check(notes.get("prometheus.io/port") == port,
+              f"prometheus.io/port {notes.get('prometheus.io/port')} != --metrics-addr port {port}")
+        check(str(ports.get("metrics", {}).get("containerPort")) == port,
+              f"no containerPort named metrics = {port}")
+        check(not addr.startswith("127.") and not addr.startswith("[::1]"),
+              f"--metrics-addr {addr} is loopback: Prometheus cannot reach it")
+
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
     mounts = {m["name"]: m for m in c.get("volumeMounts", [])}
     want_ro = {"/sys/kernel/btf", "/sys/fs/cgroup", "/var/log/pods"}

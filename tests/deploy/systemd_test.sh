@@ -18,7 +18,8 @@
 # a v1 call is logged to /var/log/imds/imds-trace.log with its caller; a second install
 # restarts nothing; Restart=on-failure brings it back after SIGKILL; a start that cannot
 # attach (CAP_BPF taken away) fails `systemctl start` instead of reporting active; stop is
-# clean (exit 0, ready file gone); --uninstall stops, disables and removes everything.
+# clean (exit 0, ready file gone); metrics are off in the unit and the drop-in its header
+# documents serves them on loopback, counting a call; --uninstall stops, disables and removes everything.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -177,6 +178,37 @@ in_ns rm /run/systemd/system/imds-snoop.service.d/60-nobpf.conf
 in_ns systemctl daemon-reload
 in_ns systemctl restart imds-snoop.service || fail "restart with the unit's capabilities failed"
 ok "without CAP_BPF 'systemctl restart' fails (state $state); with the unit's set it is active again"
+
+# 5b. Metrics: off in the unit as shipped; on with the drop-in its header comment documents
+#     (read from there, so the documentation is what is tested).
+unit=$REPO/deploy/systemd/imds-snoop.service
+if grep '^ExecStart=' "$unit" | grep -q -- --metrics-addr; then fail "metrics on by default"; fi
+awk '/^# Metrics \(Prometheus/ {m = 1}
+     m && !/^#/ {m = 0}
+     m && /-> *\[Service\]/ {s = 1; print "[Service]"; next}
+     m && s {sub(/^# */, ""); print}' "$unit" >"$dir/70-metrics.conf"
+metrics_url=$(sed -n 's/.*--metrics-addr \([^ ]*\).*/http:\/\/\1\/metrics/p' "$dir/70-metrics.conf")
+[ -n "$metrics_url" ] || fail "no metrics drop-in in the header of $unit"
+in_ns cp "$dir/70-metrics.conf" /run/systemd/system/imds-snoop.service.d/70-metrics.conf
+in_ns systemctl daemon-reload
+in_ns systemctl restart imds-snoop.service || fail "restart with the metrics drop-in failed: $(tail -5 "$dir/service.err")"
+in_ns sh -c "curl -sf -m 5 -o /dev/null 'http://$IMDS/latest/meta-data/instance-id?systemd-metrics'" ||
+    fail "curl in the namespace failed"
+wait_until 10 in_ns grep -qF '?systemd-metrics' /var/log/imds/imds-trace.log || fail "call not logged"
+logged=$(in_ns grep -cF '?systemd-metrics' /var/log/imds/imds-trace.log)
+scrape=$(in_ns python3 "$REPO/tests/e2e/scrape_metrics.py" "$metrics_url") ||
+    fail "scraping $metrics_url failed: $(tail -5 "$dir/service.err")"
+python3 - "$scrape" "$logged" <<'EOF' || fail "metrics: $scrape"
+import json, sys
+samples = json.loads(sys.argv[1])["samples"]
+got = sum(v for n, l, v in samples
+          if n == "imds_snoop_requests_total" and l["class"] == "v1" and l["comm"] == "curl")
+assert got == int(sys.argv[2]), (got, sys.argv[2])
+EOF
+in_ns rm /run/systemd/system/imds-snoop.service.d/70-metrics.conf
+in_ns systemctl daemon-reload
+in_ns systemctl restart imds-snoop.service || fail "restart without the metrics drop-in failed"
+ok "metrics: off as shipped; the documented drop-in serves $metrics_url, counting the logged v1 call"
 
 # 6. A clean stop.
 pid=$(main_pid)

@@ -7,5 +7,6 @@
 mod capture;
 mod containers;
 mod harness;
+mod metrics;
 mod output;
 mod reliability;

@@ -1,7 +1,7 @@
 //! `cargo xtask`: developer and CI tasks for imds-snoop (alias in `.cargo/config.toml`).
 //!
 //! - `setup`: installs what is missing (nightly + rust-src, bpf-linker, Debian packages,
-//!   Python botocore); idempotent.
+//!   Python botocore and prometheus_client); idempotent.
 //! - `build [--release]`: setup, then builds the daemon (build.rs embeds the eBPF object).
 //! - `run [-- ARGS]`: setup, release build, then runs `target/release/imds-snoop ARGS` as root.
 //! - `test`: setup, then fmt check, clippy, unit and end-to-end tests, `deploy-check` and

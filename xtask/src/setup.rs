@@ -54,7 +54,15 @@ pub const DEB_PACKAGES: &[DebPackage] = &[
 
 /// Python modules the tests import: (module, pip package, Debian package used when pip is
 /// unavailable or refuses, e.g. an externally managed Debian python).
-pub const PYTHON_MODULES: &[(&str, &str, &str)] = &[("botocore", "botocore", "python3-botocore")];
+pub const PYTHON_MODULES: &[(&str, &str, &str)] = &[
+    ("botocore", "botocore", "python3-botocore"),
+    // The real Prometheus text parser the metrics end-to-end test scrapes /metrics with.
+    (
+        "prometheus_client",
+        "prometheus-client",
+        "python3-prometheus-client",
+    ),
+];
 
 /// bpf-linker version built from crates.io (against nightly's own libLLVM).
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
