@@ -8,6 +8,7 @@ mod container;
 mod daemon;
 mod decode;
 mod http;
+mod outcome;
 mod output;
 mod process;
 mod readiness;

@@ -7,5 +7,6 @@
 mod capture;
 mod containers;
 mod harness;
+mod outcome;
 mod output;
 mod reliability;
