@@ -5,8 +5,8 @@
 //! the real clients' requests; the hop limit is a real IP TTL dying at a real router hop.
 
 use crate::harness::{
-    Daemon, FakeImds, FakeOpts, IMDS_V4, LINE_TIMEOUT, LogLine, Netns, Routed, curl, curl_status,
-    lines_of, require_root, serial, show,
+    Daemon, FakeImds, FakeOpts, IMDS_V4, IMDS_V6, LINE_TIMEOUT, LogLine, Netns, Routed, curl,
+    curl_status, lines_of, require_root, serial, show,
 };
 
 const TTL_HEADER: &str = "X-aws-ec2-metadata-token-ttl-seconds";
@@ -76,12 +76,21 @@ fn enforcement_mode_statuses_are_on_the_lines() {
     );
     assert_eq!(missing_code, "404");
 
-    let lines = daemon.expect_our_lines(4, "v1 GET, token PUT, v2 GET, missing path");
+    // IPv6 endpoint: the ingress program parses IPv6 headers too.
+    let (_, v6_code, v6_pid) = curl_status(
+        &ns,
+        5,
+        &[&format!("http://[{IMDS_V6}]/latest/meta-data/instance-id")],
+    );
+    assert_eq!(v6_code, "401");
+
+    let lines = daemon.expect_our_lines(5, "v1 GET, token PUT, v2 GET, missing path, v6 GET");
     assert_status(&daemon, &lines, v1_pid, 401, "v1 GET under enforcement");
     assert!(lines_of(&lines, v1_pid)[0].is_v1(), "{}", show(&lines));
     assert_status(&daemon, &lines, put.pid, 200, "token PUT");
     assert_status(&daemon, &lines, v2_pid, 200, "v2 GET");
     assert_status(&daemon, &lines, missing_pid, 404, "missing path");
+    assert_status(&daemon, &lines, v6_pid, 401, "v1 GET to [fd00:ec2::254]");
     // The status is what came back; nothing of the body (the token) may be in the log.
     daemon.finish(&[&fake], &[&token]);
 }
