@@ -1005,6 +1005,17 @@ pub fn show(lines: &[LogLine]) -> String {
         .join("\n")
 }
 
+/// `imds-snoop report --format json LOG`, parsed.
+pub fn report_json(log: &Path) -> serde_json::Value {
+    let out = Command::new(DAEMON)
+        .args(["report", "--format", "json"])
+        .arg(log)
+        .output()
+        .unwrap_or_else(|e| panic!("running imds-snoop report: {e}"));
+    assert!(out.status.success(), "report failed: {out:?}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("report JSON: {e}: {out:?}"))
+}
+
 /// A path under tests/e2e (client scripts).
 pub fn client_script(name: &str) -> PathBuf {
     Path::new(CLIENTS_DIR).join(name)

@@ -6,7 +6,7 @@
 
 use crate::harness::{
     Daemon, FakeImds, FakeOpts, IMDS_V4, IMDS_V6, LINE_TIMEOUT, LogLine, Netns, Routed, curl,
-    curl_status, lines_of, require_root, serial, show,
+    curl_status, lines_of, report_json, require_root, serial, show,
 };
 
 const TTL_HEADER: &str = "X-aws-ec2-metadata-token-ttl-seconds";
@@ -183,7 +183,7 @@ fn token_put_response_dropped_by_hop_limit_is_a_warning() {
         return;
     }
     let _serial = serial();
-    let daemon = Daemon::start(&["--response-timeout", "1500ms"]);
+    let mut daemon = Daemon::start(&["--response-timeout", "1500ms"]);
     let mut secrets = Vec::new();
     for ttl in [1u8, 2] {
         let net = Routed::new(&format!("hop{ttl}"));
@@ -259,6 +259,19 @@ fn token_put_response_dropped_by_hop_limit_is_a_warning() {
         .filter(LogLine::is_token_not_received)
         .count();
     assert_eq!(warnings, 1, "{}", daemon.dump());
+    daemon.stop();
+    // `report` reads the warning the daemon wrote: the PUT's curl is cut off by hop limit 1.
+    let report = report_json(daemon.log_path());
+    let curl = report["callers"]
+        .as_array()
+        .and_then(|c| {
+            c.iter()
+                .find(|c| c["process"] == "curl" && c["token_failures"] == 1)
+        })
+        .unwrap_or_else(|| panic!("no curl with a token failure in the report: {report}"));
+    assert_eq!(curl["token"], 1, "the TTL 2 PUT was answered: {report}");
+    let verdict = &report["verdicts"][0];
+    assert_eq!(verdict["hop_limit_1_safe"], false, "{report}");
     let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
-    daemon.finish(&[], &secrets);
+    daemon.assert_clean(&[], &secrets);
 }
