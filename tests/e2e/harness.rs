@@ -1005,6 +1005,37 @@ pub fn show(lines: &[LogLine]) -> String {
         .join("\n")
 }
 
+/// Environment that would point botocore elsewhere or switch IMDS off.
+const AWS_ENV: [&str; 5] = [
+    "AWS_EC2_METADATA_DISABLED",
+    "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+    "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE",
+    "AWS_EC2_METADATA_V1_DISABLED",
+    "AWS_CONFIG_FILE",
+];
+
+/// botocore fetching the instance role's credentials in `ns`, as its credential chain does
+/// (token PUT, then GETs; falls back to IMDSv1 when the PUT times out). `timeout`: seconds
+/// per request. Prints `<role> <access key id>`; panics unless it exits 0.
+pub fn botocore_credentials(ns: &Netns, timeout: u32) -> Finished {
+    // botocore's default endpoint is 169.254.169.254: inside the namespace, the fake. The
+    // fetcher is built with the session's user-agent (without one, urllib3's own is sent).
+    let script = format!(
+        "import botocore.session\n\
+         from botocore.utils import InstanceMetadataFetcher as F\n\
+         ua = botocore.session.get_session().user_agent()\n\
+         f = F(timeout={timeout}, num_attempts=1, user_agent=ua)\n\
+         c = f.retrieve_iam_role_credentials()\n\
+         print(c.get('role_name'), c.get('access_key'))\n"
+    );
+    let mut cmd = ns.command("python3");
+    cmd.args(["-c", &script]);
+    for var in AWS_ENV {
+        cmd.env_remove(var);
+    }
+    run_client(ns, &mut cmd)
+}
+
 /// `imds-snoop report --format json LOG`, parsed.
 pub fn report_json(log: &Path) -> serde_json::Value {
     let out = Command::new(DAEMON)

@@ -5,8 +5,8 @@
 //! the real clients' requests; the hop limit is a real IP TTL dying at a real router hop.
 
 use crate::harness::{
-    Daemon, FakeImds, FakeOpts, IMDS_V4, IMDS_V6, LINE_TIMEOUT, LogLine, Netns, Routed, curl,
-    curl_status, lines_of, report_json, require_root, serial, show,
+    Daemon, FakeImds, FakeOpts, IMDS_V4, IMDS_V6, LINE_TIMEOUT, LogLine, Netns, Routed,
+    botocore_credentials, curl, curl_status, lines_of, report_json, require_root, serial, show,
 };
 
 const TTL_HEADER: &str = "X-aws-ec2-metadata-token-ttl-seconds";
@@ -235,6 +235,37 @@ fn token_put_response_dropped_by_hop_limit_is_a_warning() {
                 net.router_time_exceeded() > 0,
                 "ttl 1: the reply must have died at the router (ICMP time exceeded)"
             );
+            // An SDK: botocore's PUT times out (1 s), it falls back to IMDSv1 and gets the
+            // credentials; the log shows why.
+            let boto = botocore_credentials(&net.pod, 1);
+            assert_eq!(
+                boto.stdout.trim(),
+                format!("test-role {}", fake.credential("AccessKeyId")),
+                "botocore must fall back to v1 and get the credentials"
+            );
+            let boto_lines: Vec<LogLine> = daemon
+                .wait_lines(
+                    |l| LogLine::parse(l).is_some_and(|l| l.pid == boto.pid),
+                    3,
+                    LINE_TIMEOUT,
+                )
+                .iter()
+                .filter_map(|l| LogLine::parse(l))
+                .collect();
+            let warned = boto_lines
+                .iter()
+                .filter(|l| l.is_token_not_received())
+                .count();
+            let v1_ok = boto_lines
+                .iter()
+                .filter(|l| l.is_v1() && l.status() == Some(200))
+                .count();
+            assert_eq!(
+                (warned, v1_ok, boto_lines.len()),
+                (1, 2, 3),
+                "botocore: the hop-limit warning, then two v1 GETs answered 200\n{}",
+                daemon.dump()
+            );
         } else {
             assert_eq!(code, "200", "ttl 2: the PUT's response must arrive");
             assert_eq!(
@@ -252,13 +283,13 @@ fn token_put_response_dropped_by_hop_limit_is_a_warning() {
         drop(fake);
         drop(net);
     }
-    // Each client's own line only: no other hop-limit warning from our clients.
+    // curl's and botocore's, and no other hop-limit warning from our clients.
     let warnings = daemon
         .our_lines()
         .into_iter()
         .filter(LogLine::is_token_not_received)
         .count();
-    assert_eq!(warnings, 1, "{}", daemon.dump());
+    assert_eq!(warnings, 2, "{}", daemon.dump());
     daemon.stop();
     // `report` reads the warning the daemon wrote: the PUT's curl is cut off by hop limit 1.
     let report = report_json(daemon.log_path());
@@ -269,6 +300,15 @@ fn token_put_response_dropped_by_hop_limit_is_a_warning() {
                 .find(|c| c["process"] == "curl" && c["token_failures"] == 1)
         })
         .unwrap_or_else(|| panic!("no curl with a token failure in the report: {report}"));
+    let python = report["callers"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["process"] == "python3"))
+        .unwrap_or_else(|| panic!("no python3 (botocore) caller in the report: {report}"));
+    assert_eq!(
+        (&python["token_failures"], &python["v1"]),
+        (&serde_json::json!(1), &serde_json::json!(2)),
+        "{report}"
+    );
     assert_eq!(curl["token"], 1, "the TTL 2 PUT was answered: {report}");
     let verdict = &report["verdicts"][0];
     assert_eq!(verdict["hop_limit_1_safe"], false, "{report}");
