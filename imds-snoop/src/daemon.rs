@@ -273,6 +273,13 @@ impl Pipeline {
         for record in self.outcomes.expire(now) {
             self.write(&record, writer);
         }
+        if self.outcomes.blind() {
+            warn!(
+                "the response program saw no reply to any IMDS call so far (cgroup v1 \
+                 net_cls/net_prio in use?): statuses and hop-limit warnings are unreliable; \
+                 consider --responses off"
+            );
+        }
     }
 
     fn finish(&mut self, writer: &LineSender) {

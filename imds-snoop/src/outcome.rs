@@ -43,7 +43,14 @@ pub struct Outcomes {
     pub overflowed: u64,
     /// Responses with no waiting request (its request was not traced or already timed out).
     pub unmatched: u64,
+    matched: u64,
+    expired: u64,
+    warned_blind: bool,
 }
+
+/// Unanswered requests, with not one answered since start, after which the response path
+/// is suspected blind (see [`Outcomes::blind`]).
+const BLIND_AFTER: u64 = 10;
 
 impl Outcomes {
     /// `timeout` None: responses are not traced; every record is written at once.
@@ -55,7 +62,22 @@ impl Outcomes {
             len: 0,
             overflowed: 0,
             unmatched: 0,
+            matched: 0,
+            expired: 0,
+            warned_blind: false,
         }
+    }
+
+    /// True once (then never again) when [`BLIND_AFTER`] requests went unanswered and not
+    /// one was answered: the program is attached but sees no replies (e.g. cgroup v1
+    /// net_cls/net_prio in use turns off the kernel's cgroup2 socket matching), so missing
+    /// statuses and hop-limit warnings mean nothing. The daemon warns about it.
+    pub fn blind(&mut self) -> bool {
+        if self.warned_blind || self.matched > 0 || self.expired < BLIND_AFTER {
+            return false;
+        }
+        self.warned_blind = true;
+        true
     }
 
     /// A complete request. Returns it when it is to be written now (nothing to wait for).
@@ -91,6 +113,7 @@ impl Outcomes {
             self.pending.remove(&key);
         }
         self.len -= 1;
+        self.matched += 1;
         let mut record = p.record;
         record.outcome = Outcome::Status(response.status);
         Some(record)
@@ -110,6 +133,7 @@ impl Outcomes {
             !queue.is_empty()
         });
         self.len -= out.len();
+        self.expired += out.len() as u64;
         out.sort_by_key(|r| r.time);
         out
     }
@@ -243,6 +267,30 @@ mod tests {
         assert_eq!(left.len(), 2);
         assert!(left.iter().all(|r| r.outcome == Outcome::Unknown));
         assert_eq!(o.waiting(), 0);
+    }
+
+    #[test]
+    fn all_unanswered_is_reported_once_as_blind() {
+        let mut o = Outcomes::new(Some(Duration::from_secs(1)), 100);
+        let now = Instant::now();
+        for port in 1..BLIND_AFTER as u16 {
+            o.request(key(port), record("/"), now);
+        }
+        o.expire(now + Duration::from_secs(1));
+        assert!(!o.blind(), "not yet");
+        o.request(key(99), record("/"), now);
+        o.expire(now + Duration::from_secs(1));
+        assert!(o.blind());
+        assert!(!o.blind(), "once");
+
+        let mut seen = Outcomes::new(Some(Duration::from_secs(1)), 100);
+        seen.request(key(1), record("/"), now);
+        seen.response(&response(1, 200));
+        for port in 2..40 {
+            seen.request(key(port), record("/"), now);
+        }
+        seen.expire(now + Duration::from_secs(1));
+        assert!(!seen.blind(), "one answer proves the path works");
     }
 
     #[test]
