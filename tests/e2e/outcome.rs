@@ -315,3 +315,39 @@ fn token_put_response_dropped_by_hop_limit_is_a_warning() {
     let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
     daemon.assert_clean(&[], &secrets);
 }
+
+/// `--responses off`: nothing waits, no status, and no token PUT becomes a warning.
+#[test]
+fn responses_off_logs_at_once_without_status() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new("outcome-off");
+    let fake = FakeImds::start(&ns, FakeOpts::default());
+    let daemon = Daemon::start(&["--responses", "off", "--response-timeout", "30s"]);
+    assert!(
+        !daemon.stderr().contains("cgroup_skb"),
+        "nothing is attached for responses\n{}",
+        daemon.dump()
+    );
+    let put = curl(
+        &ns,
+        &[
+            "-X",
+            "PUT",
+            "-H",
+            &format!("{TTL_HEADER}: 60"),
+            &url("/latest/api/token"),
+        ],
+    );
+    // Well before the 30 s timeout: the line did not wait for anything.
+    let lines = daemon.expect_our_lines(1, "a token PUT");
+    assert!(
+        lines[0].is_token_put() && lines[0].status().is_none(),
+        "{}",
+        show(&lines)
+    );
+    assert_eq!(lines[0].pid, put.pid);
+    daemon.finish(&[&fake], &[put.stdout.trim()]);
+}
