@@ -143,16 +143,19 @@ class Handler(BaseHTTPRequestHandler):
     sys_version = ""
     state = None  # set by main()
 
-    def setup(self):
-        super().setup()
-        if self.state.ttl is not None:
-            # The hop limit of every response, as IMDS's http_put_response_hop_limit.
-            if self.connection.family == socket.AF_INET6:
-                self.connection.setsockopt(
-                    socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, self.state.ttl
-                )
-            else:
-                self.connection.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, self.state.ttl)
+    def set_hop_limit(self):
+        """IMDS's http_put_response_hop_limit: the IP TTL (IPv6 hop limit) of the token PUT's
+        response. Set on the connection before the reply and left there, so TCP's
+        retransmissions of that reply carry it too (a retransmission with the default TTL
+        would get through and hide the failure)."""
+        if self.state.ttl is None:
+            return
+        if self.connection.family == socket.AF_INET6:
+            self.connection.setsockopt(
+                socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, self.state.ttl
+            )
+        else:
+            self.connection.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, self.state.ttl)
 
     def log_message(self, fmt, *args):
         sys.stderr.write(f"fake_imds: {self.client_address[0]} {fmt % args}\n")
@@ -189,6 +192,7 @@ class Handler(BaseHTTPRequestHandler):
         if not 1 <= ttl <= MAX_TTL:
             return self.reply(400, "Bad Request")
         token = self.state.issue_token(ttl)
+        self.set_hop_limit()
         self.reply(200, token, [(TTL_HEADER, str(ttl))])
 
     def do_GET(self):
@@ -233,7 +237,8 @@ def main():
     p.add_argument("--require-v2", action="store_true",
                    help="http_tokens=required: a GET without a token gets 401")
     p.add_argument("--ttl", type=int, metavar="N",
-                   help="IP TTL / IPv6 hop limit of responses (the PUT hop limit)")
+                   help="IP TTL / IPv6 hop limit of token PUT responses (IMDS's PUT response "
+                   "hop limit); applies to the rest of that connection too")
     p.add_argument("--ready-file", metavar="PATH",
                    help="written (with our pid) once every address is listening")
     p.add_argument("--tokens-file", metavar="PATH",

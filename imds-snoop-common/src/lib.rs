@@ -28,6 +28,8 @@ pub const EVENT_SEND: u32 = 1;
 pub const EVENT_EXEC: u32 = 2;
 /// `kind` tag of an [`ExitEvent`].
 pub const EVENT_EXIT: u32 = 3;
+/// `kind` tag of a [`ResponseEvent`].
+pub const EVENT_RESPONSE: u32 = 4;
 /// Bytes of a new program's argv (NUL-separated) recorded at exec. Power of two (masking).
 pub const MAX_ARGV: usize = 512;
 
@@ -110,6 +112,11 @@ pub struct Offsets {
     pub pid_level: u32,
     pub pid_numbers: u32,
     pub upid_size: u32,
+    // struct sock_common: the local end, to join a request to its response by 4-tuple.
+    /// `skc_num`: local port, host order.
+    pub sk_num: u32,
+    pub sk_rcv_saddr: u32,
+    pub sk_v6_rcv_saddr: u32,
 }
 
 /// The snippet's run-time settings.
@@ -156,7 +163,11 @@ pub struct SendEvent {
     pub ancestors_len: u32,
     /// The caller's tgid in its own pid namespace (equal to `tgid` on the host).
     pub ns_tgid: u32,
-    pub _pad: u32,
+    /// Local (source) port, host order.
+    pub sport: u16,
+    pub _pad: u16,
+    /// Local (source) address, in the same form and family as `daddr`.
+    pub saddr: [u32; 4],
     pub comm: [u8; COMM_LEN],
     pub ancestors: [Ancestor; MAX_ANCESTORS],
 }
@@ -191,6 +202,27 @@ pub struct ExitEvent {
     pub ts_ns: u64,
 }
 
+/// The status line of an HTTP response from a traced destination (`cgroup_skb` ingress).
+/// Only the status code leaves the kernel, never the body. The connection's 4-tuple, seen
+/// from the local socket's side, is what joins it to the request (`SendEvent::saddr`...).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResponseEvent {
+    pub kind: u32,
+    /// `200`, `401`, `404`...
+    pub status: u16,
+    pub family: u16,
+    /// `bpf_ktime_get_boot_ns`.
+    pub ts_ns: u64,
+    /// The local end (the caller's socket): the packet's destination.
+    pub laddr: [u32; 4],
+    /// The traced destination: the packet's source.
+    pub raddr: [u32; 4],
+    pub lport: u16,
+    pub rport: u16,
+    pub _pad: u32,
+}
+
 /// The kernel program's scratch record: the head plus room for a payload written at an
 /// offset that the verifier can only bound by `MAX_PAYLOAD` (so the room is doubled).
 #[repr(C)]
@@ -203,11 +235,12 @@ pub struct SendRecord {
 // Layout guards: a field added on one side only breaks the build here, not at run time.
 const _: () = assert!(core::mem::size_of::<Target>() == 20);
 const _: () = assert!(core::mem::size_of::<Ancestor>() == 20);
-const _: () = assert!(core::mem::size_of::<Offsets>() == 28 * 4);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 31 * 4);
+const _: () = assert!(core::mem::size_of::<ResponseEvent>() == 56);
 const _: () = assert!(core::mem::size_of::<ExecEvent>() == 48 + MAX_ARGV);
 const _: () = assert!(core::mem::size_of::<ExitEvent>() == 16);
 const _: () = assert!(MAX_ARGV.is_power_of_two());
-const _: () = assert!(core::mem::size_of::<SendEvent>() == 272);
+const _: () = assert!(core::mem::size_of::<SendEvent>() == 288);
 const _: () = assert!(core::mem::size_of::<SendEvent>().is_multiple_of(8));
 const _: () = assert!(MAX_PAYLOAD.is_power_of_two());
 

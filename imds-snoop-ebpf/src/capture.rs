@@ -74,6 +74,9 @@ fn try_capture(sk: *const u8, msg: *const u8, first_pass_only: bool) -> Result<(
     head.family = family;
     head.dport = dport;
     head.daddr = daddr;
+    // The local end, so userspace can join the response (cgroup_skb ingress) by 4-tuple.
+    head.sport = read::<u16>(sk, o.sk_num).unwrap_or(0);
+    head.saddr = local_addr(sk, &o, family);
     head.netns = read::<*const u8>(sk, o.sk_net)
         .and_then(|net| read::<u32>(net, o.net_inum))
         .unwrap_or(0);
@@ -148,6 +151,17 @@ fn match_target(sk: *const u8, o: &Offsets, dport: u16) -> Result<Option<(u16, [
         }
     }
     Ok(None)
+}
+
+/// The socket's local address in the form of [`match_target`]'s result: an IPv4-mapped
+/// IPv6 socket keeps its IPv4 source in `skc_rcv_saddr` too, so AF_INET reads that.
+#[inline(always)]
+fn local_addr(sk: *const u8, o: &Offsets, family: u16) -> [u32; 4] {
+    if family == AF_INET {
+        [read::<u32>(sk, o.sk_rcv_saddr).unwrap_or(0), 0, 0, 0]
+    } else {
+        read::<[u32; 4]>(sk, o.sk_v6_rcv_saddr).unwrap_or([0; 4])
+    }
 }
 
 /// Caller's comm and its ancestors (tgid + comm), read now because a short-lived caller and

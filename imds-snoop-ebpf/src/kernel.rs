@@ -35,6 +35,9 @@ static OFFSETS: Offsets = Offsets {
     pid_level: 0,
     pid_numbers: 0,
     upid_size: 0,
+    sk_num: 0,
+    sk_rcv_saddr: 0,
+    sk_v6_rcv_saddr: 0,
 };
 
 #[unsafe(no_mangle)]

@@ -14,6 +14,9 @@
 //! - `tp_btf/tcp_sendmsg_locked` (kernels with that tracepoint, 6.6+; it fires once per
 //!   copy-loop pass, so only the pass at iov offset 0 is reported).
 //!
+//! Responses: `cgroup_skb/ingress` on the root cgroup v2 reads the status line of replies
+//! from a traced destination (see `response.rs`).
+//!
 //! Rust eBPF has no CO-RE: struct offsets come from userspace (BTF of the running kernel)
 //! as the read-only global [`OFFSETS`].
 #![no_std]
@@ -22,10 +25,11 @@
 mod capture;
 mod kernel;
 mod process;
+mod response;
 
 use aya_ebpf::{
-    macros::{btf_tracepoint, fentry, kprobe},
-    programs::{BtfTracePointContext, FEntryContext, ProbeContext},
+    macros::{btf_tracepoint, cgroup_skb, fentry, kprobe},
+    programs::{BtfTracePointContext, FEntryContext, ProbeContext, SkBuffContext},
 };
 
 /// `int tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size)`
@@ -66,6 +70,14 @@ pub fn imds_exec(_ctx: BtfTracePointContext) -> u32 {
 pub fn imds_exit(_ctx: BtfTracePointContext) -> u32 {
     process::on_exit();
     0
+}
+
+/// Every packet received by a socket in the cgroup tree it is attached to (the root):
+/// the status line of IMDS responses. Returns 1: the packet is always allowed.
+#[cgroup_skb(ingress)]
+pub fn imds_response(ctx: SkBuffContext) -> i32 {
+    response::on_ingress(&ctx);
+    1
 }
 
 // Empty programs on the same attach points: the floor `cargo xtask bench` measures the

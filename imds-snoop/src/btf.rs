@@ -110,6 +110,9 @@ impl KernelBtf {
             pid_level: self.offset("pid", &[&["level"]])?,
             pid_numbers: self.offset("pid", &[&["numbers"]])?,
             upid_size: self.struct_size("upid")?,
+            sk_num: sk("skc_num")?,
+            sk_rcv_saddr: sk("skc_rcv_saddr")?,
+            sk_v6_rcv_saddr: sk("skc_v6_rcv_saddr")?,
         })
     }
 
@@ -292,6 +295,11 @@ mod tests {
             "{o:?}"
         );
         assert!(o.sk_v6_daddr >= 16, "{o:?}");
+        // skc_daddr/skc_rcv_saddr and skc_dport/skc_num are pairs of one union (addrpair,
+        // portpair): the local half sits right after the remote half.
+        assert_eq!(o.sk_rcv_saddr, o.sk_daddr + 4, "{o:?}");
+        assert_eq!(o.sk_num, o.sk_dport + 2, "{o:?}");
+        assert_eq!(o.sk_v6_rcv_saddr, o.sk_v6_daddr + 16, "{o:?}");
         assert_ne!(o.iter_count, o.iter_iov_offset, "{o:?}");
         assert_ne!(o.iter_iov, o.iter_count, "{o:?}");
         assert!(o.iter_type_size == 1 || o.iter_type_size == 4, "{o:?}");

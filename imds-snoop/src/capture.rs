@@ -7,12 +7,19 @@
 //! 3. `tp_btf/tcp_sendmsg_locked`: kernels with that tracepoint (6.6+), for when the first two
 //!    are refused (this project's CI kernel refuses fentry and has no kprobes).
 
-use std::{fmt, net::IpAddr, path::Path};
+use std::{
+    fmt,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, FEntry, KProbe, ProgramError},
+    programs::{
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, FEntry, KProbe,
+        ProgramError,
+    },
 };
 use imds_snoop_common::{
     AF_INET, AF_INET6, DROP_KINDS, MAX_PAYLOAD, MAX_TARGETS, Settings, Target, Targets,
@@ -83,6 +90,27 @@ pub enum CaptureError {
     PayloadBytes(u32),
     #[error("--ring-bytes must be a power of two of at least 4096, got {0}")]
     RingBytes(u32),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResponsesError {
+    #[error("neither {0} nor its unified/ is a cgroup v2 mount (--cgroup-root)")]
+    NotCgroup2(PathBuf),
+    #[error("opening {0}: {1}")]
+    Open(PathBuf, #[source] std::io::Error),
+    #[error("cgroup_skb/ingress refused: {}", one_line(.0))]
+    Program(#[from] ProgramError),
+}
+
+/// `statfs` type of cgroup2fs.
+fn is_cgroup2(path: &Path) -> bool {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: a valid NUL-terminated path and a zeroed out-struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && st.f_type as i64 == CGROUP2_SUPER_MAGIC
 }
 
 pub struct CaptureOptions<'a> {
@@ -173,6 +201,42 @@ impl Capture {
             kernel: kbtf.kernel().to_owned(),
             tried: tried.join("; "),
         })
+    }
+
+    /// Attaches the response program (`cgroup_skb/ingress`) to the cgroup v2 mounted at
+    /// `cgroup_root`, alongside any other programs there, so each call's status can be joined
+    /// to it. Detached when the capture is dropped.
+    ///
+    /// The mode is `Single` on purpose: on 5.7+ (every kernel we support) aya attaches with
+    /// a BPF link, which the kernel always attaches as `BPF_F_ALLOW_MULTI` (coexisting with
+    /// other programs, kubelet's or Cilium's) and which takes no attach flags: aya would pass
+    /// `AllowMultiple` as link flags and the kernel refuses them (EINVAL).
+    /// On a hybrid (v1 + v2) host `cgroup_root` itself is a tmpfs and the v2 hierarchy is
+    /// mounted at `<cgroup_root>/unified` (systemd's layout): that is used then.
+    /// Returns the cgroup v2 directory attached to.
+    pub fn attach_responses(&mut self, cgroup_root: &Path) -> Result<PathBuf, ResponsesError> {
+        let unified = cgroup_root.join("unified");
+        let cgroup_root = if is_cgroup2(cgroup_root) {
+            cgroup_root
+        } else if is_cgroup2(&unified) {
+            &unified
+        } else {
+            return Err(ResponsesError::NotCgroup2(cgroup_root.to_owned()));
+        };
+        let cgroup = std::fs::File::open(cgroup_root)
+            .map_err(|e| ResponsesError::Open(cgroup_root.to_owned(), e))?;
+        let p: &mut CgroupSkb = program(&mut self.ebpf, "imds_response")?;
+        p.load()?;
+        attach_or_unload(
+            p.attach(
+                &cgroup,
+                CgroupSkbAttachType::Ingress,
+                CgroupAttachMode::Single,
+            )
+            .map(drop),
+            || p.unload(),
+        )?;
+        Ok(cgroup_root.to_owned())
     }
 
     /// The ring buffer of send events; taken once, by the poll loop.

@@ -109,6 +109,17 @@ pub struct RunArgs {
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics_addr: Option<SocketAddr>,
 
+    /// Trace the status of each IMDS response (`-> 200`, `-> 401`) with a cgroup_skb
+    /// program on --cgroup-root. `auto`: if that fails, warn once and log without statuses.
+    #[arg(long, value_enum, default_value_t = Responses::Auto)]
+    pub responses: Responses,
+
+    /// How long a request waits for its response before it is logged without a status (an
+    /// IMDSv2 token PUT then as the hop-limit warning). SDKs give up after 1 s. E.g. 2s,
+    /// 500ms.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    pub response_timeout: std::time::Duration,
+
     /// Benchmark floor: attach empty programs on the same hooks, trace nothing.
     #[arg(long, hide = true)]
     pub empty_program: bool,
@@ -171,6 +182,27 @@ impl RunArgs {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Responses {
+    Auto,
+    Off,
+}
+
+/// `2s`, `500ms`, or plain seconds (`1.5`).
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (num, scale) = if let Some(ms) = s.strip_suffix("ms") {
+        (ms, 1e-3)
+    } else {
+        (s.strip_suffix('s').unwrap_or(s), 1.0)
+    };
+    num.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v > 0.0 && *v * scale <= 3600.0)
+        .map(|v| std::time::Duration::from_secs_f64(v * scale))
+        .ok_or_else(|| format!("{s:?} is not a duration such as 2s or 500ms (at most 1h)"))
+}
+
 fn parse_target(s: &str) -> Result<SocketAddr, String> {
     s.parse().map_err(|_| {
         format!("{s:?} is not ADDR:PORT (e.g. 169.254.170.23:80 or [fd00:ec2::23]:80)")
@@ -195,6 +227,19 @@ mod tests {
         let t = cli.run.targets();
         assert_eq!(t.len(), 4);
         assert_eq!(t[2], ("169.254.170.23".parse().unwrap(), 80));
+    }
+
+    #[test]
+    fn response_timeout_parses() {
+        use std::time::Duration;
+        let t = |s: &str| parse_duration(s);
+        assert_eq!(t("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(t("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(t("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(t("0s").is_err() && t("soon").is_err() && t("2h").is_err());
+        let cli = Cli::parse_from(["imds-snoop"]);
+        assert_eq!(cli.run.response_timeout, Duration::from_secs(2));
+        assert_eq!(cli.run.responses, Responses::Auto);
     }
 
     #[test]

@@ -18,13 +18,14 @@ use tracing::{info, warn};
 
 use crate::{
     capture::{Capture, CaptureOptions},
-    cli::RunArgs,
+    cli::{Responses, RunArgs},
     container::{self, Origin, Resolver},
     decode::{self, Event, Send},
     http::{Reassembler, Request},
     metrics::{self, Metrics},
+    outcome::Outcomes,
     output::{
-        self, Format, Losses, Record,
+        self, Format, Losses, Outcome, Record,
         writer::{self, LineSender, WriterConfig},
     },
     process::{ExecCache, ProcessView},
@@ -39,6 +40,8 @@ const MAX_REQUEST_BYTES: usize = 16 * 1024;
 const WRITER_QUEUE: usize = 65_536;
 /// Processes whose exec argv is remembered (about 600 bytes each at most).
 const EXEC_CACHE_ENTRIES: usize = 8192;
+/// Requests waiting for their response (each a few hundred bytes); more are logged at once.
+const MAX_WAITING_FOR_RESPONSE: usize = 8192;
 /// How long a departed process's argv is kept for requests still in reassembly.
 const EXEC_KEEP_AFTER_EXIT: Duration = Duration::from_secs(30);
 
@@ -78,6 +81,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ring_bytes: args.ring_bytes,
         btf_path: &args.btf,
     })?;
+    // The outcome of each call. Not fatal: without it lines are written at once, as before.
+    let responses = args.responses == Responses::Auto && !args.empty_program && {
+        match capture.attach_responses(&args.cgroup_root) {
+            Ok(cgroup) => {
+                info!(
+                    "response status: cgroup_skb/ingress on {}",
+                    cgroup.display()
+                );
+                true
+            }
+            Err(e) => {
+                warn!("{e}: logging calls without their response status");
+                false
+            }
+        }
+    };
     let ring = capture.take_events()?;
     metrics.set_attached(capture.attached, true);
     // SAFETY: the AsyncFd owns the RingBuf, so the fd stays open for as long as it is
@@ -89,8 +108,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .map(|&(ip, port)| std::net::SocketAddr::new(ip, port).to_string())
         .collect();
     info!(
-        "attached {}{}; tracing {}; writing {}",
+        "attached {}{}{}; tracing {}; writing {}",
         capture.attached,
+        if responses {
+            " and cgroup_skb/ingress (responses)"
+        } else {
+            ""
+        },
         if args.empty_program {
             " [empty benchmark program: traces nothing]"
         } else {
@@ -110,7 +134,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         warn!("could not tell systemd we are ready (NOTIFY_SOCKET): {e}");
     }
 
-    let mut pipeline = Pipeline::new(&args, metrics);
+    let mut pipeline = Pipeline::new(&args, responses, metrics);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut losses = Losses::default();
 
@@ -153,6 +177,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         dropped_backpressure = stats.dropped_backpressure.load(Ordering::Relaxed),
         lost_io = stats.lost_io.load(Ordering::Relaxed),
         decode_errors = pipeline.decode_errors,
+        responses_unmatched = pipeline.outcomes.unmatched,
+        logged_without_waiting = pipeline.outcomes.overflowed,
         "detached, log flushed"
     );
     Ok(())
@@ -193,6 +219,7 @@ struct Pipeline {
     reassembler: Reassembler<Send>,
     processes: ProcessView,
     containers: Resolver,
+    outcomes: Outcomes,
     clock: BootClock,
     decode_errors: u64,
     metrics: Metrics,
@@ -203,8 +230,12 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    fn new(args: &RunArgs, metrics: Metrics) -> Self {
+    fn new(args: &RunArgs, responses: bool, metrics: Metrics) -> Self {
         Self {
+            outcomes: Outcomes::new(
+                responses.then_some(args.response_timeout),
+                MAX_WAITING_FOR_RESPONSE,
+            ),
             format: args.format,
             node: args.node_name.clone().unwrap_or_else(hostname),
             reassembler: Reassembler::new(MAX_REQUEST_BYTES, REASSEMBLY_TTL),
@@ -228,6 +259,11 @@ impl Pipeline {
                 Ok(Event::Send(send)) => self.on_send(send, now, writer),
                 Ok(Event::Exec(exec)) => self.processes.execs.on_exec(exec, now),
                 Ok(Event::Exit { tgid }) => self.processes.execs.on_exit(tgid, now),
+                Ok(Event::Response(response)) => {
+                    if let Some(record) = self.outcomes.response(&response) {
+                        self.write(&record, writer);
+                    }
+                }
                 Err(e) => {
                     self.decode_errors += 1;
                     if self.decode_errors.is_power_of_two() {
@@ -260,6 +296,16 @@ impl Pipeline {
         for (ctx, request) in self.reassembler.expire(now) {
             self.emit(ctx, request, writer);
         }
+        for record in self.outcomes.expire(now) {
+            self.write(&record, writer);
+        }
+        if self.outcomes.blind() {
+            warn!(
+                "the response program saw no reply to any IMDS call so far (cgroup v1 \
+                 net_cls/net_prio in use?): statuses and hop-limit warnings are unreliable; \
+                 consider --responses off"
+            );
+        }
     }
 
     fn finish(&mut self, writer: &LineSender) {
@@ -267,6 +313,18 @@ impl Pipeline {
         for (ctx, request) in self.reassembler.drain() {
             self.emit(ctx, request, writer);
         }
+        // Waits that are over count as unanswered; the rest were cut short by the stop.
+        for record in self.outcomes.expire(Instant::now()) {
+            self.write(&record, writer);
+        }
+        for record in self.outcomes.drain() {
+            self.write(&record, writer);
+        }
+    }
+
+    fn write(&self, record: &Record, writer: &LineSender) {
+        writer.send(record.format(self.format, &self.node));
+        self.metrics.observe(record, self.read_at.elapsed());
     }
 
     fn emit(&mut self, send: Send, request: Request, writer: &LineSender) {
@@ -297,9 +355,15 @@ impl Pipeline {
             dst: send.dst,
             bytes: send.size,
             unreadable: send.unreadable,
+            outcome: Outcome::Unknown,
         };
-        writer.send(record.format(self.format, &self.node));
-        self.metrics.observe(&record, self.read_at.elapsed());
+        // Attributed now (the caller may exit), written once its response is in.
+        if let Some(record) = self
+            .outcomes
+            .request((send.src, send.dst), record, Instant::now())
+        {
+            self.write(&record, writer);
+        }
     }
 }
 

@@ -4,8 +4,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use imds_snoop_common::{
-    AF_INET6, COMM_LEN, EVENT_EXEC, EVENT_EXIT, EVENT_SEND, ExecEvent, ExitEvent, FLAG_READ_ERROR,
-    FLAG_TRUNCATED, FLAG_UNSUPPORTED_ITER, MAX_ANCESTORS, MAX_ARGV, SendEvent,
+    AF_INET6, COMM_LEN, EVENT_EXEC, EVENT_EXIT, EVENT_RESPONSE, EVENT_SEND, ExecEvent, ExitEvent,
+    FLAG_READ_ERROR, FLAG_TRUNCATED, FLAG_UNSUPPORTED_ITER, MAX_ANCESTORS, MAX_ARGV, ResponseEvent,
+    SendEvent,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -33,6 +34,8 @@ pub struct Send {
     pub gid: u32,
     pub netns: u32,
     pub dst: (IpAddr, u16),
+    /// The caller's end of the connection (with `dst`, the key its response is joined by).
+    pub src: (IpAddr, u16),
     pub comm: String,
     /// Parent first, up to pid 1 or [`MAX_ANCESTORS`] levels.
     pub ancestors: Vec<(u32, String)>,
@@ -53,11 +56,22 @@ pub struct Exec {
     pub argv: Vec<String>,
 }
 
+/// The status line of a response from a traced destination to a local socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    /// The local socket's end.
+    pub local: (IpAddr, u16),
+    /// The traced destination.
+    pub remote: (IpAddr, u16),
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     Send(Send),
     Exec(Exec),
     Exit { tgid: u32 },
+    Response(Response),
 }
 
 pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
@@ -85,6 +99,14 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
         EVENT_EXIT => {
             let ev: ExitEvent = head(record)?;
             Ok(Event::Exit { tgid: ev.tgid })
+        }
+        EVENT_RESPONSE => {
+            let ev: ResponseEvent = head(record)?;
+            Ok(Event::Response(Response {
+                status: ev.status,
+                local: (address(ev.family, &ev.laddr), ev.lport),
+                remote: (address(ev.family, &ev.raddr), ev.rport),
+            }))
         }
         other => Err(DecodeError::Kind(other)),
     }
@@ -130,6 +152,7 @@ fn decode_send(record: &[u8]) -> Result<Send, DecodeError> {
         gid: head.gid,
         netns: head.netns,
         dst: (address(head.family, &head.daddr), head.dport),
+        src: (address(head.family, &head.saddr), head.sport),
         comm: comm(&head.comm),
         ancestors,
         payload,
@@ -185,7 +208,9 @@ mod tests {
             payload_len,
             ancestors_len: 1,
             ns_tgid: 42,
+            sport: 40000,
             _pad: 0,
+            saddr: [u32::from_ne_bytes([10, 0, 0, 2]), 0, 0, 0],
             comm,
             ancestors,
         };
@@ -205,6 +230,7 @@ mod tests {
         assert_eq!(s.comm, "curl");
         assert_eq!(s.ancestors, vec![(7, "bash".to_string())]);
         assert_eq!(s.dst, ("169.254.169.254".parse().unwrap(), 80));
+        assert_eq!(s.src, ("10.0.0.2".parse().unwrap(), 40000));
         assert_eq!(s.payload, b"GET / HTTP/1.1\r\n");
         assert!(s.truncated && !s.unreadable);
     }
@@ -223,6 +249,45 @@ mod tests {
         let mut r = record(b"", 0);
         r[0] = 9;
         assert_eq!(decode(&r), Err(DecodeError::Kind(9)));
+    }
+
+    #[test]
+    fn decodes_a_response() {
+        let ev = ResponseEvent {
+            kind: EVENT_RESPONSE,
+            status: 401,
+            family: AF_INET6,
+            ts_ns: 5,
+            laddr: [
+                u32::from_ne_bytes([0xfd, 0, 0x0e, 0xc2]),
+                0,
+                0,
+                1u32.to_be(),
+            ],
+            raddr: [
+                u32::from_ne_bytes([0xfd, 0, 0x0e, 0xc2]),
+                0,
+                0,
+                0x254u32.to_be(),
+            ],
+            lport: 50000,
+            rport: 80,
+            _pad: 0,
+        };
+        // SAFETY: bytes of a repr(C) integer-only struct.
+        let bytes: [u8; std::mem::size_of::<ResponseEvent>()] = unsafe { std::mem::transmute(ev) };
+        assert_eq!(
+            decode(&bytes),
+            Ok(Event::Response(Response {
+                status: 401,
+                local: ("fd00:ec2::1".parse().unwrap(), 50000),
+                remote: ("fd00:ec2::254".parse().unwrap(), 80),
+            }))
+        );
+        assert_eq!(
+            decode(&bytes[..20]),
+            Err(DecodeError::Short(20, std::mem::size_of::<ResponseEvent>()))
+        );
     }
 
     #[test]

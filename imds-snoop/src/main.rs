@@ -9,6 +9,7 @@ mod daemon;
 mod decode;
 mod http;
 mod metrics;
+mod outcome;
 mod output;
 mod process;
 mod readiness;

@@ -45,7 +45,7 @@ use crate::{
     capture::AttachMode,
     container::Origin,
     http::Class,
-    output::{Losses, Record, escape_controls},
+    output::{Losses, Outcome, Record, escape_controls},
 };
 
 /// Distinct caller label sets kept before new ones are counted under [`OVERFLOW`] (one
@@ -81,6 +81,10 @@ pub enum MetricsError {
 pub struct RequestLabels {
     /// As in the JSON `class`: `v1`, `v2`, `v2_token`, `malformed`.
     pub class: &'static str,
+    /// The response's status (`200`, `401`, ...), `none` when none came within
+    /// --response-timeout (a lost token PUT response: the hop limit), empty when responses
+    /// are not traced. A handful of values: kept in the overflow set too.
+    pub status: String,
     /// Empty for a caller outside a pod (a host process, or a container without a pod).
     pub namespace: String,
     pub pod: String,
@@ -106,6 +110,11 @@ impl RequestLabels {
         };
         Self {
             class: class_label(record.request.class),
+            status: match record.outcome {
+                Outcome::Status(code) => code.to_string(),
+                Outcome::NoResponse => "none".into(),
+                Outcome::Unknown => String::new(),
+            },
             namespace,
             pod,
             container,
@@ -119,6 +128,7 @@ impl RequestLabels {
     pub fn overflow(&self) -> Self {
         Self {
             class: self.class,
+            status: self.status.clone(),
             namespace: OVERFLOW.into(),
             pod: OVERFLOW.into(),
             container: OVERFLOW.into(),
@@ -179,7 +189,8 @@ impl Metrics {
         registry.register(
             "requests",
             format!(
-                "IMDS requests seen, by class (v1, v2, v2_token, malformed) and caller. At most \
+                "IMDS requests seen, by class (v1, v2, v2_token, malformed), response status and \
+                 caller. At most \
                  {max_label_sets} label sets; requests of later callers are counted with \
                  namespace, pod, container and comm \"{OVERFLOW}\""
             ),
@@ -433,6 +444,7 @@ mod tests {
             dst: (IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)), 80),
             bytes: 0,
             unreadable: false,
+            outcome: Outcome::Status(200),
         }
     }
 
@@ -464,7 +476,7 @@ mod tests {
             sample(
                 &text,
                 &format!(
-                    "imds_snoop_requests_total{{class=\"{class}\",namespace=\"{ns}\",\
+                    "imds_snoop_requests_total{{class=\"{class}\",status=\"200\",namespace=\"{ns}\",\
                      pod=\"{pod}\",container=\"{container}\",comm=\"{comm}\"}}"
                 ),
             )
@@ -513,7 +525,7 @@ mod tests {
         assert_eq!(
             sample(
                 &text,
-                r#"imds_snoop_requests_total{class="malformed",namespace="",pod="",container="",comm="a\"b\\c\\x0ad"}"#
+                r#"imds_snoop_requests_total{class="malformed",status="200",namespace="",pod="",container="",comm="a\"b\\c\\x0ad"}"#
             ),
             Some(1.0),
             "{text}"

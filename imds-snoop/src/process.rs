@@ -238,6 +238,7 @@ mod tests {
             gid: 0,
             netns: 0,
             dst: ("169.254.169.254".parse().unwrap(), 80),
+            src: ("127.0.0.1".parse().unwrap(), 40000),
             comm: comm.into(),
             ancestors,
             payload: vec![],

@@ -8,8 +8,8 @@ use std::{collections::BTreeSet, fs::File, process::Command};
 
 use crate::harness::{
     Client, Daemon, FakeImds, FakeOpts, IMDS_V4, IMDS_V6, LogLine, Netns, OTHER_LINK_LOCAL,
-    OTHER_PRIVATE, OTHER_V6, client_script, curl, lines_of, pids, require_root, run_client, serial,
-    show,
+    OTHER_PRIVATE, OTHER_V6, botocore_credentials, client_script, curl, lines_of, pids,
+    require_root, run_client, serial, show,
 };
 
 const ATTACH_AUTO: [&str; 2] = ["--attach", "auto"];
@@ -232,13 +232,6 @@ fn curl_v2_in_a_shell_names_the_shell_as_parent() {
 }
 
 /// Variables that would point botocore elsewhere or switch IMDS off.
-const AWS_ENV: [&str; 5] = [
-    "AWS_EC2_METADATA_DISABLED",
-    "AWS_EC2_METADATA_SERVICE_ENDPOINT",
-    "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE",
-    "AWS_EC2_METADATA_V1_DISABLED",
-    "AWS_CONFIG_FILE",
-];
 
 #[test]
 fn botocore_credentials_are_v2_lines_without_secrets() {
@@ -250,21 +243,7 @@ fn botocore_credentials_are_v2_lines_without_secrets() {
     let fake = FakeImds::start(&ns, FakeOpts::default());
     let daemon = Daemon::start(&ATTACH_AUTO);
 
-    // botocore's default endpoint is 169.254.169.254: inside the namespace, the fake. The
-    // fetcher is built as botocore's credential chain builds it, with the session's
-    // user-agent (without one, urllib3's own is sent).
-    let script = "import botocore.session\n\
-                  from botocore.utils import InstanceMetadataFetcher as F\n\
-                  ua = botocore.session.get_session().user_agent()\n\
-                  f = F(timeout=2, num_attempts=1, user_agent=ua)\n\
-                  c = f.retrieve_iam_role_credentials()\n\
-                  print(c.get('role_name'), c.get('access_key'))\n";
-    let mut cmd = ns.command("python3");
-    cmd.args(["-c", script]);
-    for var in AWS_ENV {
-        cmd.env_remove(var);
-    }
-    let boto = run_client(&ns, &mut cmd);
+    let boto = botocore_credentials(&ns, 2);
     assert_eq!(
         boto.stdout.trim(),
         format!("test-role {}", fake.credential("AccessKeyId")),

@@ -194,6 +194,19 @@ pub struct Netns {
 
 impl Netns {
     pub fn new(tag: &str) -> Self {
+        let ns = Self::bare(tag);
+        for v4 in [IMDS_V4, OTHER_LINK_LOCAL, OTHER_PRIVATE] {
+            ns.ip(&["addr", "add", &format!("{v4}/32"), "dev", "lo"]);
+        }
+        // nodad: usable at once, not after duplicate address detection.
+        for v6 in [IMDS_V6, OTHER_V6] {
+            ns.ip(&["addr", "add", &format!("{v6}/128"), "dev", "lo", "nodad"]);
+        }
+        ns
+    }
+
+    /// A namespace with only its loopback up (no IMDS addresses): a "pod" or a "node".
+    pub fn bare(tag: &str) -> Self {
         reap_stale_namespaces();
         let name = format!("{NETNS_PREFIX}{}-{}-{tag}", process::id(), next_id());
         run_ok(Command::new("ip").args(["netns", "add", &name]));
@@ -203,13 +216,6 @@ impl Netns {
             name,
         };
         ns.ip(&["link", "set", "lo", "up"]);
-        for v4 in [IMDS_V4, OTHER_LINK_LOCAL, OTHER_PRIVATE] {
-            ns.ip(&["addr", "add", &format!("{v4}/32"), "dev", "lo"]);
-        }
-        // nodad: usable at once, not after duplicate address detection.
-        for v6 in [IMDS_V6, OTHER_V6] {
-            ns.ip(&["addr", "add", &format!("{v6}/128"), "dev", "lo", "nodad"]);
-        }
         ns
     }
 
@@ -225,6 +231,18 @@ impl Netns {
 
     fn ip(&self, args: &[&str]) {
         run_ok(Command::new("ip").args(["-n", &self.name]).args(args));
+    }
+
+    /// A veth pair between this namespace (`ADDR/24` on `dev`) and `peer` (`peer_addr/24`
+    /// on `peer_dev`). Created inside the namespaces: nothing appears in the host's.
+    fn link(&self, dev: &str, addr: &str, peer: &Netns, peer_dev: &str, peer_addr: &str) {
+        self.ip(&[
+            "link", "add", dev, "type", "veth", "peer", "name", peer_dev, "netns", &peer.name,
+        ]);
+        self.ip(&["addr", "add", &format!("{addr}/24"), "dev", dev]);
+        peer.ip(&["addr", "add", &format!("{peer_addr}/24"), "dev", peer_dev]);
+        self.ip(&["link", "set", dev, "up"]);
+        peer.ip(&["link", "set", peer_dev, "up"]);
     }
 
     /// `ip netns exec NAME program`: exec's in place, so the child's pid is the program's.
@@ -438,6 +456,75 @@ pub fn curl(ns: &Netns, args: &[&str]) -> Finished {
 
 fn create(path: &Path) -> fs::File {
     fs::File::create(path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()))
+}
+
+/// `curl -sS --max-time SECS -o /dev/null -w '%{http_code}' ARGS...` in `ns`, not failing on
+/// an HTTP error status: returns curl's exit status and the status code it received
+/// (`000` when none came).
+pub fn curl_status(ns: &Netns, max_time: u32, args: &[&str]) -> (Option<ExitStatus>, String, u32) {
+    let mut client = Client::spawn(
+        ns,
+        ns.command("curl")
+            .args(["-sS", "--max-time", &max_time.to_string()])
+            .args(["-o", "/dev/null", "-w", "%{http_code}"])
+            .args(args),
+    );
+    let status = wait_bounded(&mut client.child, CLIENT_TIMEOUT);
+    (status, read_or_empty(&client.stdout), client.child.id())
+}
+
+/// The hop-limit topology: a "pod" namespace routed through a "node" namespace (a router,
+/// ip_forward=1) to an "imds" namespace that holds 169.254.169.254, as a pod behind a veth
+/// reaches the real IMDS: its replies cross one router hop. All three are deleted on drop.
+pub struct Routed {
+    pub pod: Netns,
+    pub node: Netns,
+    pub imds: Netns,
+}
+
+impl Routed {
+    pub fn new(tag: &str) -> Self {
+        let pod = Netns::bare(&format!("{tag}-pod"));
+        let node = Netns::bare(&format!("{tag}-node"));
+        let imds = Netns::new(&format!("{tag}-imds"));
+        pod.link("eth0", "10.200.1.2", &node, "veth-pod", "10.200.1.1");
+        node.link("veth-imds", "10.200.2.1", &imds, "eth0", "10.200.2.2");
+        run_ok(
+            node.command("sysctl")
+                .args(["-qw", "net.ipv4.ip_forward=1"]),
+        );
+        pod.ip(&["route", "add", "default", "via", "10.200.1.1"]);
+        node.ip(&[
+            "route",
+            "add",
+            &format!("{IMDS_V4}/32"),
+            "via",
+            "10.200.2.2",
+        ]);
+        imds.ip(&["route", "add", "10.200.1.0/24", "via", "10.200.2.1"]);
+        Self { pod, node, imds }
+    }
+
+    /// ICMP "time exceeded" messages the router sent: packets that died there of their TTL.
+    pub fn router_time_exceeded(&self) -> u64 {
+        let out = self
+            .node
+            .command("cat")
+            .arg("/proc/net/snmp")
+            .output()
+            .expect("reading the router's /proc/net/snmp");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut icmp = text.lines().filter(|l| l.starts_with("Icmp: "));
+        let (Some(names), Some(values)) = (icmp.next(), icmp.next()) else {
+            panic!("no Icmp counters in the router's /proc/net/snmp: {text}");
+        };
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(n, _)| *n == "OutTimeExcds")
+            .and_then(|(_, v)| v.parse().ok())
+            .expect("OutTimeExcds counter")
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -880,6 +967,19 @@ impl LogLine {
         self.label == "imdsv2(token)" && self.level == "INFO"
     }
 
+    /// The response status the daemon joined to the request (` -> 200` after the details).
+    pub fn status(&self) -> Option<u16> {
+        let (_, rest) = self.details.rsplit_once(" -> ")?;
+        let code = rest.get(..3)?;
+        (rest.len() == 3 || rest[3..].starts_with(' '))
+            .then(|| code.parse().ok())
+            .flatten()
+    }
+
+    pub fn is_token_not_received(&self) -> bool {
+        self.label == "imdsv2 token response not received (hop limit?)" && self.level == "WARNING"
+    }
+
     /// `details` contains `needle`, compared case-insensitively (the daemon lowercases).
     pub fn has(&self, needle: &str) -> bool {
         self.details.to_lowercase().contains(&needle.to_lowercase())
@@ -903,6 +1003,48 @@ pub fn show(lines: &[LogLine]) -> String {
         .map(|l| l.raw.as_str())
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Environment that would point botocore elsewhere or switch IMDS off.
+const AWS_ENV: [&str; 5] = [
+    "AWS_EC2_METADATA_DISABLED",
+    "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+    "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE",
+    "AWS_EC2_METADATA_V1_DISABLED",
+    "AWS_CONFIG_FILE",
+];
+
+/// botocore fetching the instance role's credentials in `ns`, as its credential chain does
+/// (token PUT, then GETs; falls back to IMDSv1 when the PUT times out). `timeout`: seconds
+/// per request. Prints `<role> <access key id>`; panics unless it exits 0.
+pub fn botocore_credentials(ns: &Netns, timeout: u32) -> Finished {
+    // botocore's default endpoint is 169.254.169.254: inside the namespace, the fake. The
+    // fetcher is built with the session's user-agent (without one, urllib3's own is sent).
+    let script = format!(
+        "import botocore.session\n\
+         from botocore.utils import InstanceMetadataFetcher as F\n\
+         ua = botocore.session.get_session().user_agent()\n\
+         f = F(timeout={timeout}, num_attempts=1, user_agent=ua)\n\
+         c = f.retrieve_iam_role_credentials()\n\
+         print(c.get('role_name'), c.get('access_key'))\n"
+    );
+    let mut cmd = ns.command("python3");
+    cmd.args(["-c", &script]);
+    for var in AWS_ENV {
+        cmd.env_remove(var);
+    }
+    run_client(ns, &mut cmd)
+}
+
+/// `imds-snoop report --format json LOG`, parsed.
+pub fn report_json(log: &Path) -> serde_json::Value {
+    let out = Command::new(DAEMON)
+        .args(["report", "--format", "json"])
+        .arg(log)
+        .output()
+        .unwrap_or_else(|e| panic!("running imds-snoop report: {e}"));
+    assert!(out.status.success(), "report failed: {out:?}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("report JSON: {e}: {out:?}"))
 }
 
 /// A path under tests/e2e (client scripts).
@@ -929,6 +1071,9 @@ fn log_line_parser_reads_the_documented_format() {
     assert_eq!(line.chain, [69745, 11793, 1]);
     assert!(line.has("GET /latest/meta-data/ HTTP/1.1"));
     assert!(line.has("user-agent: curl/"));
+    assert_eq!(line.status(), None);
+    let answered = raw.replace("accept: */*, host", "accept: */*, -> 401 host");
+    assert_eq!(LogLine::parse(&answered).unwrap().status(), Some(401));
 
     let alone = "[2025-10-22 02:55:41,001] [INFO] imdsv2(token) (pid:7:python3 argv:python3 x.py) \
                  req details: put /latest/api/token http/1.1,";

@@ -8,5 +8,6 @@ mod capture;
 mod containers;
 mod harness;
 mod metrics;
+mod outcome;
 mod output;
 mod reliability;

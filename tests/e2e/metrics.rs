@@ -116,6 +116,8 @@ fn class_of(line: &LogLine) -> &'static str {
         "imdsv1(!)" => "v1",
         "imdsv2" => "v2",
         "imdsv2(token)" => "v2_token",
+        // A token PUT whose response never came: still a token request (status "none").
+        "imdsv2 token response not received (hop limit?)" => "v2_token",
         "malformed(!)" => "malformed",
         other => panic!("unknown label {other:?} in {}", line.raw),
     }

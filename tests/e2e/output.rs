@@ -4,8 +4,8 @@
 use std::{collections::BTreeMap, fs, path::Path, process::Command};
 
 use crate::harness::{
-    Daemon, FakeImds, FakeOpts, IMDS_V4, LINE_TIMEOUT, Netns, curl, require_root, run_client,
-    serial,
+    Daemon, FakeImds, FakeOpts, IMDS_V4, LINE_TIMEOUT, Netns, curl, report_json, require_root,
+    run_client, serial,
 };
 
 /// `n` keep-alive GETs of /latest/meta-data/seq/<i> from one python3 client in `ns`.
@@ -256,15 +256,7 @@ fn report_names_the_v1_callers_and_gives_a_verdict() {
     daemon.wait_lines(|l| l.contains("/ami-id"), 1, LINE_TIMEOUT);
     daemon.stop();
 
-    let report = |log: &Path| -> serde_json::Value {
-        let out = Command::new(env!("CARGO_BIN_EXE_imds-snoop"))
-            .args(["report", "--format", "json"])
-            .arg(log)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "report failed: {out:?}");
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("report JSON: {e}: {out:?}"))
-    };
+    let report = report_json;
     let all = report(daemon.log_path());
     let verdict = &all["verdicts"][0];
     assert_eq!(verdict["imdsv2_required_safe"], false, "{all}");

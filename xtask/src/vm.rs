@@ -1029,7 +1029,11 @@ fn host_run(daemon: &Path, guest: &Path, vm_dir: &Path, opts: &VmTestOptions) ->
         Err(e) => return fail(format!("network namespace: {e:#}")),
     };
     let mut run = cmd::command("ip");
-    run.args(["netns", "exec", &ns.0])
+    // `ip netns exec` remounts /sys in a private mount namespace, which hides the host's
+    // cgroup mounts: mount cgroup2 there again (private to that namespace) so the daemon can
+    // attach its response program (cgroup_skb) on the root cgroup, as on a node.
+    run.args(["netns", "exec", &ns.0, "sh", "-c"])
+        .arg("mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null; exec \"$0\" \"$@\"")
         .arg(guest)
         .arg("--daemon")
         .arg(daemon)

@@ -16,7 +16,12 @@ struct Line<'a> {
     timestamp: String,
     node: &'a str,
     level: &'static str,
-    class: Class,
+    /// `v1`, `v2`, `v2_token`, `malformed`, or `v2_token_no_response` (a token PUT whose
+    /// response never came: the hop-limit warning).
+    class: &'static str,
+    /// The response's status code; null when none was seen (no response within
+    /// `--response-timeout`, or responses not traced).
+    status: Option<u16>,
     method: Option<&'a str>,
     path: Option<&'a str>,
     http_version: Option<String>,
@@ -68,6 +73,16 @@ struct Flags {
     caller_exited: bool,
 }
 
+/// The serde name of a class (snake_case, as `Class` serializes).
+fn class_name(class: Class) -> &'static str {
+    match class {
+        Class::V1 => "v1",
+        Class::V2 => "v2",
+        Class::V2Token => "v2_token",
+        Class::Malformed => "malformed",
+    }
+}
+
 pub fn format(r: &Record, node: &str) -> String {
     let (container, pod, host_unit) = match &r.origin {
         Origin::Container(c) => (
@@ -92,7 +107,12 @@ pub fn format(r: &Record, node: &str) -> String {
         timestamp: r.time.to_rfc3339_opts(chrono::SecondsFormat::Millis, false),
         node,
         level: r.level(),
-        class: req.class,
+        class: if r.token_not_received() {
+            super::TOKEN_NO_RESPONSE_CLASS
+        } else {
+            class_name(req.class)
+        },
+        status: r.status(),
         method: req.method.as_deref(),
         path: req.path.as_deref(),
         http_version: req.version.map(|v| format!("1.{v}")),

@@ -32,14 +32,51 @@ pub struct Record {
     pub bytes: u64,
     /// The kernel could not read the send's payload (unsupported buffer type or a fault).
     pub unreadable: bool,
+    /// What came back (see `outcome.rs`).
+    pub outcome: Outcome,
 }
+
+/// What IMDS answered to a request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Outcome {
+    /// Responses are not traced (`--responses off`, or the attach failed), or the daemon
+    /// stopped before the wait was over.
+    #[default]
+    Unknown,
+    /// The status code of the response.
+    Status(u16),
+    /// No response within `--response-timeout`.
+    NoResponse,
+}
+
+/// The label of an IMDSv2 token PUT whose response never came (the hop limit of 1 drops
+/// the PUT response for pods behind a bridge or veth). `imds-snoop report` parses it.
+pub const TOKEN_NO_RESPONSE_LABEL: &str = "imdsv2 token response not received (hop limit?)";
+/// Its `class` in JSON lines.
+pub const TOKEN_NO_RESPONSE_CLASS: &str = "v2_token_no_response";
 
 impl Record {
     /// Level as the anchor tool prints it: v1 and anything odd are warnings.
     pub fn level(&self) -> &'static str {
+        if self.token_not_received() {
+            return "WARNING";
+        }
         match self.request.class {
             Class::V1 | Class::Malformed => "WARNING",
             Class::V2 | Class::V2Token => "INFO",
+        }
+    }
+
+    /// A token PUT that got no answer: the hop-limit warning.
+    pub fn token_not_received(&self) -> bool {
+        self.request.class == Class::V2Token && self.outcome == Outcome::NoResponse
+    }
+
+    /// The status code, when a response was seen.
+    pub fn status(&self) -> Option<u16> {
+        match self.outcome {
+            Outcome::Status(s) => Some(s),
+            _ => None,
         }
     }
 }
@@ -121,4 +158,61 @@ pub fn escape_controls(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+pub mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::http::Reassembler;
+
+    /// A record of `raw` (one complete request) from `python3` on the host.
+    pub fn sample_record(raw: &[u8]) -> Record {
+        let mut r = Reassembler::<()>::new(4096, Duration::from_secs(1));
+        let request = r.push(0, (), raw, false, Instant::now()).remove(0).1;
+        Record {
+            time: Local::now(),
+            request,
+            caller: Proc {
+                pid: 9,
+                comm: "python3".into(),
+                argv: Some("python3 app.py".into()),
+            },
+            ancestors: vec![Proc {
+                pid: 1,
+                comm: "systemd".into(),
+                argv: Some("/sbin/init".into()),
+            }],
+            uid: 0,
+            ns_pid: None,
+            origin: Origin::Host { unit: None },
+            cgroup_id: 1,
+            netns: 1,
+            dst: ("169.254.169.254".parse().unwrap(), 80),
+            bytes: raw.len() as u64,
+            unreadable: false,
+            outcome: Outcome::Unknown,
+        }
+    }
+
+    #[test]
+    fn status_follows_the_request_details() {
+        let mut r = sample_record(b"GET / HTTP/1.1\r\nAccept: */*\r\n\r\n");
+        r.outcome = Outcome::Status(404);
+        let line = r.format(Format::Text, "n");
+        assert!(
+            line.contains("req details: get / http/1.1, accept: */*, -> 404 host unit:- uid:0"),
+            "{line}"
+        );
+        r.outcome = Outcome::NoResponse;
+        let line = r.format(Format::Text, "n");
+        assert!(line.contains("accept: */*, host unit:-"), "{line}");
+        assert!(line.contains("[WARNING] imdsv1(!) (pid:9:"), "{line}");
+        let json: serde_json::Value = serde_json::from_str(&r.format(Format::Json, "n")).unwrap();
+        assert_eq!(
+            (json["class"].as_str(), json["status"].as_u64()),
+            (Some("v1"), None)
+        );
+    }
 }

@@ -5,7 +5,11 @@
 //! by -> (pid:11793:bash argv:/bin/bash) -> (pid:1:systemd argv:...) req details: get
 //! /latest/meta-data/ http/1.1, host: 169.254.169.254, user-agent: curl/8.14.1, accept: */*,`
 //!
-//! Our additions come after the anchor's fields, so a parser of the old format still works.
+//! Our additions come after the anchor's fields, so a parser of the old format still works:
+//! the response status (` -> 200`) right after the request details, then the origin
+//! (` container:... pod:...` or ` host unit:...`), ` uid:`, ` dst:` and flags.
+//! A token PUT without a response is labelled `imdsv2 token response not received (hop
+//! limit?)` at WARNING level instead of `imdsv2(token)`.
 
 use std::fmt::Write as _;
 
@@ -17,7 +21,11 @@ pub fn format(r: &Record) -> String {
         "[{}] [{}] {} {}",
         r.time.format("%Y-%m-%d %H:%M:%S,%3f"),
         r.level(),
-        r.request.class.label(),
+        if r.token_not_received() {
+            super::TOKEN_NO_RESPONSE_LABEL
+        } else {
+            r.request.class.label()
+        },
         proc(&r.caller)
     );
     if !r.ancestors.is_empty() {
@@ -29,6 +37,9 @@ pub fn format(r: &Record) -> String {
     }
     line.push_str(" req details: ");
     line.push_str(&escape_controls(&r.request.details()));
+    if let Some(status) = r.status() {
+        let _ = write!(line, " -> {status}");
+    }
     line.push(' ');
     line.push_str(&origin(&r.origin));
     if let Some(ns_pid) = r.ns_pid {

@@ -36,6 +36,9 @@ pub struct Counts {
     /// IMDSv1 calls made by a process shortly after its own token PUT: the SDK fell back,
     /// typically because the PUT's response was lost (hop limit) or refused.
     pub fallbacks: u64,
+    /// IMDSv1 calls answered 401: IMDSv2 is already required where they went, and this
+    /// caller is failing.
+    pub v1_refused: u64,
     pub first_seen: Option<NaiveDateTime>,
     pub last_seen: Option<NaiveDateTime>,
 }
@@ -78,6 +81,12 @@ impl Caller {
             notes.push(format!(
                 "SDK too old for IMDSv2 (needs >= {})",
                 s.min_version
+            ));
+        }
+        if self.counts.v1_refused > 0 {
+            notes.push(format!(
+                "{} v1 calls refused (401): failing where IMDSv2 is required",
+                self.counts.v1_refused
             ));
         }
         if self.counts.token_failures > 0 {
@@ -194,6 +203,7 @@ impl<'a> Aggregator<'a> {
                     origin,
                     comm,
                     user_agent,
+                    status,
                     ..
                 } = call;
                 let key = CallerKey {
@@ -205,6 +215,7 @@ impl<'a> Aggregator<'a> {
                 let counts = self.callers.entry(key).or_default();
                 counts.add(kind, time);
                 counts.fallbacks += u64::from(fallback);
+                counts.v1_refused += u64::from(kind == Kind::V1 && status == Some(401));
             }
         }
     }
@@ -313,6 +324,27 @@ mod tests {
         assert_eq!(
             r.callers[0].notes(),
             ["v1 right after its own token PUT: fallback (hop limit?)"]
+        );
+    }
+
+    #[test]
+    fn v1_calls_answered_401_are_counted() {
+        let line = |status: &str| {
+            format!(
+                "[2026-11-23 09:00:00,000] [WARNING] imdsv1(!) (pid:4:curl argv:curl) req \
+                 details: get / http/1.1, user-agent: curl/8.1, accept: */*,{status} host \
+                 unit:- uid:0 dst:169.254.169.254:80"
+            )
+        };
+        let lines = [line(" -> 401"), line(" -> 200"), line(""), line(" -> 401")];
+        let r = report(None, &lines.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(
+            (r.callers[0].counts.v1, r.callers[0].counts.v1_refused),
+            (4, 2)
+        );
+        assert_eq!(
+            r.callers[0].notes(),
+            ["2 v1 calls refused (401): failing where IMDSv2 is required"]
         );
     }
 

@@ -49,6 +49,8 @@ pub struct Call {
     pub user_agent: Option<String>,
     /// `169.254.169.254:80`, ...; None when the line does not say.
     pub destination: Option<String>,
+    /// The response's status code (` -> 401` in text, `status` in JSON), when the line has it.
+    pub status: Option<u16>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,8 +63,9 @@ pub enum Line {
     },
 }
 
-/// The label of the hop-limit warning line (issue 9).
-const TOKEN_FAILURE_LABEL: &str = "imdsv2 token response not received";
+/// The label and JSON class of the hop-limit warning line, as the daemon writes them.
+const TOKEN_FAILURE_LABEL: &str = crate::output::TOKEN_NO_RESPONSE_LABEL;
+const TOKEN_FAILURE_CLASS: &str = crate::output::TOKEN_NO_RESPONSE_CLASS;
 
 pub fn parse_line(line: &str) -> Option<Line> {
     let line = strip_cri_prefix(line.trim_end_matches(['\r', '\n']));
@@ -107,7 +110,7 @@ fn parse_text(line: &str) -> Option<Line> {
         "imdsv2" => Kind::V2,
         "imdsv2(token)" => Kind::V2Token,
         "malformed(!)" => Kind::Malformed,
-        l if l.starts_with(TOKEN_FAILURE_LABEL) => Kind::TokenFailure,
+        TOKEN_FAILURE_LABEL => Kind::TokenFailure,
         _ => return None,
     };
     let pid_comm = after_label
@@ -123,6 +126,7 @@ fn parse_text(line: &str) -> Option<Line> {
         .map(|i| &after_label[i + " req details: ".len()..])
         .unwrap_or(after_label);
     let (origin, destination, details) = text_origin(details);
+    let (details, status) = text_status(details);
     if kind != Kind::TokenFailure && comm.is_none() {
         return None;
     }
@@ -135,7 +139,20 @@ fn parse_text(line: &str) -> Option<Line> {
         comm: comm.unwrap_or_else(|| "?".into()),
         user_agent: text_user_agent(details),
         destination,
+        status,
     }))
+}
+
+/// `<request>, -> 401` (the status follows the request's trailing comma): the request and
+/// the status.
+fn text_status(request: &str) -> (&str, Option<u16>) {
+    if let Some((req, code)) = request.rsplit_once(" -> ")
+        && code.len() == 3
+        && code.bytes().all(|b| b.is_ascii_digit())
+    {
+        return (req, code.parse().ok());
+    }
+    (request, None)
 }
 
 /// `imds-snoop dropped 12 events (total: ...)`.
@@ -219,6 +236,7 @@ struct JsonLine {
     host_unit: Option<String>,
     destination: Option<String>,
     dropped: Option<u64>,
+    status: Option<u16>,
 }
 
 #[derive(Deserialize)]
@@ -255,7 +273,7 @@ fn parse_json(line: &str) -> Option<Line> {
                 events: j.dropped.unwrap_or(0),
             });
         }
-        c if is_token_failure_class(c) => Kind::TokenFailure,
+        TOKEN_FAILURE_CLASS => Kind::TokenFailure,
         _ => return None,
     };
     let time = j
@@ -297,16 +315,8 @@ fn parse_json(line: &str) -> Option<Line> {
         comm: j.caller.map(|c| c.comm).unwrap_or_else(|| "?".into()),
         user_agent,
         destination: j.destination,
+        status: j.status,
     }))
-}
-
-/// The class name of the hop-limit warning is not fixed yet (issue 9): accept the likely
-/// spellings (`v2_token_failure`, `token_not_received`, `v2_token_no_response`, ...).
-fn is_token_failure_class(class: &str) -> bool {
-    class.contains("token")
-        && ["fail", "not_received", "no_response", "timeout", "lost"]
-            .iter()
-            .any(|w| class.contains(w))
 }
 
 #[cfg(test)]
@@ -406,12 +416,40 @@ mod tests {
              dst:169.254.169.254:80",
         );
         assert_eq!(c.kind, Kind::TokenFailure);
+        assert_eq!(c.status, None);
         assert_eq!(
             c.origin,
             Origin::Container {
                 id: "0123456789ab".into()
             }
         );
+    }
+
+    /// What the daemon writes (the formatter itself, not a copy of its output), read back.
+    #[test]
+    fn daemon_lines_with_status_and_the_hop_limit_warning() {
+        use crate::output::{Format, Outcome};
+        for format in [Format::Text, Format::Json] {
+            let mut r = crate::output::tests::sample_record(
+                b"GET /latest/meta-data/ HTTP/1.1\r\nUser-Agent: curl/8.1\r\n\r\n",
+            );
+            r.outcome = Outcome::Status(401);
+            let c = call(&r.format(format, "n1"));
+            assert_eq!((c.kind, c.status), (Kind::V1, Some(401)), "{format:?}");
+            assert_eq!(c.user_agent.as_deref(), Some("curl/8.1"), "{format:?}");
+            assert_eq!(c.destination.as_deref(), Some("169.254.169.254:80"));
+
+            let mut put = crate::output::tests::sample_record(
+                b"PUT /latest/api/token HTTP/1.1\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\n\r\n",
+            );
+            put.outcome = Outcome::NoResponse;
+            let line = put.format(format, "n1");
+            let c = call(&line);
+            assert_eq!((c.kind, c.status), (Kind::TokenFailure, None), "{line}");
+            assert_eq!(c.comm, "python3", "{line}");
+            put.outcome = Outcome::Status(200);
+            assert_eq!(call(&put.format(format, "n1")).kind, Kind::V2Token);
+        }
     }
 
     #[test]
@@ -435,7 +473,7 @@ mod tests {
             })
         );
         assert!(matches!(
-            parse_line(r#"{"schema":1,"node":"n","class":"v2_token_failure"}"#),
+            parse_line(r#"{"schema":1,"node":"n","class":"v2_token_no_response","status":null}"#),
             Some(Line::Call(Call {
                 kind: Kind::TokenFailure,
                 ..

@@ -224,6 +224,8 @@ struct JsonCaller<'a> {
     token_failures: u64,
     malformed: u64,
     fallbacks: u64,
+    /// v1 calls answered 401 (IMDSv2 already required there).
+    v1_refused: u64,
     /// Node-local wall-clock time, milliseconds, no offset (text lines carry none).
     first_seen: Option<String>,
     last_seen: Option<String>,
@@ -255,6 +257,7 @@ pub fn json(out: &mut impl Write, report: &Report, table: &SdkTable) -> io::Resu
                 token_failures: c.counts.token_failures,
                 malformed: c.counts.malformed,
                 fallbacks: c.counts.fallbacks,
+                v1_refused: c.counts.v1_refused,
                 first_seen: c.counts.first_seen.map(|t| millis(Some(t))),
                 last_seen: c.counts.last_seen.map(|t| millis(Some(t))),
                 notes: c.notes(),

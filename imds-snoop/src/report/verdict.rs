@@ -52,6 +52,11 @@ impl Verdict {
                     namespace, name, ..
                 } => Some(format!("{namespace}/{name}")),
                 Origin::Container { id } => Some(format!("container {id}")),
+                // A token response seen lost (the hop-limit warning) cuts off whoever it is,
+                // e.g. a host process in its own network namespace behind a bridge.
+                Origin::Host { .. } | Origin::Unknown if c.counts.token_failures > 0 => {
+                    Some(c.describe())
+                }
                 Origin::Host { .. } | Origin::Unknown => None,
             })
             .collect();
@@ -173,6 +178,18 @@ mod tests {
         );
         assert_eq!(v.stats.other_destinations, 1);
         assert_eq!(r.callers[0].sdk.as_ref().unwrap().label(), "aws-cli 2.13.0");
+    }
+
+    #[test]
+    fn a_lost_token_response_is_never_safe_with_hop_limit_1() {
+        let warning = "[2026-11-23 11:14:49,782] [WARNING] imdsv2 token response not \
+            received (hop limit?) (pid:5:curl argv:curl) req details: put /latest/api/token \
+            http/1.1, user-agent: curl/7.88.1, host unit:- uid:0 dst:169.254.169.254:80";
+        let r = report(None, &[warning, V2_HOST]);
+        let v = Verdict::for_node(&r, DEFAULT_NODE);
+        assert!(!v.hop_limit_1_safe, "{}", v.line());
+        assert_eq!(v.hop_limit_1_cut_off, ["curl on host"]);
+        assert_eq!(r.callers[0].counts.token_failures, 1);
     }
 
     #[test]

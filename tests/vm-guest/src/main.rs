@@ -475,12 +475,18 @@ struct Want {
     level: &'static str,
     path: String,
     dst: &'static str,
+    /// The response status the line must show (` -> 200`): joined by the cgroup_skb
+    /// ingress program, so every kernel of the matrix exercises it.
+    status: u16,
 }
 
 /// The clients, in the order they run, and what each must produce.
-const CLIENTS: [&str; 8] = [
-    "v1", "v2", "writev", "split", "v6", "mapped", "other", "burst",
+const CLIENTS: [&str; 9] = [
+    "v1", "v2", "writev", "split", "v6", "mapped", "other", "burst", "missing",
 ];
+
+/// The path the fake IMDS answers 404.
+const MISSING: &str = "/latest/meta-data/vm-guest/missing";
 
 fn wants_for(kind: &'static str, pid: u32) -> Vec<Want> {
     let w = |label: &'static str, path: &str, dst: &'static str| Want {
@@ -494,6 +500,7 @@ fn wants_for(kind: &'static str, pid: u32) -> Vec<Want> {
         },
         path: path.to_owned(),
         dst,
+        status: if path == MISSING { 404 } else { 200 },
     };
     match kind {
         "v1" => vec![w("imdsv1(!)", "/latest/meta-data/vm-guest/v1", V4_DST)],
@@ -508,6 +515,7 @@ fn wants_for(kind: &'static str, pid: u32) -> Vec<Want> {
         // reported as IPv4.
         "mapped" => vec![w("imdsv1(!)", "/latest/meta-data/vm-guest/mapped", V4_DST)],
         "other" => vec![],
+        "missing" => vec![w("imdsv1(!)", MISSING, V4_DST)],
         "burst" => (0..BURST)
             .map(|i| {
                 w(
@@ -774,6 +782,10 @@ fn check_lines(
         if !l.raw.contains(&format!(" dst:{}", w.dst)) {
             bad.push(format!("dst is not {}", w.dst));
         }
+        // The status follows the request details: `..., accept: */*, -> 200 host unit:...`.
+        if !l.raw.contains(&format!(", -> {} ", w.status)) {
+            bad.push(format!("status is not ` -> {}`", w.status));
+        }
         if !bad.is_empty() {
             failures.push(format!(
                 "client {} line wrong ({}): {}",
@@ -852,6 +864,8 @@ fn serve(mut conn: TcpStream) -> io::Result<()> {
         } else {
             ("400 Bad Request", String::new())
         }
+    } else if method == "get" && path == MISSING {
+        ("404 Not Found", String::new())
     } else if method == "get" {
         ("200 OK", format!("fake imds {path}\n"))
     } else {
@@ -956,6 +970,11 @@ fn client(kind: &str) -> Result<(), String> {
             }
             Ok(())
         }
+        "missing" => match get(v4, MISSING, None, Send::Whole) {
+            Err(e) if e.contains(" 404 ") => Ok(()),
+            Err(e) => Err(e),
+            Ok(body) => Err(format!("{MISSING} answered 200: {body:?}")),
+        },
         other => Err(format!("unknown client {other:?}")),
     }
 }

@@ -1,0 +1,130 @@
+//! The status line of IMDS responses, for the outcome of each call (`-> 200`, `-> 401`).
+//!
+//! Why `cgroup_skb` ingress on the root cgroup v2: it exists on every kernel in the matrix
+//! (4.10+) and loads where fentry/fexit and kprobes are refused; it runs once per received
+//! packet of every socket in the cgroup tree (so every container, every network namespace),
+//! after the network stack has accepted the packet for a local socket. A reply that dies on
+//! the way (the hop limit) never reaches it, which is exactly what the hop-limit warning needs.
+//!
+//! The program reads the IP and TCP headers, and only for a packet from a traced destination
+//! (source address and port in `TARGETS`) with a payload that starts `HTTP/1.`, parses the
+//! three-digit status here, in the kernel: only the status code leaves it, never a byte of
+//! the body (tokens and credentials are in bodies). It always lets the packet through.
+
+use aya_ebpf::{helpers::bpf_ktime_get_boot_ns, programs::SkBuffContext};
+use imds_snoop_common::{
+    AF_INET, AF_INET6, DROP_RINGBUF_FULL, EVENT_RESPONSE, MAX_TARGETS, ResponseEvent,
+};
+
+use crate::{
+    capture::{EVENTS, count_drop},
+    kernel::targets,
+};
+
+const IPPROTO_TCP: u8 = 6;
+
+#[inline(always)]
+pub fn on_ingress(ctx: &SkBuffContext) {
+    let _ = try_ingress(ctx);
+}
+
+#[inline(always)]
+fn try_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
+    // `bpf_skb_load_bytes` (what `load` calls) copes with non-linear skbs; offsets are from
+    // the network header, where cgroup_skb programs start.
+    let first: u8 = ctx.load(0)?;
+    let (family, l4, src, dst) = match first >> 4 {
+        4 => {
+            if ctx.load::<u8>(9)? != IPPROTO_TCP {
+                return Ok(());
+            }
+            let ihl = (first & 0x0f) as usize * 4;
+            // Addresses in network order, as native u32 words: the form of `Target::addr`.
+            let src: u32 = ctx.load(12)?;
+            let dst: u32 = ctx.load(16)?;
+            (AF_INET, ihl, [src, 0, 0, 0], [dst, 0, 0, 0])
+        }
+        6 => {
+            // IMDS replies carry no extension headers.
+            if ctx.load::<u8>(6)? != IPPROTO_TCP {
+                return Ok(());
+            }
+            let src: [u32; 4] = ctx.load(8)?;
+            let dst: [u32; 4] = ctx.load(24)?;
+            (AF_INET6, 40usize, src, dst)
+        }
+        _ => return Ok(()),
+    };
+    let ports: [u16; 2] = ctx.load(l4)?;
+    let (sport, dport) = (u16::from_be(ports[0]), u16::from_be(ports[1]));
+    if !is_target(family, sport, &src) {
+        return Ok(());
+    }
+    let doff = (ctx.load::<u8>(l4 + 12)? >> 4) as usize * 4;
+    let payload = l4 + doff;
+    // A bare ACK or FIN has no payload.
+    if (ctx.len() as usize) < payload + 12 {
+        return Ok(());
+    }
+    // "HTTP/1.1 200": exactly the 12 bytes needed. Only a segment that starts a response
+    // begins like this; continuation segments of a body do not.
+    let head: [u8; 12] = ctx.load(payload)?;
+    if head[0] != b'H'
+        || head[1] != b'T'
+        || head[2] != b'T'
+        || head[3] != b'P'
+        || head[4] != b'/'
+        || head[5] != b'1'
+        || head[6] != b'.'
+        || head[8] != b' '
+    {
+        return Ok(());
+    }
+    let mut status = 0u16;
+    for &d in &head[9..12] {
+        if !d.is_ascii_digit() {
+            return Ok(());
+        }
+        status = status * 10 + (d - b'0') as u16;
+    }
+    let ev = ResponseEvent {
+        kind: EVENT_RESPONSE,
+        status,
+        family,
+        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+        laddr: dst,
+        raddr: src,
+        lport: dport,
+        rport: sport,
+        _pad: 0,
+    };
+    if EVENTS.output::<ResponseEvent>(&ev, 0).is_err() {
+        count_drop(DROP_RINGBUF_FULL);
+    }
+    Ok(())
+}
+
+/// Is (family, port, addr) one of the traced destinations?
+#[inline(always)]
+fn is_target(family: u16, port: u16, addr: &[u32; 4]) -> bool {
+    let t = targets();
+    // SAFETY: plain reads of our own static (volatile: its real value is patched in at load).
+    let count = unsafe { core::ptr::read_volatile(&t.count) } as usize;
+    for i in 0..MAX_TARGETS {
+        if i >= count {
+            break;
+        }
+        // SAFETY: as above.
+        let tgt = unsafe { core::ptr::read_volatile(&t.targets[i]) };
+        if tgt.family == family
+            && tgt.port == port
+            && tgt.addr[0] == addr[0]
+            && tgt.addr[1] == addr[1]
+            && tgt.addr[2] == addr[2]
+            && tgt.addr[3] == addr[3]
+        {
+            return true;
+        }
+    }
+    false
+}
