@@ -185,16 +185,27 @@ fn classify(method: Option<&str>, path: Option<&str>, headers: &[(String, String
     }
 }
 
-/// A header as we keep it: the token's value never leaves this function. Other values are
-/// kept, except runs that look like a token: if a send of a head was lost, its neighbours
-/// can join into a header whose name is no longer the token header's.
+/// A header as we keep it: the token's value never leaves this function. If a send of a
+/// head was lost (ring buffer full), its neighbours join: the token header can then end
+/// another header's name (`Accept-EnX-aws-ec2-metadata-token`) or sit inside another
+/// header's value (`Host: abX-aws-ec2-metadata-token: ...`). Both are redacted by name, and
+/// any other value keeps only runs that do not look like a token (the shape test alone
+/// misses a token cut before its first digit: found by the http_reassembly fuzz target).
 fn header_pair(name: &str, value: &[u8]) -> (String, String) {
-    let value = if is_token_header(name) {
+    let value = if ends_with_token_header(name) {
         TOKEN_REDACTED.to_string()
     } else {
-        String::from_utf8_lossy(&redact_token_like(value)).into_owned()
+        let by_name = redact_raw(value, false);
+        String::from_utf8_lossy(&redact_token_like(&by_name)).into_owned()
     };
     (name.to_string(), value)
+}
+
+/// The token header's name, alone or at the end of a longer name (compared as bytes: a
+/// name may hold multi-byte characters where a str slice would not be on a boundary).
+fn ends_with_token_header(name: &str) -> bool {
+    let (name, token) = (name.as_bytes(), TOKEN_HEADER.as_bytes());
+    name.len() >= token.len() && name[name.len() - token.len()..].eq_ignore_ascii_case(token)
 }
 
 fn malformed(data: &[u8], error: String, truncated: bool, redact_first_line: bool) -> Request {
@@ -1536,6 +1547,35 @@ mod tests {
             }
             assert_no_token(q);
         }
+    }
+
+    /// Found by the http_reassembly fuzz target: a lost send joined the start of
+    /// `Accept-Encoding` onto the token header, and the send was cut inside the token before
+    /// its first digit, so the token-shape test alone let 17 characters of it through.
+    #[test]
+    fn token_header_joined_to_another_header_is_redacted() {
+        let cut = "PUT /latest/api/token HTTP/1.1\r\nHost: x\r\n\
+                   Accept-EnX-aws-ec2-metadata-token: AQAEAInjectedFuzz";
+        let out = reassembler().push(1, 0, cut.as_bytes(), true, Instant::now());
+        let [(_, req)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert!(
+            !req.details().contains("aqaeainjectedfuzz"),
+            "{}",
+            req.details()
+        );
+        assert!(!format!("{req:?}").contains("AQAEAInjectedFuzz"), "{req:?}");
+
+        // The same join inside another header's value.
+        let joined =
+            "GET / HTTP/1.1\r\nHost: abX-aws-ec2-metadata-token: AQAEAInjectedFuzz\r\n\r\n";
+        let req = one(joined.as_bytes());
+        assert_eq!(
+            req.header("host"),
+            Some("abX-aws-ec2-metadata-token: **token redacted**")
+        );
+        assert!(!format!("{req:?}").contains("AQAEAInjectedFuzz"), "{req:?}");
     }
 
     #[test]

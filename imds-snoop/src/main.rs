@@ -1,21 +1,8 @@
-//! imds-snoop: argument parsing and wiring only; the data path lives in the modules, in order:
-//! capture -> decode -> http -> process -> output.
-
-mod btf;
-mod capture;
-mod cli;
-mod container;
-mod daemon;
-mod decode;
-mod http;
-mod metrics;
-mod outcome;
-mod output;
-mod process;
-mod readiness;
-mod report;
+//! imds-snoop: argument parsing and wiring only; the data path lives in the library's
+//! modules (lib.rs), in order: capture -> decode -> http -> process -> output.
 
 use clap::Parser;
+use imds_snoop::{cli, daemon, readiness, report};
 
 fn main() -> std::process::ExitCode {
     use std::io::IsTerminal as _;

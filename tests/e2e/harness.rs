@@ -841,9 +841,57 @@ impl Daemon {
             .collect()
     }
 
+    /// Events the daemon reported lost so far: the sum of its `imds-snoop dropped N events`
+    /// lines (each says what was lost since the one before).
+    pub fn dropped_events(&self) -> u64 {
+        self.lines()
+            .iter()
+            .filter_map(|l| l.split_once("] imds-snoop dropped ")?.1.split(' ').next())
+            .map(|n| {
+                n.parse::<u64>()
+                    .unwrap_or_else(|e| panic!("dropped count {n:?}: {e}"))
+            })
+            .sum()
+    }
+
+    /// [`Daemon::dropped_events`] once it has not changed for `quiet` (losses are reported
+    /// on a 1 s tick, so `quiet` should span two); panics after 20 s without such a pause.
+    pub fn dropped_events_when_settled(&self, quiet: Duration) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (mut last, mut since) = (self.dropped_events(), Instant::now());
+        loop {
+            thread::sleep(POLL);
+            let now = self.dropped_events();
+            if now != last {
+                (last, since) = (now, Instant::now());
+            } else if since.elapsed() >= quiet {
+                return now;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "losses kept being reported for 20 s\n{}",
+                self.dump()
+            );
+        }
+    }
+
     /// Panics if any secret any of `fakes` handed out (or an `extra` one) appears in
     /// anything the daemon wrote, or if the daemon reported dropped events.
     pub fn assert_clean(&self, fakes: &[&FakeImds], extra: &[&str]) {
+        self.assert_no_secret(fakes, extra);
+        assert!(
+            // Losses reported in the log are failures, except lines a test lost on purpose
+            // to a full disk (the kernel and the writer queue must never drop here).
+            !self.lines().iter().any(|l| l.contains("imds-snoop dropped")
+                && !l.contains("ring buffer full 0, no scratch 0, writer queue full 0,")),
+            "the daemon dropped events\n{}",
+            self.dump()
+        );
+    }
+
+    /// Panics if any secret any of `fakes` handed out (or an `extra` one) appears in
+    /// anything the daemon wrote.
+    pub fn assert_no_secret(&self, fakes: &[&FakeImds], extra: &[&str]) {
         let mut secrets: Vec<Secret> = fakes.iter().flat_map(|f| f.secrets()).collect();
         secrets.extend(extra.iter().map(|v| Secret {
             kind: "extra".into(),
@@ -861,20 +909,20 @@ impl Daemon {
                 }
             }
         }
-        assert!(
-            // Losses reported in the log are failures, except lines a test lost on purpose
-            // to a full disk (the kernel and the writer queue must never drop here).
-            !self.lines().iter().any(|l| l.contains("imds-snoop dropped")
-                && !l.contains("ring buffer full 0, no scratch 0, writer queue full 0,")),
-            "the daemon dropped events\n{}",
-            self.dump()
-        );
     }
 
     /// The test's standard ending: stop cleanly, then check no secret was written.
     pub fn finish(mut self, fakes: &[&FakeImds], extra: &[&str]) {
         self.stop();
         self.assert_clean(fakes, extra);
+        self.keep_log();
+    }
+
+    /// The ending of a test that makes the daemon drop events on purpose: stop cleanly,
+    /// check no secret was written (the test itself checks the losses).
+    pub fn finish_with_drops(mut self, fakes: &[&FakeImds], extra: &[&str]) {
+        self.stop();
+        self.assert_no_secret(fakes, extra);
         self.keep_log();
     }
 

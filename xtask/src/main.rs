@@ -6,6 +6,8 @@
 //! - `run [-- ARGS]`: setup, release build, then runs `target/release/imds-snoop ARGS` as root.
 //! - `test`: setup, then fmt check, clippy, unit and end-to-end tests, `deploy-check` and
 //!   the kernel matrix (`vm-test`); fails fast.
+//! - `fuzz [--seconds N] [TARGET...]`: short `cargo fuzz` runs of fuzz/'s targets (installs
+//!   cargo-fuzz if missing); a step of `bench`, not of `test`.
 //! - `vm-test`: the end-to-end suite on Debian's 5.10, 6.1 and 6.12 kernels under QEMU and
 //!   on the host kernel.
 
@@ -13,6 +15,7 @@ mod bench;
 mod cmd;
 mod deploy;
 mod dist;
+mod fuzz;
 mod setup;
 mod vm;
 
@@ -76,7 +79,13 @@ enum Task {
         /// Use the existing target/release/imds-snoop.
         #[arg(long)]
         no_build: bool,
+        /// Leave out the closing `cargo xtask fuzz` step.
+        #[arg(long)]
+        skip_fuzz: bool,
     },
+    /// Short `cargo fuzz` runs of the targets in fuzz/ (request reassembler, event decoder,
+    /// report line parser); installs cargo-fuzz when missing. A step of `bench`.
+    Fuzz(fuzz::FuzzArgs),
     /// Release tarballs in target/dist/: imds-snoop-<version>-<arch>-linux-musl.tar.gz for
     /// x86_64 and aarch64 (static musl binaries, kernel program embedded), and SHA256SUMS.
     Dist(dist::DistArgs),
@@ -150,15 +159,26 @@ fn dispatch(task: Task) -> Result<ExitCode> {
             rate,
             attach,
             no_build,
-        } => bench::bench(bench::BenchOptions {
-            quick,
-            rounds,
-            seconds,
-            rate,
-            attach,
-            no_build,
-        })
-        .map(|()| ExitCode::SUCCESS),
+            skip_fuzz,
+        } => {
+            bench::bench(bench::BenchOptions {
+                quick,
+                rounds,
+                seconds,
+                rate,
+                attach,
+                no_build,
+            })?;
+            // Last: the figures above come from a machine not busy fuzzing.
+            if !skip_fuzz {
+                fuzz::fuzz(&fuzz::FuzzArgs {
+                    seconds: if quick { 10 } else { 25 },
+                    targets: Vec::new(),
+                })?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Task::Fuzz(args) => fuzz::fuzz(&args).map(|()| ExitCode::SUCCESS),
     }
 }
 

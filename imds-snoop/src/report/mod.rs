@@ -7,7 +7,8 @@
 
 mod aggregate;
 mod input;
-mod parse;
+/// Public for the fuzz target of the log-line parser (see lib.rs).
+pub mod parse;
 mod render;
 mod sdk;
 mod verdict;

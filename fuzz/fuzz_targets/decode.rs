@@ -1,0 +1,88 @@
+//! The kernel event decoder (imds-snoop/src/decode.rs) on arbitrary ring-buffer records.
+//!
+//! Properties: it never panics; a record shorter than its kind's head, of an unknown kind, or
+//! whose `payload_len` runs past its end is an error (the daemon counts it); a decoded event
+//! says what the record says (its payload is exactly `payload_len` bytes of the record, at
+//! most `MAX_ANCESTORS` ancestors, at most `MAX_ARGV` bytes of argv), so output is bounded
+//! by the record.
+#![no_main]
+
+use std::mem::{offset_of, size_of};
+
+use imds_snoop::decode::{DecodeError, Event, decode};
+use imds_snoop_common::{
+    COMM_LEN, EVENT_EXEC, EVENT_EXIT, EVENT_SEND, ExecEvent, ExitEvent, MAX_ANCESTORS, MAX_ARGV,
+    SendEvent,
+};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|record: &[u8]| {
+    let result = decode(record);
+    let Some(kind) = u32_at(record, 0) else {
+        assert_eq!(result, Err(DecodeError::Short(record.len(), 4)));
+        return;
+    };
+    let head = match kind {
+        EVENT_SEND => size_of::<SendEvent>(),
+        EVENT_EXEC => size_of::<ExecEvent>(),
+        EVENT_EXIT => size_of::<ExitEvent>(),
+        other => {
+            assert_eq!(result, Err(DecodeError::Kind(other)));
+            return;
+        }
+    };
+    if record.len() < head {
+        assert_eq!(result, Err(DecodeError::Short(record.len(), head)));
+        return;
+    }
+    // The lossy UTF-8 of n bytes is at most 3n bytes (one U+FFFD per invalid byte).
+    let lossy_bound = |n: usize| 3 * n;
+    match result {
+        Ok(Event::Send(send)) => {
+            assert_eq!(kind, EVENT_SEND);
+            let payload_len = u32_at(record, offset_of!(SendEvent, payload_len)).unwrap();
+            assert_eq!(send.payload.len(), payload_len as usize);
+            assert_eq!(send.payload, record[head..head + send.payload.len()]);
+            assert!(send.ancestors.len() <= MAX_ANCESTORS);
+            assert!(send.comm.len() <= lossy_bound(COMM_LEN));
+            assert!(
+                send.ancestors
+                    .iter()
+                    .all(|(_, comm)| comm.len() <= lossy_bound(COMM_LEN))
+            );
+            assert_eq!(
+                send.tgid,
+                u32_at(record, offset_of!(SendEvent, tgid)).unwrap()
+            );
+        }
+        Ok(Event::Exec(exec)) => {
+            assert_eq!(kind, EVENT_EXEC);
+            let argv_bytes: usize = exec.argv.iter().map(String::len).sum();
+            assert!(argv_bytes <= lossy_bound(MAX_ARGV));
+            assert!(exec.argv.iter().all(|a| !a.is_empty() && !a.contains('\0')));
+            assert!(exec.comm.len() <= lossy_bound(COMM_LEN));
+            assert_eq!(
+                exec.tgid,
+                u32_at(record, offset_of!(ExecEvent, tgid)).unwrap()
+            );
+        }
+        Ok(Event::Exit { tgid }) => {
+            assert_eq!(kind, EVENT_EXIT);
+            assert_eq!(tgid, u32_at(record, offset_of!(ExitEvent, tgid)).unwrap());
+        }
+        Err(DecodeError::PayloadLen {
+            payload_len,
+            available,
+        }) => {
+            assert_eq!(kind, EVENT_SEND);
+            assert_eq!(available, record.len() - head);
+            assert!(payload_len as usize > available);
+        }
+        Err(e) => panic!("a record of {} bytes with a whole head: {e}", record.len()),
+    }
+});
+
+fn u32_at(record: &[u8], off: usize) -> Option<u32> {
+    let b = record.get(off..off + 4)?;
+    Some(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+}

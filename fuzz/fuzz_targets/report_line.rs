@@ -1,0 +1,66 @@
+//! The report's log-line parser (imds-snoop/src/report/parse.rs) on arbitrary text.
+//!
+//! Properties: it never panics; a line's trailing newline changes nothing (lines are read
+//! with or without it); what a text line yields is taken from the line, not made up: the
+//! comm, user agent and destination are substrings of it, the pid and a dropped count
+//! are numbers written in it; every field is bounded by the line's length.
+#![no_main]
+
+use imds_snoop::report::parse::{Line, Origin, parse_line};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(line) = std::str::from_utf8(data) else {
+        return;
+    };
+    let parsed = parse_line(line);
+    assert_eq!(
+        parsed,
+        parse_line(&format!("{line}\n")),
+        "a trailing newline"
+    );
+    // Substring checks hold for the text format only (JSON unescapes); lines of a container
+    // log (`<time> stdout F [...`) are checked for bounds alone.
+    let text = line.starts_with('[');
+    match parsed {
+        None => {}
+        Some(Line::Dropped { events, node }) => {
+            if text {
+                let _ = node;
+                assert!(line.contains(&format!("dropped {events} ")), "{line}");
+            }
+        }
+        Some(Line::Call(call)) => {
+            let mut fields = vec![call.comm.as_str()];
+            fields.extend(call.user_agent.as_deref());
+            fields.extend(call.destination.as_deref());
+            fields.extend(call.node.as_deref());
+            match &call.origin {
+                Origin::Pod {
+                    namespace,
+                    name,
+                    container,
+                } => {
+                    fields.extend([namespace.as_str(), name.as_str()]);
+                    fields.extend(container.as_deref());
+                }
+                Origin::Container { id } => fields.push(id),
+                Origin::Host { unit } => fields.extend(unit.as_deref()),
+                Origin::Unknown => {}
+            }
+            for f in &fields {
+                assert!(f.len() <= line.len(), "field {f:?} longer than the line");
+            }
+            if text {
+                for f in fields.iter().filter(|f| **f != "?") {
+                    assert!(line.contains(f), "{f:?} is not in {line:?}");
+                }
+                if let Some(pid) = call.pid {
+                    assert!(
+                        line.contains(&format!("(pid:{pid}:")) || line.contains(&pid.to_string())
+                    );
+                }
+            }
+        }
+    }
+});
