@@ -39,22 +39,31 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::cmd;
 
-/// Options of `cargo xtask bench`; `Default` is a full run.
-#[derive(Debug, Clone, Default)]
+/// Options of `cargo xtask bench` (its command line); `Default` is a full run.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct BenchOptions {
-    /// Short run (fewer rounds, shorter bursts): a smoke test of the benchmark, not figures.
+    /// Short run: fewer rounds, shorter bursts (a smoke test, not figures).
+    #[arg(long)]
     pub quick: bool,
-    /// Hot-path rounds of detached/empty/imds-snoop (default 9, quick 3).
+    /// Hot-path rounds of detached / empty program / imds-snoop (default 9; 3 with --quick).
+    #[arg(long, value_name = "N")]
     pub rounds: Option<usize>,
-    /// Seconds of each IMDS burst (default 5, quick 2).
+    /// Seconds per IMDS burst (default 5; 2 with --quick).
+    #[arg(long, value_name = "SECONDS")]
     pub seconds: Option<f64>,
     /// Paced burst rate, requests/s (default 20000).
+    #[arg(long, value_name = "REQ_PER_S")]
     pub rate: Option<f64>,
-    /// Attach modes to measure the hot path with (default: fentry, kprobe, tracepoint;
-    /// those the kernel refuses are reported and skipped).
+    /// Attach mode to measure; repeatable (default fentry, kprobe, tracepoint; those the
+    /// kernel refuses are reported and skipped).
+    #[arg(long = "attach", value_name = "MODE")]
     pub attach: Vec<String>,
-    /// Use the existing `target/release/imds-snoop` instead of building it.
+    /// Use the existing target/release/imds-snoop instead of building it.
+    #[arg(long)]
     pub no_build: bool,
+    /// Leave out the closing `cargo xtask fuzz` step.
+    #[arg(long)]
+    pub skip_fuzz: bool,
 }
 
 /// What one run does, from the options.

@@ -59,30 +59,7 @@ enum Task {
     /// instead of skipping).
     Test,
     /// Benchmarks (issue 8): hot-path overhead, IMDS burst, daemon cost, start-up. Needs root.
-    Bench {
-        /// Short run: fewer rounds, shorter bursts (a smoke test, not figures).
-        #[arg(long)]
-        quick: bool,
-        /// Hot-path rounds of detached / empty program / imds-snoop (default 9; 3 with --quick).
-        #[arg(long, value_name = "N")]
-        rounds: Option<usize>,
-        /// Seconds per IMDS burst (default 5; 2 with --quick).
-        #[arg(long, value_name = "SECONDS")]
-        seconds: Option<f64>,
-        /// Paced burst rate, requests/s (default 20000).
-        #[arg(long, value_name = "REQ_PER_S")]
-        rate: Option<f64>,
-        /// Attach mode to measure; repeatable (default fentry, kprobe, tracepoint; refused
-        /// ones skipped).
-        #[arg(long = "attach", value_name = "MODE")]
-        attach: Vec<String>,
-        /// Use the existing target/release/imds-snoop.
-        #[arg(long)]
-        no_build: bool,
-        /// Leave out the closing `cargo xtask fuzz` step.
-        #[arg(long)]
-        skip_fuzz: bool,
-    },
+    Bench(bench::BenchOptions),
     /// Short `cargo fuzz` runs of the targets in fuzz/ (request reassembler, event decoder,
     /// report line parser); installs cargo-fuzz when missing. A step of `bench`.
     Fuzz(fuzz::FuzzArgs),
@@ -95,26 +72,7 @@ enum Task {
     DeployCheck,
     /// Boot Debian's 5.10, 6.1 and 6.12 cloud kernels under QEMU (TCG) and run the guest
     /// suite for each attach mode; also run it on the host kernel in a network namespace.
-    VmTest {
-        /// Kernel series to boot (5.10, 6.1, 6.12); repeatable; default all.
-        #[arg(long = "kernel", value_name = "SERIES")]
-        kernels: Vec<String>,
-        /// Skip the host-kernel run.
-        #[arg(long)]
-        skip_host: bool,
-        /// Skip the VMs (host kernel only).
-        #[arg(long)]
-        skip_vms: bool,
-        /// Seconds one VM may take before it counts as hung.
-        #[arg(long, default_value_t = 300)]
-        boot_timeout: u64,
-        /// Download the newest kernel packages again instead of using the cache.
-        #[arg(long)]
-        refresh_kernels: bool,
-        /// Stream guest consoles to the terminal.
-        #[arg(short, long)]
-        verbose: bool,
-    },
+    VmTest(vm::VmTestOptions),
 }
 
 fn main() -> ExitCode {
@@ -136,39 +94,10 @@ fn dispatch(task: Task) -> Result<ExitCode> {
         Task::Test => test(),
         Task::Dist(args) => dist::dist(&args).map(|()| ExitCode::SUCCESS),
         Task::DeployCheck => deploy::deploy_check(),
-        Task::VmTest {
-            kernels,
-            skip_host,
-            skip_vms,
-            boot_timeout,
-            refresh_kernels,
-            verbose,
-        } => vm::vm_test(vm::VmTestOptions {
-            kernels,
-            skip_host,
-            skip_vms,
-            boot_timeout_secs: boot_timeout,
-            refresh_kernels,
-            verbose,
-        })
-        .map(|()| ExitCode::SUCCESS),
-        Task::Bench {
-            quick,
-            rounds,
-            seconds,
-            rate,
-            attach,
-            no_build,
-            skip_fuzz,
-        } => {
-            bench::bench(bench::BenchOptions {
-                quick,
-                rounds,
-                seconds,
-                rate,
-                attach,
-                no_build,
-            })?;
+        Task::VmTest(opts) => vm::vm_test(opts).map(|()| ExitCode::SUCCESS),
+        Task::Bench(opts) => {
+            let (quick, skip_fuzz) = (opts.quick, opts.skip_fuzz);
+            bench::bench(opts)?;
             // Last: the figures above come from a machine not busy fuzzing.
             if !skip_fuzz {
                 fuzz::fuzz(&fuzz::FuzzArgs {

@@ -26,22 +26,28 @@ use anyhow::{Context as _, Result, anyhow, bail};
 
 use crate::cmd;
 
-/// What `cargo xtask vm-test` does; `Default` is the full matrix.
-#[derive(Debug, Clone)]
+/// What `cargo xtask vm-test` does (its command line); `Default` is the full matrix.
+#[derive(Debug, Clone, clap::Args)]
 pub struct VmTestOptions {
-    /// Kernel series to boot (`5.10`, `6.1`, `6.12`); empty: all of them.
+    /// Kernel series to boot (5.10, 6.1, 6.12); repeatable; default all.
+    #[arg(long = "kernel", value_name = "SERIES")]
     pub kernels: Vec<String>,
-    /// Do not run the suite on the host kernel (in a network namespace).
+    /// Skip the host-kernel run (the suite in a network namespace on this kernel).
+    #[arg(long)]
     pub skip_host: bool,
-    /// Do not boot any VM (host kernel only).
+    /// Skip the VMs (host kernel only).
+    #[arg(long)]
     pub skip_vms: bool,
     /// Seconds one VM may take from qemu start to power-off before it counts as hung.
+    #[arg(long = "boot-timeout", value_name = "SECONDS", default_value_t = 300)]
     pub boot_timeout_secs: u64,
     /// Resolve the newest kernel packages again (apt update + download) instead of using
     /// the ones cached under target/vm/kernels.
+    #[arg(long)]
     pub refresh_kernels: bool,
     /// Stream every guest console (and the host run's stderr) to the terminal; otherwise
     /// only the result lines are shown and the consoles go to target/vm/logs/.
+    #[arg(short, long)]
     pub verbose: bool,
 }
 
