@@ -119,15 +119,9 @@ impl Request {
     /// malformed (nothing to classify it by).
     pub fn unreadable() -> Self {
         Request {
-            class: Class::Malformed,
-            method: None,
-            path: None,
-            version: None,
-            headers: Vec::new(),
-            truncated: false,
-            error: Some("payload unreadable".to_string()),
             bytes: 0,
             snippet: None,
+            ..malformed(&[], "payload unreadable".to_string(), false, false)
         }
     }
 

@@ -274,19 +274,20 @@ fn is_imds(call: &Call) -> bool {
         .is_none_or(|d| IMDS_DESTINATIONS.contains(&d))
 }
 
+/// Tests' shortcut: the report of `lines` (as `imds-snoop report` would read them).
+#[cfg(test)]
+pub(crate) fn report_of(node: Option<&str>, lines: &[&str]) -> Report {
+    let table = SdkTable::builtin().unwrap();
+    let mut agg = Aggregator::new(node, &table);
+    for l in lines {
+        agg.add(crate::report::parse::parse_line(l));
+    }
+    agg.finish()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::report::parse::parse_line;
-
-    fn report(node: Option<&str>, lines: &[&str]) -> Report {
-        let table = SdkTable::builtin().unwrap();
-        let mut agg = Aggregator::new(node, &table);
-        for l in lines {
-            agg.add(parse_line(l));
-        }
-        agg.finish()
-    }
+    use super::report_of as report;
 
     #[test]
     fn node_filter_keeps_one_nodes_json_lines() {

@@ -121,20 +121,7 @@ fn list(items: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{
-        aggregate::{Aggregator, DEFAULT_NODE},
-        parse::parse_line,
-        sdk::SdkTable,
-    };
-
-    fn report(node: Option<&str>, lines: &[&str]) -> Report {
-        let table = SdkTable::builtin().unwrap();
-        let mut agg = Aggregator::new(node, &table);
-        for l in lines {
-            agg.add(parse_line(l));
-        }
-        agg.finish()
-    }
+    use crate::report::aggregate::{DEFAULT_NODE, report_of as report};
 
     const V1_POD: &str = "[2026-11-23 09:33:16,511] [WARNING] imdsv1(!) (pid:1:wget argv:wget) \
         req details: get / http/1.1, user-agent: wget, container:ce29cd2af76a pod:shop/web-1 \
