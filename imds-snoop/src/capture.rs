@@ -113,8 +113,16 @@ impl Capture {
         if !opts.ring_bytes.is_power_of_two() || opts.ring_bytes < 4096 {
             return Err(CaptureError::RingBytes(opts.ring_bytes));
         }
-        let kbtf = KernelBtf::load(opts.btf_path)?;
-        let offsets = kbtf.offsets()?;
+        // Offsets from a mapped BTF, dropped before aya parses BTF of its own: the two
+        // never sit in memory together.
+        let (offsets, has_tracepoint, kernel) = {
+            let kbtf = KernelBtf::load(opts.btf_path)?;
+            (
+                kbtf.offsets()?,
+                kbtf.has_btf_tracepoint(SEND_TRACEPOINT),
+                kbtf.kernel().to_owned(),
+            )
+        };
         let targets = targets_table(opts.targets)?;
         let settings = Settings {
             payload_bytes: opts.payload_bytes,
@@ -122,19 +130,25 @@ impl Capture {
         };
         raise_memlock_limit();
 
-        let mut ebpf = EbpfLoader::new()
-            .override_global("OFFSETS", &offsets, true)
-            .override_global("TARGETS", &targets, true)
-            .override_global("SETTINGS", &settings, true)
-            .map_max_entries("EVENTS", opts.ring_bytes)
-            .load(EBPF_OBJECT)
-            .map_err(|e| {
-                if is_permission_error(&e) {
-                    CaptureError::Permission(e)
-                } else {
-                    CaptureError::Load(e)
-                }
-            })?;
+        // `EbpfLoader::new()` parses /sys/kernel/btf/vmlinux itself (aya gives no way to
+        // hand that parse on): drop the loader, and its copy, before parsing ours for the
+        // attach, so peak memory holds one parsed BTF, not two.
+        let mut ebpf = {
+            let mut loader = EbpfLoader::new();
+            loader
+                .override_global("OFFSETS", &offsets, true)
+                .override_global("TARGETS", &targets, true)
+                .override_global("SETTINGS", &settings, true)
+                .map_max_entries("EVENTS", opts.ring_bytes)
+                .load(EBPF_OBJECT)
+                .map_err(|e| {
+                    if is_permission_error(&e) {
+                        CaptureError::Permission(e)
+                    } else {
+                        CaptureError::Load(e)
+                    }
+                })?
+        };
         let btf = Btf::parse_file(opts.btf_path, aya::Endianness::default())
             .map_err(CaptureError::AyaBtf)?;
 
@@ -153,7 +167,7 @@ impl Capture {
         attach_process_tracking(&mut ebpf, &btf);
         let mut tried = Vec::new();
         for &mode in order {
-            match attach(&mut ebpf, mode, &btf, &kbtf, opts.empty) {
+            match attach(&mut ebpf, mode, &btf, has_tracepoint, opts.empty) {
                 Ok(()) => {
                     return Ok(Self {
                         ebpf,
@@ -170,7 +184,7 @@ impl Capture {
             }
         }
         Err(CaptureError::NoAttach {
-            kernel: kbtf.kernel().to_owned(),
+            kernel,
             tried: tried.join("; "),
         })
     }
@@ -215,7 +229,7 @@ fn attach(
     ebpf: &mut Ebpf,
     mode: AttachMode,
     btf: &Btf,
-    kbtf: &KernelBtf,
+    has_tracepoint: bool,
     empty: bool,
 ) -> Result<(), ProgramError> {
     let name = |capture: &'static str, floor: &'static str| if empty { floor } else { capture };
@@ -231,7 +245,7 @@ fn attach(
             attach_or_unload(p.attach(SEND_FUNCTION, 0).map(drop), || p.unload())
         }
         AttachMode::Tracepoint | AttachMode::Auto => {
-            if !kbtf.has_btf_tracepoint(SEND_TRACEPOINT) {
+            if !has_tracepoint {
                 return Err(ProgramError::IOError(std::io::Error::other(format!(
                     "this kernel has no {SEND_TRACEPOINT} tracepoint"
                 ))));
