@@ -243,11 +243,12 @@ impl Pipeline {
     }
 
     fn emit(&mut self, send: Send, request: Request, writer: &LineSender) {
-        let (caller, ancestors) = self.processes.chain(&send);
+        let now = Instant::now();
+        let (caller, ancestors) = self.processes.chain(&send, now);
         let pids: Vec<u32> = std::iter::once(caller.pid)
             .chain(ancestors.iter().map(|a| a.pid))
             .collect();
-        let mut origin = self.containers.resolve(&pids, send.cgroup_id);
+        let mut origin = self.containers.resolve(&pids, send.cgroup_id, now);
         if !matches!(origin, Origin::Container(_)) {
             // The anchor's clue: a containerd shim among the ancestors names the pod sandbox.
             if let Some(id) = ancestors
