@@ -192,6 +192,9 @@ struct Pipeline {
     containers: Resolver,
     clock: BootClock,
     decode_errors: u64,
+    /// Lines of the current drain, handed to the writer together at its end: the writer
+    /// thread then wakes once and writes them in one go, instead of racing us line by line.
+    pending: Vec<String>,
 }
 
 impl Pipeline {
@@ -207,6 +210,7 @@ impl Pipeline {
             ),
             clock: BootClock::now(),
             decode_errors: 0,
+            pending: Vec::new(),
         }
     }
 
@@ -214,7 +218,7 @@ impl Pipeline {
         let now = Instant::now();
         while let Some(item) = ring.next() {
             match decode::decode(&item) {
-                Ok(Event::Send(send)) => self.on_send(send, now, writer),
+                Ok(Event::Send(send)) => self.on_send(send, now),
                 Ok(Event::Exec(exec)) => self.processes.execs.on_exec(exec, now),
                 Ok(Event::Exit { tgid }) => self.processes.execs.on_exit(tgid, now),
                 Err(e) => {
@@ -225,20 +229,27 @@ impl Pipeline {
                 }
             }
         }
+        self.flush(writer);
     }
 
-    fn on_send(&mut self, mut send: Send, now: Instant, writer: &LineSender) {
+    fn flush(&mut self, writer: &LineSender) {
+        for line in self.pending.drain(..) {
+            writer.send(line);
+        }
+    }
+
+    fn on_send(&mut self, mut send: Send, now: Instant) {
         if send.payload.is_empty() && send.unreadable {
             // Still a call to IMDS by someone: log it, with what the kernel knows.
             let request = Request::unreadable();
-            self.emit(send, request, writer);
+            self.emit(send, request);
             return;
         }
         let payload = std::mem::take(&mut send.payload);
         let key = send.sock_id;
         let truncated = send.truncated;
         for (ctx, request) in self.reassembler.push(key, send, &payload, truncated, now) {
-            self.emit(ctx, request, writer);
+            self.emit(ctx, request);
         }
     }
 
@@ -246,17 +257,19 @@ impl Pipeline {
         self.clock = BootClock::now();
         self.processes.execs.sweep(now);
         for (ctx, request) in self.reassembler.expire(now) {
-            self.emit(ctx, request, writer);
+            self.emit(ctx, request);
         }
+        self.flush(writer);
     }
 
     fn finish(&mut self, writer: &LineSender) {
         for (ctx, request) in self.reassembler.drain() {
-            self.emit(ctx, request, writer);
+            self.emit(ctx, request);
         }
+        self.flush(writer);
     }
 
-    fn emit(&mut self, send: Send, request: Request, writer: &LineSender) {
+    fn emit(&mut self, send: Send, request: Request) {
         let now = Instant::now();
         let (caller, ancestors) = self.processes.chain(&send, now);
         let pids: Vec<u32> = std::iter::once(caller.pid)
@@ -286,7 +299,7 @@ impl Pipeline {
             bytes: send.size,
             unreadable: send.unreadable,
         };
-        writer.send(record.format(self.format, &self.node));
+        self.pending.push(record.format(self.format, &self.node));
     }
 }
 
