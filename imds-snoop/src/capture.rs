@@ -26,6 +26,8 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 const SEND_FUNCTION: &str = "tcp_sendmsg";
 const SEND_TRACEPOINT: &str = "tcp_sendmsg_locked";
+/// The perf PMU aya creates kprobes through (kernels 4.17+).
+const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum AttachMode {
@@ -240,6 +242,15 @@ fn attach(
             attach_or_unload(p.attach().map(drop), || p.unload())
         }
         AttachMode::Kprobe => {
+            // aya attaches kprobes through the kprobe PMU only: without it (a kernel built
+            // without kprobes) the attach must fail, so fail before the verifier spends ~40 ms
+            // on the program.
+            if !Path::new(KPROBE_PMU).exists() {
+                return Err(ProgramError::IOError(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("{KPROBE_PMU} is missing: this kernel has no kprobes"),
+                )));
+            }
             let p: &mut KProbe = program(ebpf, name("imds_kprobe", "empty_kprobe"))?;
             p.load()?;
             attach_or_unload(p.attach(SEND_FUNCTION, 0).map(drop), || p.unload())
