@@ -45,11 +45,15 @@ const EXEC_KEEP_AFTER_EXIT: Duration = Duration::from_secs(30);
 /// After draining the ring, let events gather this long before waiting on it again: the
 /// kernel wakes the reader for each event it submits once the reader has caught up, and at
 /// thousands of calls a second a wake-up (epoll round, writer thread wake-up) per event is
-/// most of the daemon's cost. Even a 4 KiB ring takes longer than this to fill at a
-/// realistic rate; the lines are 2 ms later. Not with a ring smaller than
-/// [`COALESCE_MIN_RING`] (a deliberately small ring is for testing drops).
+/// most of the daemon's cost. A send event reserves ~8.5 KiB of ring (room for the largest
+/// payload), so the default 4 MiB ring holds ~480 of them, ~24 ms at 20,000 calls a second:
+/// 2 ms keeps most of that as margin (5 ms lost events on this 2-vCPU machine under load).
+/// The lines are 2 ms later. Not with a ring smaller than [`COALESCE_MIN_RING`] (a
+/// deliberately small ring is for testing drops).
 const RING_COALESCE: Duration = Duration::from_millis(2);
 const COALESCE_MIN_RING: u32 = 1 << 20;
+/// Lines of one drain handed to the writer at once, at most.
+const FLUSH_LINES: usize = 256;
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // The log first: a bad path is reported before anything is attached.
@@ -218,7 +222,14 @@ impl Pipeline {
         let now = Instant::now();
         while let Some(item) = ring.next() {
             match decode::decode(&item) {
-                Ok(Event::Send(send)) => self.on_send(send, now),
+                Ok(Event::Send(send)) => {
+                    self.on_send(send, now);
+                    // A drain lasts as long as events keep coming faster than we take them:
+                    // hand lines on as we go, or they would pile up here unbounded.
+                    if self.pending.len() >= FLUSH_LINES {
+                        self.flush(writer);
+                    }
+                }
                 Ok(Event::Exec(exec)) => self.processes.execs.on_exec(exec, now),
                 Ok(Event::Exit { tgid }) => self.processes.execs.on_exit(tgid, now),
                 Err(e) => {
