@@ -45,10 +45,10 @@ const EXEC_KEEP_AFTER_EXIT: Duration = Duration::from_secs(30);
 /// After draining the ring, let events gather this long before waiting on it again: the
 /// kernel wakes the reader for each event it submits once the reader has caught up, and at
 /// thousands of calls a second a wake-up (epoll round, writer thread wake-up) per event is
-/// most of the daemon's cost. A send event reserves ~8.5 KiB of ring (room for the largest
-/// payload), so the default 4 MiB ring holds ~480 of them, ~24 ms at 20,000 calls a second:
-/// 2 ms keeps most of that as margin (5 ms lost events on this 2-vCPU machine under load).
-/// The lines are 2 ms later. Not with a ring smaller than [`COALESCE_MIN_RING`] (a
+/// most of the daemon's cost. 2 ms is a small part of what the default 4 MiB ring holds at
+/// 20,000 calls a second (a send event is its header plus the bytes sent); still, 5 ms lost
+/// events on this shared 2-vCPU machine under load where 2 ms did not. The lines are 2 ms
+/// later. Not with a ring smaller than [`COALESCE_MIN_RING`] (a
 /// deliberately small ring is for testing drops).
 const RING_COALESCE: Duration = Duration::from_millis(2);
 const COALESCE_MIN_RING: u32 = 1 << 20;
