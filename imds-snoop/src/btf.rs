@@ -8,10 +8,13 @@
 //! the table lists the alternatives in order (`__iov` from 6.4, `iov` before). A field that
 //! cannot be found is an error naming the kernel, never a guessed offset.
 
-use std::path::Path;
+use std::{
+    cell::RefCell, collections::HashMap, io::Write as _, os::fd::FromRawFd as _, path::Path,
+};
 
-use btf_rs::{Btf, Type};
+use btf_rs::{Backend, Btf, Type};
 use imds_snoop_common::Offsets;
+use tracing::debug;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
@@ -46,18 +49,59 @@ pub fn kernel_release() -> String {
 pub struct KernelBtf {
     btf: Btf,
     kernel: String,
+    /// Types by name, looked up once: the mmap backend finds a name by scanning every type.
+    by_name: RefCell<HashMap<String, Vec<Type>>>,
 }
 
 impl KernelBtf {
+    /// Maps the BTF file rather than parsing all of it: btf-rs's default (cached) backend
+    /// builds every type of vmlinux (~150k) up front, ~215 ms and ~40 MiB at start-up for
+    /// the few dozen members we read. Kernels before 6.16 cannot mmap
+    /// /sys/kernel/btf/vmlinux; there the file is copied once into a memfd, which can be.
     pub fn load(path: &Path) -> Result<Self, BtfError> {
-        let btf = Btf::from_file(path).map_err(|source| BtfError::Missing {
+        let missing = |source| BtfError::Missing {
             path: path.display().to_string(),
             source,
-        })?;
+        };
+        let btf = match Btf::from_file_with_backend(path, Backend::Mmap) {
+            Ok(btf) => btf,
+            Err(e) => {
+                debug!("mmap of {} refused ({e}); mapping a copy", path.display());
+                Self::map_copy(path).map_err(missing)?
+            }
+        };
         Ok(Self {
             btf,
             kernel: kernel_release(),
+            by_name: RefCell::default(),
         })
+    }
+
+    /// The file read once into a memfd, mapped through /proc/self/fd (btf-rs maps paths only).
+    fn map_copy(path: &Path) -> Result<Btf, btf_rs::Error> {
+        let bytes = std::fs::read(path)?;
+        // SAFETY: a constant NUL-terminated name and valid flags.
+        let fd = unsafe { libc::memfd_create(c"imds-snoop-btf".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        // SAFETY: `fd` was just created and is owned by nobody else.
+        let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+        file.write_all(&bytes)?;
+        drop(bytes);
+        Btf::from_file_with_backend(format!("/proc/self/fd/{fd}"), Backend::Mmap)
+    }
+
+    /// `resolve_types_by_name`, memoized.
+    fn types_named(&self, name: &str) -> Result<Vec<Type>, btf_rs::Error> {
+        if let Some(types) = self.by_name.borrow().get(name) {
+            return Ok(types.clone());
+        }
+        let types = self.btf.resolve_types_by_name(name)?;
+        self.by_name
+            .borrow_mut()
+            .insert(name.to_owned(), types.clone());
+        Ok(types)
     }
 
     /// Resolves every offset the kernel program reads.
@@ -149,8 +193,7 @@ impl KernelBtf {
 
     fn struct_type(&self, name: &str) -> Result<Type, BtfError> {
         let types = self
-            .btf
-            .resolve_types_by_name(name)
+            .types_named(name)
             .map_err(|source| self.read_err(format!("struct {name}"), source))?;
         types
             .into_iter()
@@ -239,8 +282,7 @@ impl KernelBtf {
     /// The value of enumerator `name` of `enum enum_name`.
     fn enum_value(&self, enum_name: &str, name: &str) -> Result<u32, BtfError> {
         let types = self
-            .btf
-            .resolve_types_by_name(enum_name)
+            .types_named(enum_name)
             .map_err(|source| self.read_err(format!("enum {enum_name}"), source))?;
         for ty in &types {
             if let Type::Enum(e) = ty {
@@ -305,6 +347,25 @@ mod tests {
         assert!(o.iter_type_size == 1 || o.iter_type_size == 4, "{o:?}");
         assert_ne!(o.iter_iovec, o.iter_ubuf_kind, "{o:?}");
         assert!(o.task_comm > o.task_tgid, "{o:?}");
+    }
+
+    /// Kernels before 6.16 refuse to mmap /sys/kernel/btf/vmlinux: the memfd copy they fall
+    /// back to must give the same table.
+    #[test]
+    fn mapped_copy_gives_the_same_offsets() {
+        let path = Path::new("/sys/kernel/btf/vmlinux");
+        if !path.exists() {
+            return;
+        }
+        let direct = KernelBtf::load(path).expect("load BTF");
+        let copy = KernelBtf {
+            btf: KernelBtf::map_copy(path).expect("memfd copy"),
+            kernel: kernel_release(),
+            by_name: RefCell::default(),
+        };
+        let (a, b) = (direct.offsets().unwrap(), copy.offsets().unwrap());
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        assert!(copy.has_btf_tracepoint("sched_process_exec"));
     }
 
     #[test]

@@ -33,6 +33,8 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 const SEND_FUNCTION: &str = "tcp_sendmsg";
 const SEND_TRACEPOINT: &str = "tcp_sendmsg_locked";
+/// The perf PMU aya creates kprobes through (kernels 4.17+).
+const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum AttachMode {
@@ -141,8 +143,16 @@ impl Capture {
         if !opts.ring_bytes.is_power_of_two() || opts.ring_bytes < 4096 {
             return Err(CaptureError::RingBytes(opts.ring_bytes));
         }
-        let kbtf = KernelBtf::load(opts.btf_path)?;
-        let offsets = kbtf.offsets()?;
+        // Offsets from a mapped BTF, dropped before aya parses BTF of its own: the two
+        // never sit in memory together.
+        let (offsets, has_tracepoint, kernel) = {
+            let kbtf = KernelBtf::load(opts.btf_path)?;
+            (
+                kbtf.offsets()?,
+                kbtf.has_btf_tracepoint(SEND_TRACEPOINT),
+                kbtf.kernel().to_owned(),
+            )
+        };
         let targets = targets_table(opts.targets)?;
         let settings = Settings {
             payload_bytes: opts.payload_bytes,
@@ -150,19 +160,25 @@ impl Capture {
         };
         raise_memlock_limit();
 
-        let mut ebpf = EbpfLoader::new()
-            .override_global("OFFSETS", &offsets, true)
-            .override_global("TARGETS", &targets, true)
-            .override_global("SETTINGS", &settings, true)
-            .map_max_entries("EVENTS", opts.ring_bytes)
-            .load(EBPF_OBJECT)
-            .map_err(|e| {
-                if is_permission_error(&e) {
-                    CaptureError::Permission(e)
-                } else {
-                    CaptureError::Load(e)
-                }
-            })?;
+        // `EbpfLoader::new()` parses /sys/kernel/btf/vmlinux itself (aya gives no way to
+        // hand that parse on): drop the loader, and its copy, before parsing ours for the
+        // attach, so peak memory holds one parsed BTF, not two.
+        let mut ebpf = {
+            let mut loader = EbpfLoader::new();
+            loader
+                .override_global("OFFSETS", &offsets, true)
+                .override_global("TARGETS", &targets, true)
+                .override_global("SETTINGS", &settings, true)
+                .map_max_entries("EVENTS", opts.ring_bytes)
+                .load(EBPF_OBJECT)
+                .map_err(|e| {
+                    if is_permission_error(&e) {
+                        CaptureError::Permission(e)
+                    } else {
+                        CaptureError::Load(e)
+                    }
+                })?
+        };
         let btf = Btf::parse_file(opts.btf_path, aya::Endianness::default())
             .map_err(CaptureError::AyaBtf)?;
 
@@ -181,7 +197,7 @@ impl Capture {
         attach_process_tracking(&mut ebpf, &btf);
         let mut tried = Vec::new();
         for &mode in order {
-            match attach(&mut ebpf, mode, &btf, &kbtf, opts.empty) {
+            match attach(&mut ebpf, mode, &btf, has_tracepoint, opts.empty) {
                 Ok(()) => {
                     return Ok(Self {
                         ebpf,
@@ -198,7 +214,7 @@ impl Capture {
             }
         }
         Err(CaptureError::NoAttach {
-            kernel: kbtf.kernel().to_owned(),
+            kernel,
             tried: tried.join("; "),
         })
     }
@@ -279,7 +295,7 @@ fn attach(
     ebpf: &mut Ebpf,
     mode: AttachMode,
     btf: &Btf,
-    kbtf: &KernelBtf,
+    has_tracepoint: bool,
     empty: bool,
 ) -> Result<(), ProgramError> {
     let name = |capture: &'static str, floor: &'static str| if empty { floor } else { capture };
@@ -290,12 +306,21 @@ fn attach(
             attach_or_unload(p.attach().map(drop), || p.unload())
         }
         AttachMode::Kprobe => {
+            // aya attaches kprobes through the kprobe PMU only: without it (a kernel built
+            // without kprobes) the attach must fail, so fail before the verifier spends ~40 ms
+            // on the program.
+            if !Path::new(KPROBE_PMU).exists() {
+                return Err(ProgramError::IOError(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("{KPROBE_PMU} is missing: this kernel has no kprobes"),
+                )));
+            }
             let p: &mut KProbe = program(ebpf, name("imds_kprobe", "empty_kprobe"))?;
             p.load()?;
             attach_or_unload(p.attach(SEND_FUNCTION, 0).map(drop), || p.unload())
         }
         AttachMode::Tracepoint | AttachMode::Auto => {
-            if !kbtf.has_btf_tracepoint(SEND_TRACEPOINT) {
+            if !has_tracepoint {
                 return Err(ProgramError::IOError(std::io::Error::other(format!(
                     "this kernel has no {SEND_TRACEPOINT} tracepoint"
                 ))));

@@ -12,13 +12,16 @@
 //!    `io.kubernetes.pod.namespace`, `.name`, `io.kubernetes.container.name`.
 //! 3. kubelet's `/var/log/pods/<namespace>_<pod>_<uid>/<container>/` as a fallback, by pod UID.
 //!
-//! Each container id is looked up once and cached (bounded).
+//! Each container id is looked up once and cached (bounded), and so is the origin of each
+//! kernel-recorded cgroup id once /proc's path for it is proven to be that cgroup (its
+//! directory's inode is the id), so a caller's cgroup file is not read for every event.
 
 use std::{
     collections::HashMap,
     fs,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use serde::Serialize;
@@ -191,11 +194,18 @@ impl Default for Paths {
 
 /// Bound on cached container ids and cgroup ids (a node runs a few hundred containers).
 const MAX_CACHED: usize = 4096;
+/// How long an origin is reused for its cgroup id (a cgroup id is never reused, but a pod's
+/// bundle may appear after its first call, and a cgroup can be renamed).
+const ORIGIN_TTL: Duration = Duration::from_secs(10);
+/// The same for a container whose pod is not known yet: look again soon.
+const PODLESS_ORIGIN_TTL: Duration = Duration::from_secs(1);
 
 pub struct Resolver {
     paths: Paths,
     pods: HashMap<String, Option<Pod>>,
     cgroup_paths: HashMap<u64, Option<String>>,
+    origins: HashMap<u64, (Origin, Instant)>,
+    v2_root: Option<PathBuf>,
 }
 
 impl Resolver {
@@ -204,23 +214,80 @@ impl Resolver {
             paths,
             pods: HashMap::new(),
             cgroup_paths: HashMap::new(),
+            origins: HashMap::new(),
+            v2_root: None,
         }
     }
 
     /// Origin of a call by `pids` (caller first, then ancestors) in cgroup `cgroup_id`.
-    pub fn resolve(&mut self, pids: &[u32], cgroup_id: u64) -> Origin {
-        let path = pids
-            .iter()
-            .find_map(|pid| {
-                fs::read_to_string(self.paths.proc_root.join(pid.to_string()).join("cgroup"))
-                    .ok()
-                    .and_then(|c| cgroup_path_of(&c))
-            })
-            .or_else(|| self.cgroup_path_by_id(cgroup_id));
+    pub fn resolve(&mut self, pids: &[u32], cgroup_id: u64, now: Instant) -> Origin {
+        if cgroup_id != 0
+            && let Some((origin, at)) = self.origins.get(&cgroup_id)
+        {
+            let ttl = match origin {
+                Origin::Container(Container { pod: None, .. }) => PODLESS_ORIGIN_TTL,
+                _ => ORIGIN_TTL,
+            };
+            if now.duration_since(*at) < ttl {
+                return origin.clone();
+            }
+        }
+        let proc_root = self.paths.proc_root.clone();
+        let read = |pid: &u32| {
+            fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup"))
+                .ok()
+                .and_then(|c| cgroup_path_of(&c))
+        };
+        // Only a path proven to be the kernel-recorded cgroup may be cached under its id: the
+        // caller may have moved since its send, or (hybrid hosts) be named by a v1 path.
+        let (path, cacheable) = match pids.first().and_then(read) {
+            Some(p) => {
+                let proven = self.is_cgroup(&p, cgroup_id);
+                (Some(p), proven)
+            }
+            None => match pids.iter().skip(1).find_map(read) {
+                Some(p) => (Some(p), false),
+                None => (self.cgroup_path_by_id(cgroup_id), true),
+            },
+        };
         let Some(path) = path else {
             return Origin::Unknown;
         };
-        match parse_cgroup_path(&path) {
+        let origin = self.origin_of(&path);
+        if cacheable && cgroup_id != 0 {
+            if self.origins.len() >= MAX_CACHED {
+                self.origins.clear();
+            }
+            self.origins.insert(cgroup_id, (origin.clone(), now));
+        }
+        origin
+    }
+
+    /// Whether cgroup v2 `path` is the cgroup with id `id` (its directory's inode number).
+    fn is_cgroup(&mut self, path: &str, id: u64) -> bool {
+        if id == 0 {
+            return false;
+        }
+        let dir = self.v2_root().join(path.trim_start_matches('/'));
+        fs::metadata(dir).is_ok_and(|m| m.ino() == id)
+    }
+
+    /// The cgroup v2 mount: the cgroup root, or `unified/` under it on hybrid hosts. Only
+    /// the v2 hierarchy: ids are inode numbers of its directories, and a v1 tree's inodes
+    /// (another filesystem) could collide.
+    fn v2_root(&mut self) -> &Path {
+        self.v2_root.get_or_insert_with(|| {
+            let root = &self.paths.cgroup_root;
+            if root.join("cgroup.controllers").exists() {
+                root.clone()
+            } else {
+                root.join("unified")
+            }
+        })
+    }
+
+    fn origin_of(&mut self, path: &str) -> Origin {
+        match parse_cgroup_path(path) {
             CgroupInfo::Host { unit } => Origin::Host { unit },
             CgroupInfo::Container {
                 id,
@@ -305,14 +372,7 @@ impl Resolver {
         if let Some(p) = self.cgroup_paths.get(&id) {
             return p.clone();
         }
-        // Only the v2 hierarchy: ids are inode numbers of its directories, and a v1 tree's
-        // inodes (another filesystem) could collide. Hybrid hosts mount it at `unified/`.
-        let root = &self.paths.cgroup_root;
-        let v2 = if root.join("cgroup.controllers").exists() {
-            root.clone()
-        } else {
-            root.join("unified")
-        };
+        let v2 = self.v2_root().to_owned();
         let found = find_inode(&v2, id, 6).map(|p| {
             let rel = p.strip_prefix(&v2).unwrap_or(&p);
             format!("/{}", rel.display())
@@ -525,6 +585,53 @@ mod tests {
         assert_eq!(pod_from_config(b"not json"), None);
     }
 
+    /// An origin is cached under the kernel's cgroup id only once /proc's path is proven to
+    /// be that cgroup; then the caller's cgroup file is not read again until the TTL.
+    #[test]
+    fn origin_is_cached_by_proven_cgroup_id() {
+        let root = std::env::temp_dir().join(format!("imds-origin-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let proc_dir = root.join("proc/4242");
+        fs::create_dir_all(&proc_dir).unwrap();
+        let cgroup = root.join("cgroup");
+        fs::create_dir_all(cgroup.join("system.slice/a.service")).unwrap();
+        fs::write(cgroup.join("cgroup.controllers"), "cpu\n").unwrap();
+        let id = fs::metadata(cgroup.join("system.slice/a.service"))
+            .unwrap()
+            .ino();
+        let set = |unit: &str| {
+            fs::write(
+                proc_dir.join("cgroup"),
+                format!("0::/system.slice/{unit}\n"),
+            )
+            .unwrap()
+        };
+        let unit = |o: Origin| match o {
+            Origin::Host { unit } => unit.unwrap(),
+            other => panic!("{other:?}"),
+        };
+        let mut r = Resolver::new(Paths {
+            proc_root: root.join("proc"),
+            cgroup_root: cgroup.clone(),
+            ..Paths::default()
+        });
+        let t0 = Instant::now();
+        set("a.service");
+        assert_eq!(unit(r.resolve(&[4242], id, t0)), "a.service");
+        // Cached under the id: the file is not read again within the TTL.
+        set("b.service");
+        let t1 = t0 + ORIGIN_TTL / 2;
+        assert_eq!(unit(r.resolve(&[4242], id, t1)), "a.service");
+        // Another id, whose directory is not b.service's: read every time, never cached.
+        assert_eq!(unit(r.resolve(&[4242], id + 1, t1)), "b.service");
+        set("c.service");
+        assert_eq!(unit(r.resolve(&[4242], id + 1, t1)), "c.service");
+        // Past the TTL the id is looked at again.
+        let t2 = t0 + ORIGIN_TTL;
+        assert_eq!(unit(r.resolve(&[4242], id, t2)), "c.service");
+        fs::remove_dir_all(&root).unwrap();
+    }
+
     #[test]
     fn resolver_reads_bundle_and_falls_back_to_pod_logs() {
         let root = std::env::temp_dir().join(format!("imds-container-{}", std::process::id()));
@@ -546,7 +653,7 @@ mod tests {
         };
         fs::create_dir_all(root.join(format!("pods/shop_web-1_{uid}/app"))).unwrap();
         let mut r = Resolver::new(paths);
-        let Origin::Container(c) = r.resolve(&[4242], 0) else {
+        let Origin::Container(c) = r.resolve(&[4242], 0, Instant::now()) else {
             panic!("not a container");
         };
         assert_eq!(c.pod.as_ref().map(|p| p.name.as_str()), Some("web-1"));
@@ -559,11 +666,11 @@ mod tests {
         )
         .unwrap();
         let mut r = Resolver::new(r.paths.clone());
-        let Origin::Container(c) = r.resolve(&[4242], 0) else {
+        let Origin::Container(c) = r.resolve(&[4242], 0, Instant::now()) else {
             panic!("not a container");
         };
         assert_eq!(c.pod.unwrap().container.as_deref(), Some("app"));
-        assert_eq!(r.resolve(&[999_999], 0), Origin::Unknown);
+        assert_eq!(r.resolve(&[999_999], 0, Instant::now()), Origin::Unknown);
         fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -4,8 +4,14 @@
 //! The kernel's chain is the authority (it was read at the moment of the call, so a caller
 //! that has exited, or a pid since reused, cannot mislead it); /proc adds argv, and where
 //! the process is already gone, the exec cache (fed by the kernel's exec/exit events) does.
+//!
+//! Reading /proc is most of the daemon's cost per event, so argv read there is cached in the
+//! same table, per pid, until the kernel reports that pid's exec or exit, for at most
+//! [`PROC_ARGV_TTL`] (exec/exit events can be lost when the ring is full), and only while the
+//! kernel-recorded comm still matches.
 
 use std::{
+    cell::OnceCell,
     collections::HashMap,
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -17,6 +23,8 @@ use crate::decode::{Exec, Send};
 
 /// Longest argv kept, in characters: enough for a long `aws` or `java` command line.
 const MAX_ARGV_CHARS: usize = 512;
+/// How long argv read from /proc is trusted without an exec or exit event for its pid.
+pub const PROC_ARGV_TTL: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Proc {
@@ -40,12 +48,12 @@ impl ProcessView {
     }
 
     /// The caller, then its ancestors up to pid 1.
-    pub fn chain(&self, send: &Send) -> (Proc, Vec<Proc>) {
-        let caller = self.proc(send.tgid, &send.comm);
+    pub fn chain(&mut self, send: &Send, now: Instant) -> (Proc, Vec<Proc>) {
+        let caller = self.proc(send.tgid, &send.comm, now);
         let mut ancestors: Vec<Proc> = send
             .ancestors
             .iter()
-            .map(|(pid, comm)| self.proc(*pid, comm))
+            .map(|(pid, comm)| self.proc(*pid, comm, now))
             .collect();
         // The kernel records a bounded number of levels; finish a deep tree from /proc.
         let mut last = ancestors.last().map_or(send.tgid, |p| p.pid);
@@ -58,17 +66,17 @@ impl ProcessView {
                 break;
             }
             let comm = self.comm(ppid).unwrap_or_default();
-            ancestors.push(self.proc(ppid, &comm));
+            ancestors.push(self.proc(ppid, &comm, now));
             last = ppid;
         }
         (caller, ancestors)
     }
 
-    fn proc(&self, pid: u32, comm: &str) -> Proc {
+    fn proc(&mut self, pid: u32, comm: &str, now: Instant) -> Proc {
         Proc {
             pid,
             comm: comm.to_owned(),
-            argv: self.argv(pid),
+            argv: self.argv(pid, comm, now),
         }
     }
 
@@ -80,26 +88,44 @@ impl ProcessView {
     /// partial /proc/<pid>/cmdline of a process that is exiting), else /proc. A cached
     /// entry whose process has exited is used when /proc has no argv for the pid (gone, or
     /// a zombie not yet reaped), not when the pid was taken by another process.
-    fn argv(&self, pid: u32) -> Option<String> {
+    ///
+    /// argv read from /proc is remembered (see the module comment), so a live process is
+    /// read once per [`PROC_ARGV_TTL`], not once per event.
+    fn argv(&mut self, pid: u32, comm: &str, now: Instant) -> Option<String> {
+        if let Some(k) = self.execs.get(pid)
+            && k.exited.is_none()
+            && match &k.source {
+                Source::Exec => true,
+                Source::Proc { comm: c, read } => {
+                    c == comm && now.duration_since(*read) < PROC_ARGV_TTL
+                }
+            }
+        {
+            return k.line();
+        }
         let from_proc = self
             .process(pid)
             .and_then(|p| p.cmdline().ok())
             // Kernel threads and zombies have an empty cmdline.
             .filter(|args| !args.is_empty());
-        let cached = self.execs.get(pid);
-        let args = match (cached, from_proc) {
-            (Some(k), _) if k.exited.is_none() => k.argv.clone(),
-            (_, Some(args)) => args,
-            (Some(k), None) => k.argv.clone(),
-            (None, None) => return None,
-        };
-        if args.is_empty() {
-            return None;
+        match (from_proc, self.execs.get(pid)) {
+            (Some(argv), _) => {
+                let known = Known::new(
+                    argv,
+                    0,
+                    now,
+                    Source::Proc {
+                        comm: comm.to_owned(),
+                        read: now,
+                    },
+                );
+                let line = known.line();
+                self.execs.insert(pid, known, now);
+                line
+            }
+            (None, Some(k)) => k.line(),
+            (None, None) => None,
         }
-        Some(truncate_chars(
-            &redact_tokens(&args.join(" ")),
-            MAX_ARGV_CHARS,
-        ))
     }
 
     fn ppid(&self, pid: u32) -> Option<u32> {
@@ -112,13 +138,48 @@ impl ProcessView {
     }
 }
 
-/// What the kernel told us of a program started since the daemon began.
+/// What the kernel told us of a program started since the daemon began, or what /proc told
+/// us of a caller or ancestor.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Known {
     pub argv: Vec<String>,
     pub ppid: u32,
     seen: Instant,
     exited: Option<Instant>,
+    source: Source,
+    /// argv as logged (joined, redacted, truncated), made on first use.
+    line: OnceCell<Option<String>>,
+}
+
+/// Where a [`Known`] entry's argv came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Source {
+    /// The kernel's exec event: authoritative until that pid's exit.
+    Exec,
+    /// /proc/<pid>/cmdline, read at `read` for a process whose kernel comm was `comm`.
+    Proc { comm: String, read: Instant },
+}
+
+impl Known {
+    fn new(argv: Vec<String>, ppid: u32, now: Instant, source: Source) -> Self {
+        Self {
+            argv,
+            ppid,
+            seen: now,
+            exited: None,
+            source,
+            line: OnceCell::new(),
+        }
+    }
+
+    fn line(&self) -> Option<String> {
+        self.line
+            .get_or_init(|| {
+                (!self.argv.is_empty())
+                    .then(|| truncate_chars(&redact_tokens(&self.argv.join(" ")), MAX_ARGV_CHARS))
+            })
+            .clone()
+    }
 }
 
 /// argv of recently started processes, by pid, bounded in count and in age after exit.
@@ -138,18 +199,15 @@ impl ExecCache {
     }
 
     pub fn on_exec(&mut self, e: Exec, now: Instant) {
+        let known = Known::new(e.argv, e.ppid, now, Source::Exec);
+        self.insert(e.tgid, known, now);
+    }
+
+    fn insert(&mut self, tgid: u32, known: Known, now: Instant) {
         if self.entries.len() >= self.max_entries {
             self.sweep(now);
         }
-        self.entries.insert(
-            e.tgid,
-            Known {
-                argv: e.argv,
-                ppid: e.ppid,
-                seen: now,
-                exited: None,
-            },
-        );
+        self.entries.insert(tgid, known);
     }
 
     /// Kept a while after exit: the exiting caller's request may still be in reassembly.
@@ -168,12 +226,16 @@ impl ExecCache {
         self.entries.len()
     }
 
-    /// Drops exited entries older than `keep_after_exit`; if still at the bound, drops the
-    /// oldest half of the live ones too (a live process is still in /proc anyway).
+    /// Drops exited entries older than `keep_after_exit` and stale /proc reads of live
+    /// processes; if still at the bound, drops the oldest half of the live ones too (a live
+    /// process is still in /proc anyway).
     pub fn sweep(&mut self, now: Instant) {
         let keep = self.keep_after_exit;
-        self.entries
-            .retain(|_, k| k.exited.is_none_or(|t| now.duration_since(t) < keep));
+        self.entries.retain(|_, k| match (k.exited, &k.source) {
+            (Some(t), _) => now.duration_since(t) < keep,
+            (None, Source::Proc { read, .. }) => now.duration_since(*read) < PROC_ARGV_TTL,
+            (None, Source::Exec) => true,
+        });
         if self.entries.len() >= self.max_entries {
             let mut seen: Vec<Instant> = self.entries.values().map(|k| k.seen).collect();
             seen.sort_unstable();
@@ -266,8 +328,8 @@ mod tests {
     #[test]
     fn live_process_gets_argv_from_proc() {
         let me = std::process::id();
-        let view = view();
-        let (caller, _) = view.chain(&send_from(me, "test", vec![]));
+        let mut view = view();
+        let (caller, _) = view.chain(&send_from(me, "test", vec![]), Instant::now());
         let argv = caller.argv.expect("own argv");
         let exe = std::env::args().next().unwrap();
         assert!(argv.starts_with(&exe), "{argv}");
@@ -279,7 +341,10 @@ mod tests {
         let pid = child.id();
         child.wait().unwrap();
         let mut view = view();
-        let (caller, ancestors) = view.chain(&send_from(pid, "true", vec![(1, "init".into())]));
+        let (caller, ancestors) = view.chain(
+            &send_from(pid, "true", vec![(1, "init".into())]),
+            Instant::now(),
+        );
         assert_eq!(caller.pid, pid);
         assert_eq!(caller.comm, "true");
         assert_eq!(caller.argv, None);
@@ -291,7 +356,7 @@ mod tests {
             Instant::now(),
         );
         view.execs.on_exit(pid, Instant::now());
-        let (caller, _) = view.chain(&send_from(pid, "true", vec![]));
+        let (caller, _) = view.chain(&send_from(pid, "true", vec![]), Instant::now());
         assert_eq!(
             caller.argv.as_deref(),
             Some("true -H X-aws-ec2-metadata-token: **token redacted**")
@@ -304,14 +369,71 @@ mod tests {
         let mut view = view();
         view.execs
             .on_exec(exec(me, &["from-exec", "a"]), Instant::now());
-        let (caller, _) = view.chain(&send_from(me, "x", vec![]));
+        let (caller, _) = view.chain(&send_from(me, "x", vec![]), Instant::now());
         assert_eq!(caller.argv.as_deref(), Some("from-exec a"));
         // Marked exited, yet the pid is alive: it was taken by another process, whose argv
         // only /proc knows.
         view.execs.on_exit(me, Instant::now());
-        let (caller, _) = view.chain(&send_from(me, "x", vec![]));
+        let (caller, _) = view.chain(&send_from(me, "x", vec![]), Instant::now());
         let exe = std::env::args().next().unwrap();
         assert!(caller.argv.unwrap().starts_with(&exe));
+    }
+
+    /// argv read from /proc is read once, then served from the cache until that pid's exec
+    /// or exit, a changed comm, or the TTL; after the exit it is still there for the line.
+    #[test]
+    fn proc_argv_is_cached_until_exec_exit_comm_change_or_ttl() {
+        let root = std::env::temp_dir().join(format!("imds-proc-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let pid = 4242;
+        let dir = root.join(pid.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        let cmdline = |argv: &str| std::fs::write(dir.join("cmdline"), argv).unwrap();
+        cmdline("aws\0s3\0ls\0");
+        let mut view = ProcessView::new(&root, ExecCache::new(16, Duration::from_secs(30)));
+        let t0 = Instant::now();
+        let argv = |view: &mut ProcessView, comm: &str, at: Instant| {
+            view.chain(&send_from(pid, comm, vec![]), at).0.argv
+        };
+        assert_eq!(argv(&mut view, "aws", t0).as_deref(), Some("aws s3 ls"));
+
+        // Within the TTL, /proc is not read again.
+        cmdline("aws\0changed\0");
+        let t1 = t0 + PROC_ARGV_TTL / 2;
+        assert_eq!(argv(&mut view, "aws", t1).as_deref(), Some("aws s3 ls"));
+        // Another comm from the kernel: not the process we read, read again.
+        assert_eq!(argv(&mut view, "other", t1).as_deref(), Some("aws changed"));
+        cmdline("aws\0third\0");
+        // Past the TTL: read again.
+        let t2 = t1 + PROC_ARGV_TTL;
+        assert_eq!(argv(&mut view, "other", t2).as_deref(), Some("aws third"));
+        // The kernel's exec replaces it at once.
+        view.execs.on_exec(exec(pid, &["python3", "app.py"]), t2);
+        assert_eq!(
+            argv(&mut view, "python3", t2).as_deref(),
+            Some("python3 app.py")
+        );
+
+        // A cached /proc read outlives the process, for the lines still to be written.
+        view.execs.on_exit(pid, t2);
+        cmdline("sh\0");
+        let t3 = t2 + Duration::from_millis(1);
+        assert_eq!(
+            argv(&mut view, "sh", t3).as_deref(),
+            Some("sh"),
+            "pid reused"
+        );
+        view.execs.on_exit(pid, t3);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            argv(&mut view, "sh", t3).as_deref(),
+            Some("sh"),
+            "after exit"
+        );
+        // Swept with the other exited entries.
+        view.execs.sweep(t3 + Duration::from_secs(31));
+        assert_eq!(argv(&mut view, "sh", t3).as_deref(), None);
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

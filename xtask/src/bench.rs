@@ -731,14 +731,18 @@ fn check_accounting(what: &str, r: &BurstResult, report: &mut Report) -> (bool, 
             r.lines_other
         );
     }
-    if r.warning_drops != r.dropped_kernel {
+    // The log's drop lines count every loss (kernel, writer queue, failed writes), as the
+    // exit summary's three fields do together.
+    let summary_drops = r.dropped_kernel + r.dropped_backpressure + r.lost_io;
+    if r.warning_drops != summary_drops {
         println!(
-            "{what}: drop lines in the log say {}, the exit summary {}",
-            r.warning_drops, r.dropped_kernel
+            "{what}: drop lines in the log say {}, the exit summary {summary_drops}",
+            r.warning_drops
         );
         report.note(format!(
-            "{what}: `imds-snoop dropped` lines total {} but the exit summary says dropped_kernel={}",
-            r.warning_drops, r.dropped_kernel
+            "{what}: `imds-snoop dropped` lines total {} but the exit summary says \
+             dropped_kernel + dropped_backpressure + lost_io = {summary_drops}",
+            r.warning_drops
         ));
     }
     let over_explained = match r.process_events {
