@@ -40,10 +40,18 @@ pub const FLAG_UNSUPPORTED_ITER: u32 = 1 << 1;
 /// [`SendEvent::flags`]: reading user memory failed (page not present); payload may be short.
 pub const FLAG_READ_ERROR: u32 = 1 << 2;
 
-/// Indices into the per-CPU `DROPS` counter array.
+/// Indices into the per-CPU `DROPS` counter array. Send events (IMDS calls) are counted
+/// apart from the others: only their drops are calls missing from the log.
+/// A send event that did not fit the ring buffer.
 pub const DROP_RINGBUF_FULL: u32 = 0;
+/// A send event with no per-CPU scratch record (should never happen).
 pub const DROP_NO_SCRATCH: u32 = 1;
-pub const DROP_KINDS: u32 = 2;
+/// An exec or exit event lost (ring full or no scratch): attribution falls back to /proc.
+pub const DROP_PROCESS_EVENT: u32 = 2;
+/// A response status lost (ring full): its call is logged without a status, and a token
+/// PUT among them would look unanswered.
+pub const DROP_RESPONSE: u32 = 3;
+pub const DROP_KINDS: u32 = 4;
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;

@@ -14,8 +14,7 @@ use aya_ebpf::{
     maps::PerCpuArray,
 };
 use imds_snoop_common::{
-    COMM_LEN, DROP_NO_SCRATCH, DROP_RINGBUF_FULL, EVENT_EXEC, EVENT_EXIT, ExecEvent, ExitEvent,
-    MAX_ARGV,
+    COMM_LEN, DROP_PROCESS_EVENT, EVENT_EXEC, EVENT_EXIT, ExecEvent, ExitEvent, MAX_ARGV,
 };
 
 use crate::{
@@ -31,7 +30,7 @@ static EXEC_SCRATCH: PerCpuArray<ExecEvent> = PerCpuArray::with_max_entries(1, 0
 pub fn on_exec() {
     let o = offsets();
     let Some(ev) = EXEC_SCRATCH.get_ptr_mut(0) else {
-        count_drop(DROP_NO_SCRATCH);
+        count_drop(DROP_PROCESS_EVENT);
         return;
     };
     // SAFETY: per-CPU map value, not shared with a concurrent program run on this CPU.
@@ -88,7 +87,7 @@ pub fn on_exec() {
         )
     };
     if ret < 0 {
-        count_drop(DROP_RINGBUF_FULL);
+        count_drop(DROP_PROCESS_EVENT);
     }
 }
 
@@ -106,6 +105,6 @@ pub fn on_exit() {
         ts_ns: unsafe { bpf_ktime_get_boot_ns() },
     };
     if EVENTS.output::<ExitEvent>(&ev, 0).is_err() {
-        count_drop(DROP_RINGBUF_FULL);
+        count_drop(DROP_PROCESS_EVENT);
     }
 }

@@ -13,7 +13,7 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_boot_ns, programs::SkBuffContext};
 use imds_snoop_common::{
-    AF_INET, AF_INET6, DROP_RINGBUF_FULL, EVENT_RESPONSE, MAX_TARGETS, ResponseEvent,
+    AF_INET, AF_INET6, DROP_RESPONSE, EVENT_RESPONSE, MAX_TARGETS, ResponseEvent,
 };
 
 use crate::{
@@ -99,7 +99,7 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
         _pad: 0,
     };
     if EVENTS.output::<ResponseEvent>(&ev, 0).is_err() {
-        count_drop(DROP_RINGBUF_FULL);
+        count_drop(DROP_RESPONSE);
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::{
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use chrono::{DateTime, Local};
-use imds_snoop_common::{DROP_NO_SCRATCH, DROP_RINGBUF_FULL};
+use imds_snoop_common::{DROP_NO_SCRATCH, DROP_PROCESS_EVENT, DROP_RESPONSE, DROP_RINGBUF_FULL};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -25,7 +25,7 @@ use crate::{
     metrics::{self, Metrics},
     outcome::Outcomes,
     output::{
-        self, Format, Losses, Outcome, Record,
+        self, DegradedEvents, Format, Losses, Outcome, Record,
         writer::{self, LineSender, WriterConfig},
     },
     process::{ExecCache, ProcessView},
@@ -151,7 +151,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let coalesce = (args.ring_bytes >= COALESCE_MIN_RING).then_some(RING_COALESCE);
     let mut pipeline = Pipeline::new(&args, responses, metrics);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut losses = Losses::default();
+    let mut losses = <(Losses, DegradedEvents)>::default();
 
     loop {
         tokio::select! {
@@ -191,7 +191,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     writer.close();
     info!(
         lines = stats.written.load(Ordering::Relaxed),
-        dropped_kernel = losses.ring_full + losses.no_scratch,
+        dropped_kernel = losses.0.ring_full + losses.0.no_scratch,
+        lost_process_events = losses.1.process_events,
+        lost_responses = losses.1.responses,
         dropped_backpressure = stats.dropped_backpressure.load(Ordering::Relaxed),
         lost_io = stats.lost_io.load(Ordering::Relaxed),
         decode_errors = pipeline.decode_errors,
@@ -208,7 +210,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 fn report_losses(
     capture: &Capture,
     writer: &LineSender,
-    seen: &mut Losses,
+    seen: &mut (Losses, DegradedEvents),
     format: Format,
     node: &str,
     metrics: &Metrics,
@@ -221,12 +223,26 @@ fn report_losses(
         writer_queue_full: stats.dropped_backpressure.load(Ordering::Relaxed),
         log_write_failed: stats.lost_io.load(Ordering::Relaxed),
     };
-    metrics.set_totals(&now, stats.written.load(Ordering::Relaxed));
-    if now != *seen {
-        let new = now.total() - seen.total();
+    let degraded = DegradedEvents {
+        process_events: drops[DROP_PROCESS_EVENT as usize],
+        responses: drops[DROP_RESPONSE as usize],
+    };
+    metrics.set_totals(&now, &degraded, stats.written.load(Ordering::Relaxed));
+    if now != seen.0 {
+        let new = now.total() - seen.0.total();
         warn!(?now, "{new} IMDS calls are missing from the trace log");
         writer.send(output::dropped_line(format, node, new, &now));
-        *seen = now;
+        seen.0 = now;
+    }
+    if degraded != seen.1 {
+        let new =
+            degraded.process_events + degraded.responses - seen.1.process_events - seen.1.responses;
+        warn!(
+            ?degraded,
+            "{new} kernel events lost (not calls): some lines are incomplete"
+        );
+        writer.send(output::degraded_line(format, node, new, &degraded));
+        seen.1 = degraded;
     }
 }
 

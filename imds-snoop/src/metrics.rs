@@ -45,7 +45,7 @@ use crate::{
     capture::AttachMode,
     container::Origin,
     http::Class,
-    output::{Losses, Outcome, Record, escape_controls},
+    output::{DegradedEvents, Losses, Outcome, Record, escape_controls},
 };
 
 /// Distinct caller label sets kept before new ones are counted under [`OVERFLOW`] (one
@@ -199,8 +199,9 @@ impl Metrics {
         let kernel_drops = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "kernel_drops",
-            "Kernel events lost before reaching the daemon, by reason: ring_full (raise \
-             --ring-bytes), no_scratch",
+            "Kernel events lost before reaching the daemon, by reason: ring_full and \
+             no_scratch (IMDS calls missing from the log; raise --ring-bytes), process_event \
+             (exec/exit: argv may be missing) and response (a call's status)",
             kernel_drops.clone(),
         );
         let writer_queue_drops = Counter::default();
@@ -270,7 +271,7 @@ impl Metrics {
 
     /// Sets the loss counters and lines written to the daemon's running totals (the ones
     /// `report_losses` logs).
-    pub fn set_totals(&self, losses: &Losses, lines_written: u64) {
+    pub fn set_totals(&self, losses: &Losses, degraded: &DegradedEvents, lines_written: u64) {
         let Some(m) = &self.0 else { return };
         let set = |c: &Counter, v: u64| c.inner().store(v, Ordering::Relaxed);
         set(
@@ -284,6 +285,17 @@ impl Metrics {
                 reason: "no_scratch",
             }),
             losses.no_scratch,
+        );
+        set(
+            &m.kernel_drops.get_or_create(&ReasonLabels {
+                reason: "process_event",
+            }),
+            degraded.process_events,
+        );
+        set(
+            &m.kernel_drops
+                .get_or_create(&ReasonLabels { reason: "response" }),
+            degraded.responses,
         );
         set(&m.writer_queue_drops, losses.writer_queue_full);
         set(&m.lines_lost, losses.log_write_failed);
@@ -518,6 +530,10 @@ mod tests {
                 writer_queue_full: 7,
                 log_write_failed: 2,
             },
+            &DegradedEvents {
+                process_events: 3,
+                responses: 1,
+            },
             40,
         );
         m.set_attached(AttachMode::Tracepoint, true);
@@ -534,6 +550,11 @@ mod tests {
         for (series, want) in [
             (r#"imds_snoop_kernel_drops_total{reason="ring_full"}"#, 5.0),
             (r#"imds_snoop_kernel_drops_total{reason="no_scratch"}"#, 0.0),
+            (
+                r#"imds_snoop_kernel_drops_total{reason="process_event"}"#,
+                3.0,
+            ),
+            (r#"imds_snoop_kernel_drops_total{reason="response"}"#, 1.0),
             ("imds_snoop_writer_queue_drops_total", 7.0),
             ("imds_snoop_log_lines_lost_total", 2.0),
             ("imds_snoop_log_lines_written_total", 40.0),
@@ -556,7 +577,7 @@ mod tests {
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
         // Totals are the daemon's running totals, set, not added.
-        m.set_totals(&Losses::default(), 41);
+        m.set_totals(&Losses::default(), &DegradedEvents::default(), 41);
         let text = m.encode().unwrap();
         assert_eq!(
             sample(&text, "imds_snoop_log_lines_written_total"),
@@ -589,7 +610,7 @@ mod tests {
     fn disabled_metrics_record_nothing() {
         let m = Metrics::disabled();
         m.observe(&record(Class::V1, "curl", None), US);
-        m.set_totals(&Losses::default(), 1);
+        m.set_totals(&Losses::default(), &DegradedEvents::default(), 1);
         assert_eq!(m.encode().unwrap(), "");
     }
 }

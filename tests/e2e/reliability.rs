@@ -178,17 +178,14 @@ fn short_lived_callers_are_all_logged_with_argv() {
 /// counted in the daemon's `imds-snoop dropped N events` lines, exactly, and the daemon
 /// logs the next call once it catches up.
 ///
-/// The drop counter is shared with the kernel's exec/exit events, so the count is exact only
-/// if no exec or exit met the full ring. Ours cannot: the client (ring_burst.py) execs
-/// before it connects and primes its connection with one request (logged, not counted)
-/// before the burst, and exits a second after the daemon is resumed, when the ring has
-/// drained. Another process's could: losses reported before the
-/// burst are the baseline (taken once the reports have settled), and the client reports
-/// whether any task was created or went away on the machine during the burst (the daemon
-/// stopped, the ring full); a busy attempt is run again (at most `ATTEMPTS` times) instead
-/// of counted. What is left uncounted: another process's exec/exit overflowing the ring
-/// while the daemon runs, between the baseline and the burst (a fraction of a second), or
-/// in the milliseconds after it before the daemon has drained the ring.
+/// Only send events count in that line (exec/exit and response drops have counters of
+/// their own), but the kernel's exec/exit events still take room in the ring, and before
+/// they were counted apart a lost exit made the sum one too high. The guards from then
+/// stay, as they keep the burst itself undisturbed: the client (ring_burst.py) execs before
+/// it connects and primes its connection with one request (logged, not counted) before the
+/// burst, and exits a second after the daemon is resumed; losses reported before the burst
+/// are the baseline (taken once the reports have settled); a burst during which any task
+/// was created or went away on the machine is run again (at most `ATTEMPTS` times).
 #[test]
 fn full_ring_drops_are_counted_exactly_and_the_daemon_recovers() {
     if !require_root() {

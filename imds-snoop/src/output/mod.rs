@@ -146,6 +146,43 @@ pub fn dropped_line(format: Format, node: &str, new: u64, totals: &Losses) -> St
     }
 }
 
+/// Kernel events lost that are not calls, totals since start: no call is missing, but some
+/// lines may say less than they could.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DegradedEvents {
+    /// Exec/exit events: argv of callers that exited early may be `[exited] <comm>`.
+    pub process_events: u64,
+    /// Response statuses: those calls have no ` -> NNN`, and a token PUT among them would
+    /// show as "token response not received".
+    pub responses: u64,
+}
+
+/// The line that tells a reader of the trace log that some lines are less complete than
+/// usual (`new` kernel events lost since the last report, and the totals).
+pub fn degraded_line(format: Format, node: &str, new: u64, totals: &DegradedEvents) -> String {
+    let now = Local::now();
+    match format {
+        Format::Text => format!(
+            "[{}] [WARNING] imds-snoop lost {new} kernel events that are not calls (totals: \
+             process events {}, responses {}); lines may lack argv or status, and a lost \
+             response can make a token PUT look unanswered: raise --ring-bytes",
+            now.format("%Y-%m-%d %H:%M:%S,%3f"),
+            totals.process_events,
+            totals.responses,
+        ),
+        Format::Json => serde_json::json!({
+            "schema": json::SCHEMA_VERSION,
+            "timestamp": now.to_rfc3339_opts(chrono::SecondsFormat::Millis, false),
+            "node": node,
+            "level": "WARNING",
+            "class": "degraded",
+            "lost": new,
+            "lost_total": totals,
+        })
+        .to_string(),
+    }
+}
+
 /// Makes a value safe to put in a one-line log: control characters (a newline in an argv or
 /// a header could forge a whole line) become `\xNN`.
 pub fn escape_controls(s: &str) -> String {

@@ -180,7 +180,7 @@ impl<'a> Aggregator<'a> {
         };
         let line_node = match &line {
             Line::Call(c) => c.node.as_deref(),
-            Line::Dropped { node, .. } => node.as_deref(),
+            Line::Dropped { node, .. } | Line::Degraded { node } => node.as_deref(),
         };
         let node = match (line_node, self.node) {
             (Some(n), Some(want)) if n != want => return,
@@ -191,6 +191,7 @@ impl<'a> Aggregator<'a> {
         let stats = self.report.nodes.entry(node.clone()).or_default();
         match line {
             Line::Dropped { events, .. } => stats.dropped_events += events,
+            Line::Degraded { .. } => {}
             Line::Call(call) if !is_imds(&call) => stats.other_destinations += 1,
             Line::Call(call) => {
                 if call.kind != Kind::TokenFailure {

@@ -61,6 +61,11 @@ pub enum Line {
         node: Option<String>,
         events: u64,
     },
+    /// imds-snoop's own `lost N kernel events that are not calls` line: no call is
+    /// missing, so nothing to count; understood, not a call.
+    Degraded {
+        node: Option<String>,
+    },
 }
 
 /// The label and JSON class of the hop-limit warning line, as the daemon writes them.
@@ -100,6 +105,9 @@ fn parse_text(line: &str) -> Option<Line> {
     let (_level, rest) = rest.split_once("] ")?;
     if let Some(events) = dropped_count(rest) {
         return Some(Line::Dropped { node: None, events });
+    }
+    if rest.starts_with("imds-snoop lost ") {
+        return Some(Line::Degraded { node: None });
     }
     let (label, after_label) = match rest.find(" (pid:") {
         Some(i) => (&rest[..i], &rest[i + 1..]),
@@ -273,6 +281,7 @@ fn parse_json(line: &str) -> Option<Line> {
                 events: j.dropped.unwrap_or(0),
             });
         }
+        "degraded" => return Some(Line::Degraded { node: j.node }),
         TOKEN_FAILURE_CLASS => Kind::TokenFailure,
         _ => return None,
     };
@@ -491,6 +500,27 @@ mod tests {
             Some(Line::Dropped {
                 node: None,
                 events: 12
+            })
+        );
+    }
+
+    /// The daemon's own "lost kernel events that are not calls" line, as it writes it:
+    /// understood (not "not understood"), and no call.
+    #[test]
+    fn degraded_lines_from_the_formatter() {
+        use crate::output::{DegradedEvents, Format, degraded_line};
+        let totals = DegradedEvents {
+            process_events: 2,
+            responses: 1,
+        };
+        assert_eq!(
+            parse_line(&degraded_line(Format::Text, "n", 3, &totals)),
+            Some(Line::Degraded { node: None })
+        );
+        assert_eq!(
+            parse_line(&degraded_line(Format::Json, "n", 3, &totals)),
+            Some(Line::Degraded {
+                node: Some("n".into())
             })
         );
     }
