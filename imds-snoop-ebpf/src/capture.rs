@@ -14,7 +14,7 @@ use imds_snoop_common::{
     MAX_PAYLOAD, MAX_TARGETS, Offsets, SendEvent, SendRecord,
 };
 
-use crate::kernel::{offsets, read, settings, targets};
+use crate::kernel::{offsets, read, settings, sk_dport_offset, targets};
 
 /// Send events for userspace. Its size is set at load (`--ring-bytes`).
 #[map]
@@ -36,10 +36,12 @@ pub fn capture(sk: *const u8, msg: *const u8, first_pass_only: bool) {
 
 #[inline(always)]
 fn try_capture(sk: *const u8, msg: *const u8, first_pass_only: bool) -> Result<(), i32> {
+    // Hot path: one read and a compare or two for every TCP send on the node.
+    let dport = u16::from_be(read::<u16>(sk, sk_dport_offset())?);
+    if !port_is_target(dport) {
+        return Ok(());
+    }
     let o = offsets();
-
-    // Hot path: one read and a few compares for every TCP send on the node.
-    let dport = u16::from_be(read::<u16>(sk, o.sk_dport)?);
     let Some((family, daddr)) = match_target(sk, &o, dport)? else {
         return Ok(());
     };
@@ -102,22 +104,31 @@ fn try_capture(sk: *const u8, msg: *const u8, first_pass_only: bool) -> Result<(
     Ok(())
 }
 
-/// Compares the socket's destination with the target list. Returns the family and address
-/// (IPv4-mapped IPv6 reported as IPv4) when it matches.
+/// Whether any target has this port: the first, cheap test (targets are few, and the
+/// loop stops at the configured count and at the first hit).
 #[inline(always)]
-fn match_target(sk: *const u8, o: &Offsets, dport: u16) -> Result<Option<(u16, [u32; 4])>, i32> {
+fn port_is_target(dport: u16) -> bool {
     let t = targets();
     // SAFETY: plain reads of our own static (volatile: its real value is patched in at load).
     let count = unsafe { core::ptr::read_volatile(&t.count) } as usize;
-    let mut port_hit = false;
     for i in 0..MAX_TARGETS {
-        if i < count && unsafe { core::ptr::read_volatile(&t.targets[i].port) } == dport {
-            port_hit = true;
+        if i >= count {
+            break;
+        }
+        if unsafe { core::ptr::read_volatile(&t.targets[i].port) } == dport {
+            return true;
         }
     }
-    if !port_hit {
-        return Ok(None);
-    }
+    false
+}
+
+/// Compares the socket's destination with the target list (the port already matched one).
+/// Returns the family and address (IPv4-mapped IPv6 reported as IPv4) when it matches.
+#[inline(always)]
+fn match_target(sk: *const u8, o: &Offsets, dport: u16) -> Result<Option<(u16, [u32; 4])>, i32> {
+    let t = targets();
+    // SAFETY: as in `port_is_target`.
+    let count = unsafe { core::ptr::read_volatile(&t.count) } as usize;
 
     let mut family = read::<u16>(sk, o.sk_family)?;
     let mut daddr = [0u32; 4];

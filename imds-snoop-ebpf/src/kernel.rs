@@ -63,6 +63,14 @@ pub fn offsets() -> Offsets {
     unsafe { core::ptr::read_volatile(&OFFSETS) }
 }
 
+/// `sk_dport` alone: the hot path needs only this offset, and copying the whole table
+/// (what [`offsets`] does) for every TCP send on the node is most of the program's cost.
+#[inline(always)]
+pub fn sk_dport_offset() -> u32 {
+    // SAFETY: as for `offsets`.
+    unsafe { core::ptr::read_volatile(&OFFSETS.sk_dport) }
+}
+
 #[inline(always)]
 pub fn targets() -> &'static Targets {
     &TARGETS

@@ -31,32 +31,45 @@ pub fn on_ingress(ctx: &SkBuffContext) {
 #[inline(always)]
 fn try_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
     // `bpf_skb_load_bytes` (what `load` calls) copes with non-linear skbs; offsets are from
-    // the network header, where cgroup_skb programs start.
-    let first: u8 = ctx.load(0)?;
-    let (family, l4, src, dst) = match first >> 4 {
+    // the network header, where cgroup_skb programs start. This runs for every packet the
+    // node receives, so it loads whole headers at once: one helper call for an IPv4 packet
+    // without options (header and ports), two for IPv6 or options.
+    let v4: [u8; 24] = ctx.load(0)?;
+    let (family, l4, src, dst, ports) = match v4[0] >> 4 {
         4 => {
-            if ctx.load::<u8>(9)? != IPPROTO_TCP {
+            if v4[9] != IPPROTO_TCP {
                 return Ok(());
             }
-            let ihl = (first & 0x0f) as usize * 4;
+            let ihl = (v4[0] & 0x0f) as usize * 4;
             // Addresses in network order, as native u32 words: the form of `Target::addr`.
-            let src: u32 = ctx.load(12)?;
-            let dst: u32 = ctx.load(16)?;
-            (AF_INET, ihl, [src, 0, 0, 0], [dst, 0, 0, 0])
+            let src = u32::from_ne_bytes([v4[12], v4[13], v4[14], v4[15]]);
+            let dst = u32::from_ne_bytes([v4[16], v4[17], v4[18], v4[19]]);
+            let ports = if ihl == 20 {
+                [v4[20], v4[21], v4[22], v4[23]]
+            } else {
+                ctx.load::<[u8; 4]>(ihl)?
+            };
+            (AF_INET, ihl, [src, 0, 0, 0], [dst, 0, 0, 0], ports)
         }
         6 => {
             // IMDS replies carry no extension headers.
-            if ctx.load::<u8>(6)? != IPPROTO_TCP {
+            if v4[6] != IPPROTO_TCP {
                 return Ok(());
             }
-            let src: [u32; 4] = ctx.load(8)?;
-            let dst: [u32; 4] = ctx.load(24)?;
-            (AF_INET6, 40usize, src, dst)
+            let h: [u32; 11] = ctx.load(0)?;
+            let ports = h[10].to_ne_bytes();
+            (
+                AF_INET6,
+                40usize,
+                [h[2], h[3], h[4], h[5]],
+                [h[6], h[7], h[8], h[9]],
+                ports,
+            )
         }
         _ => return Ok(()),
     };
-    let ports: [u16; 2] = ctx.load(l4)?;
-    let (sport, dport) = (u16::from_be(ports[0]), u16::from_be(ports[1]));
+    let sport = u16::from_be_bytes([ports[0], ports[1]]);
+    let dport = u16::from_be_bytes([ports[2], ports[3]]);
     if !is_target(family, sport, &src) {
         return Ok(());
     }
