@@ -1,5 +1,6 @@
-//! The running tracer: opens the log, attaches, then moves each ring-buffer record through
-//! decode -> http -> process -> output until SIGINT/SIGTERM.
+//! The running tracer: opens the log (and the metrics port), attaches, then moves each
+//! ring-buffer record through decode -> http -> process/container -> outcome (a request
+//! waits for its response's status) -> output until SIGINT/SIGTERM.
 
 use std::{
     sync::atomic::Ordering,
