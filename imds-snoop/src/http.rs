@@ -430,18 +430,47 @@ fn snippet(data: &[u8], redact_first_line: bool) -> String {
     out
 }
 
-/// Replaces every token value in raw bytes (case-insensitive `x-aws-ec2-metadata-token:` up
-/// to the end of the line) with the redaction marker.
+/// Where a token header's value ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValueEnd {
+    /// At the end of the line: a request's header.
+    Line,
+    /// At the end of the shell word: a caller's argv, where `-H "X-aws-ec2-metadata-token:
+    /// $T"` arrives as one word among others on the joined line.
+    Word,
+}
+
+/// Replaces every token value (after a case-insensitive `x-aws-ec2-metadata-token` and its
+/// colon) with the redaction marker: the one scanner for request bytes and argv alike.
+pub fn redact_token_values(data: &[u8], end: ValueEnd) -> Cow<'_, [u8]> {
+    redact_from(data, 0, None, end)
+}
+
+/// [`redact_token_values`] for a request, whose first line may be the tail of a token (a
+/// send seen from its middle): then that line goes too.
 fn redact_raw(data: &[u8], redact_first_line: bool) -> Cow<'_, [u8]> {
-    let mut out: Option<Vec<u8>> = None;
-    let mut copied = 0; // data[..copied] is already in `out`
-    let mut i = 0;
     if redact_first_line {
         let end = line_end(data, 0);
-        out = Some(TOKEN_REDACTED.as_bytes().to_vec());
-        copied = end;
-        i = end;
+        redact_from(
+            data,
+            end,
+            Some(TOKEN_REDACTED.as_bytes().to_vec()),
+            ValueEnd::Line,
+        )
+    } else {
+        redact_from(data, 0, None, ValueEnd::Line)
     }
+}
+
+/// The scan: `data[..start]` is already in `out` (when `out` is `Some`).
+fn redact_from(
+    data: &[u8],
+    start: usize,
+    mut out: Option<Vec<u8>>,
+    value_end: ValueEnd,
+) -> Cow<'_, [u8]> {
+    let mut copied = start; // data[..copied] is already in `out`
+    let mut i = start;
     let name = TOKEN_HEADER.as_bytes();
     while i + name.len() <= data.len() {
         if !data[i..i + name.len()].eq_ignore_ascii_case(name) {
@@ -456,7 +485,10 @@ fn redact_raw(data: &[u8], redact_first_line: bool) -> Cow<'_, [u8]> {
             i += 1;
             continue;
         }
-        let end = line_end(data, j + 1);
+        let end = match value_end {
+            ValueEnd::Line => line_end(data, j + 1),
+            ValueEnd::Word => word_end(data, j + 1),
+        };
         let buf = out.get_or_insert_with(Vec::new);
         buf.extend_from_slice(&data[copied..=j]);
         buf.push(b' ');
@@ -510,6 +542,19 @@ fn splice_rest(out: Option<Vec<u8>>, data: &[u8], copied: usize) -> Cow<'_, [u8]
             Cow::Owned(buf)
         }
     }
+}
+
+/// The end of the shell word a token value is in (leading blanks skipped).
+fn word_end(data: &[u8], from: usize) -> usize {
+    let start = from
+        + data[from..]
+            .iter()
+            .take_while(|&&b| b == b' ' || b == b'\t')
+            .count();
+    data[start..]
+        .iter()
+        .position(|&b| matches!(b, b' ' | b'"' | b'\'' | b'\t'))
+        .map_or(data.len(), |p| start + p)
 }
 
 fn line_end(data: &[u8], from: usize) -> usize {

@@ -19,7 +19,10 @@ use std::{
 
 use procfs::process::Process;
 
-use crate::decode::{Exec, Send};
+use crate::{
+    decode::{Exec, Send},
+    http::{ValueEnd, redact_token_values},
+};
 
 /// Longest argv kept, in characters: enough for a long `aws` or `java` command line.
 const MAX_ARGV_CHARS: usize = 512;
@@ -249,31 +252,8 @@ impl ExecCache {
 /// replace whatever follows the header name, up to the next blank or quote, so the token
 /// never reaches the log through the process tree either.
 pub fn redact_tokens(argv: &str) -> String {
-    const NEEDLE: &str = "x-aws-ec2-metadata-token:";
-    let lower = argv.to_ascii_lowercase();
-    let mut out = String::with_capacity(argv.len());
-    let mut rest = 0;
-    let mut search = 0;
-    while let Some(found) = lower[search..].find(NEEDLE) {
-        let name_end = search + found + NEEDLE.len();
-        let bytes = argv.as_bytes();
-        let mut start = name_end;
-        while start < bytes.len() && bytes[start] == b' ' {
-            start += 1;
-        }
-        let mut end = start;
-        while end < bytes.len() && !matches!(bytes[end], b' ' | b'"' | b'\'' | b'\t') {
-            end += 1;
-        }
-        out.push_str(&argv[rest..start]);
-        if end > start {
-            out.push_str("**token redacted**");
-        }
-        rest = end;
-        search = end.max(name_end);
-    }
-    out.push_str(&argv[rest..]);
-    out
+    // The scanner splices only at ASCII bytes, so valid UTF-8 stays valid.
+    String::from_utf8_lossy(&redact_token_values(argv.as_bytes(), ValueEnd::Word)).into_owned()
 }
 
 pub fn truncate_chars(s: &str, max: usize) -> String {
@@ -463,7 +443,7 @@ mod tests {
         assert!(!r.contains("AQAEAbc123") && !r.contains("Zz9"), "{r}");
         assert_eq!(
             r,
-            "curl -H X-aws-ec2-metadata-token: **token redacted** http://169.254.169.254/ -H x-AWS-ec2-metadata-token:**token redacted** -s"
+            "curl -H X-aws-ec2-metadata-token: **token redacted** http://169.254.169.254/ -H x-AWS-ec2-metadata-token: **token redacted** -s"
         );
         assert_eq!(redact_tokens("curl http://x/"), "curl http://x/");
         // The ttl header is not a token.
