@@ -107,7 +107,7 @@ fn try_capture(sk: *const u8, msg: *const u8, first_pass_only: bool) -> Result<(
 /// Whether any target has this port: the first, cheap test (targets are few, and the
 /// loop stops at the configured count and at the first hit).
 #[inline(always)]
-fn port_is_target(dport: u16) -> bool {
+pub fn port_is_target(dport: u16) -> bool {
     let t = targets();
     // SAFETY: plain reads of our own static (volatile: its real value is patched in at load).
     let count = unsafe { core::ptr::read_volatile(&t.count) } as usize;

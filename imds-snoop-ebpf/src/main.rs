@@ -98,6 +98,11 @@ pub fn empty_tracepoint(_ctx: BtfTracePointContext) -> u32 {
     0
 }
 
+#[cgroup_skb(ingress)]
+pub fn empty_response(_ctx: SkBuffContext) -> i32 {
+    1
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -17,7 +17,7 @@ use imds_snoop_common::{
 };
 
 use crate::{
-    capture::{EVENTS, count_drop},
+    capture::{EVENTS, count_drop, port_is_target},
     kernel::targets,
 };
 
@@ -30,6 +30,21 @@ pub fn on_ingress(ctx: &SkBuffContext) {
 
 #[inline(always)]
 fn try_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
+    // Cheapest test first, for every packet the node receives: the receiving socket's
+    // remote port, a context field (the verifier turns it into a load from the socket: no
+    // helper call, no packet read). On little-endian kernels `__sk_buff.remote_port` holds
+    // the network-order port in its upper 16 bits (a historical quirk), elsewhere in the
+    // lower ones: take whichever half is set.
+    // SAFETY: the context pointer the kernel passed in.
+    let remote_port = unsafe { (*ctx.skb.skb).remote_port };
+    let port_be = if remote_port >> 16 != 0 {
+        (remote_port >> 16) as u16
+    } else {
+        remote_port as u16
+    };
+    if !port_is_target(u16::from_be(port_be)) {
+        return Ok(());
+    }
     // `bpf_skb_load_bytes` (what `load` calls) copes with non-linear skbs; offsets are from
     // the network header, where cgroup_skb programs start. This runs for every packet the
     // node receives, so it loads whole headers at once: one helper call for an IPv4 packet

@@ -129,6 +129,8 @@ pub struct CaptureOptions<'a> {
 pub struct Capture {
     ebpf: Ebpf,
     pub attached: AttachMode,
+    /// The empty benchmark programs are attached (`--empty-program`).
+    empty: bool,
 }
 
 impl Capture {
@@ -202,6 +204,7 @@ impl Capture {
                     return Ok(Self {
                         ebpf,
                         attached: mode,
+                        empty: opts.empty,
                     });
                 }
                 Err(e) => {
@@ -241,7 +244,14 @@ impl Capture {
         };
         let cgroup = std::fs::File::open(cgroup_root)
             .map_err(|e| ResponsesError::Open(cgroup_root.to_owned(), e))?;
-        let p: &mut CgroupSkb = program(&mut self.ebpf, "imds_response")?;
+        // The benchmark floor has an empty program here too: this hook runs for every
+        // packet the node receives, so its cost belongs to the floor, not to our program.
+        let name = if self.empty {
+            "empty_response"
+        } else {
+            "imds_response"
+        };
+        let p: &mut CgroupSkb = program(&mut self.ebpf, name)?;
         p.load()?;
         attach_or_unload(
             p.attach(

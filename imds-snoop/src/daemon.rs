@@ -97,14 +97,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         btf_path: &args.btf,
     })?;
     // The outcome of each call. Not fatal: without it lines are written at once, as before.
-    let responses = args.responses == Responses::Auto && !args.empty_program && {
+    // With --empty-program an empty program takes the same hook (the benchmark floor), and
+    // nothing waits for responses that it never reports.
+    let responses = args.responses == Responses::Auto && {
         match capture.attach_responses(&args.cgroup_root) {
             Ok(cgroup) => {
                 info!(
                     "response status: cgroup_skb/ingress on {}",
                     cgroup.display()
                 );
-                true
+                !args.empty_program
             }
             Err(e) => {
                 warn!("{e}: logging calls without their response status");
