@@ -7,17 +7,21 @@ corpus (see the README's Fuzzing section).
   target's 3 control bytes (split in the middle; with and without an injected token line).
 - decode: ring-buffer records as the kernel program writes them, built with ctypes from the
   same #[repr(C)] layout as imds-snoop-common (sizes checked against its layout guards):
-  a send per captured request, truncated and IPv6 sends, an exec and an exit.
-- report_line: lines of the report fixtures (text, JSON, rotated host logs, a pod log).
+  a send per captured request, truncated and IPv6 sends, an exec, an exit, and responses
+  (200 over IPv4, 401 over IPv6).
+- report_line: lines of the report fixtures (text, JSON, rotated host logs, a pod log), and
+  the daemon's newer lines made from them: a status (` -> 401`, JSON `status`) and the
+  hop-limit warning (a token PUT without a response).
 """
 
 import ctypes
+import json
 import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / "fuzz" / "corpus"
 COMM_LEN, MAX_ANCESTORS, MAX_ARGV = 16, 8, 512
-EVENT_SEND, EVENT_EXEC, EVENT_EXIT = 1, 2, 3
+EVENT_SEND, EVENT_EXEC, EVENT_EXIT, EVENT_RESPONSE = 1, 2, 3, 4
 AF_INET, AF_INET6 = 2, 10
 FLAG_TRUNCATED = 1
 
@@ -34,7 +38,8 @@ class SendEvent(ctypes.Structure):
         ("gid", ctypes.c_uint32), ("netns", ctypes.c_uint32), ("family", ctypes.c_uint16),
         ("dport", ctypes.c_uint16), ("daddr", ctypes.c_uint32 * 4),
         ("payload_len", ctypes.c_uint32), ("ancestors_len", ctypes.c_uint32),
-        ("ns_tgid", ctypes.c_uint32), ("_pad", ctypes.c_uint32),
+        ("ns_tgid", ctypes.c_uint32), ("sport", ctypes.c_uint16), ("_pad", ctypes.c_uint16),
+        ("saddr", ctypes.c_uint32 * 4),
         ("comm", ctypes.c_char * COMM_LEN), ("ancestors", Ancestor * MAX_ANCESTORS),
     ]
 
@@ -52,26 +57,55 @@ class ExitEvent(ctypes.Structure):
     _fields_ = [("kind", ctypes.c_uint32), ("tgid", ctypes.c_uint32), ("ts_ns", ctypes.c_uint64)]
 
 
+class ResponseEvent(ctypes.Structure):
+    _fields_ = [
+        ("kind", ctypes.c_uint32), ("status", ctypes.c_uint16), ("family", ctypes.c_uint16),
+        ("ts_ns", ctypes.c_uint64), ("laddr", ctypes.c_uint32 * 4),
+        ("raddr", ctypes.c_uint32 * 4), ("lport", ctypes.c_uint16),
+        ("rport", ctypes.c_uint16), ("_pad", ctypes.c_uint32),
+    ]
+
+
 # imds-snoop-common's layout guards.
-assert ctypes.sizeof(SendEvent) == 272
+assert ctypes.sizeof(SendEvent) == 288
+assert SendEvent.saddr.offset == 96 and SendEvent.comm.offset == 112
+assert ctypes.sizeof(ResponseEvent) == 56
 assert ctypes.sizeof(ExecEvent) == 48 + MAX_ARGV
 assert ctypes.sizeof(ExitEvent) == 16
+
+
+# IMDS and a local end, per family, as address bytes in network order.
+IMDS = {AF_INET: bytes([169, 254, 169, 254]), AF_INET6: bytes.fromhex("fd000ec2" + "0" * 21 + "254")}
+LOCAL = {AF_INET: bytes([10, 0, 0, 2]), AF_INET6: bytes.fromhex("fd000ec2" + "0" * 23 + "2")}
+
+
+def set_addr(words, addr):
+    """The common crate's address form: the bytes in network order, four at a time as native
+    u32s (IPv4 in the first word, the rest zero)."""
+    addr = addr.ljust(16, b"\0")
+    for i in range(4):
+        words[i] = int.from_bytes(addr[4 * i:4 * i + 4], "little")
 
 
 def send(payload, *, flags=0, family=AF_INET, size=None):
     ev = SendEvent(kind=EVENT_SEND, flags=flags, ts_ns=123456789, sock_id=0xFFFF8880DEAD0000,
                    cgroup_id=4242, size=len(payload) if size is None else size, tgid=4321,
                    tid=4321, netns=4026531840, family=family, dport=80,
-                   payload_len=len(payload), ancestors_len=2, ns_tgid=4321, comm=b"curl")
-    if family == AF_INET:
-        ev.daddr[0] = int.from_bytes(bytes([169, 254, 169, 254]), "little")
-    else:
-        addr = bytes.fromhex("fd000ec2000000000000000000000254")
-        for i in range(4):
-            ev.daddr[i] = int.from_bytes(addr[4 * i:4 * i + 4], "little")
+                   payload_len=len(payload), ancestors_len=2, ns_tgid=4321, sport=40000,
+                   comm=b"curl")
+    set_addr(ev.daddr, IMDS[family])
+    set_addr(ev.saddr, LOCAL[family])
     ev.ancestors[0] = Ancestor(tgid=4300, comm=b"bash")
     ev.ancestors[1] = Ancestor(tgid=1, comm=b"systemd")
     return bytes(ev) + payload
+
+
+def response(status, *, family=AF_INET):
+    ev = ResponseEvent(kind=EVENT_RESPONSE, status=status, family=family, ts_ns=123456999,
+                       lport=40000, rport=80)
+    set_addr(ev.laddr, LOCAL[family])
+    set_addr(ev.raddr, IMDS[family])
+    return bytes(ev)
 
 
 def main():
@@ -97,6 +131,8 @@ def main():
                                                ts_ns=1, argv_len=len(argv), comm=b"curl",
                                                argv=argv)))
     (dec / "exit").write_bytes(bytes(ExitEvent(kind=EVENT_EXIT, tgid=4321, ts_ns=2)))
+    (dec / "response-200").write_bytes(response(200))
+    (dec / "response-401-ipv6").write_bytes(response(401, family=AF_INET6))
 
     rep = OUT / "report_line"
     rep.mkdir(parents=True, exist_ok=True)
@@ -109,7 +145,44 @@ def main():
             if line.strip():
                 (rep / f"line-{n:03}").write_text(line)
                 n += 1
+    for name, line in status_lines([logs[0], *logs[2:]], logs[1]).items():
+        (rep / name).write_text(line)
 
+
+def status_lines(text_logs, json_log):
+    """Fixture lines as the daemon writes them now that it sees responses (output/text.rs,
+    output/json.rs): ` -> <status>` between the request details and the origin; a token PUT
+    without a response labelled (WARNING) `imdsv2 token response not received (hop limit?)`,
+    class `v2_token_no_response`, without a status."""
+    text = [l for log in text_logs for l in log.read_text().splitlines()]
+
+    def origin_at(line):
+        return max(line.rfind(m) for m in (" container:", " host unit:"))
+
+    v1 = next(l for l in text if "] [WARNING] imdsv1(!) (pid:" in l and origin_at(l) > 0)
+    token = next(l for l in text if "] [INFO] imdsv2(token) (pid:" in l and origin_at(l) > 0)
+    i, j = origin_at(v1), origin_at(token)
+    label = "imdsv2 token response not received (hop limit?)"
+    hop = token[:j].replace("] [INFO] imdsv2(token) (pid:", f"] [WARNING] {label} (pid:", 1)
+    jl = [json.loads(l) for l in json_log.read_text().splitlines() if l.strip()]
+    v1j = next(l for l in jl if l.get("class") == "v1")
+    tokj = next(l for l in jl if l.get("class") == "v2_token")
+    def with_status(line, status, **changed):
+        # `status` follows `class`, as output/json.rs orders its fields.
+        out = {}
+        for k, v in line.items():
+            out[k] = changed.get(k, v)
+            if k == "class":
+                out["status"] = status
+        return json.dumps(out, separators=(",", ":"))
+
+    return {
+        "status-401-text": v1[:i] + " -> 401" + v1[i:],
+        "hop-limit-text": hop + token[j:],
+        "status-401-json": with_status(v1j, 401),
+        "hop-limit-json": with_status(tokj, None, level="WARNING",
+                                      **{"class": "v2_token_no_response"}),
+    }
 
 if __name__ == "__main__":
     main()

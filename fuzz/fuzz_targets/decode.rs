@@ -3,16 +3,20 @@
 //! Properties: it never panics; a record shorter than its kind's head, of an unknown kind, or
 //! whose `payload_len` runs past its end is an error (the daemon counts it); a decoded event
 //! says what the record says (its payload is exactly `payload_len` bytes of the record, at
-//! most `MAX_ANCESTORS` ancestors, at most `MAX_ARGV` bytes of argv), so output is bounded
-//! by the record.
+//! most `MAX_ANCESTORS` ancestors, at most `MAX_ARGV` bytes of argv; a send's and a
+//! response's addresses and ports, and a response's status, are exactly the record's), so
+//! output is bounded by the record.
 #![no_main]
 
-use std::mem::{offset_of, size_of};
+use std::{
+    mem::{offset_of, size_of},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use imds_snoop::decode::{DecodeError, Event, decode};
 use imds_snoop_common::{
-    COMM_LEN, EVENT_EXEC, EVENT_EXIT, EVENT_SEND, ExecEvent, ExitEvent, MAX_ANCESTORS, MAX_ARGV,
-    SendEvent,
+    AF_INET6, COMM_LEN, EVENT_EXEC, EVENT_EXIT, EVENT_RESPONSE, EVENT_SEND, ExecEvent, ExitEvent,
+    MAX_ANCESTORS, MAX_ARGV, ResponseEvent, SendEvent,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -26,6 +30,7 @@ fuzz_target!(|record: &[u8]| {
         EVENT_SEND => size_of::<SendEvent>(),
         EVENT_EXEC => size_of::<ExecEvent>(),
         EVENT_EXIT => size_of::<ExitEvent>(),
+        EVENT_RESPONSE => size_of::<ResponseEvent>(),
         other => {
             assert_eq!(result, Err(DecodeError::Kind(other)));
             return;
@@ -54,6 +59,21 @@ fuzz_target!(|record: &[u8]| {
                 send.tgid,
                 u32_at(record, offset_of!(SendEvent, tgid)).unwrap()
             );
+            let family = u16_at(record, offset_of!(SendEvent, family)).unwrap();
+            assert_eq!(
+                send.dst,
+                (
+                    addr_at(record, offset_of!(SendEvent, daddr), family),
+                    u16_at(record, offset_of!(SendEvent, dport)).unwrap()
+                )
+            );
+            assert_eq!(
+                send.src,
+                (
+                    addr_at(record, offset_of!(SendEvent, saddr), family),
+                    u16_at(record, offset_of!(SendEvent, sport)).unwrap()
+                )
+            );
         }
         Ok(Event::Exec(exec)) => {
             assert_eq!(kind, EVENT_EXEC);
@@ -70,6 +90,29 @@ fuzz_target!(|record: &[u8]| {
             assert_eq!(kind, EVENT_EXIT);
             assert_eq!(tgid, u32_at(record, offset_of!(ExitEvent, tgid)).unwrap());
         }
+        Ok(Event::Response(response)) => {
+            assert_eq!(kind, EVENT_RESPONSE);
+            // The status is the record's, as is: the decoder neither checks nor maps it.
+            assert_eq!(
+                response.status,
+                u16_at(record, offset_of!(ResponseEvent, status)).unwrap()
+            );
+            let family = u16_at(record, offset_of!(ResponseEvent, family)).unwrap();
+            assert_eq!(
+                response.local,
+                (
+                    addr_at(record, offset_of!(ResponseEvent, laddr), family),
+                    u16_at(record, offset_of!(ResponseEvent, lport)).unwrap()
+                )
+            );
+            assert_eq!(
+                response.remote,
+                (
+                    addr_at(record, offset_of!(ResponseEvent, raddr), family),
+                    u16_at(record, offset_of!(ResponseEvent, rport)).unwrap()
+                )
+            );
+        }
         Err(DecodeError::PayloadLen {
             payload_len,
             available,
@@ -85,4 +128,20 @@ fuzz_target!(|record: &[u8]| {
 fn u32_at(record: &[u8], off: usize) -> Option<u32> {
     let b = record.get(off..off + 4)?;
     Some(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+fn u16_at(record: &[u8], off: usize) -> Option<u16> {
+    let b = record.get(off..off + 2)?;
+    Some(u16::from_ne_bytes([b[0], b[1]]))
+}
+
+/// An address field as the common crate defines it: the address bytes in network order
+/// (IPv4 in the first four, anything but AF_INET6 read as IPv4).
+fn addr_at(record: &[u8], off: usize, family: u16) -> IpAddr {
+    let b: [u8; 16] = record[off..off + 16].try_into().unwrap();
+    if family == AF_INET6 {
+        IpAddr::V6(Ipv6Addr::from(b))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+    }
 }

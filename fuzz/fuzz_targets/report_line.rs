@@ -2,11 +2,13 @@
 //!
 //! Properties: it never panics; a line's trailing newline changes nothing (lines are read
 //! with or without it); what a text line yields is taken from the line, not made up: the
-//! comm, user agent and destination are substrings of it, the pid and a dropped count
-//! are numbers written in it; every field is bounded by the line's length.
+//! comm, user agent and destination are substrings of it, the pid, a dropped count and a
+//! response status (` -> 401`) are numbers written in it; a token failure (hop limit) is
+//! only read from the daemon's label; every field is bounded by the line's
+//! length.
 #![no_main]
 
-use imds_snoop::report::parse::{Line, Origin, parse_line};
+use imds_snoop::report::parse::{Kind, Line, Origin, parse_line};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -27,7 +29,18 @@ fuzz_target!(|data: &[u8]| {
         Some(Line::Dropped { events, node }) => {
             if text {
                 let _ = node;
-                assert!(line.contains(&format!("dropped {events} ")), "{line}");
+                // The count is written in the line, maybe as `029` or `+29` (both read as 29).
+                let written = line.match_indices("dropped ").any(|(i, m)| {
+                    let token = line[i + m.len()..].split(' ').next().unwrap_or("");
+                    let digits = token.strip_prefix('+').unwrap_or(token);
+                    !digits.is_empty()
+                        && digits.bytes().all(|b| b.is_ascii_digit())
+                        && match digits.trim_start_matches('0') {
+                            "" => events == 0,
+                            d => d == events.to_string(),
+                        }
+                });
+                assert!(written, "{events} is not in {line:?}");
             }
         }
         Some(Line::Call(call)) => {
@@ -60,6 +73,21 @@ fuzz_target!(|data: &[u8]| {
                         line.contains(&format!("(pid:{pid}:")) || line.contains(&pid.to_string())
                     );
                 }
+                // A status is the three digits of a ` -> NNN` in the line.
+                if let Some(status) = call.status {
+                    assert!(
+                        line.contains(&format!(" -> {status:03}")),
+                        "status {status} is not in {line:?}"
+                    );
+                }
+            }
+            // A text line is a hop-limit warning only by the daemon's label
+            // (output::TOKEN_NO_RESPONSE_LABEL, private to the crate).
+            if text && call.kind == Kind::TokenFailure {
+                assert!(
+                    line.contains("] imdsv2 token response not received (hop limit?)"),
+                    "{line:?}"
+                );
             }
         }
     }
