@@ -746,7 +746,7 @@ fn check_accounting(what: &str, r: &BurstResult, report: &mut Report) -> (bool, 
         ));
     }
     let over_explained = match r.process_events {
-        Some(n) => acc - r.sent <= n,
+        Some(n) => acc.saturating_sub(r.sent) <= n,
         None => false,
     };
     if acc > r.sent {
