@@ -25,7 +25,7 @@ use crate::{
     metrics::{self, Metrics},
     outcome::Outcomes,
     output::{
-        self, DegradedEvents, Format, Losses, Outcome, Record,
+        self, DegradedEvents, Format, LineFormatter, Losses, Outcome, Record,
         writer::{self, LineSender, WriterConfig},
     },
     process::{ExecCache, ProcessView},
@@ -264,17 +264,20 @@ struct Pipeline {
     /// Lines of the current drain, handed to the writer together at its end: the writer
     /// thread then wakes once and writes them in one go, instead of racing us line by line.
     pending: Vec<String>,
+    formatter: LineFormatter,
 }
 
 impl Pipeline {
     fn new(args: &RunArgs, responses: bool, metrics: Metrics) -> Self {
+        let node = args.node_name.clone().unwrap_or_else(hostname);
+        let formatter = LineFormatter::new(args.format, &node);
         Self {
             outcomes: Outcomes::new(
                 responses.then_some(args.response_timeout),
                 MAX_WAITING_FOR_RESPONSE,
             ),
             format: args.format,
-            node: args.node_name.clone().unwrap_or_else(hostname),
+            node,
             reassembler: Reassembler::new(MAX_REQUEST_BYTES, REASSEMBLY_TTL),
             containers: Resolver::new(args.container_paths()),
             processes: ProcessView::new(
@@ -286,6 +289,7 @@ impl Pipeline {
             metrics,
             read_at: Instant::now(),
             pending: Vec::new(),
+            formatter,
         }
     }
 
@@ -377,7 +381,10 @@ impl Pipeline {
 
     /// Queues a finished record's line (for [`Self::flush`]) and counts it in the metrics.
     fn write(&mut self, record: &Record) {
-        self.pending.push(record.format(self.format, &self.node));
+        // Sized like the last line: one allocation per line, no regrowth.
+        let mut line = String::with_capacity(self.pending.last().map_or(512, |l| l.len() + 64));
+        self.formatter.push_line(record, &mut line);
+        self.pending.push(line);
         self.metrics.observe(record, self.read_at.elapsed());
     }
 
