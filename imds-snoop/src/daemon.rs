@@ -26,7 +26,7 @@ use crate::{
     outcome::Outcomes,
     output::{
         self, DegradedEvents, Format, LineFormatter, Losses, Outcome, Record,
-        writer::{self, LineSender, WriterConfig},
+        writer::{self, LineSender, Lines, WriterConfig},
     },
     process::{ExecCache, ProcessView},
     readiness::{ReadyFile, notify_ready},
@@ -58,6 +58,8 @@ const RING_COALESCE: Duration = Duration::from_millis(2);
 const COALESCE_MIN_RING: u32 = 1 << 20;
 /// Lines of one drain handed to the writer at once, at most.
 const FLUSH_LINES: usize = 256;
+/// Room made for the next batch, at most (FLUSH_LINES of the usual 300-600 bytes).
+const FLUSH_BYTES: usize = 192 << 10;
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // The log first: a bad path is reported before anything is attached.
@@ -263,7 +265,7 @@ struct Pipeline {
     read_at: Instant,
     /// Lines of the current drain, handed to the writer together at its end: the writer
     /// thread then wakes once and writes them in one go, instead of racing us line by line.
-    pending: Vec<String>,
+    pending: Lines,
     formatter: LineFormatter,
 }
 
@@ -288,7 +290,7 @@ impl Pipeline {
             decode_errors: 0,
             metrics,
             read_at: Instant::now(),
-            pending: Vec::new(),
+            pending: Lines::default(),
             formatter,
         }
     }
@@ -324,8 +326,10 @@ impl Pipeline {
     }
 
     fn flush(&mut self, writer: &LineSender) {
-        for line in self.pending.drain(..) {
-            writer.send(line);
+        if !self.pending.is_empty() {
+            // The next batch is likely the size of this one: room for it, up to a full one.
+            let next = Lines::with_capacity(self.pending.bytes().min(FLUSH_BYTES));
+            writer.send_lines(std::mem::replace(&mut self.pending, next));
         }
     }
 
@@ -381,10 +385,8 @@ impl Pipeline {
 
     /// Queues a finished record's line (for [`Self::flush`]) and counts it in the metrics.
     fn write(&mut self, record: &Record) {
-        // Sized like the last line: one allocation per line, no regrowth.
-        let mut line = String::with_capacity(self.pending.last().map_or(512, |l| l.len() + 64));
-        self.formatter.push_line(record, &mut line);
-        self.pending.push(line);
+        self.pending
+            .push_with(|out| self.formatter.push_line(record, out));
         self.metrics.observe(record, self.read_at.elapsed());
     }
 
