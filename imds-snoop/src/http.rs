@@ -161,10 +161,10 @@ impl Request {
 fn clean_into(out: &mut String, s: &str) {
     let mut rest = s;
     while !rest.is_empty() {
-        let plain = rest
-            .bytes()
-            .position(|b| !(b == b'\t' || (0x20..0x7f).contains(&b)))
-            .unwrap_or(rest.len());
+        let plain = crate::output::find_byte(rest.as_bytes(), |b| {
+            !(b == b'\t' || (0x20..0x7f).contains(&b))
+        })
+        .unwrap_or(rest.len());
         let start = out.len();
         out.push_str(&rest[..plain]);
         out[start..].make_ascii_lowercase();

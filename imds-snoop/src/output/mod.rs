@@ -302,6 +302,26 @@ pub fn escape_controls(s: &str) -> String {
     out
 }
 
+/// The first byte of `bytes` for which `special` holds. Looks at 16 bytes at a time with no
+/// branch per byte, which the compiler vectorizes: argv and header values are mostly long
+/// runs with nothing to escape, and a byte-at-a-time scan of them was 10% of the daemon.
+#[inline]
+pub(crate) fn find_byte(bytes: &[u8], special: impl Fn(u8) -> bool + Copy) -> Option<usize> {
+    let mut chunks = bytes.chunks_exact(16);
+    let mut offset = 0;
+    for chunk in &mut chunks {
+        if chunk.iter().fold(false, |any, &b| any | special(b)) {
+            return chunk.iter().position(|&b| special(b)).map(|i| offset + i);
+        }
+        offset += 16;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| special(b))
+        .map(|i| offset + i)
+}
+
 /// Appends `s` made safe for a one-line log: control characters (a newline in an argv or a
 /// header could forge a whole line) become `\xNN`. Runs without any are copied whole.
 pub fn push_escaped(out: &mut String, s: &str) {
@@ -310,9 +330,7 @@ pub fn push_escaped(out: &mut String, s: &str) {
     loop {
         // Bytes that can start a control character: C0 and DEL, and 0xc2, the first byte of
         // the C1 controls U+0080..U+009F (and of other Latin-1 characters).
-        let plain = rest
-            .bytes()
-            .position(|b| b < 0x20 || b == 0x7f || b == 0xc2)
+        let plain = find_byte(rest.as_bytes(), |b| b < 0x20 || b == 0x7f || b == 0xc2)
             .unwrap_or(rest.len());
         out.push_str(&rest[..plain]);
         rest = &rest[plain..];
@@ -348,6 +366,23 @@ pub mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn find_byte_finds_the_first_special_byte_at_every_offset() {
+        for len in 0..70 {
+            for at in 0..=len {
+                let mut bytes = vec![b'a'; len];
+                if at < len {
+                    bytes[at] = b'\n';
+                    if at + 1 < len {
+                        bytes[at + 1] = b'\r';
+                    }
+                }
+                let expect = (at < len).then_some(at);
+                assert_eq!(find_byte(&bytes, |b| b < 0x20), expect, "{len} {at}");
+            }
+        }
     }
 
     #[test]
