@@ -26,8 +26,8 @@ use crate::{
     metrics::{self, Metrics},
     outcome::Outcomes,
     output::{
-        self, DegradedEvents, Format, Losses, Outcome, Record,
-        writer::{self, LineSender, WriterConfig},
+        self, DegradedEvents, Format, LineFormatter, Losses, Outcome, Record,
+        writer::{self, LineSender, Lines, WriterConfig},
     },
     process::{ExecCache, ProcessView},
     readiness::{ReadyFile, notify_ready},
@@ -59,6 +59,8 @@ const RING_COALESCE: Duration = Duration::from_millis(2);
 const COALESCE_MIN_RING: u32 = 1 << 20;
 /// Lines of one drain handed to the writer at once, at most.
 const FLUSH_LINES: usize = 256;
+/// Room made for the next batch, at most (FLUSH_LINES of the usual 300-600 bytes).
+const FLUSH_BYTES: usize = 192 << 10;
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // The log first: a bad path is reported before anything is attached.
@@ -266,18 +268,21 @@ struct Pipeline {
     read_at: Instant,
     /// Lines of the current drain, handed to the writer together at its end: the writer
     /// thread then wakes once and writes them in one go, instead of racing us line by line.
-    pending: Vec<String>,
+    pending: Lines,
+    formatter: LineFormatter,
 }
 
 impl Pipeline {
     fn new(args: &RunArgs, responses: bool, metrics: Metrics) -> Self {
+        let node = args.node_name.clone().unwrap_or_else(hostname);
+        let formatter = LineFormatter::new(args.format, &node);
         Self {
             outcomes: Outcomes::new(
                 responses.then_some(args.response_timeout),
                 MAX_WAITING_FOR_RESPONSE,
             ),
             format: args.format,
-            node: args.node_name.clone().unwrap_or_else(hostname),
+            node,
             reassembler: Reassembler::new(MAX_REQUEST_BYTES, REASSEMBLY_TTL),
             containers: Resolver::new(args.container_paths()),
             processes: ProcessView::new(
@@ -288,7 +293,8 @@ impl Pipeline {
             decode_errors: 0,
             metrics,
             read_at: Instant::now(),
-            pending: Vec::new(),
+            pending: Lines::default(),
+            formatter,
         }
     }
 
@@ -323,8 +329,10 @@ impl Pipeline {
     }
 
     fn flush(&mut self, writer: &LineSender) {
-        for line in self.pending.drain(..) {
-            writer.send(line);
+        if !self.pending.is_empty() {
+            // The next batch is likely the size of this one: room for it, up to a full one.
+            let next = Lines::with_capacity(self.pending.bytes().min(FLUSH_BYTES));
+            writer.send_lines(std::mem::replace(&mut self.pending, next));
         }
     }
 
@@ -380,7 +388,8 @@ impl Pipeline {
 
     /// Queues a finished record's line (for [`Self::flush`]) and counts it in the metrics.
     fn write(&mut self, record: &Record) {
-        self.pending.push(record.format(self.format, &self.node));
+        self.pending
+            .push_with(|out| self.formatter.push_line(record, out));
         self.metrics.observe(record, self.read_at.elapsed());
     }
 

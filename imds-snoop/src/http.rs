@@ -10,6 +10,7 @@
 use std::{
     borrow::Cow,
     collections::HashMap,
+    fmt::Write as _,
     time::{Duration, Instant},
 };
 
@@ -85,34 +86,50 @@ impl Request {
     /// The anchor tool's "req details:" text: request line and headers lowercased, joined
     /// ", ", with a trailing ",", the token header as the bare item `**token redacted**`.
     /// For a malformed request, the escaped and redacted snippet of its raw bytes.
+    #[cfg_attr(
+        not(test),
+        allow(dead_code, reason = "module API; lines use details_into")
+    )]
     pub fn details(&self) -> String {
+        let mut out = String::new();
+        self.details_into(&mut out);
+        out
+    }
+
+    /// Appends [`Self::details`] to `out`, with no allocation of its own. Lowercasing and
+    /// escaping go char by char (`clean` of a concatenation is the concatenation of each
+    /// part's `clean`), so each part is cleaned where it lands.
+    pub fn details_into(&self, out: &mut String) {
         if self.class == Class::Malformed {
-            return self.snippet.clone().unwrap_or_default();
+            out.push_str(self.snippet.as_deref().unwrap_or_default());
+            return;
         }
-        let mut line = String::new();
+        let mut request_line_empty = true;
         for part in [self.method.as_deref(), self.path.as_deref()]
             .into_iter()
             .flatten()
         {
-            if !line.is_empty() {
-                line.push(' ');
+            if !request_line_empty {
+                out.push(' ');
             }
-            line.push_str(part);
+            request_line_empty &= part.is_empty();
+            clean_into(out, part);
         }
         if let Some(minor) = self.version {
-            line.push_str(&format!(" http/1.{minor}"));
+            out.push_str(" http/1.");
+            push_u8(out, minor);
         }
-        let mut items = vec![clean(&line)];
         for (name, value) in &self.headers {
+            out.push_str(", ");
             if is_token_header(name) {
-                items.push(TOKEN_REDACTED.to_string());
+                out.push_str(TOKEN_REDACTED);
             } else {
-                items.push(clean(&format!("{name}: {value}")));
+                clean_into(out, name);
+                out.push_str(": ");
+                clean_into(out, value);
             }
         }
-        let mut out = items.join(", ");
         out.push(',');
-        out
     }
 
     /// A send whose payload the kernel could not read: still a call to IMDS, logged as
@@ -138,18 +155,42 @@ impl Request {
     }
 }
 
-/// Lowercases (as the anchor does) and escapes control characters, so that no header value
-/// can break a log line or a terminal.
-fn clean(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars().flat_map(char::to_lowercase) {
-        if c.is_control() && c != '\t' {
-            out.push_str(&format!("\\u{{{:x}}}", c as u32));
-        } else {
-            out.push(c);
+/// Appends `s` lowercased (as the anchor does) with control characters escaped as
+/// `\u{NN}`, so that no header value can break a log line or a terminal. Runs of plain
+/// ASCII (all a request usually holds) are copied whole and lowercased in place.
+fn clean_into(out: &mut String, s: &str) {
+    let mut rest = s;
+    while !rest.is_empty() {
+        let plain = crate::output::find_byte(rest.as_bytes(), |b| {
+            !(b == b'\t' || (0x20..0x7f).contains(&b))
+        })
+        .unwrap_or(rest.len());
+        let start = out.len();
+        out.push_str(&rest[..plain]);
+        out[start..].make_ascii_lowercase();
+        rest = &rest[plain..];
+        let Some(c) = rest.chars().next() else { break };
+        for c in c.to_lowercase() {
+            if c.is_control() && c != '\t' {
+                // The rare path: a control character in a request.
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            } else {
+                out.push(c);
+            }
         }
+        rest = &rest[c.len_utf8()..];
     }
-    out
+}
+
+/// A small number in decimal, without going through `fmt`.
+fn push_u8(out: &mut String, n: u8) {
+    if n >= 100 {
+        out.push((b'0' + n / 100) as char);
+    }
+    if n >= 10 {
+        out.push((b'0' + n / 10 % 10) as char);
+    }
+    out.push((b'0' + n % 10) as char);
 }
 
 fn is_token_header(name: &str) -> bool {
@@ -877,7 +918,7 @@ fn emit_pending<T>(sock: &mut Socket<T>, p: Pending<T>) -> (T, Request) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     macro_rules! fixture {
@@ -1629,5 +1670,120 @@ mod tests {
     fn details_escape_control_characters() {
         let req = one(b"GET / HTTP/1.1\r\nX-Odd: a\xc2\x85b\r\n\r\n");
         assert_eq!(req.details(), "get / http/1.1, x-odd: a\\u{85}b,");
+    }
+
+    /// `clean` as it was before the fast path (one String per part, char by char): the
+    /// reference that `clean_into` must match byte for byte.
+    fn clean_reference(s: &str) -> String {
+        let mut out = String::with_capacity(s.len());
+        for c in s.chars().flat_map(char::to_lowercase) {
+            if c.is_control() && c != '\t' {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32));
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    /// Strings of ASCII, controls (C0, DEL, C1), tabs, backslashes and non-ASCII letters
+    /// whose lowercase is longer or a different width (`İ`, `Σ`, `Ａ`), from a fixed seed.
+    pub fn awkward_strings() -> Vec<String> {
+        const PIECES: &[&str] = &[
+            "a",
+            "Z",
+            "GET",
+            " ",
+            "\t",
+            "\r",
+            "\n",
+            "\0",
+            "\x1b",
+            "\x7f",
+            "\u{85}",
+            "\u{9f}",
+            "\u{a0}",
+            "\\",
+            "\\x0a",
+            "İ",
+            "Σ",
+            "Ａ",
+            "é",
+            "ß",
+            "😀",
+            "/latest/api/token",
+            ":",
+            "\u{2028}",
+            "\u{feff}",
+        ];
+        let mut seed = 0x9e37_79b9_u32;
+        let mut out = vec![String::new(), "plain ascii / path?x=1".into()];
+        for _ in 0..2000 {
+            let mut s = String::new();
+            for _ in 0..(seed % 12) {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                s.push_str(PIECES[(seed >> 16) as usize % PIECES.len()]);
+            }
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            out.push(s);
+        }
+        out
+    }
+
+    #[test]
+    fn clean_into_matches_the_char_by_char_reference() {
+        for s in awkward_strings() {
+            let mut out = String::from("kept ");
+            clean_into(&mut out, &s);
+            assert_eq!(out, format!("kept {}", clean_reference(&s)), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn details_match_the_joined_reference() {
+        let strings = awkward_strings();
+        for (i, pair) in strings.chunks(3).enumerate() {
+            let [method, path, value] = pair else {
+                continue;
+            };
+            let req = Request {
+                class: Class::V1,
+                method: (i % 5 != 0).then(|| method.clone()),
+                path: (i % 7 != 0).then(|| path.clone()),
+                version: (i % 3 != 0).then_some((i % 2) as u8),
+                headers: vec![
+                    (method.clone(), value.clone()),
+                    ("X-aws-ec2-metadata-token".into(), TOKEN_REDACTED.into()),
+                    (value.clone(), path.clone()),
+                ],
+                truncated: false,
+                error: None,
+                bytes: 0,
+                snippet: None,
+            };
+            // The details as they were built before details_into.
+            let mut line = String::new();
+            for part in [req.method.as_deref(), req.path.as_deref()]
+                .into_iter()
+                .flatten()
+            {
+                if !line.is_empty() {
+                    line.push(' ');
+                }
+                line.push_str(part);
+            }
+            if let Some(minor) = req.version {
+                line.push_str(&format!(" http/1.{minor}"));
+            }
+            let mut items = vec![clean_reference(&line)];
+            for (name, value) in &req.headers {
+                if is_token_header(name) {
+                    items.push(TOKEN_REDACTED.to_string());
+                } else {
+                    items.push(clean_reference(&format!("{name}: {value}")));
+                }
+            }
+            assert_eq!(req.details(), items.join(", ") + ",", "{req:?}");
+        }
     }
 }

@@ -13,7 +13,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 struct Line<'a> {
     schema: u32,
     /// RFC 3339 with milliseconds, local offset.
-    timestamp: String,
+    timestamp: &'a str,
     node: &'a str,
     level: &'static str,
     /// `v1`, `v2`, `v2_token`, `malformed`, or `v2_token_no_response` (a token PUT whose
@@ -83,7 +83,8 @@ fn class_name(class: Class) -> &'static str {
     }
 }
 
-pub fn format(r: &Record, node: &str) -> String {
+/// Writes the line of `r` to `out`; `timestamp` is `r.time` as RFC 3339 with milliseconds.
+pub(super) fn write_line(r: &Record, node: &str, timestamp: &str, out: &mut Vec<u8>) {
     let (container, pod, host_unit) = match &r.origin {
         Origin::Container(c) => (
             Some(ContainerOut {
@@ -104,7 +105,7 @@ pub fn format(r: &Record, node: &str) -> String {
     let req = &r.request;
     let line = Line {
         schema: SCHEMA_VERSION,
-        timestamp: r.time.to_rfc3339_opts(chrono::SecondsFormat::Millis, false),
+        timestamp,
         node,
         level: r.level(),
         class: if r.token_not_received() {
@@ -140,6 +141,10 @@ pub fn format(r: &Record, node: &str) -> String {
         },
     };
     // Serializing plain structs of strings and integers cannot fail.
-    serde_json::to_string(&line)
-        .unwrap_or_else(|e| format!("{{\"schema\":{SCHEMA_VERSION},\"error\":\"{e}\"}}"))
+    if let Err(e) = serde_json::to_writer(&mut *out, &line) {
+        out.clear();
+        out.extend_from_slice(
+            format!("{{\"schema\":{SCHEMA_VERSION},\"error\":\"{e}\"}}").as_bytes(),
+        );
+    }
 }

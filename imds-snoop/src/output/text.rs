@@ -13,92 +13,311 @@
 
 use std::fmt::Write as _;
 
-use super::{Record, escape_controls};
+use super::{Record, Stamps, push_escaped};
 use crate::{container::Origin, process::Proc};
 
-pub fn format(r: &Record) -> String {
-    let mut line = format!(
-        "[{}] [{}] {} {}",
-        r.time.format("%Y-%m-%d %H:%M:%S,%3f"),
-        r.level(),
-        if r.token_not_received() {
-            super::TOKEN_NO_RESPONSE_LABEL
-        } else {
-            r.request.class.label()
-        },
-        proc(&r.caller)
-    );
+/// Appends the line of `r` to `out`, built in place: the timestamp from `stamps`, the
+/// request details through `scratch` (reused from line to line) to be escaped as a whole.
+pub(super) fn push_line(r: &Record, stamps: &mut Stamps, scratch: &mut String, out: &mut String) {
+    out.push('[');
+    stamps.push_text(out, &r.time);
+    out.push_str("] [");
+    out.push_str(r.level());
+    out.push_str("] ");
+    out.push_str(if r.token_not_received() {
+        super::TOKEN_NO_RESPONSE_LABEL
+    } else {
+        r.request.class.label()
+    });
+    out.push(' ');
+    push_proc(out, &r.caller);
     if !r.ancestors.is_empty() {
-        line.push_str(" called by");
+        out.push_str(" called by");
         for a in &r.ancestors {
-            line.push_str(" -> ");
-            line.push_str(&proc(a));
+            out.push_str(" -> ");
+            push_proc(out, a);
         }
     }
-    line.push_str(" req details: ");
-    line.push_str(&escape_controls(&r.request.details()));
+    out.push_str(" req details: ");
+    scratch.clear();
+    r.request.details_into(scratch);
+    push_escaped(out, scratch);
     if let Some(status) = r.status() {
-        let _ = write!(line, " -> {status}");
+        let _ = write!(out, " -> {status}");
     }
-    line.push(' ');
-    line.push_str(&origin(&r.origin));
+    out.push(' ');
+    push_origin(out, &r.origin);
     if let Some(ns_pid) = r.ns_pid {
-        let _ = write!(line, " container-pid:{ns_pid}");
+        let _ = write!(out, " container-pid:{ns_pid}");
     }
-    let _ = write!(line, " uid:{} dst:", r.uid);
+    let _ = write!(out, " uid:{} dst:", r.uid);
     match r.dst.0 {
         std::net::IpAddr::V6(v6) => {
-            let _ = write!(line, "[{v6}]:{}", r.dst.1);
+            let _ = write!(out, "[{v6}]:{}", r.dst.1);
         }
         v4 => {
-            let _ = write!(line, "{v4}:{}", r.dst.1);
+            let _ = write!(out, "{v4}:{}", r.dst.1);
         }
     }
     if r.request.truncated {
-        line.push_str(" truncated");
+        out.push_str(" truncated");
     }
     if r.unreadable {
-        line.push_str(" payload-unreadable");
+        out.push_str(" payload-unreadable");
     }
-    line
 }
 
 /// `container:<id12> pod:<namespace>/<name> container-name:<name>`, or `host unit:<unit>`.
-fn origin(o: &Origin) -> String {
+fn push_origin(out: &mut String, o: &Origin) {
     match o {
         Origin::Container(c) => {
-            let mut s = format!("container:{}", &c.id[..c.id.len().min(12)]);
+            out.push_str("container:");
+            out.push_str(&c.id[..c.id.len().min(12)]);
             match &c.pod {
                 Some(pod) => {
-                    let _ = write!(
-                        s,
-                        " pod:{}/{}",
-                        escape_controls(&pod.namespace),
-                        escape_controls(&pod.name)
-                    );
+                    out.push_str(" pod:");
+                    push_escaped(out, &pod.namespace);
+                    out.push('/');
+                    push_escaped(out, &pod.name);
                     if let Some(name) = &pod.container {
-                        let _ = write!(s, " container-name:{}", escape_controls(name));
+                        out.push_str(" container-name:");
+                        push_escaped(out, name);
                     }
                 }
                 None => {
                     if let Some(uid) = &c.pod_uid {
-                        let _ = write!(s, " pod-uid:{uid}");
+                        out.push_str(" pod-uid:");
+                        out.push_str(uid);
                     }
                 }
             }
-            s
         }
-        Origin::Host { unit: Some(unit) } => format!("host unit:{}", escape_controls(unit)),
-        Origin::Host { unit: None } => "host unit:-".into(),
-        Origin::Unknown => "origin:unknown".into(),
+        Origin::Host { unit: Some(unit) } => {
+            out.push_str("host unit:");
+            push_escaped(out, unit);
+        }
+        Origin::Host { unit: None } => out.push_str("host unit:-"),
+        Origin::Unknown => out.push_str("origin:unknown"),
     }
 }
 
-fn proc(p: &Proc) -> String {
-    let argv = match &p.argv {
-        Some(argv) => escape_controls(argv),
+/// `(pid:<pid>:<comm> argv:<argv>)`
+fn push_proc(out: &mut String, p: &Proc) {
+    let _ = write!(out, "(pid:{}:", p.pid);
+    push_escaped(out, &p.comm);
+    out.push_str(" argv:");
+    match &p.argv {
+        Some(argv) => push_escaped(out, argv),
         // Gone before we could read /proc: the kernel-captured comm is all there is.
-        None => format!("[exited] {}", escape_controls(&p.comm)),
+        None => {
+            out.push_str("[exited] ");
+            push_escaped(out, &p.comm);
+        }
+    }
+    out.push(')');
+}
+
+#[cfg(test)]
+mod tests {
+    //! The line built in place must be the line as it was built before (one String per
+    //! part, chrono's strftime per line), byte for byte: the report parser, the e2e tests
+    //! and users' greps read it.
+
+    use std::fmt::Write as _;
+
+    use chrono::{Duration, Local, TimeZone as _};
+
+    use super::super::{
+        Format, LineFormatter, Outcome, Record,
+        tests::{escape_reference, sample_record},
     };
-    format!("(pid:{}:{} argv:{})", p.pid, escape_controls(&p.comm), argv)
+    use crate::{
+        container::{Container, Origin, Pod},
+        http::{Reassembler, tests::awkward_strings},
+        process::Proc,
+    };
+
+    fn reference(r: &Record) -> String {
+        let mut line = format!(
+            "[{}] [{}] {} {}",
+            r.time.format("%Y-%m-%d %H:%M:%S,%3f"),
+            r.level(),
+            if r.token_not_received() {
+                super::super::TOKEN_NO_RESPONSE_LABEL
+            } else {
+                r.request.class.label()
+            },
+            proc(&r.caller)
+        );
+        if !r.ancestors.is_empty() {
+            line.push_str(" called by");
+            for a in &r.ancestors {
+                line.push_str(" -> ");
+                line.push_str(&proc(a));
+            }
+        }
+        line.push_str(" req details: ");
+        line.push_str(&escape_reference(&r.request.details()));
+        if let Some(status) = r.status() {
+            let _ = write!(line, " -> {status}");
+        }
+        line.push(' ');
+        line.push_str(&origin(&r.origin));
+        if let Some(ns_pid) = r.ns_pid {
+            let _ = write!(line, " container-pid:{ns_pid}");
+        }
+        let _ = write!(line, " uid:{} dst:", r.uid);
+        match r.dst.0 {
+            std::net::IpAddr::V6(v6) => {
+                let _ = write!(line, "[{v6}]:{}", r.dst.1);
+            }
+            v4 => {
+                let _ = write!(line, "{v4}:{}", r.dst.1);
+            }
+        }
+        if r.request.truncated {
+            line.push_str(" truncated");
+        }
+        if r.unreadable {
+            line.push_str(" payload-unreadable");
+        }
+        line
+    }
+
+    fn origin(o: &Origin) -> String {
+        match o {
+            Origin::Container(c) => {
+                let mut s = format!("container:{}", &c.id[..c.id.len().min(12)]);
+                match &c.pod {
+                    Some(pod) => {
+                        let _ = write!(
+                            s,
+                            " pod:{}/{}",
+                            escape_reference(&pod.namespace),
+                            escape_reference(&pod.name)
+                        );
+                        if let Some(name) = &pod.container {
+                            let _ = write!(s, " container-name:{}", escape_reference(name));
+                        }
+                    }
+                    None => {
+                        if let Some(uid) = &c.pod_uid {
+                            let _ = write!(s, " pod-uid:{uid}");
+                        }
+                    }
+                }
+                s
+            }
+            Origin::Host { unit: Some(unit) } => format!("host unit:{}", escape_reference(unit)),
+            Origin::Host { unit: None } => "host unit:-".into(),
+            Origin::Unknown => "origin:unknown".into(),
+        }
+    }
+
+    fn proc(p: &Proc) -> String {
+        let argv = match &p.argv {
+            Some(argv) => escape_reference(argv),
+            None => format!("[exited] {}", escape_reference(&p.comm)),
+        };
+        format!(
+            "(pid:{}:{} argv:{})",
+            p.pid,
+            escape_reference(&p.comm),
+            argv
+        )
+    }
+
+    /// The request(s) in `raw`, the first one, complete or not.
+    fn request(raw: &[u8]) -> crate::http::Request {
+        let mut r = Reassembler::<()>::new(4096, std::time::Duration::from_secs(1));
+        let mut out = r.push(0, (), raw, false, std::time::Instant::now());
+        out.extend(r.drain());
+        out.remove(0).1
+    }
+
+    /// Records of every shape: each origin, exited callers, container pids, IPv6, flags,
+    /// statuses, awkward strings in every field that is escaped, and times that step through
+    /// seconds by odd amounts, and back.
+    fn records() -> Vec<Record> {
+        let requests: [&[u8]; 5] = [
+            b"GET /latest/meta-data/ HTTP/1.1\r\nHost: 169.254.169.254\r\nAccept: */*\r\n\r\n",
+            b"PUT /latest/api/token HTTP/1.1\r\nX-aws-ec2-metadata-token-ttl-seconds: 21600\r\n\r\n",
+            b"GET /X HTTP/1.0\r\nX-aws-ec2-metadata-token: AQAEAabc\r\nUser-Agent: A\tB\xc2\x85\r\n\r\n",
+            b"\x00\x01garbage\xff\r\n",
+            b"GET /cut-short HTTP/1.1\r\nHost: 169.25",
+        ];
+        let strings = awkward_strings();
+        let base = Local.timestamp_opt(1_760_000_000, 999_000_000).unwrap();
+        let mut out = Vec::new();
+        for (i, s) in strings.iter().enumerate().take(600) {
+            let mut r = sample_record(requests[0]);
+            r.request = request(requests[i % requests.len()]);
+            r.time =
+                base + Duration::milliseconds(137 * i as i64 - if i % 11 == 0 { 5000 } else { 0 });
+            r.caller = Proc {
+                pid: i as u32,
+                comm: strings[(i + 1) % strings.len()].clone(),
+                argv: (i % 4 != 0).then(|| s.clone()),
+            };
+            if i % 3 == 0 {
+                r.ancestors.clear();
+            } else {
+                r.ancestors.push(Proc {
+                    pid: 7,
+                    comm: s.clone(),
+                    argv: None,
+                });
+            }
+            r.ns_pid = (i % 5 == 0).then_some(42);
+            r.origin = match i % 6 {
+                0 => Origin::Unknown,
+                1 => Origin::Host { unit: None },
+                2 => Origin::Host {
+                    unit: Some(s.clone()),
+                },
+                3 => Origin::Container(Container {
+                    id: "0123456789abcdef0123".into(),
+                    runtime: "containerd",
+                    pod_uid: Some("5d7c-uid".into()),
+                    pod: None,
+                }),
+                _ => Origin::Container(Container {
+                    id: "short".into(),
+                    runtime: "docker",
+                    pod_uid: None,
+                    pod: Some(Pod {
+                        namespace: s.clone(),
+                        name: strings[(i + 2) % strings.len()].clone(),
+                        container: (i % 6 == 5).then(|| s.clone()),
+                    }),
+                }),
+            };
+            if i % 7 == 0 {
+                r.dst = ("fd00:ec2::254".parse().unwrap(), 80);
+            }
+            r.unreadable = i % 9 == 0;
+            r.outcome = match i % 3 {
+                0 => Outcome::Unknown,
+                1 => Outcome::Status(200 + i as u16 % 300),
+                _ => Outcome::NoResponse,
+            };
+            out.push(r);
+        }
+        out
+    }
+
+    #[test]
+    fn lines_are_byte_identical_to_the_reference() {
+        let records = records();
+        assert!(records.iter().any(|r| r.request.truncated));
+        assert!(records.iter().any(|r| r.token_not_received()));
+        let mut f = LineFormatter::new(Format::Text, "node");
+        let mut out = String::new();
+        for r in &records {
+            out.clear();
+            f.push_line(r, &mut out);
+            assert_eq!(out, reference(r));
+            assert_eq!(r.format(Format::Text, "node"), out);
+        }
+    }
 }
