@@ -11,10 +11,10 @@ use aya_ebpf::{
 use imds_snoop_common::{
     AF_INET, AF_INET6, Ancestor, COMM_LEN, DROP_KINDS, DROP_NO_SCRATCH, DROP_RINGBUF_FULL,
     EVENT_SEND, FLAG_READ_ERROR, FLAG_TRUNCATED, FLAG_UNSUPPORTED_ITER, MAX_ANCESTORS, MAX_IOVECS,
-    MAX_PAYLOAD, MAX_TARGETS, Offsets, SendEvent, SendRecord,
+    MAX_PAYLOAD, Offsets, SendEvent, SendRecord,
 };
 
-use crate::kernel::{offsets, read, settings, sk_dport_offset, targets};
+use crate::kernel::{is_target, offsets, port_is_target, read, settings, sk_dport_offset};
 
 /// Send events for userspace. Its size is set at load (`--ring-bytes`).
 #[map]
@@ -104,32 +104,10 @@ fn try_capture(sk: *const u8, msg: *const u8, first_pass_only: bool) -> Result<(
     Ok(())
 }
 
-/// Whether any target has this port: the first, cheap test (targets are few, and the
-/// loop stops at the configured count and at the first hit).
-#[inline(always)]
-pub fn port_is_target(dport: u16) -> bool {
-    let t = targets();
-    // SAFETY: plain reads of our own static (volatile: its real value is patched in at load).
-    let count = unsafe { core::ptr::read_volatile(&t.count) } as usize;
-    for i in 0..MAX_TARGETS {
-        if i >= count {
-            break;
-        }
-        if unsafe { core::ptr::read_volatile(&t.targets[i].port) } == dport {
-            return true;
-        }
-    }
-    false
-}
-
 /// Compares the socket's destination with the target list (the port already matched one).
 /// Returns the family and address (IPv4-mapped IPv6 reported as IPv4) when it matches.
 #[inline(always)]
 fn match_target(sk: *const u8, o: &Offsets, dport: u16) -> Result<Option<(u16, [u32; 4])>, i32> {
-    let t = targets();
-    // SAFETY: as in `port_is_target`.
-    let count = unsafe { core::ptr::read_volatile(&t.count) } as usize;
-
     let mut family = read::<u16>(sk, o.sk_family)?;
     let mut daddr = [0u32; 4];
     if family == AF_INET {
@@ -145,23 +123,7 @@ fn match_target(sk: *const u8, o: &Offsets, dport: u16) -> Result<Option<(u16, [
         return Ok(None);
     }
 
-    for i in 0..MAX_TARGETS {
-        if i >= count {
-            break;
-        }
-        // SAFETY: as above.
-        let tgt = unsafe { core::ptr::read_volatile(&t.targets[i]) };
-        if tgt.family == family
-            && tgt.port == dport
-            && tgt.addr[0] == daddr[0]
-            && tgt.addr[1] == daddr[1]
-            && tgt.addr[2] == daddr[2]
-            && tgt.addr[3] == daddr[3]
-        {
-            return Ok(Some((family, daddr)));
-        }
-    }
-    Ok(None)
+    Ok(is_target(family, dport, &daddr).then_some((family, daddr)))
 }
 
 /// The socket's local address in the form of [`match_target`]'s result: an IPv4-mapped

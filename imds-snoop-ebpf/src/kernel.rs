@@ -1,7 +1,7 @@
 //! Reads of kernel memory at offsets resolved from BTF by userspace.
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
-use imds_snoop_common::{Offsets, Settings, Targets};
+use imds_snoop_common::{MAX_TARGETS, Offsets, Settings, Targets};
 
 /// Set by userspace with `EbpfLoader::override_global`; the loader freezes .rodata, so the
 /// verifier sees these as constants.
@@ -74,6 +74,49 @@ pub fn sk_dport_offset() -> u32 {
 #[inline(always)]
 pub fn targets() -> &'static Targets {
     &TARGETS
+}
+
+/// Whether any target has this port: the first, cheap test (targets are few, and the
+/// loop stops at the configured count and at the first hit).
+#[inline(always)]
+pub fn port_is_target(dport: u16) -> bool {
+    let t = targets();
+    // SAFETY: plain reads of our own static (volatile: its real value is patched in at load).
+    let count = unsafe { core::ptr::read_volatile(&t.count) } as usize;
+    for i in 0..MAX_TARGETS {
+        if i >= count {
+            break;
+        }
+        if unsafe { core::ptr::read_volatile(&t.targets[i].port) } == dport {
+            return true;
+        }
+    }
+    false
+}
+
+/// Is (family, port, addr) one of the traced destinations?
+#[inline(always)]
+pub fn is_target(family: u16, port: u16, addr: &[u32; 4]) -> bool {
+    let t = targets();
+    // SAFETY: plain reads of our own static (volatile: its real value is patched in at load).
+    let count = unsafe { core::ptr::read_volatile(&t.count) } as usize;
+    for i in 0..MAX_TARGETS {
+        if i >= count {
+            break;
+        }
+        // SAFETY: as above.
+        let tgt = unsafe { core::ptr::read_volatile(&t.targets[i]) };
+        if tgt.family == family
+            && tgt.port == port
+            && tgt.addr[0] == addr[0]
+            && tgt.addr[1] == addr[1]
+            && tgt.addr[2] == addr[2]
+            && tgt.addr[3] == addr[3]
+        {
+            return true;
+        }
+    }
+    false
 }
 
 #[inline(always)]

@@ -12,13 +12,11 @@
 //! the body (tokens and credentials are in bodies). It always lets the packet through.
 
 use aya_ebpf::{helpers::bpf_ktime_get_boot_ns, programs::SkBuffContext};
-use imds_snoop_common::{
-    AF_INET, AF_INET6, DROP_RESPONSE, EVENT_RESPONSE, MAX_TARGETS, ResponseEvent,
-};
+use imds_snoop_common::{AF_INET, AF_INET6, DROP_RESPONSE, EVENT_RESPONSE, ResponseEvent};
 
 use crate::{
-    capture::{EVENTS, count_drop, port_is_target},
-    kernel::targets,
+    capture::{EVENTS, count_drop},
+    kernel::{is_target, port_is_target},
 };
 
 const IPPROTO_TCP: u8 = 6;
@@ -130,29 +128,4 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
         count_drop(DROP_RESPONSE);
     }
     Ok(())
-}
-
-/// Is (family, port, addr) one of the traced destinations?
-#[inline(always)]
-fn is_target(family: u16, port: u16, addr: &[u32; 4]) -> bool {
-    let t = targets();
-    // SAFETY: plain reads of our own static (volatile: its real value is patched in at load).
-    let count = unsafe { core::ptr::read_volatile(&t.count) } as usize;
-    for i in 0..MAX_TARGETS {
-        if i >= count {
-            break;
-        }
-        // SAFETY: as above.
-        let tgt = unsafe { core::ptr::read_volatile(&t.targets[i]) };
-        if tgt.family == family
-            && tgt.port == port
-            && tgt.addr[0] == addr[0]
-            && tgt.addr[1] == addr[1]
-            && tgt.addr[2] == addr[2]
-            && tgt.addr[3] == addr[3]
-        {
-            return true;
-        }
-    }
-    false
 }
