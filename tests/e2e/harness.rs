@@ -527,6 +527,34 @@ impl Routed {
     }
 }
 
+/// Polls until `ready()`, failing with the child's stderr if it exits first or `timeout`
+/// passes: how the harness waits for the processes it starts (the fake IMDS, the daemon).
+fn wait_for_child(
+    child: &mut Child,
+    timeout: Duration,
+    what: &str,
+    goal: &str,
+    ready: impl Fn() -> bool,
+    stderr: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "{what} exited ({status}) before it did {goal}; stderr:\n{}",
+                stderr()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not {goal} within {} s; stderr:\n{}",
+            timeout.as_secs(),
+            stderr()
+        );
+        thread::sleep(POLL);
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The fake IMDS
 
@@ -537,6 +565,16 @@ pub struct FakeOpts {
     pub require_v2: bool,
     /// IP TTL / hop limit of its responses.
     pub ttl: Option<u8>,
+}
+
+impl FakeOpts {
+    /// IMDS with `http_tokens = required`: GETs without a token get 401.
+    pub fn enforcing() -> Self {
+        Self {
+            require_v2: true,
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for FakeOpts {
@@ -602,21 +640,15 @@ impl FakeImds {
     }
 
     fn wait_ready(&mut self, ready: &Path) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !ready.exists() {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "the fake IMDS exited ({status}) before listening: {}",
-                    self.stderr()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the fake IMDS did not listen within 10 s: {}",
-                self.stderr()
-            );
-            thread::sleep(POLL);
-        }
+        let stderr = self.stderr_file.clone();
+        wait_for_child(
+            &mut self.child,
+            Duration::from_secs(10),
+            "the fake IMDS",
+            "listen",
+            || ready.exists(),
+            || read_or_empty(&stderr),
+        );
     }
 
     /// Its request log (one line per request) and any errors.
@@ -707,21 +739,15 @@ impl Daemon {
     }
 
     fn wait_attached(&mut self, what: &str) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !self.stderr().contains("attached") {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "{what} exited ({status}) before attaching; stderr:\n{}",
-                    self.stderr()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what} did not say `attached` within 15 s; stderr:\n{}",
-                self.stderr()
-            );
-            thread::sleep(POLL);
-        }
+        let stderr = self.stderr.clone();
+        wait_for_child(
+            &mut self.child,
+            Duration::from_secs(15),
+            what,
+            "say `attached`",
+            || read_or_empty(&stderr).contains("attached"),
+            || read_or_empty(&stderr),
+        );
     }
 
     pub fn stderr(&self) -> String {

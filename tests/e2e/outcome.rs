@@ -37,13 +37,7 @@ fn enforcement_mode_statuses_are_on_the_lines() {
     }
     let _serial = serial();
     let ns = Netns::new("outcome");
-    let fake = FakeImds::start(
-        &ns,
-        FakeOpts {
-            require_v2: true,
-            ..FakeOpts::default()
-        },
-    );
+    let fake = FakeImds::start(&ns, FakeOpts::enforcing());
     let daemon = Daemon::start(&[]);
 
     let (_, v1_code, v1_pid) = curl_status(&ns, 5, &[&url("/latest/meta-data/instance-id")]);
@@ -156,13 +150,7 @@ fn json_lines_carry_the_status() {
     }
     let _serial = serial();
     let ns = Netns::new("outcome-json");
-    let fake = FakeImds::start(
-        &ns,
-        FakeOpts {
-            require_v2: true,
-            ..FakeOpts::default()
-        },
-    );
+    let fake = FakeImds::start(&ns, FakeOpts::enforcing());
     let daemon = Daemon::start(&["--format", "json", "--node-name", "outcome-node"]);
     let (_, code, pid) = curl_status(&ns, 5, &[&url("/latest/meta-data/")]);
     assert_eq!(code, "401");
