@@ -372,12 +372,13 @@ impl Pipeline {
     }
 
     fn finish(&mut self, writer: &LineSender) {
-        self.read_at = Instant::now();
+        let now = Instant::now();
+        self.read_at = now;
         for (ctx, request) in self.reassembler.drain() {
             self.emit(ctx, request);
         }
         // Waits that are over count as unanswered; the rest were cut short by the stop.
-        for record in self.outcomes.expire(Instant::now()) {
+        for record in self.outcomes.expire(now) {
             self.write(&record);
         }
         for record in self.outcomes.drain() {
@@ -394,6 +395,8 @@ impl Pipeline {
     }
 
     fn emit(&mut self, send: Send, request: Request) {
+        // One clock read serves attribution's caches and the response wait. Not the drain's
+        // `now`: under sustained load a drain lasts long enough for it to go stale.
         let now = Instant::now();
         let (caller, ancestors) = self.processes.chain(&send, now);
         let pids: Vec<u32> = std::iter::once(caller.pid)
@@ -425,10 +428,7 @@ impl Pipeline {
             outcome: Outcome::Unknown,
         };
         // Attributed now (the caller may exit), written once its response is in.
-        if let Some(record) = self
-            .outcomes
-            .request((send.src, send.dst), record, Instant::now())
-        {
+        if let Some(record) = self.outcomes.request((send.src, send.dst), record, now) {
             self.write(&record);
         }
     }
