@@ -20,6 +20,10 @@
 #   /etc/systemd/system/imds-snoop.service   (+ its enablement in multi-user.target.wants,
 #                                             + any drop-ins in imds-snoop.service.d/)
 #   /etc/sysusers.d/imds-snoop.conf           and the system user/group `imds-snoop`
+#   /var/lib/imds-snoop/created-dirs          the directories this script had to create
+#                                             (e.g. /etc/sysusers.d on a machine without
+#                                             it); --uninstall removes those that are
+#                                             empty then, and never one that existed before
 # At run time systemd creates /var/log/imds (LogsDirectory) and /run/imds-snoop.
 #
 # Without a running systemd (a container, an image build, a chroot) it installs and enables
@@ -68,6 +72,9 @@ readonly unit_path=/etc/systemd/system/$NAME.service
 readonly dropin_dir=/etc/systemd/system/$NAME.service.d
 readonly wants_link=/etc/systemd/system/multi-user.target.wants/$NAME.service
 readonly sysusers_path=/etc/sysusers.d/$NAME.conf
+readonly wants_dir=/etc/systemd/system/multi-user.target.wants
+readonly state_dir=/var/lib/$NAME
+readonly created_list=$state_dir/created-dirs
 readonly log_dir=/var/log/imds
 readonly run_dir=/run/$NAME
 
@@ -87,6 +94,43 @@ systemctl_offline() {
     systemctl --root="${root:-/}" "$@"
 }
 
+# make_dir DIR: creates DIR (a path on the target system) and any missing parents, and
+# appends each directory it created to $created_list, parents first, so that --uninstall
+# removes exactly what the install added and nothing that was there before.
+make_dir() {
+    local dir=$1 missing=() d
+    d=$dir
+    while [ -n "$d" ] && [ "$d" != / ] && [ ! -d "$root$d" ]; do
+        missing=("$d" "${missing[@]}")
+        d=$(dirname "$d")
+    done
+    [ ${#missing[@]} -gt 0 ] || return 0
+    mkdir -p "$root$dir"
+    # The list's own directory may be among those created: make it first, then record.
+    [ -d "$root$state_dir" ] || make_dir "$state_dir"
+    for d in "${missing[@]}"; do
+        printf '%s\n' "$d" >>"$root$created_list"
+    done
+}
+
+# remove_created_dirs: removes the directories in $created_list, deepest first, where they
+# are empty now (a directory that something else has put files in since stays).
+remove_created_dirs() {
+    [ -f "$root$created_list" ] || return 0
+    local dirs d
+    mapfile -t dirs < <(LC_ALL=C sort -ru "$root$created_list")
+    rm -f -- "$root$created_list"
+    for d in "${dirs[@]}"; do
+        case "$d" in /?*) ;; *) continue ;; esac # only absolute paths below /
+        [ -d "$root$d" ] && [ ! -L "$root$d" ] || continue
+        if rmdir -- "$root$d" 2>/dev/null; then
+            say "removed: $d (created by the install)"
+        else
+            say "kept: $d (created by the install, not empty now)"
+        fi
+    done
+}
+
 changed=0
 # install_file SRC DST MODE: copies only when the content or mode differs (atomic rename,
 # so a running binary is replaced, never rewritten in place).
@@ -97,7 +141,7 @@ install_file() {
         say "unchanged: $2"
         return 0
     fi
-    mkdir -p "$(dirname "$dst")"
+    make_dir "$(dirname "$2")"
     install -m "$mode" "$src" "$dst.install-tmp"
     mv -f "$dst.install-tmp" "$dst"
     say "installed: $2"
@@ -182,6 +226,7 @@ do_install() {
         if systemctl is-enabled --quiet "$NAME.service" 2>/dev/null; then
             say "unchanged: $NAME.service enabled"
         else
+            make_dir "$wants_dir"
             systemctl enable "$NAME.service"
         fi
         if [ "$start" = 0 ]; then
@@ -203,6 +248,7 @@ do_install() {
         if [ -L "$root$wants_link" ]; then
             say "unchanged: $NAME.service enabled"
         else
+            make_dir "$wants_dir"
             systemctl_offline enable "$NAME.service"
         fi
         if [ -n "$root" ]; then
@@ -219,13 +265,28 @@ start_failed() {
     die "$NAME.service did not start: see \`journalctl -u $NAME.service\`"
 }
 
+# created_by_install DIR: whether DIR is in $created_list.
+created_by_install() {
+    [ -f "$root$created_list" ] && grep -qxF -- "$1" "$root$created_list"
+}
+
 do_uninstall() {
+    # `systemctl disable` removes the wants directory when it leaves it empty, even one
+    # that was there before the install: note it (and its mode) to put it back.
+    local wants_mode=
+    if [ -d "$root$wants_dir" ] && ! created_by_install "$wants_dir"; then
+        wants_mode=$(stat -c %a "$root$wants_dir")
+    fi
     if systemd_running; then
         if systemctl cat "$NAME.service" >/dev/null 2>&1; then
             systemctl disable --now "$NAME.service" || true
         fi
     elif [ -e "$root$unit_path" ] || [ -L "$root$wants_link" ]; then
         systemctl_offline disable "$NAME.service" || true
+    fi
+    if [ -n "$wants_mode" ] && [ ! -d "$root$wants_dir" ]; then
+        mkdir -m "$wants_mode" -- "$root$wants_dir"
+        say "kept: $wants_dir (there before the install; systemctl disable had removed it)"
     fi
     local p
     for p in "$wants_link" "$unit_path" "$dropin_dir" "$bin_path" "$sysusers_path" "$run_dir"; do
@@ -235,6 +296,7 @@ do_uninstall() {
         fi
     done
     remove_user
+    remove_created_dirs
     if systemd_running; then
         systemctl daemon-reload
         systemctl reset-failed "$NAME.service" 2>/dev/null || true

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The systemd unit under a real systemd: Debian's systemd 252 booted as PID 1 of new pid,
 # mount, cgroup, uts and ipc namespaces inside a network namespace of ours (the way a
-# container manager runs it), with its own /run, a copy of /etc, an empty /usr/local/bin
-# and /var/log, and a unit directory holding only stub targets. deploy/install.sh runs in
+# container manager runs it), with its own /run, a copy of /etc, an empty /usr/local/bin,
+# /var/log and /var/lib, and a unit directory holding only stub targets. deploy/install.sh runs in
 # there exactly as a node owner runs it, and the service runs with every setting of
 # deploy/systemd/imds-snoop.service (User=, capabilities, seccomp filter, ProtectSystem=...).
 #
@@ -57,7 +57,7 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup
 cp -a /etc "$dir/etc"
 mount --bind "$dir/etc" /etc
 for d in /etc/systemd/system /usr/lib/systemd/system /usr/lib/systemd/system-generators \
-    /etc/systemd/system-generators /usr/local/bin /var/log; do
+    /etc/systemd/system-generators /usr/local/bin /var/log /var/lib; do
     mkdir -p "$d"
     mount -t tmpfs -o mode=0755 tmpfs "$d"
 done
@@ -104,7 +104,10 @@ ok "systemd $(in_ns systemctl --version | head -1 | cut -d' ' -f2) is PID 1 of a
 in_ns mkdir -p /run/systemd/system/imds-snoop.service.d
 in_ns sh -c "printf '[Service]\nStandardOutput=append:$dir/service.out\nStandardError=append:$dir/service.err\nRestartSec=1s\n' >/run/systemd/system/imds-snoop.service.d/50-test.conf"
 
-before=$(in_ns sh -c 'find /etc /usr/local/bin ! -name "*-" ! -name .pwd.lock -printf "%p %y %m %l\n" | sort; cat /etc/passwd /etc/group')
+# What --uninstall must restore exactly: whatever this machine's /etc had (with or without
+# /etc/sysusers.d, say), and the install's other targets.
+snapshot='find /etc /usr/local/bin /var/lib ! -name "*-" ! -name .pwd.lock -printf "%p %y %m %l\n" | sort; cat /etc/passwd /etc/group'
+before=$(in_ns sh -c "$snapshot")
 
 # 1. install.sh as a node owner runs it.
 t0=$SECONDS
@@ -223,14 +226,14 @@ in_ns systemctl start imds-snoop.service
 in_ns "$REPO/deploy/install.sh" --uninstall >"$dir/uninstall.out" 2>&1 ||
     fail "install.sh --uninstall failed: $(cat "$dir/uninstall.out")"
 if in_ns systemctl is-active --quiet imds-snoop.service; then fail "still active after uninstall"; fi
-after=$(in_ns sh -c 'find /etc /usr/local/bin ! -name "*-" ! -name .pwd.lock -printf "%p %y %m %l\n" | sort; cat /etc/passwd /etc/group')
+after=$(in_ns sh -c "$snapshot")
 if [ "$after" != "$before" ]; then
     diff <(echo "$before") <(echo "$after") >&2 || true
-    fail "--uninstall left /etc or /usr/local/bin different from before the install"
+    fail "--uninstall left /etc, /usr/local/bin or /var/lib different from before the install"
 fi
 in_ns test -f /var/log/imds/imds-trace.log || fail "--uninstall removed the trace log"
 in_ns "$REPO/deploy/install.sh" --uninstall --purge >"$dir/purge.out" 2>&1 || fail "--purge failed"
 in_ns test ! -e /var/log/imds || fail "--purge left /var/log/imds"
-ok "--uninstall: stopped, disabled, /etc and /usr/local/bin as before, logs kept; --purge removes them"
+ok "--uninstall: stopped, disabled, /etc, /usr/local/bin and /var/lib as before, logs kept; --purge removes them"
 
 echo "systemd_test: $PASSED passed, 0 failed"
