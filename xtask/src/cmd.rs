@@ -82,16 +82,75 @@ pub fn status(cmd: &mut Command) -> Result<ExitStatus> {
         .with_context(|| format!("cannot start `{}`", display(cmd)))
 }
 
-/// Tests counted from libtest's `test result: ok. N passed; M failed; ...` lines.
-#[derive(Debug, Default, Clone, Copy)]
+/// What one step of `cargo xtask test` counted: tests, checks or kernel-matrix cells.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct TestCounts {
     pub passed: u64,
     pub failed: u64,
+    pub skipped: u64,
 }
 
-/// Like [`status`], but reads the command's stdout (echoing every line) to add up the
-/// `test result:` lines of each test binary cargo runs.
-pub fn status_counting_tests(cmd: &mut Command, counts: &mut TestCounts) -> Result<ExitStatus> {
+impl TestCounts {
+    /// Adds `other` to these counts.
+    pub fn add(&mut self, other: TestCounts) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+        self.skipped += other.skipped;
+    }
+
+    /// Adds one libtest `test result: ok. N passed; M failed; K ignored; ...` line (`None`
+    /// for any other line). Ignored tests count as skipped.
+    pub fn from_libtest_line(line: &str) -> Option<TestCounts> {
+        let rest = line.trim().strip_prefix("test result: ")?;
+        let mut counts = TestCounts::default();
+        for part in rest.split(['.', ';']) {
+            let mut words = part.split_whitespace();
+            match (words.next().map(str::parse::<u64>), words.next()) {
+                (Some(Ok(n)), Some("passed")) => counts.passed += n,
+                (Some(Ok(n)), Some("failed")) => counts.failed += n,
+                (Some(Ok(n)), Some("ignored")) => counts.skipped += n,
+                _ => {}
+            }
+        }
+        Some(counts)
+    }
+
+    /// Reads a step's own closing line, `PREFIX: N passed, M failed[, K skipped]`, exactly
+    /// (`None` for any other line, including other prefixes: a script a step runs may print
+    /// its own such line, which the step's line already counts).
+    pub fn from_summary_line(line: &str, prefix: &str) -> Option<TestCounts> {
+        let rest = line.trim().strip_prefix(prefix)?.strip_prefix(": ")?;
+        let mut parts = rest.split(", ");
+        let mut number = |word: &str| -> Option<u64> {
+            parts
+                .next()?
+                .strip_suffix(word)?
+                .strip_suffix(' ')?
+                .parse()
+                .ok()
+        };
+        let passed = number("passed")?;
+        let failed = number("failed")?;
+        let skipped = match parts.next() {
+            None => 0,
+            Some(p) => p.strip_suffix(" skipped")?.parse().ok()?,
+        };
+        Some(TestCounts {
+            passed,
+            failed,
+            skipped,
+        })
+    }
+}
+
+/// Like [`status`], but reads the command's stdout (echoing every line) and adds up what it
+/// counted: libtest's `test result:` lines of every test binary when `summary_prefix` is
+/// `None`, else the command's own `PREFIX: N passed, M failed[, K skipped]` lines.
+pub fn status_counting(
+    cmd: &mut Command,
+    summary_prefix: Option<&str>,
+    counts: &mut TestCounts,
+) -> Result<ExitStatus> {
     use std::io::{BufRead as _, Write as _};
     let mut child = cmd
         .stdout(std::process::Stdio::piped())
@@ -99,18 +158,18 @@ pub fn status_counting_tests(cmd: &mut Command, counts: &mut TestCounts) -> Resu
         .with_context(|| format!("cannot start `{}`", display(cmd)))?;
     let stdout = child.stdout.take().context("child stdout")?;
     let mut out = std::io::stdout();
-    for line in std::io::BufReader::new(stdout).lines() {
-        let line = line.context("reading test output")?;
+    for line in std::io::BufReader::new(stdout).split(b'\n') {
+        // Bytes, not lines of UTF-8: a test that prints a non-UTF-8 byte must not end the
+        // count (and the step) early.
+        let line = line.context("reading the step's output")?;
+        let line = String::from_utf8_lossy(&line);
         let _ = writeln!(out, "{line}");
-        if let Some(rest) = line.trim().strip_prefix("test result: ") {
-            for part in rest.split(['.', ';']) {
-                let mut words = part.split_whitespace();
-                match (words.next().map(str::parse::<u64>), words.next()) {
-                    (Some(Ok(n)), Some("passed")) => counts.passed += n,
-                    (Some(Ok(n)), Some("failed")) => counts.failed += n,
-                    _ => {}
-                }
-            }
+        let step_counts = match summary_prefix {
+            None => TestCounts::from_libtest_line(&line),
+            Some(prefix) => TestCounts::from_summary_line(&line, prefix),
+        };
+        if let Some(c) = step_counts {
+            counts.add(c);
         }
     }
     child
@@ -181,4 +240,60 @@ pub fn root_command(program: impl AsRef<OsStr>, what: &str) -> Result<Command> {
     let mut cmd = command(sudo);
     cmd.arg(program);
     Ok(cmd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TestCounts;
+
+    #[test]
+    fn libtest_lines_are_counted_with_ignored_as_skipped() {
+        let c = TestCounts::from_libtest_line(
+            "test result: FAILED. 12 passed; 2 failed; 3 ignored; 0 measured; 0 filtered out; finished in 0.01s",
+        );
+        assert_eq!(
+            c,
+            Some(TestCounts {
+                passed: 12,
+                failed: 2,
+                skipped: 3
+            })
+        );
+        assert_eq!(TestCounts::from_libtest_line("running 12 tests"), None);
+    }
+
+    #[test]
+    fn only_the_steps_own_summary_line_counts() {
+        let line = "deploy-check: 7 passed, 1 failed, 0 skipped";
+        assert_eq!(
+            TestCounts::from_summary_line(line, "deploy-check"),
+            Some(TestCounts {
+                passed: 7,
+                failed: 1,
+                skipped: 0
+            })
+        );
+        assert_eq!(
+            TestCounts::from_summary_line("vm-test: 19 passed, 0 failed", "vm-test"),
+            Some(TestCounts {
+                passed: 19,
+                failed: 0,
+                skipped: 0
+            })
+        );
+        // A script's own line inside the step, and lines that only look alike.
+        for other in [
+            "install_test: 14 passed, 0 failed",
+            "deploy-check: 7 passed",
+            "deploy-check: x passed, 1 failed",
+            "deploy-check: 7 passed, 1 failed, 2 ignored",
+            "vm-test: 4 kernel(s), 0 failed, 500s in all",
+        ] {
+            assert_eq!(
+                TestCounts::from_summary_line(other, "deploy-check"),
+                None,
+                "{other}"
+            );
+        }
+    }
 }

@@ -24,7 +24,7 @@ use std::{os::unix::process::CommandExt as _, process::ExitCode};
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 
-use crate::setup::SetupArgs;
+use crate::{cmd::TestCounts, setup::SetupArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -145,12 +145,43 @@ fn run(args: &[String]) -> Result<ExitCode> {
 struct Step {
     name: &'static str,
     command: std::process::Command,
+    /// How the step's own output says what it counted.
+    counts: Counted,
+}
+
+/// What a step's output counts, for the closing line.
+#[derive(Clone, Copy)]
+enum Counted {
+    /// Nothing: the step is one check (fmt, clippy).
+    Itself,
+    /// libtest's `test result:` lines (cargo test).
+    Libtest,
+    /// Its own closing line `PREFIX: N passed, M failed[, K skipped]`.
+    Summary(&'static str),
 }
 
 fn cargo_step(name: &'static str, args: &[&str]) -> Step {
     let mut command = cmd::command("cargo");
     command.args(args);
-    Step { name, command }
+    Step {
+        name,
+        command,
+        counts: Counted::Itself,
+    }
+}
+
+/// What one step adds to the closing line. A step whose own counts show no failure but
+/// which failed (a build error, a crash, a check outside any count) adds one failure, and
+/// a step that counted nothing adds itself as one check: the closing line can never say
+/// `0 failed` for a red run.
+fn step_counts(counted: TestCounts, success: bool) -> TestCounts {
+    let mut c = counted;
+    if !success && c.failed == 0 {
+        c.failed += 1;
+    } else if success && c == TestCounts::default() {
+        c.passed += 1;
+    }
+    c
 }
 
 fn test() -> Result<ExitCode> {
@@ -158,6 +189,7 @@ fn test() -> Result<ExitCode> {
 
     let ci = std::env::var_os("CI").filter(|v| !v.is_empty());
     let mut tests = cargo_step("tests", &["test", "--", "--test-threads=1"]);
+    tests.counts = Counted::Libtest;
     match &ci {
         Some(v) => {
             tests.command.env("CI", v);
@@ -192,6 +224,7 @@ fn test() -> Result<ExitCode> {
                 c.args(["xtask", "deploy-check"]);
                 c
             },
+            counts: Counted::Summary("deploy-check"),
         },
         // The kernel matrix: fentry and kprobe on 5.10/6.1/6.12 VMs, the tracepoint here.
         Step {
@@ -201,23 +234,33 @@ fn test() -> Result<ExitCode> {
                 c.args(["xtask", "vm-test"]);
                 c
             },
+            counts: Counted::Summary("vm-test"),
         },
     ];
 
-    let mut results: Vec<(&str, String, &str)> = Vec::new();
-    let mut counts = cmd::TestCounts::default();
+    let mut results: Vec<(&str, String, &str, TestCounts)> = Vec::new();
+    let mut total = TestCounts::default();
     let mut failed = false;
     for step in &mut steps {
         let line = cmd::display(&step.command);
         if failed {
-            results.push((step.name, line, "skipped"));
+            // Not run: its tests are neither passed nor failed, and the closing line says so.
+            let skipped = TestCounts {
+                skipped: 1,
+                ..TestCounts::default()
+            };
+            total.add(skipped);
+            results.push((step.name, line, "skipped", skipped));
             continue;
         }
         eprintln!("\nxtask: [{}] {line}", step.name);
-        let status = if step.name == "tests" {
-            cmd::status_counting_tests(&mut step.command, &mut counts)
-        } else {
-            cmd::status(&mut step.command)
+        let mut counted = TestCounts::default();
+        let status = match step.counts {
+            Counted::Itself => cmd::status(&mut step.command),
+            Counted::Libtest => cmd::status_counting(&mut step.command, None, &mut counted),
+            Counted::Summary(prefix) => {
+                cmd::status_counting(&mut step.command, Some(prefix), &mut counted)
+            }
         };
         let outcome = match status {
             Ok(st) if st.success() => "passed",
@@ -231,21 +274,63 @@ fn test() -> Result<ExitCode> {
             }
         };
         failed = outcome == "FAILED";
-        results.push((step.name, line, outcome));
+        let counts = step_counts(counted, !failed);
+        total.add(counts);
+        results.push((step.name, line, outcome, counts));
     }
 
     let passed = results.iter().filter(|r| r.2 == "passed").count();
     let nfailed = results.iter().filter(|r| r.2 == "FAILED").count();
+    let skipped = results.iter().filter(|r| r.2 == "skipped").count();
     eprintln!("\nxtask test summary:");
-    for (name, line, outcome) in &results {
-        eprintln!("  {outcome:<8} {name:<12} {line}");
+    for (name, line, outcome, c) in &results {
+        eprintln!(
+            "  {outcome:<8} {name:<12} {:>4} passed {:>2} failed {:>2} skipped  {line}",
+            c.passed, c.failed, c.skipped
+        );
     }
-    eprintln!("steps: {passed} passed, {nfailed} failed");
-    // The closing line: every test of every test binary, added up.
-    println!("tests: {} passed, {} failed", counts.passed, counts.failed);
+    eprintln!("steps: {passed} passed, {nfailed} failed, {skipped} skipped");
+    // The closing line: every test, check and matrix cell of every step, with a failed step
+    // counted as a failure and a step not run counted as skipped.
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        total.passed, total.failed, total.skipped
+    );
     Ok(if nfailed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{TestCounts, step_counts};
+
+    #[test]
+    fn a_failed_step_never_adds_zero_failures() {
+        let none = TestCounts::default();
+        assert_eq!(step_counts(none, false).failed, 1);
+        assert_eq!(step_counts(none, true).passed, 1);
+        let counted = TestCounts {
+            passed: 7,
+            failed: 0,
+            skipped: 0,
+        };
+        assert_eq!(
+            step_counts(counted, false),
+            TestCounts {
+                passed: 7,
+                failed: 1,
+                skipped: 0
+            }
+        );
+        let red = TestCounts {
+            passed: 7,
+            failed: 2,
+            skipped: 0,
+        };
+        assert_eq!(step_counts(red, false), red);
+        assert_eq!(step_counts(counted, true), counted);
+    }
 }

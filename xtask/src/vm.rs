@@ -203,6 +203,24 @@ pub fn vm_test(opts: VmTestOptions) -> Result<()> {
     let md = markdown(&rows);
     let _ = fs::write(vm_dir.join("matrix.md"), &md);
     let failed: Vec<&Row> = rows.iter().filter(|r| !r.ok()).collect();
+    // Cells: one per kernel and attach mode; a kernel that failed outside any mode (did not
+    // boot, hung, a spec did not report) and has no failed cell counts as one failure.
+    let cells_passed: usize = rows
+        .iter()
+        .map(|r| r.results.values().filter(|m| m.pass).count())
+        .sum();
+    let cells_failed: usize = rows
+        .iter()
+        .map(|r| {
+            let bad = r.results.values().filter(|m| !m.pass).count();
+            if bad == 0 && !r.errors.is_empty() {
+                1
+            } else {
+                bad
+            }
+        })
+        .sum();
+    println!("vm-test: {cells_passed} passed, {cells_failed} failed");
     println!(
         "vm-test: {} kernel(s), {} failed, {:.0}s in all (matrix also in {})",
         rows.len(),
