@@ -27,6 +27,10 @@ require_tools capsh setpriv ip curl python3
 scratch_dir caps
 dir=$SCRATCH
 chmod 0755 "$dir"
+# The daemon runs as nobody: from a copy in the scratch directory, since the checkout may
+# sit below a directory nobody cannot search (a clone under /root, mode 0700).
+install -m 0755 "$binary" "$dir/imds-snoop"
+binary=$dir/imds-snoop
 netns_up "$dir"
 mkdir -m 0755 "$dir/containerd"
 containerd_start "$dir/containerd"

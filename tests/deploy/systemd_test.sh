@@ -56,11 +56,18 @@ mount -t tmpfs -o mode=0755 tmpfs /run
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 cp -a /etc "$dir/etc"
 mount --bind "$dir/etc" /etc
+# The scratch directory lives under /var/lib, which becomes an empty tmpfs below (install.sh
+# may create /var/lib/imds-snoop): keep it reachable at its own path on top of that.
+mkdir /run/scratch
+mount --bind "$dir" /run/scratch
 for d in /etc/systemd/system /usr/lib/systemd/system /usr/lib/systemd/system-generators \
     /etc/systemd/system-generators /usr/local/bin /var/log /var/lib; do
     mkdir -p "$d"
     mount -t tmpfs -o mode=0755 tmpfs "$d"
 done
+mkdir -p "$dir"
+mount --move /run/scratch "$dir"
+rmdir /run/scratch
 # Stub targets: the unit's default dependencies (sysinit, basic, shutdown) and its
 # WantedBy= target exist but pull nothing in (no udev, no tmpfiles, no journald).
 for t in sysinit basic shutdown multi-user default local-fs; do

@@ -240,28 +240,11 @@ fn install_deb(package: &str, why: &str) -> Result<()> {
     install_debs(&[package], why)
 }
 
-/// `apt-get update`, then `apt-get install` of `packages` (root only: says which package
-/// to install otherwise).
+/// `apt-get update`, then `apt-get install` of `packages` ([`crate::setup::apt_install`]),
+/// saying why first.
 pub fn install_debs(packages: &[&str], why: &str) -> Result<()> {
-    let list = packages.join(" ");
-    if !cmd::is_root() {
-        bail!("{why}: install the Debian packages {list} (needs root)");
-    }
-    if cmd::find_program("apt-get").is_none() {
-        bail!("{why}: apt-get not found: install {list} by hand");
-    }
-    eprintln!("xtask: installing {list} ({why})");
-    cmd::run(
-        cmd::command("apt-get")
-            .arg("update")
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
-    cmd::run(
-        cmd::command("apt-get")
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(packages)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    eprintln!("xtask: installing {} ({why})", packages.join(" "));
+    crate::setup::apt_install(packages)
 }
 
 /// Static ELF of the right machine with one little-endian BPF object inside.

@@ -46,6 +46,11 @@ pub const DEB_PACKAGES: &[DebPackage] = &[
         why: "the OCI runtime containerd runs the test containers with",
     },
     DebPackage {
+        name: "procps",
+        satisfied_by_program: Some("pgrep"),
+        why: "pgrep and sysctl in the deploy checks and the hop-limit topology",
+    },
+    DebPackage {
         name: "busybox-static",
         satisfied_by_program: None,
         why: "the test containers' root filesystem",
@@ -330,8 +335,9 @@ fn deb_installed(name: &str) -> Result<bool> {
     )
 }
 
-/// `apt-get update` once, then `apt-get install` of `packages`.
-fn apt_install(packages: &[&str]) -> Result<()> {
+/// `apt-get update` once, then `apt-get install` of `packages` (through sudo when not root).
+/// The one place the xtasks install Debian packages.
+pub fn apt_install(packages: &[&str]) -> Result<()> {
     if cmd::find_program("apt-get").is_none() {
         bail!("apt-get not found: install {} by hand", packages.join(" "));
     }
@@ -343,6 +349,8 @@ fn apt_install(packages: &[&str]) -> Result<()> {
     cmd::run(&mut update)?;
     let mut install = cmd::root_command("apt-get", &what)?;
     install
+        // A new cloud machine's apt-daily may hold the lock for a while: wait, don't fail.
+        .args(["-o", "DPkg::Lock::Timeout=300"])
         .args(["install", "-y", "--no-install-recommends"])
         .args(packages)
         .env("DEBIAN_FRONTEND", "noninteractive");
