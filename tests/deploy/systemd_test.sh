@@ -113,7 +113,8 @@ in_ns sh -c "printf '[Service]\nStandardOutput=append:$dir/service.out\nStandard
 
 # What --uninstall must restore exactly: whatever this machine's /etc had (with or without
 # /etc/sysusers.d, say), and the install's other targets.
-snapshot='find /etc /usr/local/bin /var/lib ! -name "*-" ! -name .pwd.lock -printf "%p %y %m %l\n" | sort; cat /etc/passwd /etc/group'
+# (The test's own scratch directory, under /var/lib, is not part of it.)
+snapshot="find /etc /usr/local/bin /var/lib -path '$dir' -prune -o ! -name '*-' ! -name .pwd.lock -printf '%p %y %m %l\\n' | sort; cat /etc/passwd /etc/group"
 before=$(in_ns sh -c "$snapshot")
 
 # 1. install.sh as a node owner runs it.
