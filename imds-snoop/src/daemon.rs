@@ -9,7 +9,6 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use chrono::{DateTime, Local};
 use imds_snoop_common::{DROP_NO_SCRATCH, DROP_PROCESS_EVENT, DROP_RESPONSE, DROP_RINGBUF_FULL};
 use tokio::{
     io::unix::AsyncFd,
@@ -20,6 +19,7 @@ use tracing::{info, warn};
 use crate::{
     capture::{Capture, CaptureOptions},
     cli::{Responses, RunArgs},
+    clock::BootClock,
     container::{self, Origin, Resolver},
     decode::{self, Event, Send},
     http::{Reassembler, Request},
@@ -432,34 +432,6 @@ impl Pipeline {
             self.write(&record);
         }
     }
-}
-
-/// Converts the kernel's CLOCK_BOOTTIME stamps to wall-clock time.
-struct BootClock {
-    realtime_minus_boot_ns: i128,
-}
-
-impl BootClock {
-    fn now() -> Self {
-        Self {
-            realtime_minus_boot_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME),
-        }
-    }
-
-    fn wall(&self, boot_ns: u64) -> DateTime<Local> {
-        let ns = boot_ns as i128 + self.realtime_minus_boot_ns;
-        DateTime::from_timestamp_nanos(ns.clamp(0, i64::MAX as i128) as i64).with_timezone(&Local)
-    }
-}
-
-fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid clock id and pointer.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
 }
 
 fn hostname() -> String {

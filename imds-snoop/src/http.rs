@@ -1,5 +1,5 @@
 //! Per-socket reassembly of IMDS requests from send snippets, HTTP parsing (httparse),
-//! IMDSv1/IMDSv2 classification and token redaction.
+//! IMDSv1/IMDSv2 classification; token redaction by `redact`.
 //!
 //! The kernel side hands us, for every send on a socket to IMDS, a copy of (the start of) the
 //! payload. A request's headers may arrive in several sends, several pipelined requests may
@@ -16,10 +16,12 @@ use std::{
 
 use serde::Serialize;
 
-/// The IMDSv2 session token header (compared case-insensitively).
-pub const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
-/// What stands in for a token value, in headers and in `details()`: the anchor tool's marker.
-pub const TOKEN_REDACTED: &str = "**token redacted**";
+pub use crate::redact::{TOKEN_HEADER, TOKEN_REDACTED};
+use crate::{
+    escape::find_byte,
+    redact::{ends_with_token_header, is_token_header, redact_raw, redact_token_like},
+};
+
 /// The IMDSv2 token endpoint (`PUT`).
 const TOKEN_PATH: &str = "/latest/api/token";
 /// httparse's header array on the stack; a request with more headers is parsed again with a
@@ -29,9 +31,6 @@ const MAX_HEADERS: usize = 64;
 const MAX_SOCKETS: usize = 4096;
 /// Bound on a malformed request's escaped snippet in `details()`, in chars.
 const SNIPPET_CHARS: usize = 256;
-/// Shortest run of base64 characters taken for a token outside the token header (see
-/// [`redact_token_like`]); IMDS tokens are 56 characters.
-const TOKEN_LIKE_MIN: usize = 16;
 
 /// What a request is, as far as the IMDS session protocol goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -161,7 +160,7 @@ impl Request {
 fn clean_into(out: &mut String, s: &str) {
     let mut rest = s;
     while !rest.is_empty() {
-        let plain = crate::output::find_byte(rest.as_bytes(), |b| {
+        let plain = find_byte(rest.as_bytes(), |b| {
             !(b == b'\t' || (0x20..0x7f).contains(&b))
         })
         .unwrap_or(rest.len());
@@ -191,10 +190,6 @@ fn push_u8(out: &mut String, n: u8) {
         out.push((b'0' + n / 10 % 10) as char);
     }
     out.push((b'0' + n % 10) as char);
-}
-
-fn is_token_header(name: &str) -> bool {
-    name.eq_ignore_ascii_case(TOKEN_HEADER)
 }
 
 /// `PUT /latest/api/token`, with or without a query, in origin or absolute form.
@@ -234,13 +229,6 @@ fn header_pair(name: &str, value: &[u8]) -> (String, String) {
         String::from_utf8_lossy(&redact_token_like(&by_name)).into_owned()
     };
     (name.to_string(), value)
-}
-
-/// The token header's name, alone or at the end of a longer name (compared as bytes: a
-/// name may hold multi-byte characters where a str slice would not be on a boundary).
-fn ends_with_token_header(name: &str) -> bool {
-    let (name, token) = (name.as_bytes(), TOKEN_HEADER.as_bytes());
-    name.len() >= token.len() && name[name.len() - token.len()..].eq_ignore_ascii_case(token)
 }
 
 fn malformed(data: &[u8], error: String, truncated: bool, redact_first_line: bool) -> Request {
@@ -469,140 +457,6 @@ fn snippet(data: &[u8], redact_first_line: bool) -> String {
         }
     }
     out
-}
-
-/// Where a token header's value ends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ValueEnd {
-    /// At the end of the line: a request's header.
-    Line,
-    /// At the end of the shell word: a caller's argv, where `-H "X-aws-ec2-metadata-token:
-    /// $T"` arrives as one word among others on the joined line.
-    Word,
-}
-
-/// Replaces every token value (after a case-insensitive `x-aws-ec2-metadata-token` and its
-/// colon) with the redaction marker: the one scanner for request bytes and argv alike.
-pub fn redact_token_values(data: &[u8], end: ValueEnd) -> Cow<'_, [u8]> {
-    redact_from(data, 0, None, end)
-}
-
-/// [`redact_token_values`] for a request, whose first line may be the tail of a token (a
-/// send seen from its middle): then that line goes too.
-fn redact_raw(data: &[u8], redact_first_line: bool) -> Cow<'_, [u8]> {
-    if redact_first_line {
-        let end = line_end(data, 0);
-        redact_from(
-            data,
-            end,
-            Some(TOKEN_REDACTED.as_bytes().to_vec()),
-            ValueEnd::Line,
-        )
-    } else {
-        redact_from(data, 0, None, ValueEnd::Line)
-    }
-}
-
-/// The scan: `data[..start]` is already in `out` (when `out` is `Some`).
-fn redact_from(
-    data: &[u8],
-    start: usize,
-    mut out: Option<Vec<u8>>,
-    value_end: ValueEnd,
-) -> Cow<'_, [u8]> {
-    let mut copied = start; // data[..copied] is already in `out`
-    let mut i = start;
-    let name = TOKEN_HEADER.as_bytes();
-    while i + name.len() <= data.len() {
-        if !data[i..i + name.len()].eq_ignore_ascii_case(name) {
-            i += 1;
-            continue;
-        }
-        let mut j = i + name.len();
-        while data.get(j).is_some_and(|&b| b == b' ' || b == b'\t') {
-            j += 1;
-        }
-        if data.get(j) != Some(&b':') {
-            i += 1;
-            continue;
-        }
-        let end = match value_end {
-            ValueEnd::Line => line_end(data, j + 1),
-            ValueEnd::Word => word_end(data, j + 1),
-        };
-        let buf = out.get_or_insert_with(Vec::new);
-        buf.extend_from_slice(&data[copied..=j]);
-        buf.push(b' ');
-        buf.extend_from_slice(TOKEN_REDACTED.as_bytes());
-        copied = end;
-        i = end;
-    }
-    splice_rest(out, data, copied)
-}
-
-/// Defence in depth: a send seen from its middle (lost events, a tracer started
-/// mid-connection) can start inside a token header, past its name. Any long run of base64
-/// characters mixing upper case, lower case and digits is taken for a token (paths, user
-/// agents and instance ids do not look like that).
-fn redact_token_like(data: &[u8]) -> Cow<'_, [u8]> {
-    let is_b64 = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=');
-    let mut out: Option<Vec<u8>> = None;
-    let mut copied = 0; // data[..copied] is already in `out`
-    let mut i = 0;
-    while i < data.len() {
-        if !is_b64(data[i]) {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < data.len() && is_b64(data[i]) {
-            i += 1;
-        }
-        let run = &data[start..i];
-        if run.len() >= TOKEN_LIKE_MIN
-            && run.iter().any(u8::is_ascii_uppercase)
-            && run.iter().any(u8::is_ascii_lowercase)
-            && run.iter().any(u8::is_ascii_digit)
-        {
-            let buf = out.get_or_insert_with(Vec::new);
-            buf.extend_from_slice(&data[copied..start]);
-            buf.extend_from_slice(TOKEN_REDACTED.as_bytes());
-            copied = i;
-        }
-    }
-    splice_rest(out, data, copied)
-}
-
-/// The end of a redaction pass: `data` untouched when nothing was replaced, else what was
-/// built so far plus the rest of `data` from `copied`.
-fn splice_rest(out: Option<Vec<u8>>, data: &[u8], copied: usize) -> Cow<'_, [u8]> {
-    match out {
-        None => Cow::Borrowed(data),
-        Some(mut buf) => {
-            buf.extend_from_slice(&data[copied..]);
-            Cow::Owned(buf)
-        }
-    }
-}
-
-/// The end of the shell word a token value is in (leading blanks skipped).
-fn word_end(data: &[u8], from: usize) -> usize {
-    let start = from
-        + data[from..]
-            .iter()
-            .take_while(|&&b| b == b' ' || b == b'\t')
-            .count();
-    data[start..]
-        .iter()
-        .position(|&b| matches!(b, b' ' | b'"' | b'\'' | b'\t'))
-        .map_or(data.len(), |p| start + p)
-}
-
-fn line_end(data: &[u8], from: usize) -> usize {
-    data[from..]
-        .iter()
-        .position(|&b| b == b'\r' || b == b'\n')
-        .map_or(data.len(), |p| from + p)
 }
 
 /// Whether raw bytes end inside a token header (its name, or its value, cut by the end of
@@ -920,6 +774,7 @@ fn emit_pending<T>(sock: &mut Socket<T>, p: Pending<T>) -> (T, Request) {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::escape::tests::awkward_strings;
 
     macro_rules! fixture {
         ($name:literal) => {
@@ -1682,50 +1537,6 @@ pub(crate) mod tests {
             } else {
                 out.push(c);
             }
-        }
-        out
-    }
-
-    /// Strings of ASCII, controls (C0, DEL, C1), tabs, backslashes and non-ASCII letters
-    /// whose lowercase is longer or a different width (`İ`, `Σ`, `Ａ`), from a fixed seed.
-    pub fn awkward_strings() -> Vec<String> {
-        const PIECES: &[&str] = &[
-            "a",
-            "Z",
-            "GET",
-            " ",
-            "\t",
-            "\r",
-            "\n",
-            "\0",
-            "\x1b",
-            "\x7f",
-            "\u{85}",
-            "\u{9f}",
-            "\u{a0}",
-            "\\",
-            "\\x0a",
-            "İ",
-            "Σ",
-            "Ａ",
-            "é",
-            "ß",
-            "😀",
-            "/latest/api/token",
-            ":",
-            "\u{2028}",
-            "\u{feff}",
-        ];
-        let mut seed = 0x9e37_79b9_u32;
-        let mut out = vec![String::new(), "plain ascii / path?x=1".into()];
-        for _ in 0..2000 {
-            let mut s = String::new();
-            for _ in 0..(seed % 12) {
-                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                s.push_str(PIECES[(seed >> 16) as usize % PIECES.len()]);
-            }
-            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            out.push(s);
         }
         out
     }

@@ -11,13 +11,16 @@
 mod btf;
 mod capture;
 pub mod cli;
+mod clock;
 mod container;
 pub mod daemon;
 pub mod decode;
+mod escape;
 pub mod http;
 mod metrics;
 mod outcome;
 mod output;
 mod process;
 pub mod readiness;
+mod redact;
 pub mod report;

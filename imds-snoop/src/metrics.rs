@@ -44,8 +44,9 @@ use tracing::{debug, warn};
 use crate::{
     capture::AttachMode,
     container::Origin,
+    escape::escape_controls,
     http::Class,
-    output::{DegradedEvents, Losses, Outcome, Record, escape_controls},
+    output::{DegradedEvents, Losses, Outcome, Record},
 };
 
 /// Distinct caller label sets kept before new ones are counted under [`OVERFLOW`] (one

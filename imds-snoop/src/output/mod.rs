@@ -1,12 +1,14 @@
 //! What a trace line says, how it is written, and where.
 
 pub mod json;
+mod stamps;
 pub mod text;
 pub mod writer;
 
-use std::{fmt::Write as _, net::IpAddr};
+use std::net::IpAddr;
 
-use chrono::{DateTime, Datelike as _, Local, Offset as _, Timelike as _};
+use chrono::{DateTime, Local};
+use stamps::Stamps;
 
 use crate::{
     container::Origin,
@@ -139,78 +141,6 @@ impl LineFormatter {
     }
 }
 
-/// The timestamp's text up to the second, formatted once per second (and offset): lines
-/// come by the thousand per second under load, and strftime parses its pattern each time.
-#[derive(Default)]
-struct Stamps {
-    /// Unix second and UTC offset of the cached text; `None` before the first line.
-    key: Option<(i64, i32)>,
-    /// `%Y-%m-%d %H:%M:%S`
-    text: String,
-    /// RFC 3339 up to the seconds, `%Y-%m-%dT%H:%M:%S`.
-    rfc: String,
-    /// The UTC offset as RFC 3339 writes it, `+HH:MM`.
-    zone: String,
-}
-
-impl Stamps {
-    /// `%Y-%m-%d %H:%M:%S,%3f`, as chrono prints it.
-    fn push_text(&mut self, out: &mut String, t: &DateTime<Local>) {
-        match self.millis(t) {
-            Some(ms) => {
-                out.push_str(&self.text);
-                out.push(',');
-                push_3_digits(out, ms);
-            }
-            None => {
-                let _ = write!(out, "{}", t.format("%Y-%m-%d %H:%M:%S,%3f"));
-            }
-        }
-    }
-
-    /// RFC 3339 with milliseconds and the local offset, as chrono's
-    /// `to_rfc3339_opts(SecondsFormat::Millis, false)` prints it.
-    fn push_rfc3339(&mut self, out: &mut String, t: &DateTime<Local>) {
-        match self.millis(t) {
-            Some(ms) => {
-                out.push_str(&self.rfc);
-                out.push('.');
-                push_3_digits(out, ms);
-                out.push_str(&self.zone);
-            }
-            None => out.push_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Millis, false)),
-        }
-    }
-
-    /// Brings the cached second up to `t`'s, and returns `t`'s milliseconds; `None` when
-    /// the cache does not apply (a leap second, a year outside 0..=9999): chrono then
-    /// formats the whole stamp.
-    fn millis(&mut self, t: &DateTime<Local>) -> Option<u32> {
-        let nanos = t.nanosecond();
-        if nanos >= 1_000_000_000 || !(0..=9999).contains(&t.year()) {
-            return None;
-        }
-        let key = (t.timestamp(), t.offset().fix().local_minus_utc());
-        if self.key != Some(key) {
-            self.text.clear();
-            let _ = write!(self.text, "{}", t.format("%Y-%m-%d %H:%M:%S"));
-            let whole = t.to_rfc3339_opts(chrono::SecondsFormat::Secs, false);
-            // A four-digit year: `YYYY-MM-DDTHH:MM:SS` is the first 19 bytes.
-            let (rfc, zone) = whole.split_at(19);
-            self.rfc = rfc.to_owned();
-            self.zone = zone.to_owned();
-            self.key = Some(key);
-        }
-        Some(nanos / 1_000_000)
-    }
-}
-
-fn push_3_digits(out: &mut String, n: u32) {
-    for d in [n / 100 % 10, n / 10 % 10, n % 10] {
-        out.push(char::from(b'0' + d as u8));
-    }
-}
-
 /// Calls missing from the trace log, by where they were lost; totals since start.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Losses {
@@ -295,129 +225,12 @@ pub fn degraded_line(format: Format, node: &str, new: u64, totals: &DegradedEven
     }
 }
 
-/// `s` made safe for a one-line log (see [`push_escaped`]).
-pub fn escape_controls(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    push_escaped(&mut out, s);
-    out
-}
-
-/// The first byte of `bytes` for which `special` holds. Looks at 16 bytes at a time with no
-/// branch per byte, which the compiler vectorizes: argv and header values are mostly long
-/// runs with nothing to escape, and a byte-at-a-time scan of them was 10% of the daemon.
-#[inline]
-pub(crate) fn find_byte(bytes: &[u8], special: impl Fn(u8) -> bool + Copy) -> Option<usize> {
-    let mut chunks = bytes.chunks_exact(16);
-    let mut offset = 0;
-    for chunk in &mut chunks {
-        if chunk.iter().fold(false, |any, &b| any | special(b)) {
-            return chunk.iter().position(|&b| special(b)).map(|i| offset + i);
-        }
-        offset += 16;
-    }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&b| special(b))
-        .map(|i| offset + i)
-}
-
-/// Appends `s` made safe for a one-line log: control characters (a newline in an argv or a
-/// header could forge a whole line) become `\xNN`. Runs without any are copied whole.
-pub fn push_escaped(out: &mut String, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut rest = s;
-    loop {
-        // Bytes that can start a control character: C0 and DEL, and 0xc2, the first byte of
-        // the C1 controls U+0080..U+009F (and of other Latin-1 characters).
-        let plain = find_byte(rest.as_bytes(), |b| b < 0x20 || b == 0x7f || b == 0xc2)
-            .unwrap_or(rest.len());
-        out.push_str(&rest[..plain]);
-        rest = &rest[plain..];
-        let Some(c) = rest.chars().next() else { return };
-        if c.is_control() {
-            // Controls are at most U+009F: two hex digits.
-            let code = c as usize;
-            out.push_str("\\x");
-            out.push(char::from(HEX[code >> 4 & 0xf]));
-            out.push(char::from(HEX[code & 0xf]));
-        } else {
-            out.push(c);
-        }
-        rest = &rest[c.len_utf8()..];
-    }
-}
-
 #[cfg(test)]
 pub mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
     use crate::http::Reassembler;
-
-    /// `escape_controls` as it was before the fast path (char by char): the reference.
-    pub fn escape_reference(s: &str) -> String {
-        let mut out = String::with_capacity(s.len());
-        for c in s.chars() {
-            if c.is_control() {
-                out.push_str(&format!("\\x{:02x}", c as u32));
-            } else {
-                out.push(c);
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn find_byte_finds_the_first_special_byte_at_every_offset() {
-        for len in 0..70 {
-            for at in 0..=len {
-                let mut bytes = vec![b'a'; len];
-                if at < len {
-                    bytes[at] = b'\n';
-                    if at + 1 < len {
-                        bytes[at + 1] = b'\r';
-                    }
-                }
-                let expect = (at < len).then_some(at);
-                assert_eq!(find_byte(&bytes, |b| b < 0x20), expect, "{len} {at}");
-            }
-        }
-    }
-
-    #[test]
-    fn escaping_matches_the_char_by_char_reference() {
-        for s in crate::http::tests::awkward_strings() {
-            let mut out = String::from("kept ");
-            push_escaped(&mut out, &s);
-            assert_eq!(out, format!("kept {}", escape_reference(&s)), "{s:?}");
-        }
-    }
-
-    #[test]
-    fn timestamps_match_chrono_across_seconds() {
-        use chrono::TimeZone as _;
-        let mut stamps = Stamps::default();
-        let start = Local.timestamp_opt(1_760_000_000, 0).unwrap();
-        // Steps of 7.3 ms through 30 s, with jumps back (a clock step).
-        for i in 0..4000i64 {
-            let t =
-                start + chrono::Duration::microseconds(7300 * i - (i % 97 == 0) as i64 * 3_000_000);
-            let (mut text, mut rfc) = (String::new(), String::new());
-            stamps.push_text(&mut text, &t);
-            stamps.push_rfc3339(&mut rfc, &t);
-            assert_eq!(text, t.format("%Y-%m-%d %H:%M:%S,%3f").to_string());
-            assert_eq!(rfc, t.to_rfc3339_opts(chrono::SecondsFormat::Millis, false));
-        }
-        // Outside what the cache handles: chrono formats it.
-        let far = Local.with_ymd_and_hms(10_000, 1, 2, 3, 4, 5).unwrap();
-        let mut rfc = String::new();
-        stamps.push_rfc3339(&mut rfc, &far);
-        assert_eq!(
-            rfc,
-            far.to_rfc3339_opts(chrono::SecondsFormat::Millis, false)
-        );
-    }
 
     #[test]
     fn json_lines_carry_the_chrono_timestamp() {

@@ -13,8 +13,8 @@
 
 use std::fmt::Write as _;
 
-use super::{Record, Stamps, push_escaped};
-use crate::{container::Origin, process::Proc};
+use super::{Record, Stamps};
+use crate::{container::Origin, escape::push_escaped, process::Proc};
 
 /// Appends the line of `r` to `out`, built in place: the timestamp from `stamps`, the
 /// request details through `scratch` (reused from line to line) to be escaped as a whole.
@@ -127,13 +127,11 @@ mod tests {
 
     use chrono::{Duration, Local, TimeZone as _};
 
-    use super::super::{
-        Format, LineFormatter, Outcome, Record,
-        tests::{escape_reference, sample_record},
-    };
+    use super::super::{Format, LineFormatter, Outcome, Record, tests::sample_record};
     use crate::{
         container::{Container, Origin, Pod},
-        http::{Reassembler, tests::awkward_strings},
+        escape::tests::{awkward_strings, escape_reference},
+        http::Reassembler,
         process::Proc,
     };
 
