@@ -23,14 +23,16 @@ use crate::{
     container::{self, Origin, Resolver},
     decode::{self, Event, Send},
     http::{Reassembler, Request},
+    losses::{DegradedEvents, Losses, Reported},
     metrics::{self, Metrics},
     outcome::Outcomes,
     output::{
-        self, DegradedEvents, Format, LineFormatter, Losses, Outcome, Record,
+        Format, LineFormatter,
         writer::{self, LineSender, Lines, WriterConfig},
     },
     process::{ExecCache, ProcessView},
     readiness::{ReadyFile, notify_ready},
+    record::{Outcome, Record},
 };
 
 /// A request whose headers have not ended after this long is logged as it is (truncated).
@@ -156,7 +158,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let coalesce = (args.ring_bytes >= COALESCE_MIN_RING).then_some(RING_COALESCE);
     let mut pipeline = Pipeline::new(&args, responses, metrics);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut losses = <(Losses, DegradedEvents)>::default();
+    let mut losses = Reported::default();
 
     loop {
         tokio::select! {
@@ -196,9 +198,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     writer.close();
     info!(
         lines = stats.written.load(Ordering::Relaxed),
-        dropped_kernel = losses.0.ring_full + losses.0.no_scratch,
-        lost_process_events = losses.1.process_events,
-        lost_responses = losses.1.responses,
+        dropped_kernel = losses.losses.ring_full + losses.losses.no_scratch,
+        lost_process_events = losses.degraded.process_events,
+        lost_responses = losses.degraded.responses,
         dropped_backpressure = stats.dropped_backpressure.load(Ordering::Relaxed),
         lost_io = stats.lost_io.load(Ordering::Relaxed),
         decode_errors = pipeline.decode_errors,
@@ -209,13 +211,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reports new losses (kernel drops, writer queue overflow, failed log writes) as a daemon
-/// warning and as a line in the trace log: a reader of the log must know calls are missing
-/// from it. A line lost to a full disk is reported once the disk takes lines again.
+/// Reads the loss totals (kernel drop counters, writer stats) into the metrics, and writes
+/// a line for each kind that grew since the last call (see [`Reported::update`]).
 fn report_losses(
     capture: &Capture,
     writer: &LineSender,
-    seen: &mut (Losses, DegradedEvents),
+    seen: &mut Reported,
     format: Format,
     node: &str,
     metrics: &Metrics,
@@ -233,21 +234,8 @@ fn report_losses(
         responses: drops[DROP_RESPONSE as usize],
     };
     metrics.set_totals(&now, &degraded, stats.written.load(Ordering::Relaxed));
-    if now != seen.0 {
-        let new = now.total() - seen.0.total();
-        warn!(?now, "{new} IMDS calls are missing from the trace log");
-        writer.send(output::dropped_line(format, node, new, &now));
-        seen.0 = now;
-    }
-    if degraded != seen.1 {
-        let new =
-            degraded.process_events + degraded.responses - seen.1.process_events - seen.1.responses;
-        warn!(
-            ?degraded,
-            "{new} kernel events lost (not calls): some lines are incomplete"
-        );
-        writer.send(output::degraded_line(format, node, new, &degraded));
-        seen.1 = degraded;
+    for line in seen.update(now, degraded, format, node) {
+        writer.send(line);
     }
 }
 

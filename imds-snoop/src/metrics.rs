@@ -46,7 +46,8 @@ use crate::{
     container::Origin,
     escape::escape_controls,
     http::Class,
-    output::{DegradedEvents, Losses, Outcome, Record},
+    losses::{DegradedEvents, Losses},
+    record::{Outcome, Record},
 };
 
 /// Distinct caller label sets kept before new ones are counted under [`OVERFLOW`] (one

@@ -22,7 +22,7 @@ use std::{
 
 use crate::{
     decode::Response,
-    output::{Outcome, Record},
+    record::{Outcome, Record},
 };
 
 /// (local end, remote end).

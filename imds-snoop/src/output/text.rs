@@ -13,8 +13,8 @@
 
 use std::fmt::Write as _;
 
-use super::{Record, Stamps};
-use crate::{container::Origin, escape::push_escaped, process::Proc};
+use super::Stamps;
+use crate::{container::Origin, escape::push_escaped, process::Proc, record::Record};
 
 /// Appends the line of `r` to `out`, built in place: the timestamp from `stamps`, the
 /// request details through `scratch` (reused from line to line) to be escaped as a whole.
@@ -25,7 +25,7 @@ pub(super) fn push_line(r: &Record, stamps: &mut Stamps, scratch: &mut String, o
     out.push_str(r.level());
     out.push_str("] ");
     out.push_str(if r.token_not_received() {
-        super::TOKEN_NO_RESPONSE_LABEL
+        crate::record::TOKEN_NO_RESPONSE_LABEL
     } else {
         r.request.class.label()
     });
@@ -127,12 +127,13 @@ mod tests {
 
     use chrono::{Duration, Local, TimeZone as _};
 
-    use super::super::{Format, LineFormatter, Outcome, Record, tests::sample_record};
+    use super::super::{Format, LineFormatter, tests::sample_record};
     use crate::{
         container::{Container, Origin, Pod},
         escape::tests::{awkward_strings, escape_reference},
         http::Reassembler,
         process::Proc,
+        record::{Outcome, Record},
     };
 
     fn reference(r: &Record) -> String {
@@ -141,7 +142,7 @@ mod tests {
             r.time.format("%Y-%m-%d %H:%M:%S,%3f"),
             r.level(),
             if r.token_not_received() {
-                super::super::TOKEN_NO_RESPONSE_LABEL
+                crate::record::TOKEN_NO_RESPONSE_LABEL
             } else {
                 r.request.class.label()
             },
