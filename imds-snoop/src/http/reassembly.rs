@@ -90,12 +90,159 @@ struct Socket<T> {
     last_seen: Instant,
 }
 
+/// Where a request found in a send starts: the context and time of the send it started in,
+/// and whether its first line may be the tail of a token (see [`Socket::begin_send`]).
+struct Start<T> {
+    ctx: T,
+    first_seen: Instant,
+    first_line_redacted: bool,
+}
+
+/// What [`Socket::pass_over`] made of the bytes at the read position.
+enum Passed {
+    /// Nothing to pass over: a request may start here.
+    Nothing,
+    /// This many bytes belong to no new request (a body, the end of a skipped head).
+    Bytes(usize),
+    /// All of the rest is skipped; the skip goes on in the socket's next send.
+    Rest,
+}
+
 impl<T> Socket<T> {
+    fn new(now: Instant) -> Self {
+        Socket {
+            pending: None,
+            body_left: 0,
+            skip: None,
+            redact_first_line: false,
+            last_seen: now,
+        }
+    }
+
     fn is_idle(&self) -> bool {
         self.pending.is_none()
             && self.body_left == 0
             && self.skip.is_none()
             && !self.redact_first_line
+    }
+
+    /// A send arrives: a skip ends early if the send starts like a new request (so the
+    /// request after an oversized one is not lost). Returns whether the send's first line
+    /// may be the tail of a token cut at the end of the previous send.
+    fn begin_send(&mut self, bytes: &[u8], now: Instant) -> bool {
+        self.last_seen = now;
+        if self.skip.is_some() && self.body_left == 0 && looks_like_request_start(bytes) {
+            self.skip = None;
+        }
+        std::mem::take(&mut self.redact_first_line)
+    }
+
+    /// A pending head goes on with these bytes (and carries its first send's context and
+    /// time); otherwise they stand alone.
+    fn join_pending<'b>(&mut self, bytes: &'b [u8]) -> (Option<(T, Instant)>, Cow<'b, [u8]>) {
+        match self.pending.take() {
+            Some(p) => {
+                let mut buf = p.buf;
+                buf.extend_from_slice(bytes);
+                (Some((p.ctx, p.first_seen)), Cow::Owned(buf))
+            }
+            None => (None, Cow::Borrowed(bytes)),
+        }
+    }
+
+    /// Bytes at the start of `rest` that belong to no new request: the rest of an emitted
+    /// request's body, or bytes skipped up to the next blank line.
+    fn pass_over(&mut self, rest: &[u8]) -> Passed {
+        if self.body_left > 0 {
+            let n = self.body_left.min(rest.len());
+            self.body_left -= n;
+            return Passed::Bytes(n);
+        }
+        if let Some(skip) = self.skip.as_mut() {
+            return match skip.scan(rest) {
+                Some(n) => {
+                    self.skip = None;
+                    Passed::Bytes(n)
+                }
+                None => Passed::Rest,
+            };
+        }
+        Passed::Nothing
+    }
+
+    /// Takes the request at the start of `rest` into `out`. `Some(n)`: a complete head of
+    /// `n` bytes (its body, if any, is passed over next); `None`: the rest of the data is
+    /// spoken for (kept pending, emitted truncated or malformed, or skipped).
+    fn take_request(
+        &mut self,
+        rest: &[u8],
+        start: Start<T>,
+        max: usize,
+        snippet_truncated: bool,
+        out: &mut Vec<(T, Request)>,
+    ) -> Option<usize> {
+        let Start {
+            ctx,
+            first_seen,
+            first_line_redacted,
+        } = start;
+        match parse_head(rest) {
+            Ok(Some((mut req, body))) => {
+                let head_len = req.bytes;
+                match body {
+                    Body::None => {}
+                    Body::Length(len) => {
+                        req.bytes += len;
+                        self.body_left = len;
+                    }
+                    Body::Chunked => self.skip = Some(Skip::default()),
+                }
+                out.push((ctx, req));
+                Some(head_len)
+            }
+            Ok(None) if rest.len() > max => {
+                // Over the bound: emit what we have, and skip the rest of this head.
+                let mut req = parse_partial(&rest[..max], first_line_redacted);
+                req.bytes = rest.len();
+                let mut skip = Skip::default();
+                // Seeds the blank-line search with how the bytes so far end.
+                let _ = skip.scan(&rest[rest.len().saturating_sub(2)..]);
+                self.skip = Some(skip);
+                self.redact_first_line = token_line_open(rest);
+                out.push((ctx, req));
+                None
+            }
+            Ok(None) if snippet_truncated => {
+                out.push((ctx, parse_partial(rest, first_line_redacted)));
+                None
+            }
+            Ok(None) => {
+                self.pending = Some(Pending {
+                    ctx,
+                    buf: rest.to_vec(),
+                    first_seen,
+                });
+                None
+            }
+            Err(e) => {
+                // No way to find where this ends: the rest of the send is one malformed
+                // request, and the socket's next send starts afresh.
+                self.redact_first_line = token_line_open(rest);
+                let error = format!("invalid HTTP: {e}");
+                out.push((ctx, malformed(rest, error, false, first_line_redacted)));
+                None
+            }
+        }
+    }
+
+    /// The send is done. If the kernel cut it (`snippet_truncated`), whatever it held past
+    /// what we saw (the rest of a body, of a token) is unknown: the next send starts afresh.
+    fn end_send(&mut self, snippet_truncated: bool) {
+        if snippet_truncated {
+            self.body_left = 0;
+            self.skip = None;
+            self.redact_first_line = false;
+        }
     }
 }
 
@@ -139,46 +286,19 @@ impl<T: Clone> Reassembler<T> {
             self.make_room(now, &mut out);
         }
         let max = self.max_request_bytes;
-        let sock = self.sockets.entry(key).or_insert_with(|| Socket {
-            pending: None,
-            body_left: 0,
-            skip: None,
-            redact_first_line: false,
-            last_seen: now,
-        });
-        sock.last_seen = now;
-        if sock.skip.is_some() && sock.body_left == 0 && looks_like_request_start(bytes) {
-            sock.skip = None;
-        }
-        let redact_first_line = std::mem::take(&mut sock.redact_first_line);
-
-        // A pending head goes on with these bytes; otherwise they stand alone.
-        let (mut carried_ctx, carried_seen, data) = match sock.pending.take() {
-            Some(p) => {
-                let mut buf = p.buf;
-                buf.extend_from_slice(bytes);
-                (Some(p.ctx), p.first_seen, Cow::Owned(buf))
-            }
-            None => (None, now, Cow::Borrowed(bytes)),
-        };
+        let sock = self.sockets.entry(key).or_insert_with(|| Socket::new(now));
+        let redact_first_line = sock.begin_send(bytes, now);
+        let (mut carried, data) = sock.join_pending(bytes);
 
         let mut off = 0;
         while off < data.len() {
-            if sock.body_left > 0 {
-                let n = sock.body_left.min(data.len() - off);
-                sock.body_left -= n;
-                off += n;
-                continue;
-            }
-            if let Some(skip) = sock.skip.as_mut() {
-                match skip.scan(&data[off..]) {
-                    Some(n) => {
-                        sock.skip = None;
-                        off += n;
-                        continue;
-                    }
-                    None => break,
+            match sock.pass_over(&data[off..]) {
+                Passed::Nothing => {}
+                Passed::Bytes(n) => {
+                    off += n;
+                    continue;
                 }
+                Passed::Rest => break,
             }
             let rest = &data[off..];
             // Blank lines between requests (after a body, say) are no request.
@@ -186,66 +306,19 @@ impl<T: Clone> Reassembler<T> {
                 break;
             }
             // The carried context belongs to the request at the start of the data only.
-            let first_line_redacted = redact_first_line && off == 0;
-            let (req_ctx, first_seen) = match carried_ctx.take() {
-                Some(c) => (c, carried_seen),
-                None => (ctx.clone(), now),
+            let (ctx, first_seen) = carried.take().unwrap_or_else(|| (ctx.clone(), now));
+            let start = Start {
+                ctx,
+                first_seen,
+                first_line_redacted: redact_first_line && off == 0,
             };
-            match parse_head(rest) {
-                Ok(Some((mut req, body))) => {
-                    off += req.bytes;
-                    match body {
-                        Body::None => {}
-                        Body::Length(len) => {
-                            req.bytes += len;
-                            sock.body_left = len;
-                        }
-                        Body::Chunked => sock.skip = Some(Skip::default()),
-                    }
-                    out.push((req_ctx, req));
-                }
-                Ok(None) if rest.len() > max => {
-                    // Over the bound: emit what we have, and skip the rest of this head.
-                    let mut req = parse_partial(&rest[..max], first_line_redacted);
-                    req.bytes = rest.len();
-                    let mut skip = Skip::default();
-                    // Seeds the blank-line search with how the bytes so far end.
-                    let _ = skip.scan(&rest[rest.len().saturating_sub(2)..]);
-                    sock.skip = Some(skip);
-                    sock.redact_first_line = token_line_open(rest);
-                    out.push((req_ctx, req));
-                    break;
-                }
-                Ok(None) if snippet_truncated => {
-                    out.push((req_ctx, parse_partial(rest, first_line_redacted)));
-                    break;
-                }
-                Ok(None) => {
-                    sock.pending = Some(Pending {
-                        ctx: req_ctx,
-                        buf: rest.to_vec(),
-                        first_seen,
-                    });
-                    break;
-                }
-                Err(e) => {
-                    // No way to find where this ends: the rest of the send is one malformed
-                    // request, and the socket's next send starts afresh.
-                    sock.redact_first_line = token_line_open(rest);
-                    let error = format!("invalid HTTP: {e}");
-                    out.push((req_ctx, malformed(rest, error, false, first_line_redacted)));
-                    break;
-                }
+            match sock.take_request(rest, start, max, snippet_truncated, &mut out) {
+                Some(n) => off += n,
+                None => break,
             }
         }
 
-        if snippet_truncated {
-            // The send went on past what we saw: whatever it held (the rest of a body, of a
-            // token) is unknown, and the socket's next send starts afresh.
-            sock.body_left = 0;
-            sock.skip = None;
-            sock.redact_first_line = false;
-        }
+        sock.end_send(snippet_truncated);
         if sock.is_idle() {
             self.sockets.remove(&key);
         }
