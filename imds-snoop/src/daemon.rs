@@ -17,10 +17,10 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
+    attribution::Attribution,
     capture::{Capture, CaptureOptions},
     cli::{Responses, RunArgs},
     clock::BootClock,
-    container::{self, Origin, Resolver},
     decode::{self, Event, Send},
     http::{Reassembler, Request},
     losses::{DegradedEvents, Losses, Reported},
@@ -30,7 +30,6 @@ use crate::{
         Format, LineFormatter,
         writer::{self, LineSender, Lines, WriterConfig},
     },
-    process::{ExecCache, ProcessView},
     readiness::{ReadyFile, notify_ready},
     record::{Outcome, Record},
 };
@@ -43,12 +42,8 @@ const MAX_REQUEST_BYTES: usize = 16 * 1024;
 /// 20,000/s burst. The queue's slots are allocated up front (32 bytes each), so this is
 /// also resident memory: 65,536 cost 2 MiB of the 25 MiB budget.
 const WRITER_QUEUE: usize = 16_384;
-/// Processes whose exec argv is remembered (about 600 bytes each at most).
-const EXEC_CACHE_ENTRIES: usize = 8192;
 /// Requests waiting for their response (each a few hundred bytes); more are logged at once.
 const MAX_WAITING_FOR_RESPONSE: usize = 8192;
-/// How long a departed process's argv is kept for requests still in reassembly.
-const EXEC_KEEP_AFTER_EXIT: Duration = Duration::from_secs(30);
 /// After draining the ring, let events gather this long before waiting on it again: the
 /// kernel wakes the reader for each event it submits once the reader has caught up, and at
 /// thousands of calls a second a wake-up (epoll round, writer thread wake-up) per event is
@@ -244,8 +239,7 @@ struct Pipeline {
     format: Format,
     node: String,
     reassembler: Reassembler<Send>,
-    processes: ProcessView,
-    containers: Resolver,
+    attribution: Attribution,
     outcomes: Outcomes,
     clock: BootClock,
     decode_errors: u64,
@@ -272,11 +266,7 @@ impl Pipeline {
             format: args.format,
             node,
             reassembler: Reassembler::new(MAX_REQUEST_BYTES, REASSEMBLY_TTL),
-            containers: Resolver::new(args.container_paths()),
-            processes: ProcessView::new(
-                &args.proc_root,
-                ExecCache::new(EXEC_CACHE_ENTRIES, EXEC_KEEP_AFTER_EXIT),
-            ),
+            attribution: Attribution::new(args.container_paths()),
             clock: BootClock::now(),
             decode_errors: 0,
             metrics,
@@ -292,8 +282,8 @@ impl Pipeline {
             self.read_at = Instant::now();
             match decode::decode(&item) {
                 Ok(Event::Send(send)) => self.on_send(send, now),
-                Ok(Event::Exec(exec)) => self.processes.execs.on_exec(exec, now),
-                Ok(Event::Exit { tgid }) => self.processes.execs.on_exit(tgid, now),
+                Ok(Event::Exec(exec)) => self.attribution.on_exec(exec, now),
+                Ok(Event::Exit { tgid }) => self.attribution.on_exit(tgid, now),
                 Ok(Event::Response(response)) => {
                     if let Some(record) = self.outcomes.response(&response) {
                         self.write(&record);
@@ -342,7 +332,7 @@ impl Pipeline {
     fn expire(&mut self, now: Instant, writer: &LineSender) {
         self.clock = BootClock::now();
         self.read_at = now;
-        self.processes.execs.sweep(now);
+        self.attribution.sweep(now);
         for (ctx, request) in self.reassembler.expire(now) {
             self.emit(ctx, request);
         }
@@ -386,28 +376,15 @@ impl Pipeline {
         // One clock read serves attribution's caches and the response wait. Not the drain's
         // `now`: under sustained load a drain lasts long enough for it to go stale.
         let now = Instant::now();
-        let (caller, ancestors) = self.processes.chain(&send, now);
-        let pids: Vec<u32> = std::iter::once(caller.pid)
-            .chain(ancestors.iter().map(|a| a.pid))
-            .collect();
-        let mut origin = self.containers.resolve(&pids, send.cgroup_id, now);
-        if !matches!(origin, Origin::Container(_)) {
-            // The anchor's clue: a containerd shim among the ancestors names the pod sandbox.
-            if let Some(id) = ancestors
-                .iter()
-                .find_map(|a| a.argv.as_deref().and_then(container::shim_id))
-            {
-                origin = self.containers.sandbox(id);
-            }
-        }
+        let who = self.attribution.attribute(&send, now);
         let record = Record {
             time: self.clock.wall(send.ts_ns),
             request,
-            caller,
-            ancestors,
+            caller: who.caller,
+            ancestors: who.ancestors,
             uid: send.uid,
             ns_pid: (send.ns_tgid != 0 && send.ns_tgid != send.tgid).then_some(send.ns_tgid),
-            origin,
+            origin: who.origin,
             cgroup_id: send.cgroup_id,
             netns: send.netns,
             dst: send.dst,

@@ -8,11 +8,11 @@
 //! [`report::parse::parse_line`] directly. Only what main.rs or those targets need is
 //! `pub`; the rest stays private to the crate, and nothing here is a stable API.
 
+mod attribution;
 mod btf;
 mod capture;
 pub mod cli;
 mod clock;
-mod container;
 pub mod daemon;
 pub mod decode;
 mod escape;
@@ -21,7 +21,6 @@ mod losses;
 mod metrics;
 mod outcome;
 mod output;
-mod process;
 pub mod readiness;
 mod record;
 mod redact;

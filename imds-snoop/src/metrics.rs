@@ -42,8 +42,8 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::{debug, warn};
 
 use crate::{
+    attribution::Origin,
     capture::AttachMode,
-    container::Origin,
     escape::escape_controls,
     http::Class,
     losses::{DegradedEvents, Losses},
@@ -421,9 +421,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        container::{Container, Pod},
+        attribution::{Container, Pod, Proc},
         http::Request as HttpRequest,
-        process::Proc,
     };
 
     fn record(class: Class, comm: &str, pod: Option<(&str, &str, &str)>) -> Record {

@@ -162,7 +162,10 @@ mod tests {
     use chrono::Local;
 
     use super::*;
-    use crate::{container::Origin, http::Request, process::Proc};
+    use crate::{
+        attribution::{Origin, Proc},
+        http::Request,
+    };
 
     fn parse(raw: &[u8]) -> Request {
         let mut r = crate::http::Reassembler::<()>::new(4096, Duration::from_secs(1));

@@ -6,9 +6,8 @@ use std::net::IpAddr;
 use chrono::{DateTime, Local};
 
 use crate::{
-    container::Origin,
+    attribution::{Origin, Proc},
     http::{Class, Request},
-    process::Proc,
 };
 
 /// Everything one trace line reports about one IMDS request.

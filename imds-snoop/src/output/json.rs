@@ -4,7 +4,11 @@
 
 use serde::Serialize;
 
-use crate::{container::Origin, http::Class, process::Proc, record::Record};
+use crate::{
+    attribution::{Origin, Proc},
+    http::Class,
+    record::Record,
+};
 
 pub const SCHEMA_VERSION: u32 = 1;
 

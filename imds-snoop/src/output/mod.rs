@@ -82,7 +82,11 @@ pub mod tests {
     use chrono::Local;
 
     use super::*;
-    use crate::{container::Origin, http::Reassembler, process::Proc, record::Outcome};
+    use crate::{
+        attribution::{Origin, Proc},
+        http::Reassembler,
+        record::Outcome,
+    };
 
     #[test]
     fn json_lines_carry_the_chrono_timestamp() {

@@ -14,7 +14,11 @@
 use std::fmt::Write as _;
 
 use super::Stamps;
-use crate::{container::Origin, escape::push_escaped, process::Proc, record::Record};
+use crate::{
+    attribution::{Origin, Proc},
+    escape::push_escaped,
+    record::Record,
+};
 
 /// Appends the line of `r` to `out`, built in place: the timestamp from `stamps`, the
 /// request details through `scratch` (reused from line to line) to be escaped as a whole.
@@ -129,10 +133,9 @@ mod tests {
 
     use super::super::{Format, LineFormatter, tests::sample_record};
     use crate::{
-        container::{Container, Origin, Pod},
+        attribution::{Container, Origin, Pod, Proc},
         escape::tests::{awkward_strings, escape_reference},
         http::Reassembler,
-        process::Proc,
         record::{Outcome, Record},
     };
 
