@@ -17,6 +17,15 @@ impl BootClock {
         }
     }
 
+    /// A fixed offset (CLOCK_REALTIME minus CLOCK_BOOTTIME, in nanoseconds), for tests that
+    /// need the wall time of a stamp to be known.
+    #[cfg(test)]
+    pub fn fixed(realtime_minus_boot_ns: i128) -> Self {
+        Self {
+            realtime_minus_boot_ns,
+        }
+    }
+
     /// The wall-clock time of a kernel stamp (`bpf_ktime_get_boot_ns`, nanoseconds since
     /// boot), clamped to the representable range.
     pub fn wall(&self, boot_ns: u64) -> DateTime<Local> {

@@ -21,6 +21,7 @@ mod losses;
 mod metrics;
 mod outcome;
 mod output;
+mod pipeline;
 pub mod readiness;
 mod record;
 mod redact;
