@@ -6,16 +6,8 @@ mod stamps;
 pub mod text;
 pub mod writer;
 
-use stamps::Stamps;
-
-#[cfg(test)]
-pub(crate) use crate::losses::{DegradedEvents, degraded_line};
-#[cfg(test)]
-pub(crate) use crate::record::Outcome;
+use self::stamps::Stamps;
 use crate::record::Record;
-// `report/parse.rs` names these by their old home: kept here until the parser moves to the
-// shared line-contract crate (issue 14). The test-only ones above are for its tests.
-pub use crate::record::{TOKEN_NO_RESPONSE_CLASS, TOKEN_NO_RESPONSE_LABEL};
 
 /// Line format of the trace log and `--stdout`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -25,6 +17,15 @@ pub enum Format {
     /// One JSON object per line, schema in the README.
     Json,
 }
+
+// `report/parse.rs` still names these here, their old home (the labels in its parser, the
+// rest in its tests): remove them when it moves to the shared line-contract crate (issue
+// 14). The test-only re-export from `losses` is the crate's one arrow up, in tests only.
+#[cfg(test)]
+pub(crate) use crate::losses::{DegradedEvents, degraded_line};
+#[cfg(test)]
+pub(crate) use crate::record::Outcome;
+pub use crate::record::{TOKEN_NO_RESPONSE_CLASS, TOKEN_NO_RESPONSE_LABEL};
 
 #[cfg(test)]
 impl Record {

@@ -13,7 +13,7 @@
 
 use std::fmt::Write as _;
 
-use super::Stamps;
+use super::stamps::Stamps;
 use crate::{
     attribution::{Origin, Proc},
     escape::push_escaped,
