@@ -20,6 +20,7 @@ pub struct Losses {
 }
 
 impl Losses {
+    /// Calls missing, whatever the cause.
     pub fn total(&self) -> u64 {
         self.ring_full + self.no_scratch + self.writer_queue_full + self.log_write_failed
     }
@@ -93,7 +94,9 @@ pub fn degraded_line(format: Format, node: &str, new: u64, totals: &DegradedEven
 /// The totals last reported, so that only news is reported.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Reported {
+    /// Calls missing, as last reported.
     pub losses: Losses,
+    /// Kernel events lost that are not calls, as last reported.
     pub degraded: DegradedEvents,
 }
 
@@ -129,5 +132,45 @@ impl Reported {
             self.degraded = degraded;
         }
         lines
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_news_is_reported() {
+        let mut seen = Reported::default();
+        let quiet = seen.update(
+            Losses::default(),
+            DegradedEvents::default(),
+            Format::Text,
+            "n",
+        );
+        assert!(quiet.is_empty(), "{quiet:?}");
+        let losses = Losses {
+            ring_full: 2,
+            log_write_failed: 1,
+            ..Losses::default()
+        };
+        let lines = seen.update(losses, DegradedEvents::default(), Format::Text, "n");
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains("] [WARNING] imds-snoop dropped 3 events (totals: ring buffer full 2, no scratch 0, writer queue full 0, log write failed 1)"), "{}", lines[0]);
+        assert!(
+            seen.update(losses, DegradedEvents::default(), Format::Text, "n")
+                .is_empty()
+        );
+        let degraded = DegradedEvents {
+            process_events: 4,
+            responses: 1,
+        };
+        let lines = seen.update(losses, degraded, Format::Json, "n");
+        let json: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+        assert_eq!(
+            (&json["class"], &json["lost"]),
+            (&serde_json::json!("degraded"), &serde_json::json!(5))
+        );
+        assert_eq!(json["lost_total"]["process_events"], 4);
     }
 }
