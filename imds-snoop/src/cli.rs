@@ -159,8 +159,8 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    pub fn container_paths(&self) -> crate::container::Paths {
-        crate::container::Paths {
+    pub fn container_paths(&self) -> crate::attribution::Paths {
+        crate::attribution::Paths {
             proc_root: self.proc_root.clone(),
             cgroup_root: self.cgroup_root.clone(),
             containerd_root: self.containerd_root.clone(),

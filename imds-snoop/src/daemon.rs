@@ -1,6 +1,7 @@
-//! The running tracer: opens the log (and the metrics port), attaches, then moves each
-//! ring-buffer record through decode -> http -> process/container -> outcome (a request
-//! waits for its response's status) -> output until SIGINT/SIGTERM.
+//! The running tracer, wiring only: opens the log (and the metrics port), installs the
+//! signal handlers, attaches (`capture`), says it is ready, then hands each ring-buffer
+//! record to the [`Pipeline`] (decode -> http -> attribution -> outcome) and its records to
+//! the formatter, the metrics and the writer, until SIGINT/SIGTERM.
 
 use std::{
     sync::atomic::Ordering,
@@ -9,7 +10,6 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use chrono::{DateTime, Local};
 use imds_snoop_common::{DROP_NO_SCRATCH, DROP_PROCESS_EVENT, DROP_RESPONSE, DROP_RINGBUF_FULL};
 use tokio::{
     io::unix::AsyncFd,
@@ -20,33 +20,21 @@ use tracing::{info, warn};
 use crate::{
     capture::{Capture, CaptureOptions},
     cli::{Responses, RunArgs},
-    container::{self, Origin, Resolver},
-    decode::{self, Event, Send},
-    http::{Reassembler, Request},
+    losses::{DegradedEvents, Losses, Reported},
     metrics::{self, Metrics},
-    outcome::Outcomes,
     output::{
-        self, DegradedEvents, Format, LineFormatter, Losses, Outcome, Record,
+        Format, LineFormatter,
         writer::{self, LineSender, Lines, WriterConfig},
     },
-    process::{ExecCache, ProcessView},
+    pipeline::Pipeline,
     readiness::{ReadyFile, notify_ready},
+    record::Record,
 };
 
-/// A request whose headers have not ended after this long is logged as it is (truncated).
-const REASSEMBLY_TTL: Duration = Duration::from_secs(2);
-/// Bytes of one request kept while waiting for the end of its headers.
-const MAX_REQUEST_BYTES: usize = 16 * 1024;
 /// Lines queued for the writer thread before new ones are counted as dropped: 0.8 s of a
 /// 20,000/s burst. The queue's slots are allocated up front (32 bytes each), so this is
 /// also resident memory: 65,536 cost 2 MiB of the 25 MiB budget.
 const WRITER_QUEUE: usize = 16_384;
-/// Processes whose exec argv is remembered (about 600 bytes each at most).
-const EXEC_CACHE_ENTRIES: usize = 8192;
-/// Requests waiting for their response (each a few hundred bytes); more are logged at once.
-const MAX_WAITING_FOR_RESPONSE: usize = 8192;
-/// How long a departed process's argv is kept for requests still in reassembly.
-const EXEC_KEEP_AFTER_EXIT: Duration = Duration::from_secs(30);
 /// After draining the ring, let events gather this long before waiting on it again: the
 /// kernel wakes the reader for each event it submits once the reader has caught up, and at
 /// thousands of calls a second a wake-up (epoll round, writer thread wake-up) per event is
@@ -154,15 +142,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 
     let coalesce = (args.ring_bytes >= COALESCE_MIN_RING).then_some(RING_COALESCE);
-    let mut pipeline = Pipeline::new(&args, responses, metrics);
+    let mut tracer = Tracer::new(&args, responses, metrics);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut losses = <(Losses, DegradedEvents)>::default();
+    let mut losses = Reported::default();
 
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
-                pipeline.drain_ring(guard.get_inner_mut(), &writer);
+                tracer.drain_ring(guard.get_inner_mut(), &writer);
                 guard.clear_ready();
                 if let Some(pause) = coalesce {
                     tokio::time::sleep(pause).await;
@@ -173,22 +161,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             // logrotate (`create` mode) renamed the file away: write to a new one.
             _ = sighup.recv() => writer.reopen(),
             _ = tick.tick() => {
-                pipeline.expire(Instant::now(), &writer);
-                report_losses(&capture, &writer, &mut losses, pipeline.format, &pipeline.node, &pipeline.metrics);
+                tracer.expire(Instant::now(), &writer);
+                report_losses(&capture, &writer, &mut losses, tracer.format, &tracer.node, &tracer.metrics);
             }
         }
     }
 
     // Whatever reached the ring before the signal is still logged.
-    pipeline.drain_ring(ring.get_mut(), &writer);
-    pipeline.finish(&writer);
+    tracer.drain_ring(ring.get_mut(), &writer);
+    tracer.finish(&writer);
     report_losses(
         &capture,
         &writer,
         &mut losses,
-        pipeline.format,
-        &pipeline.node,
-        &pipeline.metrics,
+        tracer.format,
+        &tracer.node,
+        &tracer.metrics,
     );
     drop(ring);
     drop(capture); // detaches
@@ -196,26 +184,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     writer.close();
     info!(
         lines = stats.written.load(Ordering::Relaxed),
-        dropped_kernel = losses.0.ring_full + losses.0.no_scratch,
-        lost_process_events = losses.1.process_events,
-        lost_responses = losses.1.responses,
+        dropped_kernel = losses.losses.ring_full + losses.losses.no_scratch,
+        lost_process_events = losses.degraded.process_events,
+        lost_responses = losses.degraded.responses,
         dropped_backpressure = stats.dropped_backpressure.load(Ordering::Relaxed),
         lost_io = stats.lost_io.load(Ordering::Relaxed),
-        decode_errors = pipeline.decode_errors,
-        responses_unmatched = pipeline.outcomes.unmatched,
-        logged_without_waiting = pipeline.outcomes.overflowed,
+        decode_errors = tracer.pipeline.decode_errors(),
+        responses_unmatched = tracer.pipeline.responses_unmatched(),
+        logged_without_waiting = tracer.pipeline.logged_without_waiting(),
         "detached, log flushed"
     );
     Ok(())
 }
 
-/// Reports new losses (kernel drops, writer queue overflow, failed log writes) as a daemon
-/// warning and as a line in the trace log: a reader of the log must know calls are missing
-/// from it. A line lost to a full disk is reported once the disk takes lines again.
+/// Reads the loss totals (kernel drop counters, writer stats) into the metrics, and writes
+/// a line for each kind that grew since the last call (see [`Reported::update`]).
 fn report_losses(
     capture: &Capture,
     writer: &LineSender,
-    seen: &mut (Losses, DegradedEvents),
+    seen: &mut Reported,
     format: Format,
     node: &str,
     metrics: &Metrics,
@@ -233,66 +220,44 @@ fn report_losses(
         responses: drops[DROP_RESPONSE as usize],
     };
     metrics.set_totals(&now, &degraded, stats.written.load(Ordering::Relaxed));
-    if now != seen.0 {
-        let new = now.total() - seen.0.total();
-        warn!(?now, "{new} IMDS calls are missing from the trace log");
-        writer.send(output::dropped_line(format, node, new, &now));
-        seen.0 = now;
-    }
-    if degraded != seen.1 {
-        let new =
-            degraded.process_events + degraded.responses - seen.1.process_events - seen.1.responses;
-        warn!(
-            ?degraded,
-            "{new} kernel events lost (not calls): some lines are incomplete"
-        );
-        writer.send(output::degraded_line(format, node, new, &degraded));
-        seen.1 = degraded;
+    for line in seen.update(now, degraded, format, node) {
+        writer.send(line);
     }
 }
 
-/// The userspace stages, in order. Owns the per-socket reassembly state.
-struct Pipeline {
+/// The pipeline's records on their way out: formats them, counts them in the metrics, and
+/// hands their lines to the writer in batches.
+struct Tracer {
+    pipeline: Pipeline,
     format: Format,
     node: String,
-    reassembler: Reassembler<Send>,
-    processes: ProcessView,
-    containers: Resolver,
-    outcomes: Outcomes,
-    clock: BootClock,
-    decode_errors: u64,
     metrics: Metrics,
     /// When the ring-buffer record (or expiry tick) being processed was read: the start of
     /// the `processing` latency. A request emitted later (expired, or after waiting for
     /// something) counts from the read that let it out, so waiting is never measured.
     read_at: Instant,
+    /// Records the pipeline let out of the current ring record or tick (kept for its buffer).
+    records: Vec<Record>,
     /// Lines of the current drain, handed to the writer together at its end: the writer
     /// thread then wakes once and writes them in one go, instead of racing us line by line.
     pending: Lines,
     formatter: LineFormatter,
 }
 
-impl Pipeline {
+impl Tracer {
     fn new(args: &RunArgs, responses: bool, metrics: Metrics) -> Self {
         let node = args.node_name.clone().unwrap_or_else(hostname);
         let formatter = LineFormatter::new(args.format, &node);
         Self {
-            outcomes: Outcomes::new(
+            pipeline: Pipeline::new(
+                args.container_paths(),
                 responses.then_some(args.response_timeout),
-                MAX_WAITING_FOR_RESPONSE,
             ),
             format: args.format,
             node,
-            reassembler: Reassembler::new(MAX_REQUEST_BYTES, REASSEMBLY_TTL),
-            containers: Resolver::new(args.container_paths()),
-            processes: ProcessView::new(
-                &args.proc_root,
-                ExecCache::new(EXEC_CACHE_ENTRIES, EXEC_KEEP_AFTER_EXIT),
-            ),
-            clock: BootClock::now(),
-            decode_errors: 0,
             metrics,
             read_at: Instant::now(),
+            records: Vec::new(),
             pending: Lines::default(),
             formatter,
         }
@@ -302,22 +267,8 @@ impl Pipeline {
         let now = Instant::now();
         while let Some(item) = ring.next() {
             self.read_at = Instant::now();
-            match decode::decode(&item) {
-                Ok(Event::Send(send)) => self.on_send(send, now),
-                Ok(Event::Exec(exec)) => self.processes.execs.on_exec(exec, now),
-                Ok(Event::Exit { tgid }) => self.processes.execs.on_exit(tgid, now),
-                Ok(Event::Response(response)) => {
-                    if let Some(record) = self.outcomes.response(&response) {
-                        self.write(&record);
-                    }
-                }
-                Err(e) => {
-                    self.decode_errors += 1;
-                    if self.decode_errors.is_power_of_two() {
-                        warn!(count = self.decode_errors, "undecodable kernel event: {e}");
-                    }
-                }
-            }
+            self.pipeline.push(&item, now, &mut self.records);
+            self.write_records();
             // A drain lasts as long as events keep coming faster than we take them (sends
             // and responses both let lines out): hand lines on as we go, or they would pile
             // up here unbounded.
@@ -336,130 +287,30 @@ impl Pipeline {
         }
     }
 
-    fn on_send(&mut self, mut send: Send, now: Instant) {
-        if send.payload.is_empty() && send.unreadable {
-            // Still a call to IMDS by someone: log it, with what the kernel knows.
-            let request = Request::unreadable();
-            self.emit(send, request);
-            return;
-        }
-        let payload = std::mem::take(&mut send.payload);
-        let key = send.sock_id;
-        let truncated = send.truncated;
-        for (ctx, request) in self.reassembler.push(key, send, &payload, truncated, now) {
-            self.emit(ctx, request);
-        }
-    }
-
     fn expire(&mut self, now: Instant, writer: &LineSender) {
-        self.clock = BootClock::now();
         self.read_at = now;
-        self.processes.execs.sweep(now);
-        for (ctx, request) in self.reassembler.expire(now) {
-            self.emit(ctx, request);
-        }
-        for record in self.outcomes.expire(now) {
-            self.write(&record);
-        }
-        if self.outcomes.blind() {
-            warn!(
-                "the response program saw no reply to any IMDS call so far (cgroup v1 \
-                 net_cls/net_prio in use?): statuses and hop-limit warnings are unreliable; \
-                 consider --responses off"
-            );
-        }
+        self.pipeline.expire(now, &mut self.records);
+        self.write_records();
         self.flush(writer);
     }
 
     fn finish(&mut self, writer: &LineSender) {
         let now = Instant::now();
         self.read_at = now;
-        for (ctx, request) in self.reassembler.drain() {
-            self.emit(ctx, request);
-        }
-        // Waits that are over count as unanswered; the rest were cut short by the stop.
-        for record in self.outcomes.expire(now) {
-            self.write(&record);
-        }
-        for record in self.outcomes.drain() {
-            self.write(&record);
-        }
+        self.pipeline.finish(now, &mut self.records);
+        self.write_records();
         self.flush(writer);
     }
 
-    /// Queues a finished record's line (for [`Self::flush`]) and counts it in the metrics.
-    fn write(&mut self, record: &Record) {
-        self.pending
-            .push_with(|out| self.formatter.push_line(record, out));
-        self.metrics.observe(record, self.read_at.elapsed());
-    }
-
-    fn emit(&mut self, send: Send, request: Request) {
-        // One clock read serves attribution's caches and the response wait. Not the drain's
-        // `now`: under sustained load a drain lasts long enough for it to go stale.
-        let now = Instant::now();
-        let (caller, ancestors) = self.processes.chain(&send, now);
-        let pids: Vec<u32> = std::iter::once(caller.pid)
-            .chain(ancestors.iter().map(|a| a.pid))
-            .collect();
-        let mut origin = self.containers.resolve(&pids, send.cgroup_id, now);
-        if !matches!(origin, Origin::Container(_)) {
-            // The anchor's clue: a containerd shim among the ancestors names the pod sandbox.
-            if let Some(id) = ancestors
-                .iter()
-                .find_map(|a| a.argv.as_deref().and_then(container::shim_id))
-            {
-                origin = self.containers.sandbox(id);
-            }
-        }
-        let record = Record {
-            time: self.clock.wall(send.ts_ns),
-            request,
-            caller,
-            ancestors,
-            uid: send.uid,
-            ns_pid: (send.ns_tgid != 0 && send.ns_tgid != send.tgid).then_some(send.ns_tgid),
-            origin,
-            cgroup_id: send.cgroup_id,
-            netns: send.netns,
-            dst: send.dst,
-            bytes: send.size,
-            unreadable: send.unreadable,
-            outcome: Outcome::Unknown,
-        };
-        // Attributed now (the caller may exit), written once its response is in.
-        if let Some(record) = self.outcomes.request((send.src, send.dst), record, now) {
-            self.write(&record);
+    /// Queues the lines of the records let out (for [`Self::flush`]) and counts them in the
+    /// metrics.
+    fn write_records(&mut self) {
+        for record in self.records.drain(..) {
+            self.pending
+                .push_with(|out| self.formatter.push_line(&record, out));
+            self.metrics.observe(&record, self.read_at.elapsed());
         }
     }
-}
-
-/// Converts the kernel's CLOCK_BOOTTIME stamps to wall-clock time.
-struct BootClock {
-    realtime_minus_boot_ns: i128,
-}
-
-impl BootClock {
-    fn now() -> Self {
-        Self {
-            realtime_minus_boot_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME),
-        }
-    }
-
-    fn wall(&self, boot_ns: u64) -> DateTime<Local> {
-        let ns = boot_ns as i128 + self.realtime_minus_boot_ns;
-        DateTime::from_timestamp_nanos(ns.clamp(0, i64::MAX as i128) as i64).with_timezone(&Local)
-    }
-}
-
-fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid clock id and pointer.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
 }
 
 fn hostname() -> String {

@@ -42,10 +42,12 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::{debug, warn};
 
 use crate::{
+    attribution::Origin,
     capture::AttachMode,
-    container::Origin,
+    escape::escape_controls,
     http::Class,
-    output::{DegradedEvents, Losses, Outcome, Record, escape_controls},
+    losses::{DegradedEvents, Losses},
+    record::{Outcome, Record},
 };
 
 /// Distinct caller label sets kept before new ones are counted under [`OVERFLOW`] (one
@@ -419,9 +421,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        container::{Container, Pod},
+        attribution::{Container, Pod, Proc},
         http::Request as HttpRequest,
-        process::Proc,
     };
 
     fn record(class: Class, comm: &str, pod: Option<(&str, &str, &str)>) -> Record {

@@ -22,7 +22,7 @@ use std::{
 
 use crate::{
     decode::Response,
-    output::{Outcome, Record},
+    record::{Outcome, Record},
 };
 
 /// (local end, remote end).
@@ -162,7 +162,10 @@ mod tests {
     use chrono::Local;
 
     use super::*;
-    use crate::{container::Origin, http::Request, process::Proc};
+    use crate::{
+        attribution::{Origin, Proc},
+        http::Request,
+    };
 
     fn parse(raw: &[u8]) -> Request {
         let mut r = crate::http::Reassembler::<()>::new(4096, Duration::from_secs(1));

@@ -4,8 +4,11 @@
 
 use serde::Serialize;
 
-use super::Record;
-use crate::{container::Origin, http::Class, process::Proc};
+use crate::{
+    attribution::{Origin, Proc},
+    http::Class,
+    record::Record,
+};
 
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -109,7 +112,7 @@ pub(super) fn write_line(r: &Record, node: &str, timestamp: &str, out: &mut Vec<
         node,
         level: r.level(),
         class: if r.token_not_received() {
-            super::TOKEN_NO_RESPONSE_CLASS
+            crate::record::TOKEN_NO_RESPONSE_CLASS
         } else {
             class_name(req.class)
         },

@@ -13,8 +13,12 @@
 
 use std::fmt::Write as _;
 
-use super::{Record, Stamps, push_escaped};
-use crate::{container::Origin, process::Proc};
+use super::stamps::Stamps;
+use crate::{
+    attribution::{Origin, Proc},
+    escape::push_escaped,
+    record::Record,
+};
 
 /// Appends the line of `r` to `out`, built in place: the timestamp from `stamps`, the
 /// request details through `scratch` (reused from line to line) to be escaped as a whole.
@@ -25,7 +29,7 @@ pub(super) fn push_line(r: &Record, stamps: &mut Stamps, scratch: &mut String, o
     out.push_str(r.level());
     out.push_str("] ");
     out.push_str(if r.token_not_received() {
-        super::TOKEN_NO_RESPONSE_LABEL
+        crate::record::TOKEN_NO_RESPONSE_LABEL
     } else {
         r.request.class.label()
     });
@@ -127,14 +131,12 @@ mod tests {
 
     use chrono::{Duration, Local, TimeZone as _};
 
-    use super::super::{
-        Format, LineFormatter, Outcome, Record,
-        tests::{escape_reference, sample_record},
-    };
+    use super::super::{Format, LineFormatter, tests::sample_record};
     use crate::{
-        container::{Container, Origin, Pod},
-        http::{Reassembler, tests::awkward_strings},
-        process::Proc,
+        attribution::{Container, Origin, Pod, Proc},
+        escape::tests::{awkward_strings, escape_reference},
+        http::Reassembler,
+        record::{Outcome, Record},
     };
 
     fn reference(r: &Record) -> String {
@@ -143,7 +145,7 @@ mod tests {
             r.time.format("%Y-%m-%d %H:%M:%S,%3f"),
             r.level(),
             if r.token_not_received() {
-                super::super::TOKEN_NO_RESPONSE_LABEL
+                crate::record::TOKEN_NO_RESPONSE_LABEL
             } else {
                 r.request.class.label()
             },

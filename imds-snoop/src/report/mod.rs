@@ -12,6 +12,7 @@ pub mod parse;
 mod render;
 mod sdk;
 mod verdict;
+mod words;
 
 use std::{
     io::{self, BufRead, IsTerminal as _, Write},

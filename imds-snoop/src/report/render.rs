@@ -10,6 +10,7 @@ use super::{
     parse::Origin,
     sdk::{Sdk, SdkTable, Source},
     verdict::{self, Verdict},
+    words::plural,
 };
 
 /// Longest user agent shown in the table (JSON and CSV have it whole).
@@ -101,11 +102,6 @@ pub fn summary(report: &Report) -> String {
         ));
     }
     s
-}
-
-/// `1 line`, `2 lines`.
-pub fn plural(n: u64, noun: &str) -> String {
-    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
 pub fn table(out: &mut impl Write, report: &Report, sdks: &SdkTable) -> io::Result<()> {

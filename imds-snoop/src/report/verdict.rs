@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::{
     aggregate::{Caller, NodeStats, Report},
     parse::Origin,
-    render::plural,
+    words::plural,
 };
 
 /// The answer for one node: can it require IMDSv2, and can it use hop limit 1.

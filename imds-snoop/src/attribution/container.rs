@@ -169,7 +169,7 @@ pub fn shim_id(argv: &str) -> Option<String> {
 }
 
 /// Node paths the resolver reads; configurable for a DaemonSet that mounts the host's.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Paths {
     pub proc_root: PathBuf,
     pub cgroup_root: PathBuf,
@@ -178,6 +178,24 @@ pub struct Paths {
     /// CRI-O's container state: `/run/containers/storage/overlay-containers`.
     pub crio_root: PathBuf,
     pub pod_logs: PathBuf,
+}
+
+impl Paths {
+    /// The default paths under `root` instead of `/`: `<root>/proc`, `<root>/sys/fs/cgroup`,
+    /// containerd's and CRI-O's state under `<root>/run`, `<root>/var/log/pods`. For a host
+    /// tree mounted elsewhere, and for a fake tree in tests. `Paths::under("/")` is
+    /// `Paths::default()`.
+    pub fn under(root: &Path) -> Self {
+        let d = Self::default();
+        let at = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
+        Self {
+            proc_root: at(&d.proc_root),
+            cgroup_root: at(&d.cgroup_root),
+            containerd_root: at(&d.containerd_root),
+            crio_root: at(&d.crio_root),
+            pod_logs: at(&d.pod_logs),
+        }
+    }
 }
 
 impl Default for Paths {
@@ -553,6 +571,23 @@ mod tests {
             cgroup_path_of("0::/system.slice/sshd.service\n").as_deref(),
             Some("/system.slice/sshd.service")
         );
+    }
+
+    #[test]
+    fn paths_under_a_root() {
+        assert_eq!(Paths::under(Path::new("/")), Paths::default());
+        let p = Paths::under(Path::new("/host"));
+        assert_eq!(p.proc_root, Path::new("/host/proc"));
+        assert_eq!(p.cgroup_root, Path::new("/host/sys/fs/cgroup"));
+        assert_eq!(
+            p.containerd_root,
+            Path::new("/host/run/containerd/io.containerd.runtime.v2.task")
+        );
+        assert_eq!(
+            p.crio_root,
+            Path::new("/host/run/containers/storage/overlay-containers")
+        );
+        assert_eq!(p.pod_logs, Path::new("/host/var/log/pods"));
     }
 
     #[test]

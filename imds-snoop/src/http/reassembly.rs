@@ -1,609 +1,21 @@
-//! Per-socket reassembly of IMDS requests from send snippets, HTTP parsing (httparse),
-//! IMDSv1/IMDSv2 classification and token redaction.
-//!
-//! The kernel side hands us, for every send on a socket to IMDS, a copy of (the start of) the
-//! payload. A request's headers may arrive in several sends, several pipelined requests may
-//! arrive in one, and a request body follows its headers. [`Reassembler`] turns that stream of
-//! snippets into one [`Request`] per HTTP request, and never keeps or returns a token value:
-//! tokens are redacted while a `Request` is built, before anything else sees it.
+//! Per-socket reassembly: turns the send snippets of each socket into one [`Request`] per
+//! HTTP request, across sends (a head in several sends, several requests in one, bodies
+//! passed over), with bounded memory (bytes per head, sockets kept, time to complete).
 
 use std::{
     borrow::Cow,
     collections::HashMap,
-    fmt::Write as _,
     time::{Duration, Instant},
 };
 
-use serde::Serialize;
+use super::{
+    Request,
+    parse::{Body, malformed, parse_head, parse_partial, trim_ows},
+};
+use crate::redact::TOKEN_HEADER;
 
-/// The IMDSv2 session token header (compared case-insensitively).
-pub const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
-/// What stands in for a token value, in headers and in `details()`: the anchor tool's marker.
-pub const TOKEN_REDACTED: &str = "**token redacted**";
-/// The IMDSv2 token endpoint (`PUT`).
-const TOKEN_PATH: &str = "/latest/api/token";
-/// httparse's header array on the stack; a request with more headers is parsed again with a
-/// heap array sized from its line count (see [`parse_head`]).
-const MAX_HEADERS: usize = 64;
 /// Sockets with state kept at once; past it, the oldest is evicted (its request emitted).
 const MAX_SOCKETS: usize = 4096;
-/// Bound on a malformed request's escaped snippet in `details()`, in chars.
-const SNIPPET_CHARS: usize = 256;
-/// Shortest run of base64 characters taken for a token outside the token header (see
-/// [`redact_token_like`]); IMDS tokens are 56 characters.
-const TOKEN_LIKE_MIN: usize = 16;
-
-/// What a request is, as far as the IMDS session protocol goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Class {
-    /// A request without a session token: refused where `http_tokens=required`.
-    V1,
-    /// A request carrying `X-aws-ec2-metadata-token`.
-    V2,
-    /// `PUT /latest/api/token`: the start of an IMDSv2 session.
-    V2Token,
-    /// Not HTTP, or HTTP that httparse refuses. Still logged, never dropped.
-    Malformed,
-}
-
-impl Class {
-    /// The anchor tool's label for this class.
-    pub fn label(self) -> &'static str {
-        match self {
-            Class::V1 => "imdsv1(!)",
-            Class::V2 => "imdsv2",
-            Class::V2Token => "imdsv2(token)",
-            Class::Malformed => "malformed(!)",
-        }
-    }
-}
-
-/// One request sent to IMDS, as parsed; token values already redacted.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Request {
-    pub class: Class,
-    /// As sent, e.g. `GET`.
-    pub method: Option<String>,
-    pub path: Option<String>,
-    /// httparse's minor version: 1 for HTTP/1.1.
-    pub version: Option<u8>,
-    /// Names and values as sent; the token header's value is [`TOKEN_REDACTED`] (and so is any
-    /// token-like run in other values, see [`redact_token_like`]).
-    pub headers: Vec<(String, String)>,
-    /// The header block did not end in the bytes we had.
-    pub truncated: bool,
-    /// Why the request is malformed (httparse's error, not HTTP, ...).
-    pub error: Option<String>,
-    /// Bytes of this request consumed (headers + body).
-    pub bytes: usize,
-    /// For a malformed request: the start of its raw bytes, escaped (printable ASCII kept,
-    /// others as `\xNN`), bounded to 256 chars, any token value redacted.
-    pub snippet: Option<String>,
-}
-
-impl Request {
-    /// The anchor tool's "req details:" text: request line and headers lowercased, joined
-    /// ", ", with a trailing ",", the token header as the bare item `**token redacted**`.
-    /// For a malformed request, the escaped and redacted snippet of its raw bytes.
-    #[cfg_attr(
-        not(test),
-        allow(dead_code, reason = "module API; lines use details_into")
-    )]
-    pub fn details(&self) -> String {
-        let mut out = String::new();
-        self.details_into(&mut out);
-        out
-    }
-
-    /// Appends [`Self::details`] to `out`, with no allocation of its own. Lowercasing and
-    /// escaping go char by char (`clean` of a concatenation is the concatenation of each
-    /// part's `clean`), so each part is cleaned where it lands.
-    pub fn details_into(&self, out: &mut String) {
-        if self.class == Class::Malformed {
-            out.push_str(self.snippet.as_deref().unwrap_or_default());
-            return;
-        }
-        let mut request_line_empty = true;
-        for part in [self.method.as_deref(), self.path.as_deref()]
-            .into_iter()
-            .flatten()
-        {
-            if !request_line_empty {
-                out.push(' ');
-            }
-            request_line_empty &= part.is_empty();
-            clean_into(out, part);
-        }
-        if let Some(minor) = self.version {
-            out.push_str(" http/1.");
-            push_u8(out, minor);
-        }
-        for (name, value) in &self.headers {
-            out.push_str(", ");
-            if is_token_header(name) {
-                out.push_str(TOKEN_REDACTED);
-            } else {
-                clean_into(out, name);
-                out.push_str(": ");
-                clean_into(out, value);
-            }
-        }
-        out.push(',');
-    }
-
-    /// A send whose payload the kernel could not read: still a call to IMDS, logged as
-    /// malformed (nothing to classify it by).
-    pub fn unreadable() -> Self {
-        Request {
-            bytes: 0,
-            snippet: None,
-            ..malformed(&[], "payload unreadable".to_string(), false, false)
-        }
-    }
-
-    /// The first value of header `name` (case-insensitive).
-    #[allow(
-        dead_code,
-        reason = "module API; the daemon does not look headers up (yet)"
-    )]
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Appends `s` lowercased (as the anchor does) with control characters escaped as
-/// `\u{NN}`, so that no header value can break a log line or a terminal. Runs of plain
-/// ASCII (all a request usually holds) are copied whole and lowercased in place.
-fn clean_into(out: &mut String, s: &str) {
-    let mut rest = s;
-    while !rest.is_empty() {
-        let plain = crate::output::find_byte(rest.as_bytes(), |b| {
-            !(b == b'\t' || (0x20..0x7f).contains(&b))
-        })
-        .unwrap_or(rest.len());
-        let start = out.len();
-        out.push_str(&rest[..plain]);
-        out[start..].make_ascii_lowercase();
-        rest = &rest[plain..];
-        let Some(c) = rest.chars().next() else { break };
-        for c in c.to_lowercase() {
-            if c.is_control() && c != '\t' {
-                // The rare path: a control character in a request.
-                let _ = write!(out, "\\u{{{:x}}}", c as u32);
-            } else {
-                out.push(c);
-            }
-        }
-        rest = &rest[c.len_utf8()..];
-    }
-}
-
-/// A small number in decimal, without going through `fmt`.
-fn push_u8(out: &mut String, n: u8) {
-    if n >= 100 {
-        out.push((b'0' + n / 100) as char);
-    }
-    if n >= 10 {
-        out.push((b'0' + n / 10 % 10) as char);
-    }
-    out.push((b'0' + n % 10) as char);
-}
-
-fn is_token_header(name: &str) -> bool {
-    name.eq_ignore_ascii_case(TOKEN_HEADER)
-}
-
-/// `PUT /latest/api/token`, with or without a query, in origin or absolute form.
-fn is_token_put(method: Option<&str>, path: Option<&str>) -> bool {
-    let (Some("PUT"), Some(mut path)) = (method, path) else {
-        return false;
-    };
-    if let Some(rest) = path.strip_prefix("http://") {
-        path = rest.find('/').map_or("/", |i| &rest[i..]);
-    }
-    path.split(['?', '#']).next() == Some(TOKEN_PATH)
-}
-
-fn classify(method: Option<&str>, path: Option<&str>, headers: &[(String, String)]) -> Class {
-    if is_token_put(method, path) {
-        Class::V2Token
-    } else if headers.iter().any(|(n, _)| is_token_header(n)) {
-        Class::V2
-    } else if method.is_some() {
-        Class::V1
-    } else {
-        Class::Malformed
-    }
-}
-
-/// A header as we keep it: the token's value never leaves this function. If a send of a
-/// head was lost (ring buffer full), its neighbours join: the token header can then end
-/// another header's name (`Accept-EnX-aws-ec2-metadata-token`) or sit inside another
-/// header's value (`Host: abX-aws-ec2-metadata-token: ...`). Both are redacted by name, and
-/// any other value keeps only runs that do not look like a token (the shape test alone
-/// misses a token cut before its first digit: found by the http_reassembly fuzz target).
-fn header_pair(name: &str, value: &[u8]) -> (String, String) {
-    let value = if ends_with_token_header(name) {
-        TOKEN_REDACTED.to_string()
-    } else {
-        let by_name = redact_raw(value, false);
-        String::from_utf8_lossy(&redact_token_like(&by_name)).into_owned()
-    };
-    (name.to_string(), value)
-}
-
-/// The token header's name, alone or at the end of a longer name (compared as bytes: a
-/// name may hold multi-byte characters where a str slice would not be on a boundary).
-fn ends_with_token_header(name: &str) -> bool {
-    let (name, token) = (name.as_bytes(), TOKEN_HEADER.as_bytes());
-    name.len() >= token.len() && name[name.len() - token.len()..].eq_ignore_ascii_case(token)
-}
-
-fn malformed(data: &[u8], error: String, truncated: bool, redact_first_line: bool) -> Request {
-    Request {
-        class: Class::Malformed,
-        method: None,
-        path: None,
-        version: None,
-        headers: Vec::new(),
-        truncated,
-        error: Some(error),
-        bytes: data.len(),
-        snippet: Some(snippet(data, redact_first_line)),
-    }
-}
-
-/// What follows a request's headers on the connection.
-#[derive(Debug, PartialEq, Eq)]
-enum Body {
-    None,
-    Length(usize),
-    /// Length unknown until the last chunk: skipped up to the end of the chunked body.
-    Chunked,
-}
-
-/// Parses one request head at the start of `data`: `Ok(None)` while the header block has not
-/// ended. On success, `Request::bytes` is the length of the head alone.
-fn parse_head(data: &[u8]) -> Result<Option<(Request, Body)>, httparse::Error> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    match parse_with(data, &mut headers) {
-        Err(httparse::Error::TooManyHeaders) => {
-            // A head cannot have more headers than lines, so this array is always big enough;
-            // its size is bounded by the request bytes we keep.
-            let lines = data.iter().filter(|&&b| b == b'\n').count() + 1;
-            let mut headers = vec![httparse::EMPTY_HEADER; lines];
-            parse_with(data, &mut headers)
-        }
-        other => other,
-    }
-}
-
-fn parse_with<'b>(
-    data: &'b [u8],
-    headers: &mut [httparse::Header<'b>],
-) -> Result<Option<(Request, Body)>, httparse::Error> {
-    let mut req = httparse::Request::new(headers);
-    let head_len = match req.parse(data)? {
-        httparse::Status::Complete(n) => n,
-        httparse::Status::Partial => return Ok(None),
-    };
-    let mut body = Body::None;
-    for h in req.headers.iter() {
-        if h.name.eq_ignore_ascii_case("transfer-encoding")
-            && String::from_utf8_lossy(h.value)
-                .to_ascii_lowercase()
-                .contains("chunked")
-        {
-            body = Body::Chunked;
-        } else if h.name.eq_ignore_ascii_case("content-length") && body == Body::None {
-            // An unreadable length is taken as none: the bytes after the head are then parsed
-            // as a request, and show up as malformed if they are not one.
-            let len = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok());
-            if let Some(len) = len.filter(|&l| l > 0) {
-                body = Body::Length(len);
-            }
-        }
-    }
-    let headers: Vec<_> = req
-        .headers
-        .iter()
-        .map(|h| header_pair(h.name, h.value))
-        .collect();
-    let request = Request {
-        class: classify(req.method, req.path, &headers),
-        method: req.method.map(str::to_string),
-        path: req.path.map(str::to_string),
-        version: req.version,
-        headers,
-        truncated: false,
-        error: None,
-        bytes: head_len,
-        snippet: None,
-    };
-    Ok(Some((request, body)))
-}
-
-/// Best effort on a head that never ended (cut by the kernel, too long, or timed out):
-/// what the complete lines say, plus a header started on the last line, classified from that.
-fn parse_partial(data: &[u8], redact_first_line: bool) -> Request {
-    // Blank lines before a request line are skipped, as httparse does.
-    let start = data
-        .iter()
-        .position(|&b| b != b'\r' && b != b'\n')
-        .unwrap_or(data.len());
-    let head = &data[start..];
-    let mut req = match head.iter().rposition(|&b| b == b'\n') {
-        None => partial_request_line(head, redact_first_line && start == 0),
-        Some(last_nl) => {
-            // Close the header block after the last complete line so httparse reads it.
-            let mut closed = head[..=last_nl].to_vec();
-            closed.extend_from_slice(b"\r\n");
-            match parse_head(&closed) {
-                Ok(Some((mut req, _))) => {
-                    let last = trim_cr(&head[last_nl + 1..]);
-                    if let Some(header) = partial_header(last) {
-                        req.headers.push(header);
-                        req.class =
-                            classify(req.method.as_deref(), req.path.as_deref(), &req.headers);
-                    }
-                    req
-                }
-                Ok(None) => malformed(
-                    data,
-                    "truncated before the request line".to_string(),
-                    true,
-                    redact_first_line,
-                ),
-                Err(e) => malformed(data, format!("invalid HTTP: {e}"), true, redact_first_line),
-            }
-        }
-    };
-    req.truncated = true;
-    req.bytes = data.len();
-    req
-}
-
-/// A request line cut before its end: method and path so far, if they look like HTTP.
-fn partial_request_line(data: &[u8], redact_first_line: bool) -> Request {
-    let line = trim_cr(data);
-    let mut parts = line.splitn(3, |&b| b == b' ');
-    let method = parts.next().unwrap_or_default();
-    let path = parts.next();
-    let well_formed = !method.is_empty()
-        && method.iter().all(|&b| is_tchar(b))
-        && path.is_some_and(|p| p.iter().all(|&b| b > b' ' && b != 0x7f));
-    match path {
-        Some(path) if well_formed => {
-            let method = String::from_utf8_lossy(method).into_owned();
-            let path = (!path.is_empty()).then(|| String::from_utf8_lossy(path).into_owned());
-            // A PUT cut inside what can still be the token path is most likely a token PUT
-            // (IMDS takes no other PUT): calling it IMDSv1 would be a false alarm.
-            let class = if method == "PUT" && TOKEN_PATH.starts_with(path.as_deref().unwrap_or(""))
-            {
-                Class::V2Token
-            } else {
-                classify(Some(&method), path.as_deref(), &[])
-            };
-            Request {
-                class,
-                method: Some(method),
-                path,
-                version: None,
-                headers: Vec::new(),
-                truncated: true,
-                error: None,
-                bytes: data.len(),
-                snippet: None,
-            }
-        }
-        _ => malformed(
-            data,
-            "truncated in the request line".to_string(),
-            true,
-            redact_first_line,
-        ),
-    }
-}
-
-/// A header line cut before its end, if it has a name and a colon. Kept mainly so that a
-/// token header cut mid-value still makes the request IMDSv2 (and is redacted).
-fn partial_header(line: &[u8]) -> Option<(String, String)> {
-    let colon = line.iter().position(|&b| b == b':')?;
-    let name = &line[..colon];
-    if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
-        return None;
-    }
-    let name = std::str::from_utf8(name).ok()?;
-    let value = trim_ows(&line[colon + 1..]);
-    if !is_token_header(name) && value.iter().any(|&b| b < b' ' && b != b'\t' || b == 0x7f) {
-        return None;
-    }
-    Some(header_pair(name, value))
-}
-
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-fn trim_cr(line: &[u8]) -> &[u8] {
-    line.strip_suffix(b"\r").unwrap_or(line)
-}
-
-fn trim_ows(mut v: &[u8]) -> &[u8] {
-    while let [b' ' | b'\t', rest @ ..] = v {
-        v = rest;
-    }
-    while let [rest @ .., b' ' | b'\t'] = v {
-        v = rest;
-    }
-    v
-}
-
-/// The escaped, bounded, redacted text of raw bytes that are not a request we could parse.
-/// `redact_first_line`: the bytes before the first line end may be the rest of a token
-/// whose header name was cut off at the end of the socket's previous send.
-fn snippet(data: &[u8], redact_first_line: bool) -> String {
-    let by_name = redact_raw(data, redact_first_line);
-    let redacted = redact_token_like(&by_name);
-    let mut out = String::with_capacity(SNIPPET_CHARS);
-    // Where to cut if the whole does not fit: room left for the "..." marker.
-    let mut cut = 0;
-    for &b in redacted.iter() {
-        if (0x20..0x7f).contains(&b) && b != b'\\' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("\\x{b:02x}"));
-        }
-        if out.len() <= SNIPPET_CHARS - 3 {
-            cut = out.len();
-        } else if out.len() > SNIPPET_CHARS {
-            out.truncate(cut);
-            out.push_str("...");
-            break;
-        }
-    }
-    out
-}
-
-/// Where a token header's value ends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ValueEnd {
-    /// At the end of the line: a request's header.
-    Line,
-    /// At the end of the shell word: a caller's argv, where `-H "X-aws-ec2-metadata-token:
-    /// $T"` arrives as one word among others on the joined line.
-    Word,
-}
-
-/// Replaces every token value (after a case-insensitive `x-aws-ec2-metadata-token` and its
-/// colon) with the redaction marker: the one scanner for request bytes and argv alike.
-pub fn redact_token_values(data: &[u8], end: ValueEnd) -> Cow<'_, [u8]> {
-    redact_from(data, 0, None, end)
-}
-
-/// [`redact_token_values`] for a request, whose first line may be the tail of a token (a
-/// send seen from its middle): then that line goes too.
-fn redact_raw(data: &[u8], redact_first_line: bool) -> Cow<'_, [u8]> {
-    if redact_first_line {
-        let end = line_end(data, 0);
-        redact_from(
-            data,
-            end,
-            Some(TOKEN_REDACTED.as_bytes().to_vec()),
-            ValueEnd::Line,
-        )
-    } else {
-        redact_from(data, 0, None, ValueEnd::Line)
-    }
-}
-
-/// The scan: `data[..start]` is already in `out` (when `out` is `Some`).
-fn redact_from(
-    data: &[u8],
-    start: usize,
-    mut out: Option<Vec<u8>>,
-    value_end: ValueEnd,
-) -> Cow<'_, [u8]> {
-    let mut copied = start; // data[..copied] is already in `out`
-    let mut i = start;
-    let name = TOKEN_HEADER.as_bytes();
-    while i + name.len() <= data.len() {
-        if !data[i..i + name.len()].eq_ignore_ascii_case(name) {
-            i += 1;
-            continue;
-        }
-        let mut j = i + name.len();
-        while data.get(j).is_some_and(|&b| b == b' ' || b == b'\t') {
-            j += 1;
-        }
-        if data.get(j) != Some(&b':') {
-            i += 1;
-            continue;
-        }
-        let end = match value_end {
-            ValueEnd::Line => line_end(data, j + 1),
-            ValueEnd::Word => word_end(data, j + 1),
-        };
-        let buf = out.get_or_insert_with(Vec::new);
-        buf.extend_from_slice(&data[copied..=j]);
-        buf.push(b' ');
-        buf.extend_from_slice(TOKEN_REDACTED.as_bytes());
-        copied = end;
-        i = end;
-    }
-    splice_rest(out, data, copied)
-}
-
-/// Defence in depth: a send seen from its middle (lost events, a tracer started
-/// mid-connection) can start inside a token header, past its name. Any long run of base64
-/// characters mixing upper case, lower case and digits is taken for a token (paths, user
-/// agents and instance ids do not look like that).
-fn redact_token_like(data: &[u8]) -> Cow<'_, [u8]> {
-    let is_b64 = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=');
-    let mut out: Option<Vec<u8>> = None;
-    let mut copied = 0; // data[..copied] is already in `out`
-    let mut i = 0;
-    while i < data.len() {
-        if !is_b64(data[i]) {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < data.len() && is_b64(data[i]) {
-            i += 1;
-        }
-        let run = &data[start..i];
-        if run.len() >= TOKEN_LIKE_MIN
-            && run.iter().any(u8::is_ascii_uppercase)
-            && run.iter().any(u8::is_ascii_lowercase)
-            && run.iter().any(u8::is_ascii_digit)
-        {
-            let buf = out.get_or_insert_with(Vec::new);
-            buf.extend_from_slice(&data[copied..start]);
-            buf.extend_from_slice(TOKEN_REDACTED.as_bytes());
-            copied = i;
-        }
-    }
-    splice_rest(out, data, copied)
-}
-
-/// The end of a redaction pass: `data` untouched when nothing was replaced, else what was
-/// built so far plus the rest of `data` from `copied`.
-fn splice_rest(out: Option<Vec<u8>>, data: &[u8], copied: usize) -> Cow<'_, [u8]> {
-    match out {
-        None => Cow::Borrowed(data),
-        Some(mut buf) => {
-            buf.extend_from_slice(&data[copied..]);
-            Cow::Owned(buf)
-        }
-    }
-}
-
-/// The end of the shell word a token value is in (leading blanks skipped).
-fn word_end(data: &[u8], from: usize) -> usize {
-    let start = from
-        + data[from..]
-            .iter()
-            .take_while(|&&b| b == b' ' || b == b'\t')
-            .count();
-    data[start..]
-        .iter()
-        .position(|&b| matches!(b, b' ' | b'"' | b'\'' | b'\t'))
-        .map_or(data.len(), |p| start + p)
-}
-
-fn line_end(data: &[u8], from: usize) -> usize {
-    data[from..]
-        .iter()
-        .position(|&b| b == b'\r' || b == b'\n')
-        .map_or(data.len(), |p| from + p)
-}
 
 /// Whether raw bytes end inside a token header (its name, or its value, cut by the end of
 /// the send): then the socket's next bytes up to a line end may be the token.
@@ -678,12 +90,159 @@ struct Socket<T> {
     last_seen: Instant,
 }
 
+/// Where a request found in a send starts: the context and time of the send it started in,
+/// and whether its first line may be the tail of a token (see [`Socket::begin_send`]).
+struct Start<T> {
+    ctx: T,
+    first_seen: Instant,
+    first_line_redacted: bool,
+}
+
+/// What [`Socket::pass_over`] made of the bytes at the read position.
+enum Passed {
+    /// Nothing to pass over: a request may start here.
+    Nothing,
+    /// This many bytes belong to no new request (a body, the end of a skipped head).
+    Bytes(usize),
+    /// All of the rest is skipped; the skip goes on in the socket's next send.
+    Rest,
+}
+
 impl<T> Socket<T> {
+    fn new(now: Instant) -> Self {
+        Socket {
+            pending: None,
+            body_left: 0,
+            skip: None,
+            redact_first_line: false,
+            last_seen: now,
+        }
+    }
+
     fn is_idle(&self) -> bool {
         self.pending.is_none()
             && self.body_left == 0
             && self.skip.is_none()
             && !self.redact_first_line
+    }
+
+    /// A send arrives: a skip ends early if the send starts like a new request (so the
+    /// request after an oversized one is not lost). Returns whether the send's first line
+    /// may be the tail of a token cut at the end of the previous send.
+    fn begin_send(&mut self, bytes: &[u8], now: Instant) -> bool {
+        self.last_seen = now;
+        if self.skip.is_some() && self.body_left == 0 && looks_like_request_start(bytes) {
+            self.skip = None;
+        }
+        std::mem::take(&mut self.redact_first_line)
+    }
+
+    /// A pending head goes on with these bytes (and carries its first send's context and
+    /// time); otherwise they stand alone.
+    fn join_pending<'b>(&mut self, bytes: &'b [u8]) -> (Option<(T, Instant)>, Cow<'b, [u8]>) {
+        match self.pending.take() {
+            Some(p) => {
+                let mut buf = p.buf;
+                buf.extend_from_slice(bytes);
+                (Some((p.ctx, p.first_seen)), Cow::Owned(buf))
+            }
+            None => (None, Cow::Borrowed(bytes)),
+        }
+    }
+
+    /// Bytes at the start of `rest` that belong to no new request: the rest of an emitted
+    /// request's body, or bytes skipped up to the next blank line.
+    fn pass_over(&mut self, rest: &[u8]) -> Passed {
+        if self.body_left > 0 {
+            let n = self.body_left.min(rest.len());
+            self.body_left -= n;
+            return Passed::Bytes(n);
+        }
+        if let Some(skip) = self.skip.as_mut() {
+            return match skip.scan(rest) {
+                Some(n) => {
+                    self.skip = None;
+                    Passed::Bytes(n)
+                }
+                None => Passed::Rest,
+            };
+        }
+        Passed::Nothing
+    }
+
+    /// Takes the request at the start of `rest` into `out`. `Some(n)`: a complete head of
+    /// `n` bytes (its body, if any, is passed over next); `None`: the rest of the data is
+    /// spoken for (kept pending, emitted truncated or malformed, or skipped).
+    fn take_request(
+        &mut self,
+        rest: &[u8],
+        start: Start<T>,
+        max: usize,
+        snippet_truncated: bool,
+        out: &mut Vec<(T, Request)>,
+    ) -> Option<usize> {
+        let Start {
+            ctx,
+            first_seen,
+            first_line_redacted,
+        } = start;
+        match parse_head(rest) {
+            Ok(Some((mut req, body))) => {
+                let head_len = req.bytes;
+                match body {
+                    Body::None => {}
+                    Body::Length(len) => {
+                        req.bytes += len;
+                        self.body_left = len;
+                    }
+                    Body::Chunked => self.skip = Some(Skip::default()),
+                }
+                out.push((ctx, req));
+                Some(head_len)
+            }
+            Ok(None) if rest.len() > max => {
+                // Over the bound: emit what we have, and skip the rest of this head.
+                let mut req = parse_partial(&rest[..max], first_line_redacted);
+                req.bytes = rest.len();
+                let mut skip = Skip::default();
+                // Seeds the blank-line search with how the bytes so far end.
+                let _ = skip.scan(&rest[rest.len().saturating_sub(2)..]);
+                self.skip = Some(skip);
+                self.redact_first_line = token_line_open(rest);
+                out.push((ctx, req));
+                None
+            }
+            Ok(None) if snippet_truncated => {
+                out.push((ctx, parse_partial(rest, first_line_redacted)));
+                None
+            }
+            Ok(None) => {
+                self.pending = Some(Pending {
+                    ctx,
+                    buf: rest.to_vec(),
+                    first_seen,
+                });
+                None
+            }
+            Err(e) => {
+                // No way to find where this ends: the rest of the send is one malformed
+                // request, and the socket's next send starts afresh.
+                self.redact_first_line = token_line_open(rest);
+                let error = format!("invalid HTTP: {e}");
+                out.push((ctx, malformed(rest, error, false, first_line_redacted)));
+                None
+            }
+        }
+    }
+
+    /// The send is done. If the kernel cut it (`snippet_truncated`), whatever it held past
+    /// what we saw (the rest of a body, of a token) is unknown: the next send starts afresh.
+    fn end_send(&mut self, snippet_truncated: bool) {
+        if snippet_truncated {
+            self.body_left = 0;
+            self.skip = None;
+            self.redact_first_line = false;
+        }
     }
 }
 
@@ -727,46 +286,19 @@ impl<T: Clone> Reassembler<T> {
             self.make_room(now, &mut out);
         }
         let max = self.max_request_bytes;
-        let sock = self.sockets.entry(key).or_insert_with(|| Socket {
-            pending: None,
-            body_left: 0,
-            skip: None,
-            redact_first_line: false,
-            last_seen: now,
-        });
-        sock.last_seen = now;
-        if sock.skip.is_some() && sock.body_left == 0 && looks_like_request_start(bytes) {
-            sock.skip = None;
-        }
-        let redact_first_line = std::mem::take(&mut sock.redact_first_line);
-
-        // A pending head goes on with these bytes; otherwise they stand alone.
-        let (mut carried_ctx, carried_seen, data) = match sock.pending.take() {
-            Some(p) => {
-                let mut buf = p.buf;
-                buf.extend_from_slice(bytes);
-                (Some(p.ctx), p.first_seen, Cow::Owned(buf))
-            }
-            None => (None, now, Cow::Borrowed(bytes)),
-        };
+        let sock = self.sockets.entry(key).or_insert_with(|| Socket::new(now));
+        let redact_first_line = sock.begin_send(bytes, now);
+        let (mut carried, data) = sock.join_pending(bytes);
 
         let mut off = 0;
         while off < data.len() {
-            if sock.body_left > 0 {
-                let n = sock.body_left.min(data.len() - off);
-                sock.body_left -= n;
-                off += n;
-                continue;
-            }
-            if let Some(skip) = sock.skip.as_mut() {
-                match skip.scan(&data[off..]) {
-                    Some(n) => {
-                        sock.skip = None;
-                        off += n;
-                        continue;
-                    }
-                    None => break,
+            match sock.pass_over(&data[off..]) {
+                Passed::Nothing => {}
+                Passed::Bytes(n) => {
+                    off += n;
+                    continue;
                 }
+                Passed::Rest => break,
             }
             let rest = &data[off..];
             // Blank lines between requests (after a body, say) are no request.
@@ -774,66 +306,19 @@ impl<T: Clone> Reassembler<T> {
                 break;
             }
             // The carried context belongs to the request at the start of the data only.
-            let first_line_redacted = redact_first_line && off == 0;
-            let (req_ctx, first_seen) = match carried_ctx.take() {
-                Some(c) => (c, carried_seen),
-                None => (ctx.clone(), now),
+            let (ctx, first_seen) = carried.take().unwrap_or_else(|| (ctx.clone(), now));
+            let start = Start {
+                ctx,
+                first_seen,
+                first_line_redacted: redact_first_line && off == 0,
             };
-            match parse_head(rest) {
-                Ok(Some((mut req, body))) => {
-                    off += req.bytes;
-                    match body {
-                        Body::None => {}
-                        Body::Length(len) => {
-                            req.bytes += len;
-                            sock.body_left = len;
-                        }
-                        Body::Chunked => sock.skip = Some(Skip::default()),
-                    }
-                    out.push((req_ctx, req));
-                }
-                Ok(None) if rest.len() > max => {
-                    // Over the bound: emit what we have, and skip the rest of this head.
-                    let mut req = parse_partial(&rest[..max], first_line_redacted);
-                    req.bytes = rest.len();
-                    let mut skip = Skip::default();
-                    // Seeds the blank-line search with how the bytes so far end.
-                    let _ = skip.scan(&rest[rest.len().saturating_sub(2)..]);
-                    sock.skip = Some(skip);
-                    sock.redact_first_line = token_line_open(rest);
-                    out.push((req_ctx, req));
-                    break;
-                }
-                Ok(None) if snippet_truncated => {
-                    out.push((req_ctx, parse_partial(rest, first_line_redacted)));
-                    break;
-                }
-                Ok(None) => {
-                    sock.pending = Some(Pending {
-                        ctx: req_ctx,
-                        buf: rest.to_vec(),
-                        first_seen,
-                    });
-                    break;
-                }
-                Err(e) => {
-                    // No way to find where this ends: the rest of the send is one malformed
-                    // request, and the socket's next send starts afresh.
-                    sock.redact_first_line = token_line_open(rest);
-                    let error = format!("invalid HTTP: {e}");
-                    out.push((req_ctx, malformed(rest, error, false, first_line_redacted)));
-                    break;
-                }
+            match sock.take_request(rest, start, max, snippet_truncated, &mut out) {
+                Some(n) => off += n,
+                None => break,
             }
         }
 
-        if snippet_truncated {
-            // The send went on past what we saw: whatever it held (the rest of a body, of a
-            // token) is unknown, and the socket's next send starts afresh.
-            sock.body_left = 0;
-            sock.skip = None;
-            sock.redact_first_line = false;
-        }
+        sock.end_send(snippet_truncated);
         if sock.is_idle() {
             self.sockets.remove(&key);
         }
@@ -918,8 +403,9 @@ fn emit_pending<T>(sock: &mut Socket<T>, p: Pending<T>) -> (T, Request) {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
+    use crate::http::{Class, TOKEN_REDACTED};
 
     macro_rules! fixture {
         ($name:literal) => {
@@ -1659,131 +1145,8 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn unreadable_payload() {
-        let req = Request::unreadable();
-        assert_eq!(req.class, Class::Malformed);
-        assert_eq!(req.details(), "");
-        assert!(req.error.is_some());
-    }
-
-    #[test]
     fn details_escape_control_characters() {
         let req = one(b"GET / HTTP/1.1\r\nX-Odd: a\xc2\x85b\r\n\r\n");
         assert_eq!(req.details(), "get / http/1.1, x-odd: a\\u{85}b,");
-    }
-
-    /// `clean` as it was before the fast path (one String per part, char by char): the
-    /// reference that `clean_into` must match byte for byte.
-    fn clean_reference(s: &str) -> String {
-        let mut out = String::with_capacity(s.len());
-        for c in s.chars().flat_map(char::to_lowercase) {
-            if c.is_control() && c != '\t' {
-                out.push_str(&format!("\\u{{{:x}}}", c as u32));
-            } else {
-                out.push(c);
-            }
-        }
-        out
-    }
-
-    /// Strings of ASCII, controls (C0, DEL, C1), tabs, backslashes and non-ASCII letters
-    /// whose lowercase is longer or a different width (`İ`, `Σ`, `Ａ`), from a fixed seed.
-    pub fn awkward_strings() -> Vec<String> {
-        const PIECES: &[&str] = &[
-            "a",
-            "Z",
-            "GET",
-            " ",
-            "\t",
-            "\r",
-            "\n",
-            "\0",
-            "\x1b",
-            "\x7f",
-            "\u{85}",
-            "\u{9f}",
-            "\u{a0}",
-            "\\",
-            "\\x0a",
-            "İ",
-            "Σ",
-            "Ａ",
-            "é",
-            "ß",
-            "😀",
-            "/latest/api/token",
-            ":",
-            "\u{2028}",
-            "\u{feff}",
-        ];
-        let mut seed = 0x9e37_79b9_u32;
-        let mut out = vec![String::new(), "plain ascii / path?x=1".into()];
-        for _ in 0..2000 {
-            let mut s = String::new();
-            for _ in 0..(seed % 12) {
-                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                s.push_str(PIECES[(seed >> 16) as usize % PIECES.len()]);
-            }
-            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            out.push(s);
-        }
-        out
-    }
-
-    #[test]
-    fn clean_into_matches_the_char_by_char_reference() {
-        for s in awkward_strings() {
-            let mut out = String::from("kept ");
-            clean_into(&mut out, &s);
-            assert_eq!(out, format!("kept {}", clean_reference(&s)), "{s:?}");
-        }
-    }
-
-    #[test]
-    fn details_match_the_joined_reference() {
-        let strings = awkward_strings();
-        for (i, pair) in strings.chunks(3).enumerate() {
-            let [method, path, value] = pair else {
-                continue;
-            };
-            let req = Request {
-                class: Class::V1,
-                method: (i % 5 != 0).then(|| method.clone()),
-                path: (i % 7 != 0).then(|| path.clone()),
-                version: (i % 3 != 0).then_some((i % 2) as u8),
-                headers: vec![
-                    (method.clone(), value.clone()),
-                    ("X-aws-ec2-metadata-token".into(), TOKEN_REDACTED.into()),
-                    (value.clone(), path.clone()),
-                ],
-                truncated: false,
-                error: None,
-                bytes: 0,
-                snippet: None,
-            };
-            // The details as they were built before details_into.
-            let mut line = String::new();
-            for part in [req.method.as_deref(), req.path.as_deref()]
-                .into_iter()
-                .flatten()
-            {
-                if !line.is_empty() {
-                    line.push(' ');
-                }
-                line.push_str(part);
-            }
-            if let Some(minor) = req.version {
-                line.push_str(&format!(" http/1.{minor}"));
-            }
-            let mut items = vec![clean_reference(&line)];
-            for (name, value) in &req.headers {
-                if is_token_header(name) {
-                    items.push(TOKEN_REDACTED.to_string());
-                } else {
-                    items.push(clean_reference(&format!("{name}: {value}")));
-                }
-            }
-            assert_eq!(req.details(), items.join(", ") + ",", "{req:?}");
-        }
     }
 }

@@ -1,0 +1,96 @@
+//! Who made a call: the caller and its ancestors (`process`: kernel pids and comms, argv
+//! from the exec cache or /proc), and where it runs (`container`: cgroup -> container ->
+//! pod, from node-local state). One room with one entry point, [`Attribution::attribute`];
+//! the exec/exit events that keep the argv cache current come in through it too.
+
+mod container;
+mod process;
+
+use std::time::{Duration, Instant};
+
+// Tests elsewhere build origins by hand; the daemon only passes them on.
+#[cfg(test)]
+pub(crate) use self::container::{Container, Pod};
+pub use self::{
+    container::{Origin, Paths},
+    process::Proc,
+};
+use self::{
+    container::{Resolver, shim_id},
+    process::{ExecCache, ProcessView},
+};
+use crate::decode::{Exec, Send};
+
+/// Processes whose exec argv is remembered (about 600 bytes each at most).
+const EXEC_CACHE_ENTRIES: usize = 8192;
+/// How long a departed process's argv is kept for requests still in reassembly.
+const EXEC_KEEP_AFTER_EXIT: Duration = Duration::from_secs(30);
+
+/// Who made a call and where it runs, as far as the node can tell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attributed {
+    /// The calling process (the kernel's tgid and comm, argv when known).
+    pub caller: Proc,
+    /// Its parent first, up to pid 1.
+    pub ancestors: Vec<Proc>,
+    /// Container and pod, or host unit.
+    pub origin: Origin,
+}
+
+/// The attribution stage: process view (with its exec cache) and container resolver.
+pub struct Attribution {
+    processes: ProcessView,
+    containers: Resolver,
+}
+
+impl Attribution {
+    /// Reads processes under `paths.proc_root`, cgroups under `paths.cgroup_root`, and
+    /// runtime bundles and pod logs under the other `paths`.
+    pub fn new(paths: Paths) -> Self {
+        Self {
+            processes: ProcessView::new(
+                &paths.proc_root,
+                ExecCache::new(EXEC_CACHE_ENTRIES, EXEC_KEEP_AFTER_EXIT),
+            ),
+            containers: Resolver::new(paths),
+        }
+    }
+
+    /// A process started a program: its argv, complete, for calls it makes later.
+    pub fn on_exec(&mut self, exec: Exec, now: Instant) {
+        self.processes.execs.on_exec(exec, now);
+    }
+
+    /// A process exited: its argv is kept a while for requests still in reassembly.
+    pub fn on_exit(&mut self, tgid: u32, now: Instant) {
+        self.processes.execs.on_exit(tgid, now);
+    }
+
+    /// Forgets what has aged out of the exec cache (the daemon's 1 s tick).
+    pub fn sweep(&mut self, now: Instant) {
+        self.processes.execs.sweep(now);
+    }
+
+    /// The caller of `send`, its ancestors, and its origin. `now` serves the caches' ages.
+    pub fn attribute(&mut self, send: &Send, now: Instant) -> Attributed {
+        let (caller, ancestors) = self.processes.chain(send, now);
+        let pids: Vec<u32> = std::iter::once(caller.pid)
+            .chain(ancestors.iter().map(|a| a.pid))
+            .collect();
+        let mut origin = self.containers.resolve(&pids, send.cgroup_id, now);
+        if !matches!(origin, Origin::Container(_)) {
+            // The anchor's clue: a containerd shim among the ancestors names the pod sandbox.
+            if let Some(id) = ancestors
+                .iter()
+                .find_map(|a| a.argv.as_deref().and_then(shim_id))
+            {
+                origin = self.containers.sandbox(id);
+            }
+        }
+        Attributed {
+            caller,
+            ancestors,
+            origin,
+        }
+    }
+}

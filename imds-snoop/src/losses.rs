@@ -1,0 +1,176 @@
+//! Calls missing from the trace log and kernel events lost, by where they were lost, and
+//! the lines that tell a reader of the log about them.
+
+use chrono::Local;
+use tracing::warn;
+
+use crate::output::{Format, json};
+
+/// Calls missing from the trace log, by where they were lost; totals since start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Losses {
+    /// Kernel events that did not fit the ring buffer.
+    pub ring_full: u64,
+    /// Kernel events with no per-CPU scratch record (should never happen).
+    pub no_scratch: u64,
+    /// Lines dropped because the writer's queue was full.
+    pub writer_queue_full: u64,
+    /// Lines that could not be written to the file (disk full, ...).
+    pub log_write_failed: u64,
+}
+
+impl Losses {
+    /// Calls missing, whatever the cause.
+    pub fn total(&self) -> u64 {
+        self.ring_full + self.no_scratch + self.writer_queue_full + self.log_write_failed
+    }
+}
+
+/// The line that tells a reader of the trace log that calls are missing from it: `new`
+/// losses since the last report, and the totals.
+pub fn dropped_line(format: Format, node: &str, new: u64, totals: &Losses) -> String {
+    let now = Local::now();
+    match format {
+        Format::Text => format!(
+            "[{}] [WARNING] imds-snoop dropped {new} events (totals: ring buffer full {}, \
+             no scratch {}, writer queue full {}, log write failed {}); raise --ring-bytes if \
+             the ring buffer fills",
+            now.format("%Y-%m-%d %H:%M:%S,%3f"),
+            totals.ring_full,
+            totals.no_scratch,
+            totals.writer_queue_full,
+            totals.log_write_failed,
+        ),
+        Format::Json => serde_json::json!({
+            "schema": json::SCHEMA_VERSION,
+            "timestamp": now.to_rfc3339_opts(chrono::SecondsFormat::Millis, false),
+            "node": node,
+            "level": "WARNING",
+            "class": "dropped",
+            "dropped": new,
+            "dropped_total": totals,
+        })
+        .to_string(),
+    }
+}
+
+/// Kernel events lost that are not calls, totals since start: no call is missing, but some
+/// lines may say less than they could.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DegradedEvents {
+    /// Exec/exit events: argv of callers that exited early may be `[exited] <comm>`.
+    pub process_events: u64,
+    /// Response statuses: those calls have no ` -> NNN`, and a token PUT among them would
+    /// show as "token response not received".
+    pub responses: u64,
+}
+
+/// The line that tells a reader of the trace log that some lines are less complete than
+/// usual (`new` kernel events lost since the last report, and the totals).
+pub fn degraded_line(format: Format, node: &str, new: u64, totals: &DegradedEvents) -> String {
+    let now = Local::now();
+    match format {
+        Format::Text => format!(
+            "[{}] [WARNING] imds-snoop lost {new} kernel events that are not calls (totals: \
+             process events {}, responses {}); lines may lack argv or status, and a lost \
+             response can make a token PUT look unanswered: raise --ring-bytes",
+            now.format("%Y-%m-%d %H:%M:%S,%3f"),
+            totals.process_events,
+            totals.responses,
+        ),
+        Format::Json => serde_json::json!({
+            "schema": json::SCHEMA_VERSION,
+            "timestamp": now.to_rfc3339_opts(chrono::SecondsFormat::Millis, false),
+            "node": node,
+            "level": "WARNING",
+            "class": "degraded",
+            "lost": new,
+            "lost_total": totals,
+        })
+        .to_string(),
+    }
+}
+
+/// The totals last reported, so that only news is reported.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Reported {
+    /// Calls missing, as last reported.
+    pub losses: Losses,
+    /// Kernel events lost that are not calls, as last reported.
+    pub degraded: DegradedEvents,
+}
+
+impl Reported {
+    /// Takes the totals now (from the kernel's drop counters and the writer's stats) and
+    /// returns the lines to write for what changed since the last call: at most a dropped
+    /// line, then a degraded line. Each is also a daemon warning: a reader of the log must
+    /// know calls are missing from it. A line lost to a full disk is reported once the disk
+    /// takes lines again.
+    pub fn update(
+        &mut self,
+        now: Losses,
+        degraded: DegradedEvents,
+        format: Format,
+        node: &str,
+    ) -> Vec<String> {
+        let mut lines = Vec::new();
+        if now != self.losses {
+            let new = now.total() - self.losses.total();
+            warn!(?now, "{new} IMDS calls are missing from the trace log");
+            lines.push(dropped_line(format, node, new, &now));
+            self.losses = now;
+        }
+        if degraded != self.degraded {
+            let new = degraded.process_events + degraded.responses
+                - self.degraded.process_events
+                - self.degraded.responses;
+            warn!(
+                ?degraded,
+                "{new} kernel events lost (not calls): some lines are incomplete"
+            );
+            lines.push(degraded_line(format, node, new, &degraded));
+            self.degraded = degraded;
+        }
+        lines
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_news_is_reported() {
+        let mut seen = Reported::default();
+        let quiet = seen.update(
+            Losses::default(),
+            DegradedEvents::default(),
+            Format::Text,
+            "n",
+        );
+        assert!(quiet.is_empty(), "{quiet:?}");
+        let losses = Losses {
+            ring_full: 2,
+            log_write_failed: 1,
+            ..Losses::default()
+        };
+        let lines = seen.update(losses, DegradedEvents::default(), Format::Text, "n");
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains("] [WARNING] imds-snoop dropped 3 events (totals: ring buffer full 2, no scratch 0, writer queue full 0, log write failed 1)"), "{}", lines[0]);
+        assert!(
+            seen.update(losses, DegradedEvents::default(), Format::Text, "n")
+                .is_empty()
+        );
+        let degraded = DegradedEvents {
+            process_events: 4,
+            responses: 1,
+        };
+        let lines = seen.update(losses, degraded, Format::Json, "n");
+        let json: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+        assert_eq!(
+            (&json["class"], &json["lost"]),
+            (&serde_json::json!("degraded"), &serde_json::json!(5))
+        );
+        assert_eq!(json["lost_total"]["process_events"], 4);
+    }
+}

@@ -1,0 +1,78 @@
+//! What a line says: the [`Record`] of one IMDS request and its [`Outcome`], and the
+//! level and labels derived from them. The formatters in `output` only lay it out.
+
+use std::net::IpAddr;
+
+use chrono::{DateTime, Local};
+
+use crate::{
+    attribution::{Origin, Proc},
+    http::{Class, Request},
+};
+
+/// Everything one trace line reports about one IMDS request.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub time: DateTime<Local>,
+    pub request: Request,
+    pub caller: Proc,
+    pub ancestors: Vec<Proc>,
+    pub uid: u32,
+    /// The caller's pid inside its container's pid namespace, when that differs.
+    pub ns_pid: Option<u32>,
+    pub origin: Origin,
+    pub cgroup_id: u64,
+    pub netns: u32,
+    pub dst: (IpAddr, u16),
+    /// Bytes in the send that started the request (may exceed what was captured).
+    pub bytes: u64,
+    /// The kernel could not read the send's payload (unsupported buffer type or a fault).
+    pub unreadable: bool,
+    /// What came back (see `outcome.rs`).
+    pub outcome: Outcome,
+}
+
+/// What IMDS answered to a request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Outcome {
+    /// Responses are not traced (`--responses off`, or the attach failed), or the daemon
+    /// stopped before the wait was over.
+    #[default]
+    Unknown,
+    /// The status code of the response.
+    Status(u16),
+    /// No response within `--response-timeout`.
+    NoResponse,
+}
+
+/// The label of an IMDSv2 token PUT whose response never came (the hop limit of 1 drops
+/// the PUT response for pods behind a bridge or veth). `imds-snoop report` parses it.
+pub const TOKEN_NO_RESPONSE_LABEL: &str = "imdsv2 token response not received (hop limit?)";
+/// Its `class` in JSON lines.
+pub const TOKEN_NO_RESPONSE_CLASS: &str = "v2_token_no_response";
+
+impl Record {
+    /// Level as the anchor tool prints it: v1 and anything odd are warnings.
+    pub fn level(&self) -> &'static str {
+        if self.token_not_received() {
+            return "WARNING";
+        }
+        match self.request.class {
+            Class::V1 | Class::Malformed => "WARNING",
+            Class::V2 | Class::V2Token => "INFO",
+        }
+    }
+
+    /// A token PUT that got no answer: the hop-limit warning.
+    pub fn token_not_received(&self) -> bool {
+        self.request.class == Class::V2Token && self.outcome == Outcome::NoResponse
+    }
+
+    /// The status code, when a response was seen.
+    pub fn status(&self) -> Option<u16> {
+        match self.outcome {
+            Outcome::Status(s) => Some(s),
+            _ => None,
+        }
+    }
+}
