@@ -18,7 +18,7 @@ use crate::kernel::{is_target, offsets, port_is_target, read, settings, sk_dport
 
 /// Send events for userspace. Its size is set at load (`--ring-bytes`).
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
 /// Events that could not be emitted, by reason (`DROP_*`), per CPU.
 #[map]
@@ -30,7 +30,7 @@ static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_KINDS, 0);
 static SCRATCH: PerCpuArray<SendRecord> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
-pub fn capture(sk: *const u8, msg: *const u8, first_pass_only: bool) {
+pub(crate) fn capture(sk: *const u8, msg: *const u8, first_pass_only: bool) {
     let _ = try_capture(sk, msg, first_pass_only);
 }
 
@@ -66,8 +66,10 @@ fn try_capture(sk: *const u8, msg: *const u8, first_pass_only: bool) -> Result<(
     let uid_gid = bpf_get_current_uid_gid();
     head.kind = EVENT_SEND;
     head.flags = 0;
+    // SAFETY: a helper without arguments that reads the clock; nothing to uphold.
     head.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
     head.sock_id = sk as u64;
+    // SAFETY: a helper without arguments that reads the current task's cgroup id.
     head.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     head.tgid = (pid_tgid >> 32) as u32;
     head.tid = pid_tgid as u32;
@@ -143,6 +145,8 @@ fn local_addr(sk: *const u8, o: &Offsets, family: u16) -> [u32; 4] {
 fn fill_process(head: &mut SendEvent, o: &Offsets) {
     head.comm = [0; COMM_LEN];
     head.ancestors_len = 0;
+    // SAFETY: a helper without arguments; the pointer it returns is only ever read through
+    // `read` (bpf_probe_read_kernel), never dereferenced.
     let task = unsafe { bpf_get_current_task() } as *const u8;
     let Ok(leader) = read::<*const u8>(task, o.task_group_leader) else {
         return;
@@ -286,7 +290,7 @@ fn read_user(rec: &mut SendRecord, off: usize, src: usize, len: usize) -> Result
 }
 
 #[inline(always)]
-pub fn count_drop(reason: u32) {
+pub(crate) fn count_drop(reason: u32) {
     if let Some(c) = DROPS.get_ptr_mut(reason) {
         // SAFETY: per-CPU slot, see SCRATCH.
         unsafe { *c += 1 };

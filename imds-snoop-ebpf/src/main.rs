@@ -34,14 +34,14 @@ use aya_ebpf::{
 
 /// `int tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size)`
 #[fentry(function = "tcp_sendmsg")]
-pub fn imds_fentry(ctx: FEntryContext) -> u32 {
+fn imds_fentry(ctx: FEntryContext) -> u32 {
     capture::capture(ctx.arg(0), ctx.arg(1), false);
     0
 }
 
 /// `int tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size)`
 #[kprobe]
-pub fn imds_kprobe(ctx: ProbeContext) -> u32 {
+fn imds_kprobe(ctx: ProbeContext) -> u32 {
     if let (Some(sk), Some(msg)) = (ctx.arg(0), ctx.arg(1)) {
         capture::capture(sk, msg, false);
     }
@@ -51,7 +51,7 @@ pub fn imds_kprobe(ctx: ProbeContext) -> u32 {
 /// `TP_PROTO(const struct sock *sk, const struct msghdr *msg, const struct sk_buff *skb,
 /// int size_goal)` in include/trace/events/tcp.h.
 #[btf_tracepoint(function = "tcp_sendmsg_locked")]
-pub fn imds_tracepoint(ctx: BtfTracePointContext) -> u32 {
+fn imds_tracepoint(ctx: BtfTracePointContext) -> u32 {
     // Fires once per copy-loop pass of a send: report only the first pass.
     capture::capture(ctx.arg(0), ctx.arg(1), true);
     0
@@ -60,14 +60,14 @@ pub fn imds_tracepoint(ctx: BtfTracePointContext) -> u32 {
 /// `TP_PROTO(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`; runs in the
 /// new image's context, so `current->mm` holds the new argv.
 #[btf_tracepoint(function = "sched_process_exec")]
-pub fn imds_exec(_ctx: BtfTracePointContext) -> u32 {
+fn imds_exec(_ctx: BtfTracePointContext) -> u32 {
     process::on_exec();
     0
 }
 
 /// `TP_PROTO(struct task_struct *p)` (6.14 added `bool group_dead`; unused here).
 #[btf_tracepoint(function = "sched_process_exit")]
-pub fn imds_exit(_ctx: BtfTracePointContext) -> u32 {
+fn imds_exit(_ctx: BtfTracePointContext) -> u32 {
     process::on_exit();
     0
 }
@@ -75,7 +75,7 @@ pub fn imds_exit(_ctx: BtfTracePointContext) -> u32 {
 /// Every packet received by a socket in the cgroup tree it is attached to (the root):
 /// the status line of IMDS responses. Returns 1: the packet is always allowed.
 #[cgroup_skb(ingress)]
-pub fn imds_response(ctx: SkBuffContext) -> i32 {
+fn imds_response(ctx: SkBuffContext) -> i32 {
     response::on_ingress(&ctx);
     1
 }
@@ -84,22 +84,22 @@ pub fn imds_response(ctx: SkBuffContext) -> i32 {
 // capture program against (daemon flag `--empty-program`, hidden).
 
 #[fentry(function = "tcp_sendmsg")]
-pub fn empty_fentry(_ctx: FEntryContext) -> u32 {
+fn empty_fentry(_ctx: FEntryContext) -> u32 {
     0
 }
 
 #[kprobe]
-pub fn empty_kprobe(_ctx: ProbeContext) -> u32 {
+fn empty_kprobe(_ctx: ProbeContext) -> u32 {
     0
 }
 
 #[btf_tracepoint(function = "tcp_sendmsg_locked")]
-pub fn empty_tracepoint(_ctx: BtfTracePointContext) -> u32 {
+fn empty_tracepoint(_ctx: BtfTracePointContext) -> u32 {
     0
 }
 
 #[cgroup_skb(ingress)]
-pub fn empty_response(_ctx: SkBuffContext) -> i32 {
+fn empty_response(_ctx: SkBuffContext) -> i32 {
     1
 }
 

@@ -27,7 +27,7 @@ use crate::{
 static EXEC_SCRATCH: PerCpuArray<ExecEvent> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
-pub fn on_exec() {
+pub(crate) fn on_exec() {
     let o = offsets();
     let Some(ev) = EXEC_SCRATCH.get_ptr_mut(0) else {
         count_drop(DROP_PROCESS_EVENT);
@@ -39,10 +39,13 @@ pub fn on_exec() {
     ev.kind = EVENT_EXEC;
     ev.tgid = (pid_tgid >> 32) as u32;
     ev.uid = bpf_get_current_uid_gid() as u32;
+    // SAFETY: a helper without arguments that reads the clock; nothing to uphold.
     ev.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
     ev.comm = [0; COMM_LEN];
     ev.ppid = 0;
     ev.argv_len = 0;
+    // SAFETY: a helper without arguments; the pointer it returns is only ever read through
+    // `read` (bpf_probe_read_kernel), never dereferenced.
     let task = unsafe { bpf_get_current_task() } as *const u8;
     if let Ok(comm) = read::<[u8; COMM_LEN]>(task, o.task_comm) {
         ev.comm = comm;
@@ -92,7 +95,7 @@ pub fn on_exec() {
 }
 
 #[inline(always)]
-pub fn on_exit() {
+pub(crate) fn on_exit() {
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     if tgid != tid {
@@ -102,6 +105,7 @@ pub fn on_exit() {
     let ev = ExitEvent {
         kind: EVENT_EXIT,
         tgid,
+        // SAFETY: a helper without arguments that reads the clock; nothing to uphold.
         ts_ns: unsafe { bpf_ktime_get_boot_ns() },
     };
     if EVENTS.output::<ExitEvent>(&ev, 0).is_err() {

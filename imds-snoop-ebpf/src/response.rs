@@ -22,7 +22,7 @@ use crate::{
 const IPPROTO_TCP: u8 = 6;
 
 #[inline(always)]
-pub fn on_ingress(ctx: &SkBuffContext) {
+pub(crate) fn on_ingress(ctx: &SkBuffContext) {
     let _ = try_ingress(ctx);
 }
 
@@ -117,6 +117,7 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
         kind: EVENT_RESPONSE,
         status,
         family,
+        // SAFETY: a helper without arguments that reads the clock; nothing to uphold.
         ts_ns: unsafe { bpf_ktime_get_boot_ns() },
         laddr: dst,
         raddr: src,

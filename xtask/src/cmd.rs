@@ -11,14 +11,14 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 /// The workspace root (the directory above `xtask/`).
-pub fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
 }
 
 /// Where `cargo install` puts binaries: `$CARGO_INSTALL_ROOT/bin`, else `$CARGO_HOME/bin`,
 /// else `~/.cargo/bin`.
-pub fn cargo_install_bin_dir() -> Option<PathBuf> {
+pub(crate) fn cargo_install_bin_dir() -> Option<PathBuf> {
     if let Some(root) = env::var_os("CARGO_INSTALL_ROOT").filter(|v| !v.is_empty()) {
         return Some(PathBuf::from(root).join("bin"));
     }
@@ -32,7 +32,7 @@ pub fn cargo_install_bin_dir() -> Option<PathBuf> {
 
 /// `$PATH` with cargo's install directory appended when it is missing, so that a freshly
 /// installed `bpf-linker` is found by the builds we start (aya-build runs it through rustc).
-pub fn search_path() -> OsString {
+pub(crate) fn search_path() -> OsString {
     let current = env::var_os("PATH").unwrap_or_default();
     let mut dirs: Vec<PathBuf> = env::split_paths(&current).collect();
     if let Some(bin) = cargo_install_bin_dir()
@@ -44,7 +44,7 @@ pub fn search_path() -> OsString {
 }
 
 /// The first executable file called `name` on [`search_path`].
-pub fn find_program(name: &str) -> Option<PathBuf> {
+pub(crate) fn find_program(name: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt as _;
     env::split_paths(&search_path())
         .map(|dir| dir.join(name))
@@ -55,14 +55,14 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
 }
 
 /// A command that runs in the workspace root with [`search_path`] as its PATH.
-pub fn command(program: impl AsRef<OsStr>) -> Command {
+pub(crate) fn command(program: impl AsRef<OsStr>) -> Command {
     let mut cmd = Command::new(program);
     cmd.current_dir(workspace_root()).env("PATH", search_path());
     cmd
 }
 
 /// `cmd` as a shell-like string, for messages.
-pub fn display(cmd: &Command) -> String {
+pub(crate) fn display(cmd: &Command) -> String {
     let mut parts = vec![cmd.get_program().to_string_lossy().into_owned()];
     parts.extend(cmd.get_args().map(|a| {
         let a = a.to_string_lossy();
@@ -77,21 +77,24 @@ pub fn display(cmd: &Command) -> String {
 
 /// Runs `cmd` with inherited stdio and returns its exit status (an error only if it could
 /// not be started).
-pub fn status(cmd: &mut Command) -> Result<ExitStatus> {
+pub(crate) fn status(cmd: &mut Command) -> Result<ExitStatus> {
     cmd.status()
         .with_context(|| format!("cannot start `{}`", display(cmd)))
 }
 
 /// Tests counted from libtest's `test result: ok. N passed; M failed; ...` lines.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct TestCounts {
+pub(crate) struct TestCounts {
     pub passed: u64,
     pub failed: u64,
 }
 
 /// Like [`status`], but reads the command's stdout (echoing every line) to add up the
 /// `test result:` lines of each test binary cargo runs.
-pub fn status_counting_tests(cmd: &mut Command, counts: &mut TestCounts) -> Result<ExitStatus> {
+pub(crate) fn status_counting_tests(
+    cmd: &mut Command,
+    counts: &mut TestCounts,
+) -> Result<ExitStatus> {
     use std::io::{BufRead as _, Write as _};
     let mut child = cmd
         .stdout(std::process::Stdio::piped())
@@ -119,7 +122,7 @@ pub fn status_counting_tests(cmd: &mut Command, counts: &mut TestCounts) -> Resu
 }
 
 /// Runs `cmd` with inherited stdio; fails unless it exits successfully.
-pub fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     let st = status(cmd)?;
     if !st.success() {
         bail!("`{}` failed ({st})", display(cmd));
@@ -129,7 +132,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 /// Runs `cmd` with captured output. `Ok(Some(stdout))` when it exits successfully,
 /// `Ok(None)` when it runs but fails or cannot be started because the program is missing.
-pub fn output(cmd: &mut Command) -> Result<Option<String>> {
+pub(crate) fn output(cmd: &mut Command) -> Result<Option<String>> {
     match cmd.stdin(Stdio::null()).output() {
         Ok(out) if out.status.success() => {
             Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()))
@@ -142,7 +145,7 @@ pub fn output(cmd: &mut Command) -> Result<Option<String>> {
 
 /// Like [`output`] but returns the first line of stderr (or stdout) on failure, for
 /// "present but broken" messages.
-pub fn output_or_reason(cmd: &mut Command) -> std::result::Result<String, String> {
+pub(crate) fn output_or_reason(cmd: &mut Command) -> std::result::Result<String, String> {
     match cmd.stdin(Stdio::null()).output() {
         Ok(out) if out.status.success() => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
         Ok(out) => {
@@ -160,7 +163,7 @@ pub fn output_or_reason(cmd: &mut Command) -> std::result::Result<String, String
 }
 
 /// Whether this process runs as root.
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { geteuid() == 0 }
 }
@@ -171,7 +174,7 @@ unsafe extern "C" {
 
 /// A command that runs `program` as root: directly when we are root, through `sudo` when it
 /// is available, else an error naming `what` needs root.
-pub fn root_command(program: impl AsRef<OsStr>, what: &str) -> Result<Command> {
+pub(crate) fn root_command(program: impl AsRef<OsStr>, what: &str) -> Result<Command> {
     if is_root() {
         return Ok(command(program));
     }

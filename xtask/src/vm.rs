@@ -28,7 +28,7 @@ use crate::cmd;
 
 /// What `cargo xtask vm-test` does (its command line); `Default` is the full matrix.
 #[derive(Debug, Clone, clap::Args)]
-pub struct VmTestOptions {
+pub(crate) struct VmTestOptions {
     /// Kernel series to boot (5.10, 6.1, 6.12); repeatable; default all.
     #[arg(long = "kernel", value_name = "SERIES")]
     pub kernels: Vec<String>,
@@ -123,7 +123,7 @@ const DEB_PACKAGES: &[&str] = &[
 const BUSYBOX: &str = "/bin/busybox";
 const MATRIX_MODES: [&str; 4] = ["fentry", "kprobe", "tracepoint", "auto"];
 
-pub fn vm_test(opts: VmTestOptions) -> Result<()> {
+pub(crate) fn vm_test(opts: VmTestOptions) -> Result<()> {
     let started = Instant::now();
     let root = cmd::workspace_root();
     let target = env::var_os("CARGO_TARGET_DIR")
