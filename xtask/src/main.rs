@@ -182,6 +182,56 @@ fn test() -> Result<ExitCode> {
             "clippy",
             &["clippy", "--all-targets", "--", "-D", "warnings"],
         ),
+        // The kernel program is not a default member: lint it for its own target, once per
+        // `bpf_target_arch` we ship (kprobe argument access differs by architecture), with
+        // the cfg aya-build passes when it builds the object for an x86_64 or aarch64 daemon.
+        // One target directory per architecture, so neither rebuilds `core` for the other.
+        Step {
+            name: "bpf-x86_64",
+            command: {
+                let mut c = cmd::command("cargo");
+                c.args([
+                    "+nightly",
+                    "clippy",
+                    "-p",
+                    "imds-snoop-ebpf",
+                    "--target",
+                    "bpfel-unknown-none",
+                    "-Z",
+                    "build-std=core",
+                    "--target-dir",
+                    "target/bpf-clippy/x86_64",
+                    "--",
+                    "-D",
+                    "warnings",
+                ])
+                .env("RUSTFLAGS", r#"--cfg bpf_target_arch="x86_64""#);
+                c
+            },
+        },
+        Step {
+            name: "bpf-aarch64",
+            command: {
+                let mut c = cmd::command("cargo");
+                c.args([
+                    "+nightly",
+                    "clippy",
+                    "-p",
+                    "imds-snoop-ebpf",
+                    "--target",
+                    "bpfel-unknown-none",
+                    "-Z",
+                    "build-std=core",
+                    "--target-dir",
+                    "target/bpf-clippy/aarch64",
+                    "--",
+                    "-D",
+                    "warnings",
+                ])
+                .env("RUSTFLAGS", r#"--cfg bpf_target_arch="aarch64""#);
+                c
+            },
+        },
         tests,
         // deploy/: unit verified and run under real systemd, install.sh, capabilities,
         // manifests against Kubernetes schemas, AL2023 user data, the container image.
