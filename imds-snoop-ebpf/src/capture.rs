@@ -5,8 +5,9 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
         bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, generated::bpf_probe_read_user,
     },
-    macros::map,
+    macros::{btf_tracepoint, fentry, kprobe, map},
     maps::{PerCpuArray, RingBuf},
+    programs::{BtfTracePointContext, FEntryContext, ProbeContext},
 };
 use imds_snoop_common::{
     AF_INET, AF_INET6, Ancestor, COMM_LEN, DROP_KINDS, DROP_NO_SCRATCH, DROP_RINGBUF_FULL,
@@ -29,8 +30,56 @@ static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_KINDS, 0);
 #[map]
 static SCRATCH: PerCpuArray<SendRecord> = PerCpuArray::with_max_entries(1, 0);
 
+// The three send entry points (`--attach fentry|kprobe|tracepoint`), each one line into
+// [`capture`].
+
+// proto: fentry tcp_sendmsg net/ipv4/tcp.c 4.1..6.18 : int tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size)
+// proven: 5.10 6.1 6.12 (fentry)
+#[fentry(function = "tcp_sendmsg")]
+fn imds_fentry(ctx: FEntryContext) -> u32 {
+    capture(ctx.arg(0), ctx.arg(1), false);
+    0
+}
+
+// proto: kprobe tcp_sendmsg net/ipv4/tcp.c 4.1..6.18 : int tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size)
+// proven: 5.10 6.1 6.12 (kprobe)
+#[kprobe]
+fn imds_kprobe(ctx: ProbeContext) -> u32 {
+    if let (Some(sk), Some(msg)) = (ctx.arg(0), ctx.arg(1)) {
+        capture(sk, msg, false);
+    }
+    0
+}
+
+// proto: tp_btf tcp_sendmsg_locked include/trace/events/tcp.h 6.13..6.18 : TP_PROTO(const struct sock *sk, const struct msghdr *msg, const struct sk_buff *skb, int size_goal)
+// proven: 6.18 (tracepoint)
+#[btf_tracepoint(function = "tcp_sendmsg_locked")]
+fn imds_tracepoint(ctx: BtfTracePointContext) -> u32 {
+    // Fires once per copy-loop pass of a send: report only the first pass.
+    capture(ctx.arg(0), ctx.arg(1), true);
+    0
+}
+
+// Empty programs on the same hooks (prototypes above): the floor `cargo xtask bench`
+// measures the capture program against (daemon flag `--empty-program`, hidden).
+
+#[fentry(function = "tcp_sendmsg")]
+fn empty_fentry(_ctx: FEntryContext) -> u32 {
+    0
+}
+
+#[kprobe]
+fn empty_kprobe(_ctx: ProbeContext) -> u32 {
+    0
+}
+
+#[btf_tracepoint(function = "tcp_sendmsg_locked")]
+fn empty_tracepoint(_ctx: BtfTracePointContext) -> u32 {
+    0
+}
+
 #[inline(always)]
-pub(crate) fn capture(sk: *const u8, msg: *const u8, first_pass_only: bool) {
+fn capture(sk: *const u8, msg: *const u8, first_pass_only: bool) {
     let _ = try_capture(sk, msg, first_pass_only);
 }
 
