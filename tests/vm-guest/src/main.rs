@@ -8,7 +8,7 @@
 //!        | auto=MODE                      run the suite with `--attach auto`, expect MODE
 //!        | refuse=MODE                    expect `--attach MODE` to fail cleanly (no hook)
 //! vm-guest client KIND                     (internal) one IMDS client, run as our child
-//! vm-guest protos [--btf PATH]             only check the hook prototypes (no root needed)
+//! vm-guest protos [--btf F] [--kernel R]   only check the hook prototypes (no root needed)
 //! ```
 //!
 //! Before the suite, the runner checks every hook prototype of the kernel program (the
@@ -66,11 +66,20 @@ const V6_DST: &str = "[fd00:ec2::254]:80";
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("protos") {
-        let btf = match args.get(1..) {
-            Some([flag, path]) if flag == "--btf" => path.as_str(),
-            _ => "/sys/kernel/btf/vmlinux",
-        };
-        return if protos::run(&kernel_release(), btf, &out) {
+        // Another kernel's BTF (e.g. extracted from its vmlinux) with `--btf F --kernel R`.
+        let (mut btf, mut kernel) = ("/sys/kernel/btf/vmlinux".to_owned(), kernel_release());
+        let mut it = args.iter().skip(1);
+        while let Some(flag) = it.next() {
+            match (flag.as_str(), it.next()) {
+                ("--btf", Some(v)) => btf.clone_from(v),
+                ("--kernel", Some(v)) => kernel.clone_from(v),
+                _ => {
+                    eprintln!("usage: vm-guest protos [--btf PATH] [--kernel RELEASE]");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        return if protos::run(&kernel, &btf, &out) {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE

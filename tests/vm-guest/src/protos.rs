@@ -582,8 +582,9 @@ mod tests {
 
         let protos = embedded().unwrap();
         let hooks: Vec<String> = protos.iter().map(Proto::hook).collect();
-        for (_, text) in SOURCES {
-            for line in text.lines().map(str::trim) {
+        for (file, text) in SOURCES {
+            let lines: Vec<&str> = text.lines().map(str::trim).collect();
+            for (i, &line) in lines.iter().enumerate() {
                 let hook = if let Some(rest) = line.strip_prefix("#[fentry(function = \"") {
                     format!("fentry/{}", rest.trim_end_matches("\")]"))
                 } else if let Some(rest) = line.strip_prefix("#[btf_tracepoint(function = \"") {
@@ -598,6 +599,20 @@ mod tests {
                 assert!(
                     hooks.iter().any(|h| h.starts_with(&hook)),
                     "{hook}: an entry point without a `// proto:` line"
+                );
+                // The real programs (not the benchmark's empty ones) say where they were
+                // proven, in the comment block right above them.
+                let comments = lines[..i].iter().rev().take_while(|l| l.starts_with("//"));
+                let (proto, proven) = comments.fold((false, false), |(p, q), l| {
+                    (
+                        p || l.starts_with("// proto:"),
+                        q || l.starts_with("// proven:"),
+                    )
+                });
+                assert!(
+                    proto == proven,
+                    "{file}:{}: a `// proto:` line without its `// proven:` line",
+                    i + 1
                 );
             }
         }
