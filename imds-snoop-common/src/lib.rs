@@ -251,13 +251,35 @@ const _: () = assert!(MAX_ARGV.is_power_of_two());
 const _: () = assert!(core::mem::size_of::<SendEvent>() == 288);
 const _: () = assert!(core::mem::size_of::<SendEvent>().is_multiple_of(8));
 const _: () = assert!(MAX_PAYLOAD.is_power_of_two());
+// The other two `aya::Pod` types (the globals): no padding either.
+const _: () = assert!(core::mem::size_of::<Targets>() == 4 + MAX_TARGETS * 20);
+const _: () = assert!(core::mem::size_of::<Settings>() == 8);
 
+/// `aya::Pod` for the daemon: the globals it writes into the program and the ring records it
+/// reads back (`imds-snoop/src/decode.rs` reads records only as these types).
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: all of these are #[repr(C)], Copy, made only of integers and integer arrays,
-    // with no implicit padding (asserted above).
-    unsafe impl aya::Pod for super::Targets {}
-    unsafe impl aya::Pod for super::Offsets {}
-    unsafe impl aya::Pod for super::Settings {}
+    // Each impl below holds for the same reason: the type is #[repr(C)], Copy and 'static,
+    // made only of integers and arrays of integers (every bit pattern is a valid value), and
+    // has no implicit padding (the layout guards above pin each size to the sum of its
+    // fields), so reading one from any bytes, or writing one out, touches no uninitialised
+    // memory.
+    // SAFETY: as above; 2 + 2 + 16 bytes.
     unsafe impl aya::Pod for super::Target {}
+    // SAFETY: as above; 4 + MAX_TARGETS * 20 bytes.
+    unsafe impl aya::Pod for super::Targets {}
+    // SAFETY: as above; 31 u32s.
+    unsafe impl aya::Pod for super::Offsets {}
+    // SAFETY: as above; two u32s.
+    unsafe impl aya::Pod for super::Settings {}
+    // SAFETY: as above; a u32 and COMM_LEN bytes.
+    unsafe impl aya::Pod for super::Ancestor {}
+    // SAFETY: as above; 288 bytes, 8-aligned, explicit `_pad` after `sport`.
+    unsafe impl aya::Pod for super::SendEvent {}
+    // SAFETY: as above; 48 + MAX_ARGV bytes, explicit `_pad` after `comm`.
+    unsafe impl aya::Pod for super::ExecEvent {}
+    // SAFETY: as above; 16 bytes.
+    unsafe impl aya::Pod for super::ExitEvent {}
+    // SAFETY: as above; 56 bytes, explicit trailing `_pad`.
+    unsafe impl aya::Pod for super::ResponseEvent {}
 }

@@ -57,7 +57,7 @@ static SETTINGS: Settings = Settings {
 };
 
 #[inline(always)]
-pub fn offsets() -> Offsets {
+pub(crate) fn offsets() -> Offsets {
     // SAFETY: a plain read of our own static; volatile so the compiler does not fold the
     // zero initialiser (the real values are patched in at load).
     unsafe { core::ptr::read_volatile(&OFFSETS) }
@@ -66,20 +66,20 @@ pub fn offsets() -> Offsets {
 /// `sk_dport` alone: the hot path needs only this offset, and copying the whole table
 /// (what [`offsets`] does) for every TCP send on the node is most of the program's cost.
 #[inline(always)]
-pub fn sk_dport_offset() -> u32 {
+pub(crate) fn sk_dport_offset() -> u32 {
     // SAFETY: as for `offsets`.
     unsafe { core::ptr::read_volatile(&OFFSETS.sk_dport) }
 }
 
 #[inline(always)]
-pub fn targets() -> &'static Targets {
+pub(crate) fn targets() -> &'static Targets {
     &TARGETS
 }
 
 /// Whether any target has this port: the first, cheap test (targets are few, and the
 /// loop stops at the configured count and at the first hit).
 #[inline(always)]
-pub fn port_is_target(dport: u16) -> bool {
+pub(crate) fn port_is_target(dport: u16) -> bool {
     let t = targets();
     // SAFETY: plain reads of our own static (volatile: its real value is patched in at load).
     let count = unsafe { core::ptr::read_volatile(&t.count) } as usize;
@@ -87,6 +87,7 @@ pub fn port_is_target(dport: u16) -> bool {
         if i >= count {
             break;
         }
+        // SAFETY: as above.
         if unsafe { core::ptr::read_volatile(&t.targets[i].port) } == dport {
             return true;
         }
@@ -96,7 +97,7 @@ pub fn port_is_target(dport: u16) -> bool {
 
 /// Is (family, port, addr) one of the traced destinations?
 #[inline(always)]
-pub fn is_target(family: u16, port: u16, addr: &[u32; 4]) -> bool {
+pub(crate) fn is_target(family: u16, port: u16, addr: &[u32; 4]) -> bool {
     let t = targets();
     // SAFETY: plain reads of our own static (volatile: its real value is patched in at load).
     let count = unsafe { core::ptr::read_volatile(&t.count) } as usize;
@@ -120,14 +121,14 @@ pub fn is_target(family: u16, port: u16, addr: &[u32; 4]) -> bool {
 }
 
 #[inline(always)]
-pub fn settings() -> Settings {
+pub(crate) fn settings() -> Settings {
     // SAFETY: as for `offsets`.
     unsafe { core::ptr::read_volatile(&SETTINGS) }
 }
 
 /// Reads a `T` at `base + off` in kernel memory.
 #[inline(always)]
-pub fn read<T>(base: *const u8, off: u32) -> Result<T, i32> {
+pub(crate) fn read<T>(base: *const u8, off: u32) -> Result<T, i32> {
     // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an error, not a fault.
     unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize) as *const T) }
 }

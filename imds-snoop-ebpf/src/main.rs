@@ -1,4 +1,6 @@
-//! imds-snoop's kernel side: one capture function behind three thin entry points.
+//! imds-snoop's kernel side: one capture function behind three thin entry points, and the
+//! process and response programs. Each entry point sits next to its body (`capture.rs`,
+//! `process.rs`, `response.rs`).
 //!
 //! Why `tcp_sendmsg`: every plain-HTTP IMDS request is a TCP send on a connected socket, and
 //! `tcp_sendmsg(sk, msg, size)` is the one function all of them pass through exactly once
@@ -11,14 +13,27 @@
 //! Entry points (`--attach` in the daemon):
 //! - `fentry/tcp_sendmsg` (5.5+ with BTF and trampolines; the default on AL2023 6.1/6.12),
 //! - `kprobe/tcp_sendmsg` (older kernels, or where trampolines are refused),
-//! - `tp_btf/tcp_sendmsg_locked` (kernels with that tracepoint, 6.6+; it fires once per
-//!   copy-loop pass, so only the pass at iov offset 0 is reported).
+//! - `tp_btf/tcp_sendmsg_locked` (kernels with that tracepoint, 6.13+: not in 6.12's BTF, in
+//!   6.18's; it fires once per copy-loop pass, so only the pass at iov offset 0 is reported).
 //!
 //! Responses: `cgroup_skb/ingress` on the root cgroup v2 reads the status line of replies
 //! from a traced destination (see `response.rs`).
 //!
 //! Rust eBPF has no CO-RE: struct offsets come from userspace (BTF of the running kernel)
-//! as the read-only global [`OFFSETS`].
+//! as the read-only global `OFFSETS` (`kernel.rs`).
+//!
+//! Every entry point carries machine-readable lines, one per hook (and per kernel era of a
+//! prototype that changed), which the kernel matrix checks against each kernel's BTF
+//! (`tests/vm-guest/src/protos.rs`, in every guest and on the host):
+//!
+//! ```text
+//! // proto: <fentry|kprobe|tp_btf|raw_tp|tracepoint|cgroup_skb> <function|tracepoint|attach>
+//! //        <kernel source file> <first>..<last kernel known> : <C prototype>
+//! // proven: <kernels the matrix passed on> (<modes>)
+//! ```
+//!
+//! (each on one line). Kernels outside `first..last` are not known; `proven` is copied from
+//! the README's matrix.
 #![no_std]
 #![no_main]
 
@@ -26,82 +41,6 @@ mod capture;
 mod kernel;
 mod process;
 mod response;
-
-use aya_ebpf::{
-    macros::{btf_tracepoint, cgroup_skb, fentry, kprobe},
-    programs::{BtfTracePointContext, FEntryContext, ProbeContext, SkBuffContext},
-};
-
-/// `int tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size)`
-#[fentry(function = "tcp_sendmsg")]
-pub fn imds_fentry(ctx: FEntryContext) -> u32 {
-    capture::capture(ctx.arg(0), ctx.arg(1), false);
-    0
-}
-
-/// `int tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size)`
-#[kprobe]
-pub fn imds_kprobe(ctx: ProbeContext) -> u32 {
-    if let (Some(sk), Some(msg)) = (ctx.arg(0), ctx.arg(1)) {
-        capture::capture(sk, msg, false);
-    }
-    0
-}
-
-/// `TP_PROTO(const struct sock *sk, const struct msghdr *msg, const struct sk_buff *skb,
-/// int size_goal)` in include/trace/events/tcp.h.
-#[btf_tracepoint(function = "tcp_sendmsg_locked")]
-pub fn imds_tracepoint(ctx: BtfTracePointContext) -> u32 {
-    // Fires once per copy-loop pass of a send: report only the first pass.
-    capture::capture(ctx.arg(0), ctx.arg(1), true);
-    0
-}
-
-/// `TP_PROTO(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`; runs in the
-/// new image's context, so `current->mm` holds the new argv.
-#[btf_tracepoint(function = "sched_process_exec")]
-pub fn imds_exec(_ctx: BtfTracePointContext) -> u32 {
-    process::on_exec();
-    0
-}
-
-/// `TP_PROTO(struct task_struct *p)` (6.14 added `bool group_dead`; unused here).
-#[btf_tracepoint(function = "sched_process_exit")]
-pub fn imds_exit(_ctx: BtfTracePointContext) -> u32 {
-    process::on_exit();
-    0
-}
-
-/// Every packet received by a socket in the cgroup tree it is attached to (the root):
-/// the status line of IMDS responses. Returns 1: the packet is always allowed.
-#[cgroup_skb(ingress)]
-pub fn imds_response(ctx: SkBuffContext) -> i32 {
-    response::on_ingress(&ctx);
-    1
-}
-
-// Empty programs on the same attach points: the floor `cargo xtask bench` measures the
-// capture program against (daemon flag `--empty-program`, hidden).
-
-#[fentry(function = "tcp_sendmsg")]
-pub fn empty_fentry(_ctx: FEntryContext) -> u32 {
-    0
-}
-
-#[kprobe]
-pub fn empty_kprobe(_ctx: ProbeContext) -> u32 {
-    0
-}
-
-#[btf_tracepoint(function = "tcp_sendmsg_locked")]
-pub fn empty_tracepoint(_ctx: BtfTracePointContext) -> u32 {
-    0
-}
-
-#[cgroup_skb(ingress)]
-pub fn empty_response(_ctx: SkBuffContext) -> i32 {
-    1
-}
 
 #[cfg(not(test))]
 #[panic_handler]

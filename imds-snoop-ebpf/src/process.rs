@@ -10,8 +10,9 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid,
         bpf_ktime_get_boot_ns, generated::bpf_probe_read_user,
     },
-    macros::map,
+    macros::{btf_tracepoint, map},
     maps::PerCpuArray,
+    programs::BtfTracePointContext,
 };
 use imds_snoop_common::{
     COMM_LEN, DROP_PROCESS_EVENT, EVENT_EXEC, EVENT_EXIT, ExecEvent, ExitEvent, MAX_ARGV,
@@ -26,8 +27,27 @@ use crate::{
 #[map]
 static EXEC_SCRATCH: PerCpuArray<ExecEvent> = PerCpuArray::with_max_entries(1, 0);
 
+// Runs in the new image's context, so `current->mm` holds the new argv.
+// proto: tp_btf sched_process_exec include/trace/events/sched.h 3.4..6.18 : TP_PROTO(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+// proven: 5.10 6.1 6.12 6.18 (fentry, kprobe, tracepoint)
+#[btf_tracepoint(function = "sched_process_exec")]
+fn imds_exec(_ctx: BtfTracePointContext) -> u32 {
+    on_exec();
+    0
+}
+
+// 6.14 added `bool group_dead` (unused here): two eras, one line each.
+// proto: tp_btf sched_process_exit include/trace/events/sched.h 3.0..6.13 : TP_PROTO(struct task_struct *p)
+// proto: tp_btf sched_process_exit include/trace/events/sched.h 6.14..6.18 : TP_PROTO(struct task_struct *p, bool group_dead)
+// proven: 5.10 6.1 6.12 6.18 (fentry, kprobe, tracepoint)
+#[btf_tracepoint(function = "sched_process_exit")]
+fn imds_exit(_ctx: BtfTracePointContext) -> u32 {
+    on_exit();
+    0
+}
+
 #[inline(always)]
-pub fn on_exec() {
+fn on_exec() {
     let o = offsets();
     let Some(ev) = EXEC_SCRATCH.get_ptr_mut(0) else {
         count_drop(DROP_PROCESS_EVENT);
@@ -39,10 +59,13 @@ pub fn on_exec() {
     ev.kind = EVENT_EXEC;
     ev.tgid = (pid_tgid >> 32) as u32;
     ev.uid = bpf_get_current_uid_gid() as u32;
+    // SAFETY: a helper without arguments that reads the clock; nothing to uphold.
     ev.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
     ev.comm = [0; COMM_LEN];
     ev.ppid = 0;
     ev.argv_len = 0;
+    // SAFETY: a helper without arguments; the pointer it returns is only ever read through
+    // `read` (bpf_probe_read_kernel), never dereferenced.
     let task = unsafe { bpf_get_current_task() } as *const u8;
     if let Ok(comm) = read::<[u8; COMM_LEN]>(task, o.task_comm) {
         ev.comm = comm;
@@ -92,7 +115,7 @@ pub fn on_exec() {
 }
 
 #[inline(always)]
-pub fn on_exit() {
+fn on_exit() {
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     if tgid != tid {
@@ -102,6 +125,7 @@ pub fn on_exit() {
     let ev = ExitEvent {
         kind: EVENT_EXIT,
         tgid,
+        // SAFETY: a helper without arguments that reads the clock; nothing to uphold.
         ts_ns: unsafe { bpf_ktime_get_boot_ns() },
     };
     if EVENTS.output::<ExitEvent>(&ev, 0).is_err() {

@@ -11,7 +11,7 @@
 //! three-digit status here, in the kernel: only the status code leaves it, never a byte of
 //! the body (tokens and credentials are in bodies). It always lets the packet through.
 
-use aya_ebpf::{helpers::bpf_ktime_get_boot_ns, programs::SkBuffContext};
+use aya_ebpf::{helpers::bpf_ktime_get_boot_ns, macros::cgroup_skb, programs::SkBuffContext};
 use imds_snoop_common::{AF_INET, AF_INET6, DROP_RESPONSE, EVENT_RESPONSE, ResponseEvent};
 
 use crate::{
@@ -21,8 +21,25 @@ use crate::{
 
 const IPPROTO_TCP: u8 = 6;
 
+// Every packet received by a socket in the cgroup tree it is attached to (the root): the
+// status line of IMDS responses. Returns 1: the packet is always allowed. The "prototype" is
+// the program type's context; the check is that the kernel's BTF has `struct __sk_buff`.
+// proto: cgroup_skb ingress include/uapi/linux/bpf.h 4.10..6.18 : int (struct __sk_buff *skb)
+// proven: 5.10 6.1 6.12 6.18 (fentry, kprobe, tracepoint)
+#[cgroup_skb(ingress)]
+fn imds_response(ctx: SkBuffContext) -> i32 {
+    on_ingress(&ctx);
+    1
+}
+
+// The benchmark floor's empty program on the same hook (`--empty-program`).
+#[cgroup_skb(ingress)]
+fn empty_response(_ctx: SkBuffContext) -> i32 {
+    1
+}
+
 #[inline(always)]
-pub fn on_ingress(ctx: &SkBuffContext) {
+fn on_ingress(ctx: &SkBuffContext) {
     let _ = try_ingress(ctx);
 }
 
@@ -117,6 +134,7 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
         kind: EVENT_RESPONSE,
         status,
         family,
+        // SAFETY: a helper without arguments that reads the clock; nothing to uphold.
         ts_ns: unsafe { bpf_ktime_get_boot_ns() },
         laddr: dst,
         raddr: src,

@@ -112,6 +112,7 @@ fn is_cgroup2(path: &Path) -> bool {
     };
     // SAFETY: a valid NUL-terminated path and a zeroed out-struct.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above: `c` outlives the call and `st` is a valid out-pointer.
     (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && st.f_type as i64 == CGROUP2_SUPER_MAGIC
 }
 

@@ -1,5 +1,10 @@
 //! Ring-buffer records to typed events. Nothing here trusts the record: a short or
 //! inconsistent one is an error the caller counts, never a panic.
+//!
+//! Records are read only as `aya::Pod` types (imds-snoop-common's `repr(C)` integer-only
+//! events), and ring bytes only through `get`: the two lints below keep a slice or index
+//! that could panic on a hostile record out of this module.
+#![warn(clippy::indexing_slicing, clippy::string_slice)]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -77,14 +82,18 @@ pub enum Event {
 pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
     let kind = record
         .get(..4)
-        .map(|k| u32::from_ne_bytes([k[0], k[1], k[2], k[3]]))
+        .and_then(|k| <[u8; 4]>::try_from(k).ok())
+        .map(u32::from_ne_bytes)
         .ok_or(DecodeError::Short(record.len(), 4))?;
     match kind {
         EVENT_SEND => decode_send(record).map(Event::Send),
         EVENT_EXEC => {
             let ev: ExecEvent = head(record)?;
             let len = (ev.argv_len as usize).min(MAX_ARGV);
-            let argv = ev.argv[..len]
+            let argv = ev
+                .argv
+                .get(..len)
+                .unwrap_or_default()
                 .split(|&b| b == 0)
                 .filter(|a| !a.is_empty())
                 .map(|a| String::from_utf8_lossy(a).into_owned())
@@ -112,15 +121,16 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
     }
 }
 
-/// Reads a fixed-size event head from the start of a record.
-fn head<T: Copy>(record: &[u8]) -> Result<T, DecodeError> {
+/// Reads a fixed-size event head from the start of a record. Only `aya::Pod` types: the
+/// shared events implement it (imds-snoop-common, `user` feature), a type that may hold
+/// invalid bit patterns or padding does not.
+fn head<T: aya::Pod>(record: &[u8]) -> Result<T, DecodeError> {
     let len = std::mem::size_of::<T>();
     if record.len() < len {
         return Err(DecodeError::Short(record.len(), len));
     }
-    // SAFETY: every event type is repr(C) and made of integers only (any bit pattern is
-    // valid), the record holds at least size_of::<T>() bytes, and read_unaligned has no
-    // alignment needs.
+    // SAFETY: `T: Pod` is plain old data (any bit pattern is a valid value), the record
+    // holds at least size_of::<T>() bytes, and read_unaligned has no alignment needs.
     Ok(unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) })
 }
 
@@ -128,15 +138,18 @@ fn decode_send(record: &[u8]) -> Result<Send, DecodeError> {
     let head: SendEvent = head(record)?;
     let available = record.len() - SendEvent::HEAD_LEN;
     let payload_len = head.payload_len as usize;
-    if payload_len > available {
+    let Some(payload) = record.get(SendEvent::HEAD_LEN..SendEvent::HEAD_LEN + payload_len) else {
         return Err(DecodeError::PayloadLen {
             payload_len: head.payload_len,
             available,
         });
-    }
-    let payload = record[SendEvent::HEAD_LEN..SendEvent::HEAD_LEN + payload_len].to_vec();
+    };
+    let payload = payload.to_vec();
     let n = (head.ancestors_len as usize).min(MAX_ANCESTORS);
-    let ancestors = head.ancestors[..n]
+    let ancestors = head
+        .ancestors
+        .get(..n)
+        .unwrap_or_default()
         .iter()
         .map(|a| (a.tgid, comm(&a.comm)))
         .collect();
@@ -163,7 +176,7 @@ fn decode_send(record: &[u8]) -> Result<Send, DecodeError> {
 
 fn comm(raw: &[u8; COMM_LEN]) -> String {
     let end = raw.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
-    String::from_utf8_lossy(&raw[..end]).into_owned()
+    String::from_utf8_lossy(raw.get(..end).unwrap_or(raw)).into_owned()
 }
 
 fn address(family: u16, words: &[u32; 4]) -> IpAddr {
@@ -179,6 +192,10 @@ fn address(family: u16, words: &[u32; 4]) -> IpAddr {
 }
 
 #[cfg(test)]
+#[expect(
+    clippy::indexing_slicing,
+    reason = "tests build fixed-size records; a panic there is a failed test"
+)]
 mod tests {
     use imds_snoop_common::{AF_INET, Ancestor};
 

@@ -89,6 +89,7 @@ mod tests {
         // SAFETY: tests in this module do not read NOTIFY_SOCKET concurrently.
         unsafe { std::env::set_var("NOTIFY_SOCKET", &path) };
         notify_ready().unwrap();
+        // SAFETY: as for set_var above.
         unsafe { std::env::remove_var("NOTIFY_SOCKET") };
         let mut buf = [0u8; 16];
         let n = listener.recv(&mut buf).unwrap();

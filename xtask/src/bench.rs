@@ -41,7 +41,7 @@ use crate::cmd;
 
 /// Options of `cargo xtask bench` (its command line); `Default` is a full run.
 #[derive(Debug, Clone, Default, clap::Args)]
-pub struct BenchOptions {
+pub(crate) struct BenchOptions {
     /// Short run: fewer rounds, shorter bursts (a smoke test, not figures).
     #[arg(long)]
     pub quick: bool,
@@ -109,7 +109,7 @@ const SMALL_RING: u32 = 4096;
 const LOW_RATE: u32 = 2000;
 const NETNS_PREFIX: &str = "imds-bench-";
 
-pub fn bench(opts: BenchOptions) -> Result<()> {
+pub(crate) fn bench(opts: BenchOptions) -> Result<()> {
     if !cmd::is_root() {
         bail!(
             "the benchmark loads eBPF programs and creates a network namespace: run it as root \

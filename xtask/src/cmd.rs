@@ -11,14 +11,14 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 /// The workspace root (the directory above `xtask/`).
-pub fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
 }
 
 /// Where `cargo install` puts binaries: `$CARGO_INSTALL_ROOT/bin`, else `$CARGO_HOME/bin`,
 /// else `~/.cargo/bin`.
-pub fn cargo_install_bin_dir() -> Option<PathBuf> {
+pub(crate) fn cargo_install_bin_dir() -> Option<PathBuf> {
     if let Some(root) = env::var_os("CARGO_INSTALL_ROOT").filter(|v| !v.is_empty()) {
         return Some(PathBuf::from(root).join("bin"));
     }
@@ -32,7 +32,7 @@ pub fn cargo_install_bin_dir() -> Option<PathBuf> {
 
 /// `$PATH` with cargo's install directory appended when it is missing, so that a freshly
 /// installed `bpf-linker` is found by the builds we start (aya-build runs it through rustc).
-pub fn search_path() -> OsString {
+pub(crate) fn search_path() -> OsString {
     let current = env::var_os("PATH").unwrap_or_default();
     let mut dirs: Vec<PathBuf> = env::split_paths(&current).collect();
     if let Some(bin) = cargo_install_bin_dir()
@@ -44,7 +44,7 @@ pub fn search_path() -> OsString {
 }
 
 /// The first executable file called `name` on [`search_path`].
-pub fn find_program(name: &str) -> Option<PathBuf> {
+pub(crate) fn find_program(name: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt as _;
     env::split_paths(&search_path())
         .map(|dir| dir.join(name))
@@ -55,14 +55,14 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
 }
 
 /// A command that runs in the workspace root with [`search_path`] as its PATH.
-pub fn command(program: impl AsRef<OsStr>) -> Command {
+pub(crate) fn command(program: impl AsRef<OsStr>) -> Command {
     let mut cmd = Command::new(program);
     cmd.current_dir(workspace_root()).env("PATH", search_path());
     cmd
 }
 
 /// `cmd` as a shell-like string, for messages.
-pub fn display(cmd: &Command) -> String {
+pub(crate) fn display(cmd: &Command) -> String {
     let mut parts = vec![cmd.get_program().to_string_lossy().into_owned()];
     parts.extend(cmd.get_args().map(|a| {
         let a = a.to_string_lossy();
@@ -77,22 +77,22 @@ pub fn display(cmd: &Command) -> String {
 
 /// Runs `cmd` with inherited stdio and returns its exit status (an error only if it could
 /// not be started).
-pub fn status(cmd: &mut Command) -> Result<ExitStatus> {
+pub(crate) fn status(cmd: &mut Command) -> Result<ExitStatus> {
     cmd.status()
         .with_context(|| format!("cannot start `{}`", display(cmd)))
 }
 
 /// What one step of `cargo xtask test` counted: tests, checks or kernel-matrix cells.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct TestCounts {
-    pub passed: u64,
-    pub failed: u64,
-    pub skipped: u64,
+pub(crate) struct TestCounts {
+    pub(crate) passed: u64,
+    pub(crate) failed: u64,
+    pub(crate) skipped: u64,
 }
 
 impl TestCounts {
     /// Adds `other` to these counts.
-    pub fn add(&mut self, other: TestCounts) {
+    pub(crate) fn add(&mut self, other: TestCounts) {
         self.passed += other.passed;
         self.failed += other.failed;
         self.skipped += other.skipped;
@@ -100,7 +100,7 @@ impl TestCounts {
 
     /// Adds one libtest `test result: ok. N passed; M failed; K ignored; ...` line (`None`
     /// for any other line). Ignored tests count as skipped.
-    pub fn from_libtest_line(line: &str) -> Option<TestCounts> {
+    pub(crate) fn from_libtest_line(line: &str) -> Option<TestCounts> {
         let rest = line.trim().strip_prefix("test result: ")?;
         let mut counts = TestCounts::default();
         for part in rest.split(['.', ';']) {
@@ -118,7 +118,7 @@ impl TestCounts {
     /// Reads a step's own closing line, `PREFIX: N passed, M failed[, K skipped]`, exactly
     /// (`None` for any other line, including other prefixes: a script a step runs may print
     /// its own such line, which the step's line already counts).
-    pub fn from_summary_line(line: &str, prefix: &str) -> Option<TestCounts> {
+    pub(crate) fn from_summary_line(line: &str, prefix: &str) -> Option<TestCounts> {
         let rest = line.trim().strip_prefix(prefix)?.strip_prefix(": ")?;
         let mut parts = rest.split(", ");
         let mut number = |word: &str| -> Option<u64> {
@@ -146,7 +146,7 @@ impl TestCounts {
 /// Like [`status`], but reads the command's stdout (echoing every line) and adds up what it
 /// counted: libtest's `test result:` lines of every test binary when `summary_prefix` is
 /// `None`, else the command's own `PREFIX: N passed, M failed[, K skipped]` lines.
-pub fn status_counting(
+pub(crate) fn status_counting(
     cmd: &mut Command,
     summary_prefix: Option<&str>,
     counts: &mut TestCounts,
@@ -178,7 +178,7 @@ pub fn status_counting(
 }
 
 /// Runs `cmd` with inherited stdio; fails unless it exits successfully.
-pub fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     let st = status(cmd)?;
     if !st.success() {
         bail!("`{}` failed ({st})", display(cmd));
@@ -188,7 +188,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 /// Runs `cmd` with captured output. `Ok(Some(stdout))` when it exits successfully,
 /// `Ok(None)` when it runs but fails or cannot be started because the program is missing.
-pub fn output(cmd: &mut Command) -> Result<Option<String>> {
+pub(crate) fn output(cmd: &mut Command) -> Result<Option<String>> {
     match cmd.stdin(Stdio::null()).output() {
         Ok(out) if out.status.success() => {
             Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()))
@@ -201,7 +201,7 @@ pub fn output(cmd: &mut Command) -> Result<Option<String>> {
 
 /// Like [`output`] but returns the first line of stderr (or stdout) on failure, for
 /// "present but broken" messages.
-pub fn output_or_reason(cmd: &mut Command) -> std::result::Result<String, String> {
+pub(crate) fn output_or_reason(cmd: &mut Command) -> std::result::Result<String, String> {
     match cmd.stdin(Stdio::null()).output() {
         Ok(out) if out.status.success() => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
         Ok(out) => {
@@ -219,7 +219,7 @@ pub fn output_or_reason(cmd: &mut Command) -> std::result::Result<String, String
 }
 
 /// Whether this process runs as root.
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { geteuid() == 0 }
 }
@@ -230,7 +230,7 @@ unsafe extern "C" {
 
 /// A command that runs `program` as root: directly when we are root, through `sudo` when it
 /// is available, else an error naming `what` needs root.
-pub fn root_command(program: impl AsRef<OsStr>, what: &str) -> Result<Command> {
+pub(crate) fn root_command(program: impl AsRef<OsStr>, what: &str) -> Result<Command> {
     if is_root() {
         return Ok(command(program));
     }

@@ -40,12 +40,12 @@ use crate::{
 };
 
 /// kubernetes-validate from PyPI, pinned; its bundled schemas go up to this Kubernetes.
-pub const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+pub(crate) const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 /// Kubernetes versions the manifests must validate against (EKS's supported range and the
 /// newest schema the pinned validator has).
-pub const KUBERNETES_VERSIONS: &[&str] = &["1.31.0", "1.34.0", "1.37.0"];
+pub(crate) const KUBERNETES_VERSIONS: &[&str] = &["1.31.0", "1.34.0", "1.37.0"];
 /// Highest acceptable `systemd-analyze security` exposure (0 = locked down, 10 = none).
-pub const MAX_EXPOSURE: &str = "20"; // the --threshold unit is tenths: 2.0
+pub(crate) const MAX_EXPOSURE: &str = "20"; // the --threshold unit is tenths: 2.0
 
 /// Debian packages the checks run: (program that proves it installed, package).
 const DEB_TOOLS: &[(&str, &str)] = &[
@@ -74,7 +74,7 @@ enum Outcome {
     Skipped(String),
 }
 
-pub fn deploy_check() -> Result<ExitCode> {
+pub(crate) fn deploy_check() -> Result<ExitCode> {
     let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
     let root = cmd::is_root();
     if ci {

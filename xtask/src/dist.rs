@@ -33,7 +33,7 @@ use crate::cmd;
 
 /// A release architecture.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Arch {
+pub(crate) enum Arch {
     #[value(name = "x86_64")]
     X86_64,
     #[value(name = "aarch64")]
@@ -41,14 +41,14 @@ pub enum Arch {
 }
 
 impl Arch {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Arch::X86_64 => "x86_64",
             Arch::Aarch64 => "aarch64",
         }
     }
 
-    pub fn triple(self) -> &'static str {
+    pub(crate) fn triple(self) -> &'static str {
         match self {
             Arch::X86_64 => "x86_64-unknown-linux-musl",
             Arch::Aarch64 => "aarch64-unknown-linux-musl",
@@ -82,7 +82,7 @@ impl Arch {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct DistArgs {
+pub(crate) struct DistArgs {
     /// Architectures to build (repeatable); default: x86_64 and aarch64.
     #[arg(long = "arch", value_enum)]
     pub arches: Vec<Arch>,
@@ -92,14 +92,14 @@ pub struct DistArgs {
 }
 
 /// What one architecture's build produced, for the summary.
-pub struct Built {
+pub(crate) struct Built {
     pub arch: Arch,
     pub tarball: PathBuf,
     pub ran: String,
     pub seconds: f64,
 }
 
-pub fn dist(args: &DistArgs) -> Result<()> {
+pub(crate) fn dist(args: &DistArgs) -> Result<()> {
     let arches = if args.arches.is_empty() {
         vec![Arch::X86_64, Arch::Aarch64]
     } else {
@@ -125,7 +125,7 @@ pub fn dist(args: &DistArgs) -> Result<()> {
 }
 
 /// Builds, checks and packs each architecture into `out_dir`, then writes `SHA256SUMS`.
-pub fn build_all(arches: &[Arch], out_dir: &Path) -> Result<Vec<Built>> {
+pub(crate) fn build_all(arches: &[Arch], out_dir: &Path) -> Result<Vec<Built>> {
     let version = workspace_version()?;
     fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let mut built = Vec::new();
@@ -153,7 +153,7 @@ pub fn build_all(arches: &[Arch], out_dir: &Path) -> Result<Vec<Built>> {
 }
 
 /// `CARGO_TARGET_DIR` or `<workspace>/target`.
-pub fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR").filter(|v| !v.is_empty()) {
         Some(dir) => {
             let dir = PathBuf::from(dir);
@@ -168,7 +168,7 @@ pub fn target_dir() -> PathBuf {
 }
 
 /// `version` of `[workspace.package]` in the top Cargo.toml.
-pub fn workspace_version() -> Result<String> {
+pub(crate) fn workspace_version() -> Result<String> {
     let path = cmd::workspace_root().join("Cargo.toml");
     let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let mut in_section = false;
@@ -188,7 +188,7 @@ pub fn workspace_version() -> Result<String> {
 
 /// `cargo build --release --target <triple> -p imds-snoop`, after making sure the Rust
 /// target and the linker are there. Returns the binary's path.
-pub fn build_binary(arch: Arch) -> Result<PathBuf> {
+pub(crate) fn build_binary(arch: Arch) -> Result<PathBuf> {
     ensure_rust_target(arch.triple())?;
     let mut cargo = cmd::command("cargo");
     cargo.args([
@@ -242,13 +242,13 @@ fn install_deb(package: &str, why: &str) -> Result<()> {
 
 /// `apt-get update`, then `apt-get install` of `packages` ([`crate::setup::apt_install`]),
 /// saying why first.
-pub fn install_debs(packages: &[&str], why: &str) -> Result<()> {
+pub(crate) fn install_debs(packages: &[&str], why: &str) -> Result<()> {
     eprintln!("xtask: installing {} ({why})", packages.join(" "));
     crate::setup::apt_install(packages)
 }
 
 /// Static ELF of the right machine with one little-endian BPF object inside.
-pub fn inspect_binary(binary: &Path, arch: Arch) -> Result<()> {
+pub(crate) fn inspect_binary(binary: &Path, arch: Arch) -> Result<()> {
     let data = fs::read(binary).with_context(|| format!("reading {}", binary.display()))?;
     let elf = Elf64::parse(&data).with_context(|| format!("{}", binary.display()))?;
     if elf.machine != arch.elf_machine() {
@@ -327,7 +327,7 @@ fn embedded_bpf_objects(data: &[u8]) -> usize {
 
 /// Runs the binary (natively or under qemu-user): `--version` prints the version and
 /// `check` on a missing ready file exits 1. Returns what was done, for the summary.
-pub fn run_binary(binary: &Path, arch: Arch) -> Result<String> {
+pub(crate) fn run_binary(binary: &Path, arch: Arch) -> Result<String> {
     let Some(prefix) = arch.runner() else {
         let msg = format!(
             "built, linked and inspected; NOT run: no qemu-{} (Debian package qemu-user)",
@@ -380,7 +380,7 @@ pub fn run_binary(binary: &Path, arch: Arch) -> Result<String> {
 }
 
 /// Stages `imds-snoop-<version>-<arch>-linux-musl/` and packs it. Returns the tarball.
-pub fn pack(binary: &Path, arch: Arch, version: &str, out_dir: &Path) -> Result<PathBuf> {
+pub(crate) fn pack(binary: &Path, arch: Arch, version: &str, out_dir: &Path) -> Result<PathBuf> {
     let root = cmd::workspace_root();
     let name = format!("imds-snoop-{version}-{}-linux-musl", arch.name());
     let stage_parent = out_dir.join(".stage");

@@ -10,10 +10,10 @@ use anyhow::{Result, bail};
 use crate::cmd;
 
 /// The targets in fuzz/Cargo.toml, in the order of the data path.
-pub const TARGETS: [&str; 3] = ["decode", "http_reassembly", "report_line"];
+pub(crate) const TARGETS: [&str; 3] = ["decode", "http_reassembly", "report_line"];
 
 #[derive(Debug, Clone, clap::Args)]
-pub struct FuzzArgs {
+pub(crate) struct FuzzArgs {
     /// Seconds per target (libFuzzer's -max_total_time).
     #[arg(long, default_value_t = 25)]
     pub seconds: u64,
@@ -22,7 +22,7 @@ pub struct FuzzArgs {
     pub targets: Vec<String>,
 }
 
-pub fn fuzz(args: &FuzzArgs) -> Result<()> {
+pub(crate) fn fuzz(args: &FuzzArgs) -> Result<()> {
     let targets: Vec<&str> = if args.targets.is_empty() {
         TARGETS.to_vec()
     } else {

@@ -170,6 +170,34 @@ fn cargo_step(name: &'static str, args: &[&str]) -> Step {
     }
 }
 
+/// Clippy on the kernel program for one `bpf_target_arch`, with the cfg aya-build passes
+/// when it builds the object for a daemon of that architecture, in a target directory of
+/// its own so that neither architecture rebuilds `core` for the other.
+fn bpf_clippy_step(name: &'static str, arch: &str) -> Step {
+    let target_dir = format!("target/bpf-clippy/{arch}");
+    let mut step = cargo_step(
+        name,
+        &[
+            "+nightly",
+            "clippy",
+            "-p",
+            "imds-snoop-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--target-dir",
+            &target_dir,
+            "--",
+            "-D",
+            "warnings",
+        ],
+    );
+    step.command
+        .env("RUSTFLAGS", format!(r#"--cfg bpf_target_arch="{arch}""#));
+    step
+}
+
 /// What one step adds to the closing line. A step whose own counts show no failure but
 /// which failed (a build error, a crash, a check outside any count) adds one failure, and
 /// a step that counted nothing adds itself as one check: the closing line can never say
@@ -214,6 +242,10 @@ fn test() -> Result<ExitCode> {
             "clippy",
             &["clippy", "--all-targets", "--", "-D", "warnings"],
         ),
+        // The kernel program is not a default member: lint it for its own target, once per
+        // `bpf_target_arch` we ship (kprobe argument access differs by architecture).
+        bpf_clippy_step("bpf-x86_64", "x86_64"),
+        bpf_clippy_step("bpf-aarch64", "aarch64"),
         tests,
         // deploy/: unit verified and run under real systemd, install.sh, capabilities,
         // manifests against Kubernetes schemas, AL2023 user data, the container image.

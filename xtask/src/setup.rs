@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::cmd;
 
 /// A Debian package the build or the tests need.
-pub struct DebPackage {
+pub(crate) struct DebPackage {
     /// The package name, for `dpkg-query` and `apt-get install`.
     pub name: &'static str,
     /// When this program is on PATH the package is not needed (e.g. a pyenv `python3`
@@ -19,7 +19,7 @@ pub struct DebPackage {
 }
 
 /// The Debian packages to install when missing. Extend here.
-pub const DEB_PACKAGES: &[DebPackage] = &[
+pub(crate) const DEB_PACKAGES: &[DebPackage] = &[
     DebPackage {
         name: "iproute2",
         satisfied_by_program: None,
@@ -59,7 +59,7 @@ pub const DEB_PACKAGES: &[DebPackage] = &[
 
 /// Python modules the tests import: (module, pip package, Debian package used when pip is
 /// unavailable or refuses, e.g. an externally managed Debian python).
-pub const PYTHON_MODULES: &[(&str, &str, &str)] = &[
+pub(crate) const PYTHON_MODULES: &[(&str, &str, &str)] = &[
     ("botocore", "botocore", "python3-botocore"),
     // The real Prometheus text parser the metrics end-to-end test scrapes /metrics with.
     (
@@ -70,19 +70,19 @@ pub const PYTHON_MODULES: &[(&str, &str, &str)] = &[
 ];
 
 /// bpf-linker version built from crates.io (against nightly's own libLLVM).
-pub const BPF_LINKER_VERSION: &str = "0.13.0";
+pub(crate) const BPF_LINKER_VERSION: &str = "0.13.0";
 /// LLVM majors that `BPF_LINKER_VERSION` has an `llvm-N` feature for.
-pub const BPF_LINKER_LLVM_MAJORS: &[u32] = &[21, 22, 23];
+pub(crate) const BPF_LINKER_LLVM_MAJORS: &[u32] = &[21, 22, 23];
 
 #[derive(Debug, Default, clap::Args)]
-pub struct SetupArgs {
+pub(crate) struct SetupArgs {
     /// Rebuild bpf-linker even when a working one is installed (e.g. after a nightly
     /// update changed LLVM).
     #[arg(long)]
     pub rebuild_bpf_linker: bool,
 }
 
-pub fn setup(args: &SetupArgs) -> Result<()> {
+pub(crate) fn setup(args: &SetupArgs) -> Result<()> {
     nightly_toolchain()?;
     nightly_component("rust-src")?;
     nightly_component("rustfmt")?;
@@ -337,7 +337,7 @@ fn deb_installed(name: &str) -> Result<bool> {
 
 /// `apt-get update` once, then `apt-get install` of `packages` (through sudo when not root).
 /// The one place the xtasks install Debian packages.
-pub fn apt_install(packages: &[&str]) -> Result<()> {
+pub(crate) fn apt_install(packages: &[&str]) -> Result<()> {
     if cmd::find_program("apt-get").is_none() {
         bail!("apt-get not found: install {} by hand", packages.join(" "));
     }

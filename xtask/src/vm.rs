@@ -4,12 +4,18 @@
 //! `vm-guest` runner (tests/vm-guest), and reads each guest's verdict from its serial
 //! console. Then runs the same runner on the host kernel in a network namespace of its own
 //! (the tracepoint path). Prints a kernel x attach-mode matrix; fails if any cell failed or a
-//! kernel did not report.
+//! kernel did not report. Each run (guest or host) also checks the kernel program's hook
+//! prototypes (the `// proto:` lines of imds-snoop-ebpf) against that kernel's own
+//! `/sys/kernel/btf/vmlinux` (vm-guest's `protos.rs`): the `protos` column, and a drift fails
+//! the kernel's row.
 //!
 //! Everything downloaded is a Debian package (kernels, with a private apt state under
 //! `target/vm/apt/` so the system's apt lists are not changed) or a crate. Cached under
 //! `target/vm/`: `kernels/<uname -r>/` (unpacked package), `apt/`, `initramfs.cpio`,
 //! `logs/<kernel>.console.log` (each guest's console), `matrix.md` (the last matrix).
+// Reads guest consoles (any bytes a kernel or a broken guest prints): no string slice that
+// could panic on them.
+#![warn(clippy::string_slice)]
 
 use std::{
     collections::BTreeMap,
@@ -28,7 +34,7 @@ use crate::cmd;
 
 /// What `cargo xtask vm-test` does (its command line); `Default` is the full matrix.
 #[derive(Debug, Clone, clap::Args)]
-pub struct VmTestOptions {
+pub(crate) struct VmTestOptions {
     /// Kernel series to boot (5.10, 6.1, 6.12); repeatable; default all.
     #[arg(long = "kernel", value_name = "SERIES")]
     pub kernels: Vec<String>,
@@ -123,7 +129,7 @@ const DEB_PACKAGES: &[&str] = &[
 const BUSYBOX: &str = "/bin/busybox";
 const MATRIX_MODES: [&str; 4] = ["fentry", "kprobe", "tracepoint", "auto"];
 
-pub fn vm_test(opts: VmTestOptions) -> Result<()> {
+pub(crate) fn vm_test(opts: VmTestOptions) -> Result<()> {
     let started = Instant::now();
     let root = cmd::workspace_root();
     let target = env::var_os("CARGO_TARGET_DIR")
@@ -716,6 +722,32 @@ impl Row {
     }
 }
 
+/// The matrix column of the hook prototype check.
+const PROTOS: &str = "protos";
+
+/// Parses `IMDS-PROTOS kernel=K result=pass|fail hooks=N [reason=...]` (vm-guest's hook
+/// prototype check) into the `protos` column's result (`events`: hooks checked).
+fn parse_protos(line: &str) -> Option<(String, ModeResult)> {
+    let rest = line.strip_prefix("IMDS-PROTOS ")?;
+    let (fields, reason) = match rest.split_once(" reason=") {
+        Some((f, r)) => (f, Some(r.to_owned())),
+        None => (rest, None),
+    };
+    let kv: BTreeMap<&str, &str> = fields
+        .split_whitespace()
+        .filter_map(|f| f.split_once('='))
+        .collect();
+    let result = ModeResult {
+        pass: kv.get("result") == Some(&"pass"),
+        refused: false,
+        attached: "-".into(),
+        events: kv.get("hooks").and_then(|v| v.parse().ok()).unwrap_or(0),
+        secs: 0.0,
+        reason,
+    };
+    Some((kv.get("kernel")?.to_string(), result))
+}
+
 /// Parses `IMDS-RESULT kernel=K mode=M [expect=refused] attached=A result=R events=N secs=S
 /// [reason=...]`.
 fn parse_result(line: &str) -> Option<(String, String, ModeResult)> {
@@ -768,7 +800,17 @@ fn collect(
                 errors.push(format!("a result for kernel {k} came from {kernel}"));
             }
             results.insert(mode, r);
+        } else if let Some((k, r)) = parse_protos(l) {
+            if k != kernel {
+                errors.push(format!(
+                    "a prototype check for kernel {k} came from {kernel}"
+                ));
+            }
+            results.insert(PROTOS.to_owned(), r);
         }
+    }
+    if !results.contains_key(PROTOS) {
+        errors.push("hook prototypes: not checked (no IMDS-PROTOS line)".into());
     }
     for spec in specs {
         if !results.contains_key(spec_column(spec)) {
@@ -827,7 +869,12 @@ fn read_lines(
             Ok(line) => {
                 let _ = writeln!(log, "{line}");
                 let line = strip_controls(&line);
-                if verbose || line.starts_with("IMDS-RESULT") || line.starts_with("IMDS-BOOT") {
+                if verbose
+                    || line.starts_with("IMDS-RESULT")
+                    || line.starts_with("IMDS-BOOT")
+                    || line.starts_with("IMDS-PROTOS")
+                    || (line.starts_with("IMDS-PROTO ") && line.contains("result=DRIFT"))
+                {
                     eprintln!("  [{tag}] {line}");
                 }
                 if line.starts_with("IMDS-EXIT") {
@@ -861,7 +908,7 @@ fn strip_controls(s: &str) -> String {
     }
     // A kernel message may land in front of ours on the same console line.
     match out.find("IMDS-") {
-        Some(i) if i > 0 => out[i..].to_owned(),
+        Some(i) if i > 0 => out.split_off(i),
         _ => out,
     }
 }
@@ -1142,6 +1189,11 @@ fn row_cells(row: &Row) -> Vec<String> {
         let r = row.results.get(m);
         cells.push(if m == "auto" { auto_cell(r) } else { cell(r) });
     }
+    cells.push(match row.results.get(PROTOS) {
+        None => "-".into(),
+        Some(r) if r.pass => format!("ok {} hooks", r.events),
+        Some(_) => "DRIFT".into(),
+    });
     cells.push(if row.ok() {
         "PASS".into()
     } else {
@@ -1151,12 +1203,13 @@ fn row_cells(row: &Row) -> Vec<String> {
     cells
 }
 
-const HEADER: [&str; 7] = [
+const HEADER: [&str; 8] = [
     "kernel",
     "fentry",
     "kprobe",
     "tracepoint",
     "auto",
+    PROTOS,
     "kernel result",
     "time",
 ];
@@ -1272,6 +1325,35 @@ mod tests {
         assert_eq!(m, "tracepoint");
         assert!(!r.pass && r.refused);
         assert_eq!(r.reason.as_deref(), Some("a b=c"));
+    }
+
+    #[test]
+    fn prototype_check_lines() {
+        let (k, r) =
+            parse_protos("IMDS-PROTOS kernel=5.10.0-46-cloud-amd64 result=pass hooks=6").unwrap();
+        assert_eq!(k, "5.10.0-46-cloud-amd64");
+        assert!(r.pass && r.events == 6 && r.reason.is_none());
+        let (_, r) = parse_protos(
+            "IMDS-PROTOS kernel=6.1 result=fail hooks=6 reason=fentry/tcp_sendmsg: a b=c",
+        )
+        .unwrap();
+        assert!(!r.pass);
+        assert_eq!(r.reason.as_deref(), Some("fentry/tcp_sendmsg: a b=c"));
+        assert!(parse_protos("IMDS-PROTO kernel=6.1 hook=x result=ok").is_none());
+
+        // A row passes only with the check reported and passed.
+        let pass =
+            "IMDS-RESULT kernel=6.1 mode=fentry attached=fentry result=pass events=16 secs=1.0";
+        let row = |lines: &[&str]| {
+            let lines: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+            collect("6.1", "6.1".into(), &["fentry"], &lines, Vec::new(), 1.0)
+        };
+        assert!(!row(&[pass]).ok());
+        assert!(row(&[pass, "IMDS-PROTOS kernel=6.1 result=pass hooks=6"]).ok());
+        let drift = row(&[pass, "IMDS-PROTOS kernel=6.1 result=fail hooks=6 reason=x"]);
+        assert!(!drift.ok());
+        assert!(row_cells(&drift).contains(&"DRIFT".to_string()));
+        assert!(matrix(&[drift]).contains("6.1 protos: x"));
     }
 
     #[test]

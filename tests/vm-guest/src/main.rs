@@ -8,7 +8,13 @@
 //!        | auto=MODE                      run the suite with `--attach auto`, expect MODE
 //!        | refuse=MODE                    expect `--attach MODE` to fail cleanly (no hook)
 //! vm-guest client KIND                     (internal) one IMDS client, run as our child
+//! vm-guest protos [--btf F] [--kernel R]   only check the hook prototypes (no root needed)
 //! ```
+//!
+//! Before the suite, the runner checks every hook prototype of the kernel program (the
+//! `// proto:` lines of imds-snoop-ebpf's sources, built in) against this kernel's
+//! `/sys/kernel/btf/vmlinux`, one `IMDS-PROTO` line per hook and a summary the host parses:
+//! `IMDS-PROTOS kernel=K result=pass|fail hooks=N [reason=...]` (see `protos.rs`).
 //!
 //! Per SPEC it starts `imds-snoop --attach M --log-file DIR/imds-M.log`, waits for its
 //! `attached ...` line, runs the clients below as child processes (so their pid, comm
@@ -28,6 +34,8 @@
 //! (`reason=` is always last and runs to the end of the line.) The fake IMDS listens on
 //! 169.254.169.254:80, [fd00:ec2::254]:80 and 169.254.169.254:8080 (a port that must not be
 //! traced); those addresses must already be on `lo` (the VM's /init, or the host's netns).
+
+mod protos;
 
 use std::{
     collections::BTreeMap,
@@ -57,6 +65,26 @@ const V6_DST: &str = "[fd00:ec2::254]:80";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("protos") {
+        // Another kernel's BTF (e.g. extracted from its vmlinux) with `--btf F --kernel R`.
+        let (mut btf, mut kernel) = ("/sys/kernel/btf/vmlinux".to_owned(), kernel_release());
+        let mut it = args.iter().skip(1);
+        while let Some(flag) = it.next() {
+            match (flag.as_str(), it.next()) {
+                ("--btf", Some(v)) => btf.clone_from(v),
+                ("--kernel", Some(v)) => kernel.clone_from(v),
+                _ => {
+                    eprintln!("usage: vm-guest protos [--btf PATH] [--kernel RELEASE]");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        return if protos::run(&kernel, &btf, &out) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
     if args.first().map(String::as_str) == Some("client") {
         return match client(args.get(1).map(String::as_str).unwrap_or("")) {
             Ok(()) => ExitCode::SUCCESS,
@@ -166,9 +194,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
 
 fn runner(args: &[String]) -> Result<bool, String> {
     let opts = parse_args(args)?;
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".into());
+    let kernel = kernel_release();
     let btf = fs::read("/sys/kernel/btf/vmlinux").ok();
     let has_tp = btf
         .as_deref()
@@ -179,8 +205,9 @@ fn runner(args: &[String]) -> Result<bool, String> {
         yes_no(has_tp)
     ));
 
+    let mut all_ok = protos::run(&kernel, "/sys/kernel/btf/vmlinux", &out);
+
     let server = start_fake_imds();
-    let mut all_ok = true;
     for spec in &opts.specs {
         let start = Instant::now();
         let outcome = match &server {
@@ -231,6 +258,13 @@ impl Outcome {
             reason: Some(reason),
         }
     }
+}
+
+/// `uname -r`.
+fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// Prints a result line on stdout and flushes (the console is what the host reads).
