@@ -29,7 +29,7 @@ pub struct TextLine<'a> {
 /// What follows the level.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TextBody<'a> {
-    /// A request line: its label is one of the class table's.
+    /// A request line: a label of the class table, or any label followed by ` (pid:`.
     Call(TextCall<'a>),
     /// The daemon's `imds-snoop dropped <events> events ...` line: the log misses
     /// `events` calls since the previous one.
@@ -43,9 +43,11 @@ pub enum TextBody<'a> {
 /// A request line after its level: `<label> (pid:...) ... req details: ...`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TextCall<'a> {
-    /// The label as written (the class table's [`crate::ClassInfo::label`]).
+    /// The label as written.
     pub label: &'a str,
-    pub class: Class,
+    /// The class whose [`crate::ClassInfo::label`] it is; `None` for a label not in the
+    /// table (a newer daemon's, or no request line at all).
+    pub class: Option<Class>,
     /// After the label and its space: `(pid:...) called by -> ... req details: ...`;
     /// empty when the line has no ` (pid:`.
     pub rest: &'a str,
@@ -124,14 +126,15 @@ impl<'a> TextBody<'a> {
             Some(i) => (&rest[..i], &rest[i + 1..]),
             None => (rest, ""),
         };
-        match Class::from_label(label) {
-            Some(class) => TextBody::Call(TextCall {
-                label,
-                class,
-                rest: after,
-            }),
-            None => TextBody::Other(rest),
+        let class = Class::from_label(label);
+        if class.is_none() && after.is_empty() {
+            return TextBody::Other(rest);
         }
+        TextBody::Call(TextCall {
+            label,
+            class,
+            rest: after,
+        })
     }
 }
 
@@ -336,7 +339,7 @@ mod tests {
             assert_rejoins(line);
         }
         let c = call(&e2e[0]);
-        assert_eq!(c.class, Class::V1);
+        assert_eq!(c.class, Some(Class::V1));
         assert_eq!(
             c.caller(),
             Some(TextProc {
@@ -370,7 +373,7 @@ mod tests {
         assert_eq!(host[3], "this line is not a trace line");
         assert_eq!(TextLine::parse(&host[3]), None);
         let c = call(&host[0]);
-        assert_eq!(c.class, Class::V2Token);
+        assert_eq!(c.class, Some(Class::V2Token));
         assert_eq!(TextLine::parse(&host[0]).unwrap().level, "INFO");
         assert_eq!(c.fields().origin, TextOrigin::Host { unit: None });
         assert_eq!(
@@ -433,7 +436,7 @@ mod tests {
                     container:0123456789ab uid:0 dst:169.254.169.254:80";
         assert_rejoins(line);
         let c = call(line);
-        assert_eq!(c.class, Class::V2TokenNoResponse);
+        assert_eq!(c.class, Some(Class::V2TokenNoResponse));
         assert_eq!(
             c.fields().origin,
             TextOrigin::Container { id: "0123456789ab" }
@@ -468,11 +471,13 @@ mod tests {
                     are not calls (totals: process events 2, responses 1); ...";
         assert_eq!(TextLine::parse(lost).unwrap().body, TextBody::Degraded);
         assert_eq!(
-            TextLine::parse("[t] [INFO] something else (pid:1:x argv:y)")
-                .unwrap()
-                .body,
-            TextBody::Other("something else (pid:1:x argv:y)")
+            TextLine::parse("[t] [INFO] something else").unwrap().body,
+            TextBody::Other("something else")
         );
+        // A label not in the table, with a caller: a call of no known class.
+        let c = call("[t] [INFO] imdsv3 (pid:1:x argv:y)");
+        assert_eq!((c.label, c.class), ("imdsv3", None));
+        assert_eq!(c.caller().unwrap().comm, "x");
         for line in ["", "hello", "[t]", "[t] [INFO]", "{\"schema\":1}"] {
             assert_eq!(TextLine::parse(line), None, "{line}");
         }

@@ -123,7 +123,7 @@ fn parse_text(line: &str) -> Option<Line> {
         TextBody::Other(_) => return None,
         TextBody::Call(c) => c,
     };
-    let kind = Kind::from(c.class);
+    let kind = Kind::from(c.class?);
     let comm = c.caller().map(|p| p.comm.to_string());
     if kind != Kind::TokenFailure && comm.is_none() {
         return None;
