@@ -2,7 +2,8 @@
 //! `imds-snoop` crate): throw-away network namespaces that own the IMDS addresses, the fake
 //! IMDS (tests/fake_imds.py) inside them, the real `imds-snoop` binary (the caller says
 //! where it is), real clients, and the trace log read back through the line contract
-//! ([`line`], the `imds-snoop-line` crate).
+//! ([`line`], the `imds-snoop-line` crate). Also the in-process fake IMDS ([`TinyImds`]) that
+//! the kernel-matrix guest (tests/vm-guest) runs where there is no Python.
 //!
 //! Every packet a test sends stays inside its own namespace: the IMDS addresses exist only
 //! on that namespace's loopback, and proxies are removed from the clients' environment.
@@ -23,6 +24,7 @@ mod fake;
 mod lines;
 mod netns;
 mod prereq;
+mod tiny_imds;
 
 pub use client::{Client, Finished, botocore_credentials, curl, curl_status, run_client};
 pub use daemon::Daemon;
@@ -31,6 +33,7 @@ pub use fake::{FakeImds, FakeOpts, Secret};
 pub use lines::{LogLine, lines_of, pids, show};
 pub use netns::{Netns, Routed};
 pub use prereq::{require_root, serial};
+pub use tiny_imds::TinyImds;
 
 pub const IMDS_V4: &str = "169.254.169.254";
 pub const IMDS_V6: &str = "fd00:ec2::254";
