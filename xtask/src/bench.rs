@@ -36,6 +36,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use imds_snoop_line::{TextBody, TextLine};
 
 use crate::cmd;
 
@@ -1323,48 +1324,26 @@ fn count_lines(log: &Path, ours: Ours) -> Result<LineCounts> {
         for line in BufReader::new(file).split(b'\n') {
             let line = line?;
             let line = String::from_utf8_lossy(&line);
-            // `[date time,ms] [LEVEL] label (pid:N:comm argv:...) ...`
-            let mut parts = line.splitn(3, "] ");
-            let (Some(_), Some(_), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
-                continue;
+            // Read through the line contract (imds-snoop-line).
+            let call = match TextLine::parse(&line).map(|l| l.body) {
+                Some(TextBody::Dropped { events }) => {
+                    counts.drop_warnings += events;
+                    continue;
+                }
+                // A token PUT left unanswered (its response lost, e.g. to a full ring) is a
+                // request line too, of its own class.
+                Some(TextBody::Call(call)) if call.class.is_some() => call,
+                _ => continue,
             };
-            if let Some(n) = rest
-                .strip_prefix("imds-snoop dropped ")
-                .and_then(|r| r.split_whitespace().next())
-                .and_then(|n| n.parse::<u64>().ok())
-            {
-                counts.drop_warnings += n;
-                continue;
-            }
-            // A token PUT left unanswered (its response lost, e.g. to a full ring) is a
-            // request line too, under a label of several words.
-            const TOKEN_NO_RESPONSE: &str = "imdsv2 token response not received (hop limit?)";
-            let label = if rest.starts_with(TOKEN_NO_RESPONSE) {
-                TOKEN_NO_RESPONSE
-            } else {
-                rest.split_whitespace().next().unwrap_or("")
-            };
-            if !matches!(
-                label,
-                "imdsv1(!)" | "imdsv2" | "imdsv2(token)" | "malformed(!)" | TOKEN_NO_RESPONSE
-            ) {
-                continue;
-            }
-            *counts.by_class.entry(label.to_owned()).or_default() += 1;
-            // `(pid:N:comm argv:...`
-            let caller = rest[label.len()..].trim_start();
+            *counts.by_class.entry(call.label.to_owned()).or_default() += 1;
             let is_ours = match ours {
-                Ours::Pid(p) => caller.starts_with(&format!("(pid:{p}:")),
-                Ours::Loadgen => caller
-                    .strip_prefix("(pid:")
-                    .and_then(|r| r.split_once(':'))
-                    .is_some_and(|(_, r)| r.starts_with("loadgen ")),
+                Ours::Pid(p) => call.caller_pid() == Some(p),
+                Ours::Loadgen => call.caller().is_some_and(|c| c.comm == "loadgen"),
             };
             if is_ours {
                 counts.ours += 1;
                 if counts.sample_ancestors.is_none() {
-                    let chain = rest.split(" req details: ").next().unwrap_or("");
-                    counts.sample_ancestors = Some(chain.matches(" -> (pid:").count());
+                    counts.sample_ancestors = Some(call.ancestor_count());
                 }
             }
         }
@@ -1582,4 +1561,41 @@ unsafe extern "C" {
     fn kill(pid: i32, sig: i32) -> i32;
     fn sysconf(name: i32) -> i64;
     fn syscall(num: i64, ...) -> i64;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lines the daemon wrote in an end-to-end run, a loss line and a hop-limit warning.
+    #[test]
+    fn count_lines_reads_the_daemon_lines() {
+        let fixture = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/report/e2e-daemon.log"
+        );
+        let mut log = fs::read_to_string(fixture).unwrap();
+        log.push_str(
+            "[2026-11-23 09:29:24,000] [WARNING] imds-snoop dropped 7 events (totals: ring \
+             buffer full 7, no scratch 0, writer queue full 0, log write failed 0); raise \
+             --ring-bytes if the ring buffer fills\n\
+             [2026-11-23 09:29:25,000] [WARNING] imdsv2 token response not received (hop \
+             limit?) (pid:25929:loadgen argv:loadgen burst) req details: put \
+             /latest/api/token http/1.1, host unit:- uid:0 dst:169.254.169.254:80\n\
+             not a trace line\n",
+        );
+        let path = std::env::temp_dir().join(format!("xtask-bench-{}.log", std::process::id()));
+        fs::write(&path, log).unwrap();
+        let by_pid = count_lines(&path, Ours::Pid(25906)).unwrap();
+        let loadgen = count_lines(&path, Ours::Loadgen).unwrap();
+        let _ = fs::remove_file(&path);
+        assert_eq!(by_pid.by_class["imdsv1(!)"], 2);
+        assert_eq!(
+            by_pid.by_class["imdsv2 token response not received (hop limit?)"],
+            1
+        );
+        assert_eq!((by_pid.imds_total(), by_pid.drop_warnings), (3, 7));
+        assert_eq!((by_pid.ours, by_pid.sample_ancestors), (1, Some(3)));
+        assert_eq!((loadgen.ours, loadgen.sample_ancestors), (1, Some(0)));
+    }
 }
