@@ -37,6 +37,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use imds_snoop_line::{TextBody, TextLine};
+use imds_snoop_test_support::netns::{self, Namespace};
 
 use crate::cmd;
 
@@ -144,7 +145,7 @@ pub fn bench(opts: BenchOptions) -> Result<()> {
 
     let mut report = Report::default();
     print_header(&opts, &plan);
-    let ns = Netns::new()?;
+    let ns = bench_netns()?;
     let env = Env {
         daemon: daemon_bin,
         loadgen,
@@ -898,13 +899,13 @@ struct Env {
     daemon: PathBuf,
     loadgen: PathBuf,
     scratch: PathBuf,
-    ns: Netns,
+    ns: Namespace,
 }
 
 impl Env {
     /// Runs the load generator in the namespace; its `key=value` line.
     fn loadgen_run(&self, args: &[&str]) -> Result<HashMap<String, String>> {
-        let mut c = self.ns.command(&self.loadgen);
+        let mut c = self.ns.exec(&self.loadgen);
         c.args(args);
         let out = c
             .stderr(Stdio::piped())
@@ -935,7 +936,7 @@ impl Env {
         let err = self.scratch.join(format!("{tag}.loadgen.err"));
         let mut line = format!(
             "ip netns exec {} {}",
-            shq(&self.ns.name),
+            shq(self.ns.name()),
             shq(&self.loadgen.to_string_lossy())
         );
         for a in args {
@@ -970,97 +971,30 @@ impl Env {
     }
 }
 
-/// The benchmark's network namespace: `lo` up with the IMDS addresses. Deleted on drop,
-/// with every process still inside it killed.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new() -> Result<Self> {
-        reap_stale_namespaces();
-        let name = format!("{NETNS_PREFIX}{}", std::process::id());
-        delete_netns(&name);
-        cmd::run(Command::new("ip").args(["netns", "add", &name]))?;
-        let ns = Self { name };
-        ns.ip(&["link", "set", "lo", "up"])?;
-        ns.ip(&["addr", "add", "169.254.169.254/32", "dev", "lo"])?;
-        ns.ip(&["addr", "add", "fd00:ec2::254/128", "dev", "lo", "nodad"])?;
-        // New-connection clients: more ports, reuse of TIME_WAIT ones (this namespace only).
-        let _ = Command::new("ip")
-            .args(["netns", "exec", &ns.name, "sysctl", "-q", "-w"])
-            .args([
-                "net.ipv4.ip_local_port_range=1024 65000",
-                "net.ipv4.tcp_tw_reuse=1",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        Ok(ns)
+/// The benchmark's network namespace (`imds-bench-<pid>`): `lo` up with the IMDS
+/// addresses. Deleted on drop, with every process still inside it killed (tests/support's
+/// [`Namespace`]).
+fn bench_netns() -> Result<Namespace> {
+    netns::reap_stale(NETNS_PREFIX);
+    let name = format!("{NETNS_PREFIX}{}", std::process::id());
+    if Path::new("/var/run/netns").join(&name).exists() {
+        netns::delete(&name);
     }
-
-    fn ip(&self, args: &[&str]) -> Result<()> {
-        let out = Command::new("ip")
-            .args(["-n", &self.name])
-            .args(args)
-            .output()
-            .context("running ip")?;
-        if !out.status.success() {
-            bail!(
-                "ip -n {} {}: {}",
-                self.name,
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(())
-    }
-
-    fn command(&self, program: &Path) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name]).arg(program);
-        c.stdin(Stdio::null());
-        c
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        delete_netns(&self.name);
-    }
-}
-
-fn delete_netns(name: &str) {
-    if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() {
-        for pid in String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .filter_map(|p| p.parse::<i32>().ok())
-        {
-            // SAFETY: plain kill(2); these are processes inside our own namespace.
-            unsafe { kill(pid, SIGKILL) };
-        }
-    }
-    let _ = Command::new("ip")
-        .args(["netns", "del", name])
+    let ns = Namespace::create(&name)?;
+    ns.ip(&["addr", "add", "169.254.169.254/32", "dev", "lo"])?;
+    ns.ip(&["addr", "add", "fd00:ec2::254/128", "dev", "lo", "nodad"])?;
+    // New-connection clients: more ports, reuse of TIME_WAIT ones (this namespace only).
+    let _ = ns
+        .exec("sysctl")
+        .args(["-q", "-w"])
+        .args([
+            "net.ipv4.ip_local_port_range=1024 65000",
+            "net.ipv4.tcp_tw_reuse=1",
+        ])
+        .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
-}
-
-/// Namespaces left by a benchmark that was killed outright (its pid is gone).
-fn reap_stale_namespaces() {
-    let Ok(entries) = fs::read_dir("/var/run/netns") else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = name
-            .strip_prefix(NETNS_PREFIX)
-            .and_then(|p| p.parse::<i32>().ok())
-            && !Path::new(&format!("/proc/{pid}")).exists()
-        {
-            delete_netns(&name);
-        }
-    }
+    Ok(ns)
 }
 
 /// A running imds-snoop, attached. Killed on drop if not stopped.

@@ -22,7 +22,7 @@ mod daemon;
 mod dir;
 mod fake;
 mod lines;
-mod netns;
+pub mod netns;
 mod prereq;
 mod tiny_imds;
 

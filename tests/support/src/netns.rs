@@ -1,7 +1,10 @@
-//! Network namespaces: one flat namespace per test, or the routed pod -> node -> imds
-//! topology.
+//! Network namespaces: [`Namespace`] (made, joined, deleted; errors returned), and on it the
+//! tests' [`Netns`] (one flat namespace per test, panicking on a setup failure) and the
+//! routed pod -> node -> imds topology ([`Routed`]).
 
 use std::{
+    ffi::OsStr,
+    io,
     path::Path,
     process::{self, Command, Stdio},
     sync::Once,
@@ -12,11 +15,76 @@ use crate::{
     dir::TestDir, next_id,
 };
 
+/// A network namespace this process made (`ip netns add`), with its `lo` up. Dropping it
+/// kills every process still inside and deletes it. `cargo xtask bench` uses it directly;
+/// the tests through [`Netns`].
+pub struct Namespace {
+    name: String,
+}
+
+impl Namespace {
+    /// `ip netns add NAME`, then `lo` up (a failure there deletes the namespace again).
+    pub fn create(name: &str) -> io::Result<Self> {
+        run(Command::new("ip").args(["netns", "add", name]))?;
+        // From here on, Drop cleans up whatever the rest of the setup leaves.
+        let ns = Self {
+            name: name.to_owned(),
+        };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// The namespace's name, for tools that join it by path (/var/run/netns/NAME).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `ip -n NAME ARGS`; the error holds `ip`'s stderr.
+    pub fn ip(&self, args: &[&str]) -> io::Result<()> {
+        run(Command::new("ip").args(["-n", &self.name]).args(args))
+    }
+
+    /// `ip netns exec NAME program`, stdin from /dev/null. `ip` execs in place, so the
+    /// child's pid is the program's.
+    pub fn exec(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(program);
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        delete(&self.name);
+    }
+}
+
+/// Runs a setup command; its stderr is the error when it fails.
+fn run(cmd: &mut Command) -> io::Result<()> {
+    let out = cmd
+        .output()
+        .map_err(|e| io::Error::new(e.kind(), format!("running {cmd:?}: {e}")))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(io::Error::other(format!(
+        "{cmd:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    )))
+}
+
+/// Runs a setup command; panics with its stderr if it fails.
+pub(crate) fn run_ok(cmd: &mut Command) {
+    run(cmd).unwrap_or_else(|e| panic!("{e}"));
+}
+
 /// A network namespace whose loopback holds the IMDS addresses (and a few others), so the
 /// real clients inside it talk to our fake and nothing leaves it. Dropping it kills every
 /// process still inside and deletes it, also when the test panicked.
 pub struct Netns {
-    name: String,
+    ns: Namespace,
     dir: TestDir,
 }
 
@@ -35,30 +103,28 @@ impl Netns {
 
     /// A namespace with only its loopback up (no IMDS addresses): a "pod" or a "node".
     pub fn bare(tag: &str) -> Self {
-        reap_stale_namespaces();
+        static REAPED: Once = Once::new();
+        REAPED.call_once(|| reap_stale(NETNS_PREFIX));
         let name = format!("{NETNS_PREFIX}{}-{}-{tag}", process::id(), next_id());
-        run_ok(Command::new("ip").args(["netns", "add", &name]));
-        // From here on, Drop cleans up whatever the rest of the setup leaves.
-        let ns = Self {
+        let ns = Namespace::create(&name).unwrap_or_else(|e| panic!("{e}"));
+        Self {
+            ns,
             dir: TestDir::new(&format!("ns-{tag}")),
-            name,
-        };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
+        }
+    }
+
+    /// The namespace's name, for tools that join it by path (/var/run/netns/NAME).
+    pub fn name(&self) -> &str {
+        self.ns.name()
     }
 
     /// Where clients' output files and the fakes' files go.
-    /// The namespace's name, for tools that join it by path (/var/run/netns/NAME).
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     pub fn dir(&self) -> &TestDir {
         &self.dir
     }
 
     pub(crate) fn ip(&self, args: &[&str]) {
-        run_ok(Command::new("ip").args(["-n", &self.name]).args(args));
+        self.ns.ip(args).unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// A veth pair between this namespace (`ADDR/24` on `dev`) and `peer` (`peer_addr/24`
@@ -72,7 +138,16 @@ impl Netns {
         peer_addr: &str,
     ) {
         self.ip(&[
-            "link", "add", dev, "type", "veth", "peer", "name", peer_dev, "netns", &peer.name,
+            "link",
+            "add",
+            dev,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer_dev,
+            "netns",
+            peer.name(),
         ]);
         self.ip(&["addr", "add", &format!("{addr}/24"), "dev", dev]);
         peer.ip(&["addr", "add", &format!("{peer_addr}/24"), "dev", peer_dev]);
@@ -81,26 +156,19 @@ impl Netns {
     }
 
     /// `ip netns exec NAME program`: exec's in place, so the child's pid is the program's.
+    /// Proxy variables are removed from its environment.
     pub fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name, program]);
+        let mut cmd = self.ns.exec(program);
         for var in PROXY_VARS {
             cmd.env_remove(var);
         }
-        cmd.stdin(Stdio::null());
         cmd
     }
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        delete_netns(&self.name);
-    }
-}
-
-/// Kills what runs inside (the fakes, stray clients) and deletes the namespace. Never
+/// Kills what runs inside namespace `name` (the fakes, stray clients) and deletes it. Never
 /// panics: it runs during unwinding too.
-fn delete_netns(name: &str) {
+pub fn delete(name: &str) {
     for pid in netns_pids(name) {
         // SAFETY: kill has no memory preconditions; the pid is inside our own namespace.
         unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -108,10 +176,10 @@ fn delete_netns(name: &str) {
     match Command::new("ip").args(["netns", "delete", name]).output() {
         Ok(out) if out.status.success() => {}
         Ok(out) => eprintln!(
-            "e2e: ip netns delete {name}: {}",
+            "netns: ip netns delete {name}: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         ),
-        Err(e) => eprintln!("e2e: ip netns delete {name}: {e}"),
+        Err(e) => eprintln!("netns: ip netns delete {name}: {e}"),
     }
 }
 
@@ -145,42 +213,26 @@ fn netns_pids(name: &str) -> Vec<libc::pid_t> {
         .unwrap_or_default()
 }
 
-/// Removes namespaces left by an e2e run that was killed before its Drops ran (their pid
-/// field names a process that no longer exists).
-fn reap_stale_namespaces() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
-            return;
+/// Removes the namespaces named `<prefix><pid>` or `<prefix><pid>-...` whose `<pid>` no
+/// longer exists: left by a run killed before its Drops ran.
+pub fn reap_stale(prefix: &str) {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        let Some(owner) = name
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
         };
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let name = line.split_whitespace().next().unwrap_or_default();
-            let Some(owner) = name
-                .strip_prefix(NETNS_PREFIX)
-                .and_then(|rest| rest.split('-').next())
-                .and_then(|pid| pid.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if !Path::new(&format!("/proc/{owner}")).exists() {
-                eprintln!("e2e: removing stale namespace {name}");
-                delete_netns(name);
-            }
+        if !Path::new(&format!("/proc/{owner}")).exists() {
+            eprintln!("netns: removing stale namespace {name}");
+            delete(name);
         }
-    });
-}
-
-/// Runs a setup command; panics with its stderr if it fails.
-pub(crate) fn run_ok(cmd: &mut Command) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    }
 }
 
 /// The hop-limit topology: a "pod" namespace routed through a "node" namespace (a router,
