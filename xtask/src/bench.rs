@@ -36,6 +36,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use imds_snoop_line::{TextBody, TextLine};
+use imds_snoop_test_support::netns::{self, Namespace};
 
 use crate::cmd;
 
@@ -143,7 +145,7 @@ pub(crate) fn bench(opts: BenchOptions) -> Result<()> {
 
     let mut report = Report::default();
     print_header(&opts, &plan);
-    let ns = Netns::new()?;
+    let ns = bench_netns()?;
     let env = Env {
         daemon: daemon_bin,
         loadgen,
@@ -897,13 +899,13 @@ struct Env {
     daemon: PathBuf,
     loadgen: PathBuf,
     scratch: PathBuf,
-    ns: Netns,
+    ns: Namespace,
 }
 
 impl Env {
     /// Runs the load generator in the namespace; its `key=value` line.
     fn loadgen_run(&self, args: &[&str]) -> Result<HashMap<String, String>> {
-        let mut c = self.ns.command(&self.loadgen);
+        let mut c = self.ns.exec(&self.loadgen);
         c.args(args);
         let out = c
             .stderr(Stdio::piped())
@@ -934,7 +936,7 @@ impl Env {
         let err = self.scratch.join(format!("{tag}.loadgen.err"));
         let mut line = format!(
             "ip netns exec {} {}",
-            shq(&self.ns.name),
+            shq(self.ns.name()),
             shq(&self.loadgen.to_string_lossy())
         );
         for a in args {
@@ -969,97 +971,30 @@ impl Env {
     }
 }
 
-/// The benchmark's network namespace: `lo` up with the IMDS addresses. Deleted on drop,
-/// with every process still inside it killed.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new() -> Result<Self> {
-        reap_stale_namespaces();
-        let name = format!("{NETNS_PREFIX}{}", std::process::id());
-        delete_netns(&name);
-        cmd::run(Command::new("ip").args(["netns", "add", &name]))?;
-        let ns = Self { name };
-        ns.ip(&["link", "set", "lo", "up"])?;
-        ns.ip(&["addr", "add", "169.254.169.254/32", "dev", "lo"])?;
-        ns.ip(&["addr", "add", "fd00:ec2::254/128", "dev", "lo", "nodad"])?;
-        // New-connection clients: more ports, reuse of TIME_WAIT ones (this namespace only).
-        let _ = Command::new("ip")
-            .args(["netns", "exec", &ns.name, "sysctl", "-q", "-w"])
-            .args([
-                "net.ipv4.ip_local_port_range=1024 65000",
-                "net.ipv4.tcp_tw_reuse=1",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        Ok(ns)
+/// The benchmark's network namespace (`imds-bench-<pid>`): `lo` up with the IMDS
+/// addresses. Deleted on drop, with every process still inside it killed (tests/support's
+/// [`Namespace`]).
+fn bench_netns() -> Result<Namespace> {
+    netns::reap_stale(NETNS_PREFIX);
+    let name = format!("{NETNS_PREFIX}{}", std::process::id());
+    if Path::new("/var/run/netns").join(&name).exists() {
+        netns::delete(&name);
     }
-
-    fn ip(&self, args: &[&str]) -> Result<()> {
-        let out = Command::new("ip")
-            .args(["-n", &self.name])
-            .args(args)
-            .output()
-            .context("running ip")?;
-        if !out.status.success() {
-            bail!(
-                "ip -n {} {}: {}",
-                self.name,
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(())
-    }
-
-    fn command(&self, program: &Path) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name]).arg(program);
-        c.stdin(Stdio::null());
-        c
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        delete_netns(&self.name);
-    }
-}
-
-fn delete_netns(name: &str) {
-    if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() {
-        for pid in String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .filter_map(|p| p.parse::<i32>().ok())
-        {
-            // SAFETY: plain kill(2); these are processes inside our own namespace.
-            unsafe { kill(pid, SIGKILL) };
-        }
-    }
-    let _ = Command::new("ip")
-        .args(["netns", "del", name])
+    let ns = Namespace::create(&name)?;
+    ns.ip(&["addr", "add", "169.254.169.254/32", "dev", "lo"])?;
+    ns.ip(&["addr", "add", "fd00:ec2::254/128", "dev", "lo", "nodad"])?;
+    // New-connection clients: more ports, reuse of TIME_WAIT ones (this namespace only).
+    let _ = ns
+        .exec("sysctl")
+        .args(["-q", "-w"])
+        .args([
+            "net.ipv4.ip_local_port_range=1024 65000",
+            "net.ipv4.tcp_tw_reuse=1",
+        ])
+        .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
-}
-
-/// Namespaces left by a benchmark that was killed outright (its pid is gone).
-fn reap_stale_namespaces() {
-    let Ok(entries) = fs::read_dir("/var/run/netns") else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = name
-            .strip_prefix(NETNS_PREFIX)
-            .and_then(|p| p.parse::<i32>().ok())
-            && !Path::new(&format!("/proc/{pid}")).exists()
-        {
-            delete_netns(&name);
-        }
-    }
+    Ok(ns)
 }
 
 /// A running imds-snoop, attached. Killed on drop if not stopped.
@@ -1323,48 +1258,26 @@ fn count_lines(log: &Path, ours: Ours) -> Result<LineCounts> {
         for line in BufReader::new(file).split(b'\n') {
             let line = line?;
             let line = String::from_utf8_lossy(&line);
-            // `[date time,ms] [LEVEL] label (pid:N:comm argv:...) ...`
-            let mut parts = line.splitn(3, "] ");
-            let (Some(_), Some(_), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
-                continue;
+            // Read through the line contract (imds-snoop-line).
+            let call = match TextLine::parse(&line).map(|l| l.body) {
+                Some(TextBody::Dropped { events }) => {
+                    counts.drop_warnings += events;
+                    continue;
+                }
+                // A token PUT left unanswered (its response lost, e.g. to a full ring) is a
+                // request line too, of its own class.
+                Some(TextBody::Call(call)) if call.class.is_some() => call,
+                _ => continue,
             };
-            if let Some(n) = rest
-                .strip_prefix("imds-snoop dropped ")
-                .and_then(|r| r.split_whitespace().next())
-                .and_then(|n| n.parse::<u64>().ok())
-            {
-                counts.drop_warnings += n;
-                continue;
-            }
-            // A token PUT left unanswered (its response lost, e.g. to a full ring) is a
-            // request line too, under a label of several words.
-            const TOKEN_NO_RESPONSE: &str = "imdsv2 token response not received (hop limit?)";
-            let label = if rest.starts_with(TOKEN_NO_RESPONSE) {
-                TOKEN_NO_RESPONSE
-            } else {
-                rest.split_whitespace().next().unwrap_or("")
-            };
-            if !matches!(
-                label,
-                "imdsv1(!)" | "imdsv2" | "imdsv2(token)" | "malformed(!)" | TOKEN_NO_RESPONSE
-            ) {
-                continue;
-            }
-            *counts.by_class.entry(label.to_owned()).or_default() += 1;
-            // `(pid:N:comm argv:...`
-            let caller = rest[label.len()..].trim_start();
+            *counts.by_class.entry(call.label.to_owned()).or_default() += 1;
             let is_ours = match ours {
-                Ours::Pid(p) => caller.starts_with(&format!("(pid:{p}:")),
-                Ours::Loadgen => caller
-                    .strip_prefix("(pid:")
-                    .and_then(|r| r.split_once(':'))
-                    .is_some_and(|(_, r)| r.starts_with("loadgen ")),
+                Ours::Pid(p) => call.caller_pid() == Some(p),
+                Ours::Loadgen => call.caller().is_some_and(|c| c.comm == "loadgen"),
             };
             if is_ours {
                 counts.ours += 1;
                 if counts.sample_ancestors.is_none() {
-                    let chain = rest.split(" req details: ").next().unwrap_or("");
-                    counts.sample_ancestors = Some(chain.matches(" -> (pid:").count());
+                    counts.sample_ancestors = Some(call.ancestor_count());
                 }
             }
         }
@@ -1582,4 +1495,41 @@ unsafe extern "C" {
     fn kill(pid: i32, sig: i32) -> i32;
     fn sysconf(name: i32) -> i64;
     fn syscall(num: i64, ...) -> i64;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lines the daemon wrote in an end-to-end run, a loss line and a hop-limit warning.
+    #[test]
+    fn count_lines_reads_the_daemon_lines() {
+        let fixture = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/report/e2e-daemon.log"
+        );
+        let mut log = fs::read_to_string(fixture).unwrap();
+        log.push_str(
+            "[2026-11-23 09:29:24,000] [WARNING] imds-snoop dropped 7 events (totals: ring \
+             buffer full 7, no scratch 0, writer queue full 0, log write failed 0); raise \
+             --ring-bytes if the ring buffer fills\n\
+             [2026-11-23 09:29:25,000] [WARNING] imdsv2 token response not received (hop \
+             limit?) (pid:25929:loadgen argv:loadgen burst) req details: put \
+             /latest/api/token http/1.1, host unit:- uid:0 dst:169.254.169.254:80\n\
+             not a trace line\n",
+        );
+        let path = std::env::temp_dir().join(format!("xtask-bench-{}.log", std::process::id()));
+        fs::write(&path, log).unwrap();
+        let by_pid = count_lines(&path, Ours::Pid(25906)).unwrap();
+        let loadgen = count_lines(&path, Ours::Loadgen).unwrap();
+        let _ = fs::remove_file(&path);
+        assert_eq!(by_pid.by_class["imdsv1(!)"], 2);
+        assert_eq!(
+            by_pid.by_class["imdsv2 token response not received (hop limit?)"],
+            1
+        );
+        assert_eq!((by_pid.imds_total(), by_pid.drop_warnings), (3, 7));
+        assert_eq!((by_pid.ours, by_pid.sample_ancestors), (1, Some(3)));
+        assert_eq!((loadgen.ours, loadgen.sample_ancestors), (1, Some(0)));
+    }
 }

@@ -18,15 +18,6 @@ pub enum Format {
     Json,
 }
 
-// `report/parse.rs` still names these here, their old home (the labels in its parser, the
-// rest in its tests): remove them when it moves to the shared line-contract crate (issue
-// 14). The test-only re-export from `losses` is the crate's one arrow up, in tests only.
-#[cfg(test)]
-pub(crate) use crate::losses::{DegradedEvents, degraded_line};
-#[cfg(test)]
-pub(crate) use crate::record::Outcome;
-pub use crate::record::{TOKEN_NO_RESPONSE_CLASS, TOKEN_NO_RESPONSE_LABEL};
-
 #[cfg(test)]
 impl Record {
     /// The record's line (without a newline). The daemon builds its lines with a

@@ -1,8 +1,12 @@
-//! One trace line, text or JSON (schema 1), to the few facts a report needs. Anything
-//! else is `None`: the caller counts it as not understood.
+//! One trace line, text or JSON, to the few facts a report needs, read through the line
+//! contract (`imds-snoop-line`). Anything else is `None`: the caller counts it as not
+//! understood.
+
+use std::borrow::Cow;
 
 use chrono::{DateTime, NaiveDateTime};
-use serde::{Deserialize, Serialize};
+use imds_snoop_line::{Class, JsonRecord, TextBody, TextLine, TextOrigin, json, text};
+use serde::Serialize;
 
 /// What a line says happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,10 +72,21 @@ pub enum Line {
     },
 }
 
-/// The label and JSON class of the hop-limit warning line, as the daemon writes them.
-const TOKEN_FAILURE_LABEL: &str = crate::output::TOKEN_NO_RESPONSE_LABEL;
-const TOKEN_FAILURE_CLASS: &str = crate::output::TOKEN_NO_RESPONSE_CLASS;
+impl From<Class> for Kind {
+    fn from(class: Class) -> Self {
+        match class {
+            Class::V1 => Kind::V1,
+            Class::V2 => Kind::V2,
+            Class::V2Token => Kind::V2Token,
+            Class::Malformed => Kind::Malformed,
+            Class::V2TokenNoResponse => Kind::TokenFailure,
+        }
+    }
+}
 
+/// Reads one line, text or JSON (schema [`imds_snoop_line::SCHEMA_VERSION`]), with or without its newline,
+/// through the line contract (`imds-snoop-line`). `None` for anything else: not a line of
+/// ours, a class not in the table, another schema.
 pub fn parse_line(line: &str) -> Option<Line> {
     let line = strip_cri_prefix(line.trim_end_matches(['\r', '\n']));
     match line.as_bytes().first()? {
@@ -100,191 +115,67 @@ fn strip_cri_prefix(line: &str) -> &str {
 /// `[2026-11-23 09:29:00,488] [WARNING] imdsv1(!) (pid:N:comm argv:...) called by -> ...
 /// req details: get /... http/1.1, host: ..., user-agent: ..., <origin> uid:0 dst:...`
 fn parse_text(line: &str) -> Option<Line> {
-    let (stamp, rest) = line.strip_prefix('[')?.split_once("] [")?;
-    let time = NaiveDateTime::parse_from_str(stamp, "%Y-%m-%d %H:%M:%S,%3f").ok()?;
-    let (_level, rest) = rest.split_once("] ")?;
-    if let Some(events) = dropped_count(rest) {
-        return Some(Line::Dropped { node: None, events });
-    }
-    if rest.starts_with("imds-snoop lost ") {
-        return Some(Line::Degraded { node: None });
-    }
-    let (label, after_label) = match rest.find(" (pid:") {
-        Some(i) => (&rest[..i], &rest[i + 1..]),
-        None => (rest, ""),
+    let l = TextLine::parse(line)?;
+    let time = NaiveDateTime::parse_from_str(l.time, text::TIME_FORMAT).ok()?;
+    let c = match l.body {
+        TextBody::Dropped { events } => return Some(Line::Dropped { node: None, events }),
+        TextBody::Degraded => return Some(Line::Degraded { node: None }),
+        TextBody::Other(_) => return None,
+        TextBody::Call(c) => c,
     };
-    let kind = match label {
-        "imdsv1(!)" => Kind::V1,
-        "imdsv2" => Kind::V2,
-        "imdsv2(token)" => Kind::V2Token,
-        "malformed(!)" => Kind::Malformed,
-        TOKEN_FAILURE_LABEL => Kind::TokenFailure,
-        _ => return None,
-    };
-    let pid_comm = after_label
-        .strip_prefix("(pid:")
-        .and_then(|s| s.split_once(':'));
-    let pid = pid_comm.and_then(|(pid, _)| pid.parse().ok());
-    let comm = pid_comm
-        .and_then(|(_, s)| s.split_once(" argv:"))
-        .map(|(comm, _)| comm.to_string());
-    // The request and our fields follow the last "req details: " (argvs come before it).
-    let details = after_label
-        .rfind(" req details: ")
-        .map(|i| &after_label[i + " req details: ".len()..])
-        .unwrap_or(after_label);
-    let (origin, destination, details) = text_origin(details);
-    let (details, status) = text_status(details);
+    let kind = Kind::from(c.class?);
+    let comm = c.caller().map(|p| p.comm.to_string());
     if kind != Kind::TokenFailure && comm.is_none() {
         return None;
     }
+    let fields = c.fields();
+    let origin = match fields.origin {
+        TextOrigin::Pod {
+            namespace,
+            name,
+            container,
+        } => Origin::Pod {
+            namespace: namespace.into(),
+            name: name.into(),
+            container: container.map(str::to_string),
+        },
+        TextOrigin::Container { id } => Origin::Container { id: id.into() },
+        TextOrigin::Host { unit } => Origin::Host {
+            unit: unit.map(str::to_string),
+        },
+        TextOrigin::Unknown => Origin::Unknown,
+    };
     Some(Line::Call(Call {
         kind,
         time: Some(time),
         node: None,
         origin,
-        pid,
+        pid: c.caller_pid(),
         comm: comm.unwrap_or_else(|| "?".into()),
-        user_agent: text_user_agent(details),
-        destination,
-        status,
+        user_agent: text::user_agent(fields.request).map(str::to_string),
+        destination: fields.destination.map(str::to_string),
+        status: fields.status,
     }))
-}
-
-/// `<request>, -> 401` (the status follows the request's trailing comma): the request and
-/// the status.
-fn text_status(request: &str) -> (&str, Option<u16>) {
-    if let Some((req, code)) = request.rsplit_once(" -> ")
-        && code.len() == 3
-        && code.bytes().all(|b| b.is_ascii_digit())
-    {
-        return (req, code.parse().ok());
-    }
-    (request, None)
-}
-
-/// `imds-snoop dropped 12 events (total: ...)`.
-fn dropped_count(rest: &str) -> Option<u64> {
-    rest.strip_prefix("imds-snoop dropped ")?
-        .split_once(' ')?
-        .0
-        .parse()
-        .ok()
-}
-
-/// Splits `<request>, <origin fields> uid:N dst:A` into the origin, the destination and
-/// the request. The origin fields are the last `container:`/`host unit:`/`origin:unknown`;
-/// lines without them (the anchor tool's) have an unknown origin and no destination.
-fn text_origin(details: &str) -> (Origin, Option<String>, &str) {
-    let start = [" container:", " host unit:", " origin:unknown"]
-        .iter()
-        .filter_map(|m| details.rfind(m))
-        .max();
-    let Some(start) = start else {
-        return (Origin::Unknown, None, details);
-    };
-    let (request, fields) = details.split_at(start);
-    let mut container_id = None;
-    let mut pod = None;
-    let mut container_name = None;
-    let mut unit = None;
-    let mut host = false;
-    let mut destination = None;
-    for token in fields.split_whitespace() {
-        if let Some(v) = token.strip_prefix("container:") {
-            container_id = Some(v);
-        } else if let Some(v) = token.strip_prefix("pod:") {
-            pod = v.split_once('/');
-        } else if let Some(v) = token.strip_prefix("container-name:") {
-            container_name = Some(v);
-        } else if token == "host" {
-            host = true;
-        } else if let Some(v) = token.strip_prefix("unit:") {
-            unit = (v != "-").then(|| v.to_string());
-        } else if let Some(v) = token.strip_prefix("dst:") {
-            destination = Some(v.to_string());
-        }
-    }
-    let origin = match (pod, container_id) {
-        (Some((ns, name)), _) => Origin::Pod {
-            namespace: ns.into(),
-            name: name.into(),
-            container: container_name.map(str::to_string),
-        },
-        (None, Some(id)) => Origin::Container { id: id.into() },
-        (None, None) if host => Origin::Host { unit },
-        (None, None) => Origin::Unknown,
-    };
-    (origin, destination, request)
-}
-
-/// The text format lowercases the request and joins headers with ", ".
-fn text_user_agent(request: &str) -> Option<String> {
-    let start = request.find("user-agent: ")? + "user-agent: ".len();
-    let value = &request[start..];
-    let end = value.find(", ").unwrap_or(value.len());
-    let value = value[..end].trim_end_matches(',').trim();
-    (!value.is_empty()).then(|| value.to_string())
 }
 
 // ---- JSON ------------------------------------------------------------------------------
 
-/// The fields of schema 1 we read; the rest are ignored.
-#[derive(Deserialize)]
-struct JsonLine {
-    schema: u32,
-    timestamp: Option<String>,
-    node: Option<String>,
-    class: String,
-    #[serde(default)]
-    headers: Vec<(String, String)>,
-    caller: Option<JsonCaller>,
-    container: Option<JsonContainer>,
-    pod: Option<JsonPod>,
-    host_unit: Option<String>,
-    destination: Option<String>,
-    dropped: Option<u64>,
-    status: Option<u16>,
-}
-
-#[derive(Deserialize)]
-struct JsonCaller {
-    pid: Option<u32>,
-    comm: String,
-}
-
-#[derive(Deserialize)]
-struct JsonContainer {
-    id: String,
-}
-
-#[derive(Deserialize)]
-struct JsonPod {
-    namespace: Option<String>,
-    name: Option<String>,
-    container: Option<String>,
-}
-
 fn parse_json(line: &str) -> Option<Line> {
-    let j: JsonLine = serde_json::from_str(line).ok()?;
-    if j.schema != 1 {
-        return None;
-    }
-    let kind = match j.class.as_str() {
-        "v1" => Kind::V1,
-        "v2" => Kind::V2,
-        "v2_token" => Kind::V2Token,
-        "malformed" => Kind::Malformed,
-        "dropped" => {
+    let j = match JsonRecord::parse(line).ok()? {
+        JsonRecord::Call(j) => j,
+        JsonRecord::Loss(l) if l.class == json::DROPPED_CLASS => {
             return Some(Line::Dropped {
-                node: j.node,
-                events: j.dropped.unwrap_or(0),
+                node: l.node.map(Cow::into_owned),
+                events: l.dropped.unwrap_or(0),
             });
         }
-        "degraded" => return Some(Line::Degraded { node: j.node }),
-        TOKEN_FAILURE_CLASS => Kind::TokenFailure,
-        _ => return None,
+        JsonRecord::Loss(l) => {
+            return Some(Line::Degraded {
+                node: l.node.map(Cow::into_owned),
+            });
+        }
     };
+    let kind = Kind::from(j.class()?);
     let time = j
         .timestamp
         .as_deref()
@@ -292,38 +183,44 @@ fn parse_json(line: &str) -> Option<Line> {
         .map(|t| t.naive_local());
     let origin = match (j.pod, j.container) {
         (
-            Some(JsonPod {
+            Some(json::Pod {
                 namespace: Some(namespace),
                 name: Some(name),
                 container,
+                ..
             }),
             _,
         ) => Origin::Pod {
-            namespace,
-            name,
-            container,
+            namespace: namespace.into_owned(),
+            name: name.into_owned(),
+            container: container.map(Cow::into_owned),
         },
         (_, Some(c)) => Origin::Container {
             id: c.id.chars().take(12).collect(),
         },
-        (None, None) => Origin::Host { unit: j.host_unit },
+        (None, None) => Origin::Host {
+            unit: j.host_unit.map(Cow::into_owned),
+        },
         // A pod without names and without a container cannot be written by schema 1.
         (Some(_), None) => Origin::Unknown,
     };
     let user_agent = j
         .headers
-        .into_iter()
+        .iter()
         .find(|(name, _)| name.eq_ignore_ascii_case("user-agent"))
-        .map(|(_, value)| value);
+        .map(|(_, value)| value.clone());
     Some(Line::Call(Call {
         kind,
         time,
-        node: j.node,
+        node: j.node.map(Cow::into_owned),
         origin,
         pid: j.caller.as_ref().and_then(|c| c.pid),
-        comm: j.caller.map(|c| c.comm).unwrap_or_else(|| "?".into()),
+        comm: j
+            .caller
+            .map(|c| c.comm.into_owned())
+            .unwrap_or_else(|| "?".into()),
         user_agent,
-        destination: j.destination,
+        destination: j.destination.map(Cow::into_owned),
         status: j.status,
     }))
 }
@@ -437,7 +334,7 @@ mod tests {
     /// What the daemon writes (the formatter itself, not a copy of its output), read back.
     #[test]
     fn daemon_lines_with_status_and_the_hop_limit_warning() {
-        use crate::output::{Format, Outcome};
+        use crate::{output::Format, record::Outcome};
         for format in [Format::Text, Format::Json] {
             let mut r = crate::output::tests::sample_record(
                 b"GET /latest/meta-data/ HTTP/1.1\r\nUser-Agent: curl/8.1\r\n\r\n",
@@ -508,7 +405,10 @@ mod tests {
     /// understood (not "not understood"), and no call.
     #[test]
     fn degraded_lines_from_the_formatter() {
-        use crate::output::{DegradedEvents, Format, degraded_line};
+        use crate::{
+            losses::{DegradedEvents, degraded_line},
+            output::Format,
+        };
         let totals = DegradedEvents {
             process_events: 2,
             responses: 1,
@@ -549,6 +449,134 @@ mod tests {
             "{not json",
         ] {
             assert_eq!(parse_line(line), None, "{line}");
+        }
+    }
+
+    /// Records of every class, origin and flag, through the daemon's own formatter.
+    fn formatter_json_lines() -> Vec<String> {
+        use chrono::TimeZone as _;
+
+        use crate::{
+            attribution::{Container, Origin as O, Pod, Proc},
+            http::Reassembler,
+            losses::{DegradedEvents, Losses, degraded_line, dropped_line},
+            output::Format,
+            record::Outcome,
+        };
+        let requests: [(&[u8], Outcome); 6] = [
+            (
+                b"GET /latest/meta-data/ HTTP/1.1\r\nHost: 169.254.169.254\r\nUser-Agent: \
+                  curl/8.1\r\nAccept: */*\r\n\r\n",
+                Outcome::Status(200),
+            ),
+            (
+                b"GET /latest/meta-data/iam/ HTTP/1.0\r\nX-aws-ec2-metadata-token: AQAEAabc\r\n\
+                  User-Agent: A\tB \"q\" \xc3\xa9\r\n\r\n",
+                Outcome::Status(404),
+            ),
+            (
+                b"PUT /latest/api/token HTTP/1.1\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\n\r\n",
+                Outcome::Status(200),
+            ),
+            (
+                b"PUT /latest/api/token HTTP/1.1\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\n\r\n",
+                Outcome::NoResponse,
+            ),
+            (b"\x00\x01garbage\xff\r\n", Outcome::Unknown),
+            (b"GET /cut-short HTTP/1.1\r\nHost: 169.25", Outcome::Unknown),
+        ];
+        let origins = [
+            O::Host { unit: None },
+            O::Host {
+                unit: Some("cron.service".into()),
+            },
+            O::Unknown,
+            O::Container(Container {
+                id: "0123456789abcdef0123".into(),
+                runtime: "containerd",
+                pod_uid: Some("5d7c-uid".into()),
+                pod: Some(Pod {
+                    namespace: "shop".into(),
+                    name: "web-1".into(),
+                    container: Some("app".into()),
+                }),
+            }),
+            O::Container(Container {
+                id: "0123456789abcdef0123".into(),
+                runtime: "containerd",
+                pod_uid: Some("5d7c-uid".into()),
+                pod: None,
+            }),
+            O::Container(Container {
+                id: "b7beb70f2ac2".into(),
+                runtime: "docker",
+                pod_uid: None,
+                pod: None,
+            }),
+        ];
+        let time = chrono::Local
+            .timestamp_opt(1_763_890_163, 852_000_000)
+            .unwrap();
+        let mut lines = Vec::new();
+        for (i, (raw, outcome)) in requests.iter().enumerate() {
+            for (j, origin) in origins.iter().enumerate() {
+                let mut r = crate::output::tests::sample_record(b"GET / HTTP/1.1\r\n\r\n");
+                let mut re = Reassembler::<()>::new(4096, std::time::Duration::from_secs(1));
+                let mut out = re.push(0, (), raw, false, std::time::Instant::now());
+                out.extend(re.drain());
+                r.request = out.remove(0).1;
+                r.time = time + chrono::Duration::milliseconds(137 * (i * 6 + j) as i64);
+                r.outcome = *outcome;
+                r.origin = origin.clone();
+                r.ns_pid = (j >= 3).then_some(7);
+                r.unreadable = i == 4 && j == 0;
+                if j == 2 {
+                    r.caller.argv = None;
+                    r.ancestors.push(Proc {
+                        pid: 1,
+                        comm: "systemd".into(),
+                        argv: None,
+                    });
+                }
+                if i == 1 {
+                    r.dst = ("fd00:ec2::254".parse().unwrap(), 80);
+                }
+                lines.push(r.format(Format::Json, "node-a"));
+            }
+        }
+        let losses = Losses {
+            ring_full: 12,
+            no_scratch: 0,
+            writer_queue_full: 3,
+            log_write_failed: 1,
+        };
+        lines.push(dropped_line(Format::Json, "node-a", 16, &losses));
+        let degraded = DegradedEvents {
+            process_events: 2,
+            responses: 1,
+        };
+        lines.push(degraded_line(Format::Json, "node-a", 3, &degraded));
+        lines
+    }
+
+    /// The JSON lines the daemon writes, read through the line contract and written again
+    /// by it: the same bytes (so the daemon can write through it). With
+    /// `IMDS_LINE_FIXTURE=<file>` the lines are also written there: that is how
+    /// tests/fixtures/line/daemon.jsonl was made.
+    #[test]
+    fn json_lines_round_trip_through_the_contract() {
+        let lines = formatter_json_lines();
+        for line in &lines {
+            let again = match JsonRecord::parse(line).unwrap_or_else(|e| panic!("{e}: {line}")) {
+                JsonRecord::Call(c) => serde_json::to_string(&c),
+                JsonRecord::Loss(l) => serde_json::to_string(&l),
+            }
+            .unwrap();
+            assert_eq!(&again, line);
+            assert!(parse_line(line).is_some(), "{line}");
+        }
+        if let Some(path) = std::env::var_os("IMDS_LINE_FIXTURE") {
+            std::fs::write(path, lines.join("\n") + "\n").unwrap();
         }
     }
 }

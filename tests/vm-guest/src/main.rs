@@ -41,7 +41,7 @@ use std::{
     collections::BTreeMap,
     env, fs,
     io::{self, IoSlice, Read, Write},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, ExitCode, ExitStatus, Stdio},
@@ -49,6 +49,9 @@ use std::{
     thread,
     time::{Duration, Instant},
 };
+
+use imds_snoop_line::{TextBody, TextLine};
+use imds_snoop_test_support::TinyImds;
 
 const IMDS_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 const IMDS_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
@@ -720,7 +723,8 @@ struct LogLine {
     comm: String,
 }
 
-/// `[2026-11-23 08:42:32,962] [WARNING] imdsv1(!) (pid:12001:curl argv:...) ...`
+/// `[2026-11-23 08:42:32,962] [WARNING] imdsv1(!) (pid:12001:curl argv:...) ...`, read by
+/// the line contract (imds-snoop-line); what a line does not have stays empty.
 fn parse_line(raw: &str) -> LogLine {
     let mut l = LogLine {
         raw: raw.to_owned(),
@@ -729,20 +733,17 @@ fn parse_line(raw: &str) -> LogLine {
         pid: None,
         comm: String::new(),
     };
-    let Some(i) = raw.find("] [") else { return l };
-    let rest = &raw[i + 3..];
-    let Some(j) = rest.find("] ") else { return l };
-    l.level = rest[..j].to_owned();
-    let rest = &rest[j + 2..];
-    let Some(k) = rest.find(" (pid:") else {
+    let Some(line) = TextLine::parse(raw) else {
         return l;
     };
-    l.label = rest[..k].to_owned();
-    let rest = &rest[k + 6..];
-    let Some(c) = rest.find(':') else { return l };
-    l.pid = rest[..c].parse().ok();
-    let rest = &rest[c + 1..];
-    l.comm = rest.split(" argv:").next().unwrap_or("").to_owned();
+    l.level = line.level.to_owned();
+    if let TextBody::Call(c) = line.body
+        && !c.rest.is_empty()
+    {
+        l.label = c.label.to_owned();
+        l.pid = c.caller_pid();
+        l.comm = c.caller().map_or("", |p| p.comm).to_owned();
+    }
     l
 }
 
@@ -855,63 +856,19 @@ fn check_lines(
 // Fake IMDS
 // ---------------------------------------------------------------------------------------------
 
+/// The in-process fake of tests/support (no Python in the VMs), on 169.254.169.254:80,
+/// [fd00:ec2::254]:80 and 169.254.169.254:8080.
 fn start_fake_imds() -> Result<(), String> {
     let addrs = [
         SocketAddr::new(IpAddr::V4(IMDS_V4), 80),
         SocketAddr::new(IpAddr::V6(IMDS_V6), 80),
         SocketAddr::new(IpAddr::V4(IMDS_V4), OTHER_PORT),
     ];
-    for addr in addrs {
-        let listener = TcpListener::bind(addr).map_err(|e| {
-            format!("bind {addr}: {e} (are 169.254.169.254/32 and fd00:ec2::254/128 on lo?)")
-        })?;
-        thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                thread::spawn(move || {
-                    if let Err(e) = serve(conn) {
-                        eprintln!("vm-guest: fake IMDS {addr}: {e}");
-                    }
-                });
-            }
-        });
+    TinyImds {
+        token: TOKEN,
+        missing: MISSING,
     }
-    Ok(())
-}
-
-fn serve(mut conn: TcpStream) -> io::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut req = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !contains(&req, b"\r\n\r\n") {
-        let n = conn.read(&mut buf)?;
-        if n == 0 || req.len() > 64 * 1024 {
-            return Ok(());
-        }
-        req.extend_from_slice(&buf[..n]);
-    }
-    let text = String::from_utf8_lossy(&req).to_ascii_lowercase();
-    let mut first = text.lines().next().unwrap_or("").split(' ');
-    let (method, path) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
-    let (status, body) = if method == "put" && path == "/latest/api/token" {
-        if text.contains("x-aws-ec2-metadata-token-ttl-seconds:") {
-            ("200 OK", TOKEN.to_owned())
-        } else {
-            ("400 Bad Request", String::new())
-        }
-    } else if method == "get" && path == MISSING {
-        ("404 Not Found", String::new())
-    } else if method == "get" {
-        ("200 OK", format!("fake imds {path}\n"))
-    } else {
-        ("405 Method Not Allowed", String::new())
-    };
-    let resp = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    conn.write_all(resp.as_bytes())?;
-    let _ = conn.shutdown(Shutdown::Write);
-    Ok(())
+    .start(&addrs)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1076,4 +1033,32 @@ fn request(addr: SocketAddr, parts: &[&str], how: Send) -> Result<String, String
         return Err(format!("{addr}: {}", head.lines().next().unwrap_or("")));
     }
     Ok(body.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fields the checks use, from a line as the daemon writes it, and from lines that
+    /// are not request lines (they must count as unexpected: no pid).
+    #[test]
+    fn parse_line_reads_the_checked_fields() {
+        let l = parse_line(
+            "[2026-11-23 08:42:32,962] [WARNING] imdsv1(!) (pid:12001:vm-guest argv:vm-guest \
+             client v1) called by -> (pid:12000:vm-guest argv:vm-guest fentry) req details: \
+             get / http/1.1, -> 200 host unit:- uid:0 dst:169.254.169.254:80",
+        );
+        assert_eq!(
+            (l.level.as_str(), l.label.as_str(), l.pid, l.comm.as_str()),
+            ("WARNING", "imdsv1(!)", Some(12001), "vm-guest")
+        );
+        for raw in [
+            "[2026-11-23 08:42:32,962] [WARNING] imds-snoop dropped 3 events (totals: ...)",
+            "[2026-11-23 08:42:32,962] [INFO] imdsv2",
+            "garbage",
+        ] {
+            let l = parse_line(raw);
+            assert_eq!((l.pid, l.label.as_str()), (None, ""), "{raw}");
+        }
+    }
 }
