@@ -82,7 +82,7 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             // A text line is a hop-limit warning only by the daemon's label
-            // (output::TOKEN_NO_RESPONSE_LABEL, private to the crate).
+            // (imds-snoop-line's `Class::V2TokenNoResponse.label()`).
             if text && call.kind == Kind::TokenFailure {
                 assert!(
                     line.contains("] imdsv2 token response not received (hop limit?)"),

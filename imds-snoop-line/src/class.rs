@@ -151,8 +151,9 @@ mod tests {
         assert_eq!(Class::from_json("dropped"), None);
     }
 
-    /// The spellings as the README documents them and today's daemon writes them
-    /// (`http::Class::label`, `output::TOKEN_NO_RESPONSE_*`, `metrics::class_label`).
+    /// The spellings as the README documents them and the daemon wrote them before it took
+    /// them from this table (its own `http::Class::label`, `output::TOKEN_NO_RESPONSE_*`,
+    /// `metrics::class_label`).
     #[test]
     fn spellings_as_documented() {
         let rows: Vec<_> = CLASSES

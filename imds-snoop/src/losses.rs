@@ -1,13 +1,20 @@
 //! Calls missing from the trace log and kernel events lost, by where they were lost, and
 //! the lines that tell a reader of the log about them.
 
+use std::borrow::Cow;
+
 use chrono::Local;
+use imds_snoop_line::{
+    Level, LossLine, SCHEMA_VERSION,
+    json::{DEGRADED_CLASS, DROPPED_CLASS, DegradedTotals, DroppedTotals},
+    label,
+};
 use tracing::warn;
 
-use crate::output::{Format, json};
+use crate::output::Format;
 
 /// Calls missing from the trace log, by where they were lost; totals since start.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Losses {
     /// Kernel events that did not fit the ring buffer.
     pub ring_full: u64,
@@ -32,31 +39,48 @@ pub fn dropped_line(format: Format, node: &str, new: u64, totals: &Losses) -> St
     let now = Local::now();
     match format {
         Format::Text => format!(
-            "[{}] [WARNING] imds-snoop dropped {new} events (totals: ring buffer full {}, \
+            "[{}] [{}] {}{new} events (totals: ring buffer full {}, \
              no scratch {}, writer queue full {}, log write failed {}); raise --ring-bytes if \
              the ring buffer fills",
             now.format("%Y-%m-%d %H:%M:%S,%3f"),
+            Level::Warning.as_str(),
+            label::DROPPED,
             totals.ring_full,
             totals.no_scratch,
             totals.writer_queue_full,
             totals.log_write_failed,
         ),
-        Format::Json => serde_json::json!({
-            "schema": json::SCHEMA_VERSION,
-            "timestamp": now.to_rfc3339_opts(chrono::SecondsFormat::Millis, false),
-            "node": node,
-            "level": "WARNING",
-            "class": "dropped",
-            "dropped": new,
-            "dropped_total": totals,
-        })
-        .to_string(),
+        Format::Json => loss_json(&LossLine {
+            class: Cow::Borrowed(DROPPED_CLASS),
+            dropped: Some(new),
+            dropped_total: Some(DroppedTotals {
+                log_write_failed: totals.log_write_failed,
+                no_scratch: totals.no_scratch,
+                ring_full: totals.ring_full,
+                writer_queue_full: totals.writer_queue_full,
+            }),
+            level: Cow::Borrowed(Level::Warning.as_str()),
+            lost: None,
+            lost_total: None,
+            node: Some(Cow::Borrowed(node)),
+            schema: SCHEMA_VERSION,
+            timestamp: Some(Cow::Owned(
+                now.to_rfc3339_opts(chrono::SecondsFormat::Millis, false),
+            )),
+        }),
     }
+}
+
+/// A loss line as JSON (the contract's [`LossLine`]).
+fn loss_json(line: &LossLine<'_>) -> String {
+    // Strings, integers and flat structs of integers: serializing cannot fail.
+    serde_json::to_string(line)
+        .unwrap_or_else(|e| format!("{{\"schema\":{SCHEMA_VERSION},\"error\":\"{e}\"}}"))
 }
 
 /// Kernel events lost that are not calls, totals since start: no call is missing, but some
 /// lines may say less than they could.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DegradedEvents {
     /// Exec/exit events: argv of callers that exited early may be `[exited] <comm>`.
     pub process_events: u64,
@@ -71,23 +95,31 @@ pub fn degraded_line(format: Format, node: &str, new: u64, totals: &DegradedEven
     let now = Local::now();
     match format {
         Format::Text => format!(
-            "[{}] [WARNING] imds-snoop lost {new} kernel events that are not calls (totals: \
+            "[{}] [{}] {}{new} kernel events that are not calls (totals: \
              process events {}, responses {}); lines may lack argv or status, and a lost \
              response can make a token PUT look unanswered: raise --ring-bytes",
             now.format("%Y-%m-%d %H:%M:%S,%3f"),
+            Level::Warning.as_str(),
+            label::DEGRADED,
             totals.process_events,
             totals.responses,
         ),
-        Format::Json => serde_json::json!({
-            "schema": json::SCHEMA_VERSION,
-            "timestamp": now.to_rfc3339_opts(chrono::SecondsFormat::Millis, false),
-            "node": node,
-            "level": "WARNING",
-            "class": "degraded",
-            "lost": new,
-            "lost_total": totals,
-        })
-        .to_string(),
+        Format::Json => loss_json(&LossLine {
+            class: Cow::Borrowed(DEGRADED_CLASS),
+            dropped: None,
+            dropped_total: None,
+            level: Cow::Borrowed(Level::Warning.as_str()),
+            lost: Some(new),
+            lost_total: Some(DegradedTotals {
+                process_events: totals.process_events,
+                responses: totals.responses,
+            }),
+            node: Some(Cow::Borrowed(node)),
+            schema: SCHEMA_VERSION,
+            timestamp: Some(Cow::Owned(
+                now.to_rfc3339_opts(chrono::SecondsFormat::Millis, false),
+            )),
+        }),
     }
 }
 
@@ -172,5 +204,87 @@ mod tests {
             (&serde_json::json!("degraded"), &serde_json::json!(5))
         );
         assert_eq!(json["lost_total"]["process_events"], 4);
+    }
+
+    /// The JSON loss lines through the contract's `LossLine` are the lines the daemon built
+    /// as JSON maps before (keys sorted), byte for byte but for the time of writing.
+    #[test]
+    fn json_loss_lines_match_the_map_reference() {
+        // The line with its time of writing replaced by `T`, byte for byte otherwise.
+        let without_time = |line: &str| {
+            let (head, rest) = line.split_once("\"timestamp\":\"").unwrap();
+            let (_, tail) = rest.split_once('"').unwrap();
+            format!("{head}\"timestamp\":\"T\"{tail}")
+        };
+        let losses = Losses {
+            ring_full: 12,
+            no_scratch: 1,
+            writer_queue_full: 3,
+            log_write_failed: 4,
+        };
+        let line = dropped_line(Format::Json, "n\"1", 20, &losses);
+        let reference = serde_json::json!({
+            "schema": 1,
+            "timestamp": "T",
+            "node": "n\"1",
+            "level": "WARNING",
+            "class": "dropped",
+            "dropped": 20,
+            "dropped_total": {
+                "ring_full": 12,
+                "no_scratch": 1,
+                "writer_queue_full": 3,
+                "log_write_failed": 4,
+            },
+        })
+        .to_string();
+        assert_eq!(without_time(&line), reference);
+
+        let degraded = DegradedEvents {
+            process_events: 2,
+            responses: 7,
+        };
+        let line = degraded_line(Format::Json, "n", 9, &degraded);
+        let reference = serde_json::json!({
+            "schema": 1,
+            "timestamp": "T",
+            "node": "n",
+            "level": "WARNING",
+            "class": "degraded",
+            "lost": 9,
+            "lost_total": { "process_events": 2, "responses": 7 },
+        })
+        .to_string();
+        assert_eq!(without_time(&line), reference);
+    }
+
+    #[test]
+    fn text_loss_lines_as_before() {
+        let losses = Losses {
+            ring_full: 2,
+            no_scratch: 0,
+            writer_queue_full: 5,
+            log_write_failed: 1,
+        };
+        let line = dropped_line(Format::Text, "n", 8, &losses);
+        let (_, rest) = line.split_once("] [").unwrap();
+        assert_eq!(
+            rest,
+            "WARNING] imds-snoop dropped 8 events (totals: ring buffer full 2, no scratch 0, \
+             writer queue full 5, log write failed 1); raise --ring-bytes if the ring buffer \
+             fills"
+        );
+        let degraded = DegradedEvents {
+            process_events: 3,
+            responses: 4,
+        };
+        let line = degraded_line(Format::Text, "n", 7, &degraded);
+        let (_, rest) = line.split_once("] [").unwrap();
+        assert_eq!(
+            rest,
+            "WARNING] imds-snoop lost 7 kernel events that are not calls (totals: process \
+             events 3, responses 4); lines may lack argv or status, and a lost response can \
+             make a token PUT look unanswered: raise --ring-bytes"
+        );
     }
 }

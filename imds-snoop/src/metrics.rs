@@ -45,7 +45,6 @@ use crate::{
     attribution::Origin,
     capture::AttachMode,
     escape::escape_controls,
-    http::Class,
     losses::{DegradedEvents, Losses},
     record::{Outcome, Record},
 };
@@ -81,7 +80,9 @@ pub enum MetricsError {
 /// status, say) is a field here and a line in each.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// As in the JSON `class`: `v1`, `v2`, `v2_token`, `malformed`.
+    /// The class table's metric label ([`imds_snoop_line::ClassInfo::metric`]): `v1`,
+    /// `v2`, `v2_token`, `malformed`; a token PUT left unanswered counts as `v2_token` with
+    /// status `none`.
     pub class: &'static str,
     /// The response's status (`200`, `401`, ...), `none` when none came within
     /// --response-timeout (a lost token PUT response: the hop limit), empty when responses
@@ -111,7 +112,7 @@ impl RequestLabels {
             Origin::Host { .. } | Origin::Unknown => Default::default(),
         };
         Self {
-            class: class_label(record.request.class),
+            class: record.class().metric(),
             status: match record.outcome {
                 Outcome::Status(code) => code.to_string(),
                 Outcome::NoResponse => "none".into(),
@@ -136,15 +137,6 @@ impl RequestLabels {
             container: OVERFLOW.into(),
             comm: OVERFLOW.into(),
         }
-    }
-}
-
-fn class_label(class: Class) -> &'static str {
-    match class {
-        Class::V1 => "v1",
-        Class::V2 => "v2",
-        Class::V2Token => "v2_token",
-        Class::Malformed => "malformed",
     }
 }
 
@@ -422,7 +414,7 @@ mod tests {
     use super::*;
     use crate::{
         attribution::{Container, Pod, Proc},
-        http::Request as HttpRequest,
+        http::{Class, Request as HttpRequest},
     };
 
     fn record(class: Class, comm: &str, pod: Option<(&str, &str, &str)>) -> Record {
@@ -613,5 +605,16 @@ mod tests {
         m.observe(&record(Class::V1, "curl", None), US);
         m.set_totals(&Losses::default(), &DegradedEvents::default(), 1);
         assert_eq!(m.encode().unwrap(), "");
+    }
+
+    /// A token PUT left unanswered (the hop-limit warning's line) is counted as a token
+    /// PUT whose status is `none`: the metric's classes stay the four request kinds.
+    #[test]
+    fn an_unanswered_token_put_counts_as_v2_token() {
+        let mut r = record(Class::V2Token, "curl", None);
+        r.outcome = Outcome::NoResponse;
+        assert_eq!(r.class(), Class::V2TokenNoResponse);
+        let labels = RequestLabels::of(&r);
+        assert_eq!((labels.class, labels.status.as_str()), ("v2_token", "none"));
     }
 }

@@ -45,22 +45,23 @@ pub enum Outcome {
     NoResponse,
 }
 
-/// The label of an IMDSv2 token PUT whose response never came (the hop limit of 1 drops
-/// the PUT response for pods behind a bridge or veth). `imds-snoop report` parses it.
-pub const TOKEN_NO_RESPONSE_LABEL: &str = "imdsv2 token response not received (hop limit?)";
-/// Its `class` in JSON lines.
-pub const TOKEN_NO_RESPONSE_CLASS: &str = "v2_token_no_response";
-
 impl Record {
-    /// Level as the anchor tool prints it: v1 and anything odd are warnings.
-    pub fn level(&self) -> &'static str {
+    /// The line's class: the request's, except that a token PUT left unanswered is
+    /// [`Class::V2TokenNoResponse`], the hop-limit warning (a hop limit of 1 drops the PUT
+    /// response for pods behind a bridge or veth). Its row of the class table gives the
+    /// text label, the JSON `class`, the metric label and the level.
+    pub fn class(&self) -> Class {
         if self.token_not_received() {
-            return "WARNING";
+            Class::V2TokenNoResponse
+        } else {
+            self.request.class
         }
-        match self.request.class {
-            Class::V1 | Class::Malformed => "WARNING",
-            Class::V2 | Class::V2Token => "INFO",
-        }
+    }
+
+    /// Level as the anchor tool prints it (`WARNING` for v1, malformed requests and the
+    /// hop-limit warning, `INFO` otherwise).
+    pub fn level(&self) -> &'static str {
+        self.class().level().as_str()
     }
 
     /// A token PUT that got no answer: the hop-limit warning.

@@ -29,13 +29,10 @@ const MAX_ARGV_CHARS: usize = 512;
 /// How long argv read from /proc is trusted without an exec or exit event for its pid.
 pub const PROC_ARGV_TTL: Duration = Duration::from_secs(2);
 
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Proc {
-    pub pid: u32,
-    pub comm: String,
-    /// `None` when the process had exited before we could read /proc.
-    pub argv: Option<String>,
-}
+/// A process of a call's chain: `pid`, the kernel's `comm`, and `argv` (`None` when the
+/// process had exited before we could read /proc). The line contract's type, so the JSON
+/// formatter writes a record's `ancestors` as they are, with no copy.
+pub use imds_snoop_line::json::Proc;
 
 pub struct ProcessView {
     proc_root: PathBuf,

@@ -14,7 +14,7 @@ mod reassembly;
 
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use imds_snoop_line::label;
 
 pub use self::reassembly::Reassembler;
 pub use crate::redact::{TOKEN_HEADER, TOKEN_REDACTED};
@@ -23,31 +23,13 @@ use crate::{escape::find_byte, redact::is_token_header};
 /// The IMDSv2 token endpoint (`PUT`).
 const TOKEN_PATH: &str = "/latest/api/token";
 
-/// What a request is, as far as the IMDS session protocol goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Class {
-    /// A request without a session token: refused where `http_tokens=required`.
-    V1,
-    /// A request carrying `X-aws-ec2-metadata-token`.
-    V2,
-    /// `PUT /latest/api/token`: the start of an IMDSv2 session.
-    V2Token,
-    /// Not HTTP, or HTTP that httparse refuses. Still logged, never dropped.
-    Malformed,
-}
-
-impl Class {
-    /// The anchor tool's label for this class.
-    pub fn label(self) -> &'static str {
-        match self {
-            Class::V1 => "imdsv1(!)",
-            Class::V2 => "imdsv2",
-            Class::V2Token => "imdsv2(token)",
-            Class::Malformed => "malformed(!)",
-        }
-    }
-}
+/// What a request is, as far as the IMDS session protocol goes: a row of the line
+/// contract's class table. [`classify`] yields `V1` (no session token: refused where
+/// `http_tokens=required`), `V2` (carries `X-aws-ec2-metadata-token`), `V2Token`
+/// (`PUT /latest/api/token`, the start of an IMDSv2 session) or `Malformed` (not HTTP, or
+/// HTTP that httparse refuses: still logged, never dropped); `V2TokenNoResponse` is a
+/// record's class once its outcome is known (`record::Record::class`), never a request's.
+pub use imds_snoop_line::Class;
 
 /// One request sent to IMDS, as parsed; token values already redacted.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,7 +92,7 @@ impl Request {
             push_u8(out, minor);
         }
         for (name, value) in &self.headers {
-            out.push_str(", ");
+            out.push_str(label::HEADER_SEPARATOR);
             if is_token_header(name) {
                 out.push_str(TOKEN_REDACTED);
             } else {

@@ -13,6 +13,8 @@
 
 use std::fmt::Write as _;
 
+use imds_snoop_line::label;
+
 use super::stamps::Stamps;
 use crate::{
     attribution::{Origin, Proc},
@@ -22,39 +24,43 @@ use crate::{
 
 /// Appends the line of `r` to `out`, built in place: the timestamp from `stamps`, the
 /// request details through `scratch` (reused from line to line) to be escaped as a whole.
+/// Labels and separators are the line contract's ([`label`], [`imds_snoop_line::Class`]).
 pub(super) fn push_line(r: &Record, stamps: &mut Stamps, scratch: &mut String, out: &mut String) {
     out.push('[');
     stamps.push_text(out, &r.time);
     out.push_str("] [");
     out.push_str(r.level());
     out.push_str("] ");
-    out.push_str(if r.token_not_received() {
-        crate::record::TOKEN_NO_RESPONSE_LABEL
-    } else {
-        r.request.class.label()
-    });
+    out.push_str(r.class().label());
     out.push(' ');
     push_proc(out, &r.caller);
     if !r.ancestors.is_empty() {
-        out.push_str(" called by");
+        out.push_str(label::CALLED_BY);
         for a in &r.ancestors {
-            out.push_str(" -> ");
+            out.push_str(label::ARROW);
             push_proc(out, a);
         }
     }
-    out.push_str(" req details: ");
+    out.push_str(label::REQ_DETAILS);
     scratch.clear();
     r.request.details_into(scratch);
     push_escaped(out, scratch);
     if let Some(status) = r.status() {
-        let _ = write!(out, " -> {status}");
+        out.push_str(label::ARROW);
+        let _ = write!(out, "{status}");
     }
     out.push(' ');
     push_origin(out, &r.origin);
     if let Some(ns_pid) = r.ns_pid {
-        let _ = write!(out, " container-pid:{ns_pid}");
+        out.push(' ');
+        out.push_str(label::CONTAINER_PID);
+        let _ = write!(out, "{ns_pid}");
     }
-    let _ = write!(out, " uid:{} dst:", r.uid);
+    out.push(' ');
+    out.push_str(label::UID);
+    let _ = write!(out, "{}", r.uid);
+    out.push(' ');
+    out.push_str(label::DST);
     match r.dst.0 {
         std::net::IpAddr::V6(v6) => {
             let _ = write!(out, "[{v6}]:{}", r.dst.1);
@@ -64,10 +70,12 @@ pub(super) fn push_line(r: &Record, stamps: &mut Stamps, scratch: &mut String, o
         }
     }
     if r.request.truncated {
-        out.push_str(" truncated");
+        out.push(' ');
+        out.push_str(label::TRUNCATED);
     }
     if r.unreadable {
-        out.push_str(" payload-unreadable");
+        out.push(' ');
+        out.push_str(label::PAYLOAD_UNREADABLE);
     }
 }
 
@@ -75,46 +83,52 @@ pub(super) fn push_line(r: &Record, stamps: &mut Stamps, scratch: &mut String, o
 fn push_origin(out: &mut String, o: &Origin) {
     match o {
         Origin::Container(c) => {
-            out.push_str("container:");
-            out.push_str(&c.id[..c.id.len().min(12)]);
+            out.push_str(label::CONTAINER);
+            out.push_str(c.id.get(..12).unwrap_or(&c.id));
             match &c.pod {
                 Some(pod) => {
-                    out.push_str(" pod:");
+                    out.push(' ');
+                    out.push_str(label::POD);
                     push_escaped(out, &pod.namespace);
                     out.push('/');
                     push_escaped(out, &pod.name);
                     if let Some(name) = &pod.container {
-                        out.push_str(" container-name:");
+                        out.push(' ');
+                        out.push_str(label::CONTAINER_NAME);
                         push_escaped(out, name);
                     }
                 }
                 None => {
                     if let Some(uid) = &c.pod_uid {
-                        out.push_str(" pod-uid:");
+                        out.push(' ');
+                        out.push_str(label::POD_UID);
                         out.push_str(uid);
                     }
                 }
             }
         }
-        Origin::Host { unit: Some(unit) } => {
-            out.push_str("host unit:");
-            push_escaped(out, unit);
+        Origin::Host { unit } => {
+            out.push_str(label::HOST_UNIT);
+            match unit {
+                Some(unit) => push_escaped(out, unit),
+                None => out.push_str(label::NO_UNIT),
+            }
         }
-        Origin::Host { unit: None } => out.push_str("host unit:-"),
-        Origin::Unknown => out.push_str("origin:unknown"),
+        Origin::Unknown => out.push_str(label::ORIGIN_UNKNOWN),
     }
 }
 
 /// `(pid:<pid>:<comm> argv:<argv>)`
 fn push_proc(out: &mut String, p: &Proc) {
-    let _ = write!(out, "(pid:{}:", p.pid);
+    out.push_str(label::PID);
+    let _ = write!(out, "{}:", p.pid);
     push_escaped(out, &p.comm);
-    out.push_str(" argv:");
+    out.push_str(label::ARGV);
     match &p.argv {
         Some(argv) => push_escaped(out, argv),
         // Gone before we could read /proc: the kernel-captured comm is all there is.
         None => {
-            out.push_str("[exited] ");
+            out.push_str(label::EXITED);
             push_escaped(out, &p.comm);
         }
     }
@@ -122,7 +136,7 @@ fn push_proc(out: &mut String, p: &Proc) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! The line built in place must be the line as it was built before (one String per
     //! part, chrono's strftime per line), byte for byte: the report parser, the e2e tests
     //! and users' greps read it.
@@ -135,7 +149,7 @@ mod tests {
     use crate::{
         attribution::{Container, Origin, Pod, Proc},
         escape::tests::{awkward_strings, escape_reference},
-        http::Reassembler,
+        http::{Class, Reassembler},
         record::{Outcome, Record},
     };
 
@@ -145,9 +159,15 @@ mod tests {
             r.time.format("%Y-%m-%d %H:%M:%S,%3f"),
             r.level(),
             if r.token_not_received() {
-                crate::record::TOKEN_NO_RESPONSE_LABEL
+                "imdsv2 token response not received (hop limit?)"
             } else {
-                r.request.class.label()
+                match r.request.class {
+                    Class::V1 => "imdsv1(!)",
+                    Class::V2 => "imdsv2",
+                    Class::V2Token => "imdsv2(token)",
+                    Class::Malformed => "malformed(!)",
+                    Class::V2TokenNoResponse => unreachable!("not a request's class"),
+                }
             },
             proc(&r.caller)
         );
@@ -240,7 +260,7 @@ mod tests {
     /// Records of every shape: each origin, exited callers, container pids, IPv6, flags,
     /// statuses, awkward strings in every field that is escaped, and times that step through
     /// seconds by odd amounts, and back.
-    fn records() -> Vec<Record> {
+    pub(crate) fn records() -> Vec<Record> {
         let requests: [&[u8]; 5] = [
             b"GET /latest/meta-data/ HTTP/1.1\r\nHost: 169.254.169.254\r\nAccept: */*\r\n\r\n",
             b"PUT /latest/api/token HTTP/1.1\r\nX-aws-ec2-metadata-token-ttl-seconds: 21600\r\n\r\n",

@@ -579,4 +579,33 @@ mod tests {
             std::fs::write(path, lines.join("\n") + "\n").unwrap();
         }
     }
+
+    /// The formatter still writes tests/fixtures/line/daemon.jsonl, made before the daemon
+    /// wrote through the line contract: the same bytes, but for the time of each line where
+    /// this machine's time zone is not the fixture's (UTC) and the loss lines' (the time
+    /// they are written).
+    #[test]
+    fn the_formatter_writes_the_recorded_lines() {
+        let fixture = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/line/daemon.jsonl"
+        ))
+        .unwrap();
+        let utc = chrono::Local::now().offset().local_minus_utc() == 0;
+        let without_time = |line: &str| {
+            let (head, rest) = line.split_once("\"timestamp\":\"").unwrap();
+            let (_, tail) = rest.split_once('"').unwrap();
+            format!("{head}\"timestamp\":\"T\"{tail}")
+        };
+        let lines = formatter_json_lines();
+        assert_eq!(lines.len(), fixture.lines().count());
+        for (now, then) in lines.iter().zip(fixture.lines()) {
+            let loss = then.starts_with("{\"class\":");
+            if utc && !loss {
+                assert_eq!(now, then);
+            } else {
+                assert_eq!(without_time(now), without_time(then));
+            }
+        }
+    }
 }
