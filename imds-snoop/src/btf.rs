@@ -17,7 +17,7 @@ use imds_snoop_common::Offsets;
 use tracing::debug;
 
 #[derive(Debug, thiserror::Error)]
-pub enum BtfError {
+pub(crate) enum BtfError {
     #[error(
         "cannot read kernel BTF at {path} ({source}); imds-snoop needs it to find struct \
          offsets, and a kernel built without CONFIG_DEBUG_INFO_BTF has none (every AL2023, \
@@ -40,13 +40,13 @@ pub enum BtfError {
 }
 
 /// The running kernel's release, for error messages.
-pub fn kernel_release() -> String {
+pub(crate) fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "unknown".into())
 }
 
-pub struct KernelBtf {
+pub(crate) struct KernelBtf {
     btf: Btf,
     kernel: String,
     /// Types by name, looked up once: the mmap backend finds a name by scanning every type.
@@ -58,7 +58,7 @@ impl KernelBtf {
     /// builds every type of vmlinux (~150k) up front, ~215 ms and ~40 MiB at start-up for
     /// the few dozen members we read. Kernels before 6.16 cannot mmap
     /// /sys/kernel/btf/vmlinux; there the file is copied once into a memfd, which can be.
-    pub fn load(path: &Path) -> Result<Self, BtfError> {
+    pub(crate) fn load(path: &Path) -> Result<Self, BtfError> {
         let missing = |source| BtfError::Missing {
             path: path.display().to_string(),
             source,
@@ -105,7 +105,7 @@ impl KernelBtf {
     }
 
     /// Resolves every offset the kernel program reads.
-    pub fn offsets(&self) -> Result<Offsets, BtfError> {
+    pub(crate) fn offsets(&self) -> Result<Offsets, BtfError> {
         let common = self.offset("sock", &[&["__sk_common"]])?;
         let sk = |field: &str| -> Result<u32, BtfError> {
             Ok(common + self.offset("sock_common", &[&[field]])?)
@@ -161,13 +161,13 @@ impl KernelBtf {
     }
 
     /// Whether the kernel has a BTF-enabled tracepoint `name` (its `btf_trace_<name>` typedef).
-    pub fn has_btf_tracepoint(&self, name: &str) -> bool {
+    pub(crate) fn has_btf_tracepoint(&self, name: &str) -> bool {
         self.btf
             .resolve_ids_by_name(&format!("btf_trace_{name}"))
             .is_ok_and(|ids| !ids.is_empty())
     }
 
-    pub fn kernel(&self) -> &str {
+    pub(crate) fn kernel(&self) -> &str {
         &self.kernel
     }
 

@@ -56,7 +56,7 @@ impl fmt::Display for AttachMode {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum CaptureError {
+pub(crate) enum CaptureError {
     #[error(
         "this binary was built without its kernel program (AYA_BUILD_SKIP was set): rebuild \
          without it"
@@ -95,7 +95,7 @@ pub enum CaptureError {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ResponsesError {
+pub(crate) enum ResponsesError {
     #[error("neither {0} nor its unified/ is a cgroup v2 mount (--cgroup-root)")]
     NotCgroup2(PathBuf),
     #[error("opening {0}: {1}")]
@@ -116,7 +116,7 @@ fn is_cgroup2(path: &Path) -> bool {
     (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && st.f_type as i64 == CGROUP2_SUPER_MAGIC
 }
 
-pub struct CaptureOptions<'a> {
+pub(crate) struct CaptureOptions<'a> {
     pub attach: AttachMode,
     /// Attach the empty programs instead of the capture ones (benchmark floor).
     pub empty: bool,
@@ -127,7 +127,7 @@ pub struct CaptureOptions<'a> {
 }
 
 /// A loaded and attached kernel program. Dropping it detaches everything.
-pub struct Capture {
+pub(crate) struct Capture {
     ebpf: Ebpf,
     pub attached: AttachMode,
     /// The empty benchmark programs are attached (`--empty-program`).
@@ -135,7 +135,7 @@ pub struct Capture {
 }
 
 impl Capture {
-    pub fn start(opts: &CaptureOptions<'_>) -> Result<Self, CaptureError> {
+    pub(crate) fn start(opts: &CaptureOptions<'_>) -> Result<Self, CaptureError> {
         if EBPF_OBJECT.is_empty() {
             return Err(CaptureError::NoObject);
         }
@@ -234,7 +234,10 @@ impl Capture {
     /// On a hybrid (v1 + v2) host `cgroup_root` itself is a tmpfs and the v2 hierarchy is
     /// mounted at `<cgroup_root>/unified` (systemd's layout): that is used then.
     /// Returns the cgroup v2 directory attached to.
-    pub fn attach_responses(&mut self, cgroup_root: &Path) -> Result<PathBuf, ResponsesError> {
+    pub(crate) fn attach_responses(
+        &mut self,
+        cgroup_root: &Path,
+    ) -> Result<PathBuf, ResponsesError> {
         let unified = cgroup_root.join("unified");
         let cgroup_root = if is_cgroup2(cgroup_root) {
             cgroup_root
@@ -267,7 +270,7 @@ impl Capture {
     }
 
     /// The ring buffer of send events; taken once, by the poll loop.
-    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, CaptureError> {
+    pub(crate) fn take_events(&mut self) -> Result<RingBuf<MapData>, CaptureError> {
         let map = self
             .ebpf
             .take_map("EVENTS")
@@ -279,7 +282,7 @@ impl Capture {
     }
 
     /// Events the kernel could not hand over, summed over CPUs, by `DROP_*` reason.
-    pub fn drops(&self) -> Result<[u64; DROP_KINDS as usize], CaptureError> {
+    pub(crate) fn drops(&self) -> Result<[u64; DROP_KINDS as usize], CaptureError> {
         let map = self
             .ebpf
             .map("DROPS")
@@ -386,7 +389,7 @@ where
 }
 
 /// Builds the kernel filter's target table from `--target` values.
-pub fn targets_table(targets: &[(IpAddr, u16)]) -> Result<Targets, CaptureError> {
+pub(crate) fn targets_table(targets: &[(IpAddr, u16)]) -> Result<Targets, CaptureError> {
     if targets.len() > MAX_TARGETS {
         return Err(CaptureError::TooManyTargets(targets.len()));
     }

@@ -11,7 +11,7 @@ use imds_snoop_common::DEFAULT_PAYLOAD_BYTES;
 use crate::{capture::AttachMode, output::Format};
 
 /// IMDS on every instance, and its IPv6 endpoint on Nitro instances.
-pub const DEFAULT_TARGETS: [(IpAddr, u16); 2] = [
+pub(crate) const DEFAULT_TARGETS: [(IpAddr, u16); 2] = [
     (IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)), 80),
     (
         IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
@@ -49,7 +49,7 @@ pub enum Command {
     },
 }
 
-pub const DEFAULT_READY_FILE: &str = "/run/imds-snoop/ready";
+pub(crate) const DEFAULT_READY_FILE: &str = "/run/imds-snoop/ready";
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -159,7 +159,7 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    pub fn container_paths(&self) -> crate::attribution::Paths {
+    pub(crate) fn container_paths(&self) -> crate::attribution::Paths {
         crate::attribution::Paths {
             proc_root: self.proc_root.clone(),
             cgroup_root: self.cgroup_root.clone(),
@@ -170,7 +170,7 @@ impl RunArgs {
     }
 
     /// The default targets plus `--target`s, without duplicates.
-    pub fn targets(&self) -> Vec<(IpAddr, u16)> {
+    pub(crate) fn targets(&self) -> Vec<(IpAddr, u16)> {
         let mut all = DEFAULT_TARGETS.to_vec();
         for t in &self.target {
             let t = (t.ip(), t.port());

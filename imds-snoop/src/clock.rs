@@ -3,7 +3,7 @@
 use chrono::{DateTime, Local};
 
 /// Converts the kernel's CLOCK_BOOTTIME stamps to wall-clock time.
-pub struct BootClock {
+pub(crate) struct BootClock {
     /// CLOCK_REALTIME minus CLOCK_BOOTTIME when read, in nanoseconds.
     realtime_minus_boot_ns: i128,
 }
@@ -11,7 +11,7 @@ pub struct BootClock {
 impl BootClock {
     /// The offset between the clocks now: re-read it now and then, since the wall clock
     /// steps (NTP) while the boot clock does not.
-    pub fn now() -> Self {
+    pub(crate) fn now() -> Self {
         Self {
             realtime_minus_boot_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME),
         }
@@ -20,7 +20,7 @@ impl BootClock {
     /// A fixed offset (CLOCK_REALTIME minus CLOCK_BOOTTIME, in nanoseconds), for tests that
     /// need the wall time of a stamp to be known.
     #[cfg(test)]
-    pub fn fixed(realtime_minus_boot_ns: i128) -> Self {
+    pub(crate) fn fixed(realtime_minus_boot_ns: i128) -> Self {
         Self {
             realtime_minus_boot_ns,
         }
@@ -28,7 +28,7 @@ impl BootClock {
 
     /// The wall-clock time of a kernel stamp (`bpf_ktime_get_boot_ns`, nanoseconds since
     /// boot), clamped to the representable range.
-    pub fn wall(&self, boot_ns: u64) -> DateTime<Local> {
+    pub(crate) fn wall(&self, boot_ns: u64) -> DateTime<Local> {
         let ns = boot_ns as i128 + self.realtime_minus_boot_ns;
         DateTime::from_timestamp_nanos(ns.clamp(0, i64::MAX as i128) as i64).with_timezone(&Local)
     }

@@ -1,9 +1,10 @@
 //! Byte-level helpers for writing untrusted text into a one-line log: finding the first
 //! byte that needs attention fast, and escaping control characters. The ground floor: this
 //! module depends on nothing else in the crate.
+#![warn(clippy::indexing_slicing, clippy::string_slice)]
 
 /// `s` made safe for a one-line log (see [`push_escaped`]).
-pub fn escape_controls(s: &str) -> String {
+pub(crate) fn escape_controls(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     push_escaped(&mut out, s);
     out
@@ -31,7 +32,7 @@ pub(crate) fn find_byte(bytes: &[u8], special: impl Fn(u8) -> bool + Copy) -> Op
 
 /// Appends `s` made safe for a one-line log: control characters (a newline in an argv or a
 /// header could forge a whole line) become `\xNN`. Runs without any are copied whole.
-pub fn push_escaped(out: &mut String, s: &str) {
+pub(crate) fn push_escaped(out: &mut String, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut rest = s;
     loop {
@@ -39,23 +40,30 @@ pub fn push_escaped(out: &mut String, s: &str) {
         // the C1 controls U+0080..U+009F (and of other Latin-1 characters).
         let plain = find_byte(rest.as_bytes(), |b| b < 0x20 || b == 0x7f || b == 0xc2)
             .unwrap_or(rest.len());
-        out.push_str(&rest[..plain]);
-        rest = &rest[plain..];
-        let Some(c) = rest.chars().next() else { return };
+        // `plain` is at an ASCII byte or a lead byte (0xc2): a char boundary.
+        let (head, tail) = rest.split_at_checked(plain).unwrap_or((rest, ""));
+        out.push_str(head);
+        let mut chars = tail.chars();
+        let Some(c) = chars.next() else { return };
         if c.is_control() {
             // Controls are at most U+009F: two hex digits.
             let code = c as usize;
             out.push_str("\\x");
-            out.push(char::from(HEX[code >> 4 & 0xf]));
-            out.push(char::from(HEX[code & 0xf]));
+            for nibble in [code >> 4 & 0xf, code & 0xf] {
+                out.push(HEX.get(nibble).map_or('0', |&b| char::from(b)));
+            }
         } else {
             out.push(c);
         }
-        rest = &rest[c.len_utf8()..];
+        rest = chars.as_str();
     }
 }
 
 #[cfg(test)]
+#[expect(
+    clippy::indexing_slicing,
+    reason = "tests index what they just checked; a panic there is a failed test"
+)]
 pub(crate) mod tests {
     use super::*;
 

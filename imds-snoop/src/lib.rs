@@ -8,14 +8,6 @@
 //! in `fuzz/` call [`decode::decode`], [`http::Reassembler`] and
 //! [`report::parse::parse_line`] directly. Only what main.rs or those targets need is
 //! `pub`; the rest stays private to the crate, and nothing here is a stable API.
-#![expect(
-    unreachable_pub,
-    reason = "visibility narrowed after the module restructure (issue 14)"
-)]
-#![expect(
-    clippy::allow_attributes,
-    reason = "http.rs's `allow`s become `expect`s after the module restructure (issue 14)"
-)]
 
 mod attribution;
 mod btf;

@@ -15,7 +15,7 @@ use crate::output::Format;
 
 /// Calls missing from the trace log, by where they were lost; totals since start.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Losses {
+pub(crate) struct Losses {
     /// Kernel events that did not fit the ring buffer.
     pub ring_full: u64,
     /// Kernel events with no per-CPU scratch record (should never happen).
@@ -28,14 +28,14 @@ pub struct Losses {
 
 impl Losses {
     /// Calls missing, whatever the cause.
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.ring_full + self.no_scratch + self.writer_queue_full + self.log_write_failed
     }
 }
 
 /// The line that tells a reader of the trace log that calls are missing from it: `new`
 /// losses since the last report, and the totals.
-pub fn dropped_line(format: Format, node: &str, new: u64, totals: &Losses) -> String {
+pub(crate) fn dropped_line(format: Format, node: &str, new: u64, totals: &Losses) -> String {
     let now = Local::now();
     match format {
         Format::Text => format!(
@@ -81,7 +81,7 @@ fn loss_json(line: &LossLine<'_>) -> String {
 /// Kernel events lost that are not calls, totals since start: no call is missing, but some
 /// lines may say less than they could.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DegradedEvents {
+pub(crate) struct DegradedEvents {
     /// Exec/exit events: argv of callers that exited early may be `[exited] <comm>`.
     pub process_events: u64,
     /// Response statuses: those calls have no ` -> NNN`, and a token PUT among them would
@@ -91,7 +91,12 @@ pub struct DegradedEvents {
 
 /// The line that tells a reader of the trace log that some lines are less complete than
 /// usual (`new` kernel events lost since the last report, and the totals).
-pub fn degraded_line(format: Format, node: &str, new: u64, totals: &DegradedEvents) -> String {
+pub(crate) fn degraded_line(
+    format: Format,
+    node: &str,
+    new: u64,
+    totals: &DegradedEvents,
+) -> String {
     let now = Local::now();
     match format {
         Format::Text => format!(
@@ -125,7 +130,7 @@ pub fn degraded_line(format: Format, node: &str, new: u64, totals: &DegradedEven
 
 /// The totals last reported, so that only news is reported.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Reported {
+pub(crate) struct Reported {
     /// Calls missing, as last reported.
     pub losses: Losses,
     /// Kernel events lost that are not calls, as last reported.
@@ -138,7 +143,7 @@ impl Reported {
     /// line, then a degraded line. Each is also a daemon warning: a reader of the log must
     /// know calls are missing from it. A line lost to a full disk is reported once the disk
     /// takes lines again.
-    pub fn update(
+    pub(crate) fn update(
         &mut self,
         now: Losses,
         degraded: DegradedEvents,

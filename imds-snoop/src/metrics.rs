@@ -53,10 +53,10 @@ use crate::{
 /// overflow set per class comes on top). A node
 /// runs at most a few hundred pods, each with a handful of commands calling IMDS; this
 /// leaves room for that and bounds what a caller that keeps renaming itself can cost.
-pub const MAX_REQUEST_LABEL_SETS: usize = 1000;
+pub(crate) const MAX_REQUEST_LABEL_SETS: usize = 1000;
 /// The namespace, pod, container and comm of label sets past the bound (not a valid pod or
 /// namespace name, so it cannot be confused with a real one).
-pub const OVERFLOW: &str = "_overflow";
+pub(crate) const OVERFLOW: &str = "_overflow";
 /// Scrapes served at once; more connections are closed at once.
 const MAX_CONNECTIONS: usize = 8;
 /// A scraper that does not send its request headers within this is dropped.
@@ -64,7 +64,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[derive(Debug, thiserror::Error)]
-pub enum MetricsError {
+pub(crate) enum MetricsError {
     #[error("cannot listen for metrics on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -79,7 +79,7 @@ pub enum MetricsError {
 /// in [`RequestLabels::of`] and [`RequestLabels::overflow`]: a new label (the response
 /// status, say) is a field here and a line in each.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
+pub(crate) struct RequestLabels {
     /// The class table's metric label ([`imds_snoop_line::ClassInfo::metric`]): `v1`,
     /// `v2`, `v2_token`, `malformed`; a token PUT left unanswered counts as `v2_token` with
     /// status `none`.
@@ -96,7 +96,7 @@ pub struct RequestLabels {
 }
 
 impl RequestLabels {
-    pub fn of(record: &Record) -> Self {
+    pub(crate) fn of(record: &Record) -> Self {
         let (namespace, pod, container) = match &record.origin {
             Origin::Container(c) => match &c.pod {
                 Some(p) => (
@@ -128,7 +128,7 @@ impl RequestLabels {
 
     /// The one label set (per class) that counts requests past the bound: the class is
     /// kept, so v1 totals stay exact however many callers there are.
-    pub fn overflow(&self) -> Self {
+    pub(crate) fn overflow(&self) -> Self {
         Self {
             class: self.class,
             status: self.status.clone(),
@@ -152,7 +152,7 @@ struct ModeLabels {
 
 /// The daemon's metrics. [`Metrics::disabled`] (no `--metrics-addr`) makes every update a
 /// no-op, so the event loop calls them unconditionally.
-pub struct Metrics(Option<Enabled>);
+pub(crate) struct Metrics(Option<Enabled>);
 
 struct Enabled {
     registry: Arc<Registry>,
@@ -169,15 +169,15 @@ struct Enabled {
 }
 
 impl Metrics {
-    pub fn disabled() -> Self {
+    pub(crate) fn disabled() -> Self {
         Self(None)
     }
 
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::with_limit(MAX_REQUEST_LABEL_SETS)
     }
 
-    pub fn with_limit(max_label_sets: usize) -> Self {
+    pub(crate) fn with_limit(max_label_sets: usize) -> Self {
         let mut registry = Registry::with_prefix("imds_snoop");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -248,7 +248,7 @@ impl Metrics {
     }
 
     /// Counts one request (its line was just queued) and how long it took to get there.
-    pub fn observe(&self, record: &Record, processing: Duration) {
+    pub(crate) fn observe(&self, record: &Record, processing: Duration) {
         let Some(m) = &self.0 else { return };
         let labels = RequestLabels::of(record);
         if let Some(counter) = m.requests.get(&labels) {
@@ -265,7 +265,12 @@ impl Metrics {
 
     /// Sets the loss counters and lines written to the daemon's running totals (the ones
     /// `report_losses` logs).
-    pub fn set_totals(&self, losses: &Losses, degraded: &DegradedEvents, lines_written: u64) {
+    pub(crate) fn set_totals(
+        &self,
+        losses: &Losses,
+        degraded: &DegradedEvents,
+        lines_written: u64,
+    ) {
         let Some(m) = &self.0 else { return };
         let set = |c: &Counter, v: u64| c.inner().store(v, Ordering::Relaxed);
         set(
@@ -296,7 +301,7 @@ impl Metrics {
         set(&m.lines_written, lines_written);
     }
 
-    pub fn set_attached(&self, mode: AttachMode, attached: bool) {
+    pub(crate) fn set_attached(&self, mode: AttachMode, attached: bool) {
         let Some(m) = &self.0 else { return };
         m.attached
             .get_or_create(&ModeLabels {
@@ -312,7 +317,7 @@ impl Metrics {
         not(test),
         expect(dead_code, reason = "the server encodes its registry")
     )]
-    pub fn encode(&self) -> Result<String, MetricsError> {
+    pub(crate) fn encode(&self) -> Result<String, MetricsError> {
         let mut out = String::new();
         if let Some(m) = &self.0 {
             text::encode(&mut out, &m.registry)?;
@@ -326,7 +331,7 @@ impl Metrics {
 }
 
 /// Binds the metrics port: done before attaching, so a taken port fails start-up.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsError> {
+pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| MetricsError::Bind { addr, source })
@@ -334,7 +339,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsError> {
 
 /// Serves `GET /metrics` on `listener` until the runtime stops. A disabled `metrics` serves
 /// nothing.
-pub fn serve(listener: TcpListener, metrics: &Metrics) {
+pub(crate) fn serve(listener: TcpListener, metrics: &Metrics) {
     let Some(registry) = metrics.registry() else {
         return;
     };

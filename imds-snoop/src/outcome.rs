@@ -26,14 +26,14 @@ use crate::{
 };
 
 /// (local end, remote end).
-pub type Key = ((IpAddr, u16), (IpAddr, u16));
+pub(crate) type Key = ((IpAddr, u16), (IpAddr, u16));
 
 struct Pending {
     record: Record,
     deadline: Instant,
 }
 
-pub struct Outcomes {
+pub(crate) struct Outcomes {
     /// None: responses are not traced, nothing waits.
     timeout: Option<Duration>,
     max_pending: usize,
@@ -54,7 +54,7 @@ const BLIND_AFTER: u64 = 10;
 
 impl Outcomes {
     /// `timeout` None: responses are not traced; every record is written at once.
-    pub fn new(timeout: Option<Duration>, max_pending: usize) -> Self {
+    pub(crate) fn new(timeout: Option<Duration>, max_pending: usize) -> Self {
         Self {
             timeout,
             max_pending,
@@ -72,7 +72,7 @@ impl Outcomes {
     /// one was answered: the program is attached but sees no replies (e.g. cgroup v1
     /// net_cls/net_prio in use turns off the kernel's cgroup2 socket matching), so missing
     /// statuses and hop-limit warnings mean nothing. The daemon warns about it.
-    pub fn blind(&mut self) -> bool {
+    pub(crate) fn blind(&mut self) -> bool {
         if self.warned_blind || self.matched > 0 || self.expired < BLIND_AFTER {
             return false;
         }
@@ -81,7 +81,7 @@ impl Outcomes {
     }
 
     /// A complete request. Returns it when it is to be written now (nothing to wait for).
-    pub fn request(&mut self, key: Key, record: Record, now: Instant) -> Option<Record> {
+    pub(crate) fn request(&mut self, key: Key, record: Record, now: Instant) -> Option<Record> {
         let Some(timeout) = self.timeout else {
             return Some(record);
         };
@@ -102,7 +102,7 @@ impl Outcomes {
     }
 
     /// A response: the oldest request waiting on its connection, with its status.
-    pub fn response(&mut self, response: &Response) -> Option<Record> {
+    pub(crate) fn response(&mut self, response: &Response) -> Option<Record> {
         let key = (response.local, response.remote);
         let queue = self.pending.get_mut(&key);
         let Some(p) = queue.and_then(VecDeque::pop_front) else {
@@ -120,7 +120,7 @@ impl Outcomes {
     }
 
     /// Requests whose wait is over, without a status, oldest first.
-    pub fn expire(&mut self, now: Instant) -> Vec<Record> {
+    pub(crate) fn expire(&mut self, now: Instant) -> Vec<Record> {
         let mut out = Vec::new();
         self.pending.retain(|_, queue| {
             while queue.front().is_some_and(|p| p.deadline <= now) {
@@ -140,7 +140,7 @@ impl Outcomes {
 
     /// Everything still waiting (the daemon is stopping): written with an unknown outcome,
     /// since their wait was cut short.
-    pub fn drain(&mut self) -> Vec<Record> {
+    pub(crate) fn drain(&mut self) -> Vec<Record> {
         let mut out: Vec<Record> = self
             .pending
             .drain()

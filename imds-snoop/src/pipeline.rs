@@ -30,7 +30,7 @@ const MAX_WAITING_FOR_RESPONSE: usize = 8192;
 
 /// The stages and their state: per-socket reassembly, the attribution caches, requests
 /// waiting for their response, and the boot-to-wall clock offset.
-pub struct Pipeline {
+pub(crate) struct Pipeline {
     reassembler: Reassembler<Send>,
     attribution: Attribution,
     outcomes: Outcomes,
@@ -42,7 +42,7 @@ impl Pipeline {
     /// `paths`: where `/proc`, the cgroup tree and the runtimes' state are read.
     /// `response_timeout`: how long a request waits for its response's status; `None` when
     /// responses are not traced (every record then comes out as soon as it is attributed).
-    pub fn new(paths: Paths, response_timeout: Option<Duration>) -> Self {
+    pub(crate) fn new(paths: Paths, response_timeout: Option<Duration>) -> Self {
         Self {
             reassembler: Reassembler::new(MAX_REQUEST_BYTES, REASSEMBLY_TTL),
             attribution: Attribution::new(paths),
@@ -58,7 +58,7 @@ impl Pipeline {
     /// several (pipelined requests, a response releasing a waiting request). `now`: when the
     /// drain this record belongs to began (ages in the reassembly and exec caches). An
     /// undecodable record is counted ([`Self::decode_errors`]) and warned about, never fatal.
-    pub fn push(&mut self, record: &[u8], now: Instant, out: &mut Vec<Record>) {
+    pub(crate) fn push(&mut self, record: &[u8], now: Instant, out: &mut Vec<Record>) {
         match decode::decode(record) {
             Ok(Event::Send(send)) => self.on_send(send, now, out),
             Ok(Event::Exec(exec)) => self.attribution.on_exec(exec, now),
@@ -76,7 +76,7 @@ impl Pipeline {
     /// The daemon's 1 s tick: re-reads the clock offset, ages the caches, and appends to
     /// `out` the heads that timed out (truncated) and the requests whose wait for a status
     /// is over (as unanswered).
-    pub fn expire(&mut self, now: Instant, out: &mut Vec<Record>) {
+    pub(crate) fn expire(&mut self, now: Instant, out: &mut Vec<Record>) {
         self.clock = BootClock::now();
         self.attribution.sweep(now);
         for (ctx, request) in self.reassembler.expire(now) {
@@ -95,7 +95,7 @@ impl Pipeline {
     /// At shutdown: appends everything still held to `out`. Heads in reassembly are emitted
     /// truncated; waits that are over count as unanswered, the rest were cut short by the
     /// stop (outcome unknown).
-    pub fn finish(&mut self, now: Instant, out: &mut Vec<Record>) {
+    pub(crate) fn finish(&mut self, now: Instant, out: &mut Vec<Record>) {
         for (ctx, request) in self.reassembler.drain() {
             self.emit(ctx, request, out);
         }
@@ -104,17 +104,17 @@ impl Pipeline {
     }
 
     /// Ring records that could not be decoded, since start.
-    pub fn decode_errors(&self) -> u64 {
+    pub(crate) fn decode_errors(&self) -> u64 {
         self.decode_errors
     }
 
     /// Responses with no waiting request, since start.
-    pub fn responses_unmatched(&self) -> u64 {
+    pub(crate) fn responses_unmatched(&self) -> u64 {
         self.outcomes.unmatched
     }
 
     /// Requests written without waiting for their status (too many were waiting).
-    pub fn logged_without_waiting(&self) -> u64 {
+    pub(crate) fn logged_without_waiting(&self) -> u64 {
         self.outcomes.overflowed
     }
 

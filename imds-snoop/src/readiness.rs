@@ -9,7 +9,7 @@ use std::{
 };
 
 /// Sends `READY=1` to systemd when it asked for it (NOTIFY_SOCKET set); a no-op otherwise.
-pub fn notify_ready() -> io::Result<()> {
+pub(crate) fn notify_ready() -> io::Result<()> {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return Ok(());
     };
@@ -25,10 +25,10 @@ pub fn notify_ready() -> io::Result<()> {
 }
 
 /// The ready file, removed when dropped (clean exit).
-pub struct ReadyFile(PathBuf);
+pub(crate) struct ReadyFile(PathBuf);
 
 impl ReadyFile {
-    pub fn create(path: &Path) -> io::Result<Self> {
+    pub(crate) fn create(path: &Path) -> io::Result<Self> {
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir)?;
         }

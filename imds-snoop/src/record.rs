@@ -12,7 +12,7 @@ use crate::{
 
 /// Everything one trace line reports about one IMDS request.
 #[derive(Clone, Debug)]
-pub struct Record {
+pub(crate) struct Record {
     pub time: DateTime<Local>,
     pub request: Request,
     pub caller: Proc,
@@ -34,7 +34,7 @@ pub struct Record {
 
 /// What IMDS answered to a request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Responses are not traced (`--responses off`, or the attach failed), or the daemon
     /// stopped before the wait was over.
     #[default]
@@ -50,7 +50,7 @@ impl Record {
     /// [`Class::V2TokenNoResponse`], the hop-limit warning (a hop limit of 1 drops the PUT
     /// response for pods behind a bridge or veth). Its row of the class table gives the
     /// text label, the JSON `class`, the metric label and the level.
-    pub fn class(&self) -> Class {
+    pub(crate) fn class(&self) -> Class {
         if self.token_not_received() {
             Class::V2TokenNoResponse
         } else {
@@ -60,17 +60,17 @@ impl Record {
 
     /// Level as the anchor tool prints it (`WARNING` for v1, malformed requests and the
     /// hop-limit warning, `INFO` otherwise).
-    pub fn level(&self) -> &'static str {
+    pub(crate) fn level(&self) -> &'static str {
         self.class().level().as_str()
     }
 
     /// A token PUT that got no answer: the hop-limit warning.
-    pub fn token_not_received(&self) -> bool {
+    pub(crate) fn token_not_received(&self) -> bool {
         self.request.class == Class::V2Token && self.outcome == Outcome::NoResponse
     }
 
     /// The status code, when a response was seen.
-    pub fn status(&self) -> Option<u16> {
+    pub(crate) fn status(&self) -> Option<u16> {
         match self.outcome {
             Outcome::Status(s) => Some(s),
             _ => None,

@@ -2,13 +2,17 @@
 //! with [`TOKEN_REDACTED`] before anything else keeps it. One scanner serves request bytes
 //! (`http`) and argv (`process`), so the attribution layer need not reach into the HTTP
 //! parser. The ground floor: this module depends on nothing else in the crate.
+// Bytes from the wire: no str slice that could panic on a multi-byte character. Byte
+// slices and indexes here follow a search over the same bytes (`clippy::indexing_slicing`
+// is not on yet: about 20 sites to move to `get`).
+#![warn(clippy::string_slice)]
 
 use std::borrow::Cow;
 
 /// The IMDSv2 session token header (compared case-insensitively).
-pub const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
+pub(crate) const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
 /// What stands in for a token value, in headers and in `details()`: the anchor tool's marker.
-pub const TOKEN_REDACTED: &str = "**token redacted**";
+pub(crate) const TOKEN_REDACTED: &str = "**token redacted**";
 /// Shortest run of base64 characters taken for a token outside the token header (see
 /// [`redact_token_like`]); IMDS tokens are 56 characters.
 const TOKEN_LIKE_MIN: usize = 16;
@@ -27,7 +31,7 @@ pub(crate) fn ends_with_token_header(name: &str) -> bool {
 
 /// Where a token header's value ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ValueEnd {
+pub(crate) enum ValueEnd {
     /// At the end of the line: a request's header.
     Line,
     /// At the end of the shell word: a caller's argv, where `-H "X-aws-ec2-metadata-token:
@@ -37,7 +41,7 @@ pub enum ValueEnd {
 
 /// Replaces every token value (after a case-insensitive `x-aws-ec2-metadata-token` and its
 /// colon) with the redaction marker: the one scanner for request bytes and argv alike.
-pub fn redact_token_values(data: &[u8], end: ValueEnd) -> Cow<'_, [u8]> {
+pub(crate) fn redact_token_values(data: &[u8], end: ValueEnd) -> Cow<'_, [u8]> {
     redact_from(data, 0, None, end)
 }
 
@@ -162,7 +166,7 @@ fn line_end(data: &[u8], from: usize) -> usize {
 /// A token can sit in a caller's argv (`curl -H "X-aws-ec2-metadata-token: AQAE..."`):
 /// replace whatever follows the header name, up to the next blank or quote, so the token
 /// never reaches the log through the process tree either.
-pub fn redact_tokens(argv: &str) -> String {
+pub(crate) fn redact_tokens(argv: &str) -> String {
     // The scanner splices only at ASCII bytes, so valid UTF-8 stays valid.
     String::from_utf8_lossy(&redact_token_values(argv.as_bytes(), ValueEnd::Word)).into_owned()
 }

@@ -8,7 +8,7 @@ use std::{
     process::Command,
 };
 
-pub use imds_snoop_test_support::{
+pub(crate) use imds_snoop_test_support::{
     Client, FakeImds, FakeOpts, IMDS_V4, IMDS_V6, LINE_TIMEOUT, LogLine, Netns, OTHER_LINK_LOCAL,
     OTHER_PRIVATE, OTHER_V6, Routed, TestDir, botocore_credentials, curl, curl_status, lines_of,
     pids, require_root, run_client, serial, show,
@@ -18,12 +18,12 @@ const CLIENTS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/e2e");
 const DAEMON: &str = env!("CARGO_BIN_EXE_imds-snoop");
 
 /// The real `imds-snoop` binary of this build (see [`imds_snoop_test_support::Daemon`]).
-pub struct Daemon(imds_snoop_test_support::Daemon);
+pub(crate) struct Daemon(imds_snoop_test_support::Daemon);
 
 impl Daemon {
     /// Starts it with `--log-file <scratch>/imds-trace.log ARGS` and waits (up to 15 s)
     /// until it says `attached`.
-    pub fn start(args: &[&str]) -> Self {
+    pub(crate) fn start(args: &[&str]) -> Self {
         Self(imds_snoop_test_support::Daemon::start(
             Path::new(DAEMON),
             args,
@@ -32,7 +32,7 @@ impl Daemon {
 
     /// As [`Daemon::start`], with the trace log at `log` instead of the scratch directory
     /// (e.g. on a small tmpfs that a test fills up).
-    pub fn start_logging_to(log: Option<&Path>, args: &[&str]) -> Self {
+    pub(crate) fn start_logging_to(log: Option<&Path>, args: &[&str]) -> Self {
         Self(imds_snoop_test_support::Daemon::start_logging_to(
             Path::new(DAEMON),
             log,
@@ -41,13 +41,13 @@ impl Daemon {
     }
 
     /// The test's standard ending: stop cleanly, then check no secret was written.
-    pub fn finish(self, fakes: &[&FakeImds], extra: &[&str]) {
+    pub(crate) fn finish(self, fakes: &[&FakeImds], extra: &[&str]) {
         self.0.finish(fakes, extra);
     }
 
     /// The ending of a test that makes the daemon drop events on purpose: stop cleanly,
     /// check no secret was written (the test itself checks the losses).
-    pub fn finish_with_drops(self, fakes: &[&FakeImds], extra: &[&str]) {
+    pub(crate) fn finish_with_drops(self, fakes: &[&FakeImds], extra: &[&str]) {
         self.0.finish_with_drops(fakes, extra);
     }
 }
@@ -67,7 +67,7 @@ impl DerefMut for Daemon {
 }
 
 /// `imds-snoop report --format json LOG`, parsed.
-pub fn report_json(log: &Path) -> serde_json::Value {
+pub(crate) fn report_json(log: &Path) -> serde_json::Value {
     let out = Command::new(DAEMON)
         .args(["report", "--format", "json"])
         .arg(log)
@@ -78,6 +78,6 @@ pub fn report_json(log: &Path) -> serde_json::Value {
 }
 
 /// A path under tests/e2e (client scripts).
-pub fn client_script(name: &str) -> PathBuf {
+pub(crate) fn client_script(name: &str) -> PathBuf {
     Path::new(CLIENTS_DIR).join(name)
 }

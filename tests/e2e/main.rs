@@ -3,10 +3,6 @@
 //!
 //! They need root; without it they are skipped with a loud message, except under `CI`,
 //! where they fail. See tests/README.md.
-#![expect(
-    unreachable_pub,
-    reason = "harness visibility narrowed when it moves to the test-support crate (issue 14)"
-)]
 
 mod capture;
 mod containers;

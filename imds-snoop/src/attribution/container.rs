@@ -15,6 +15,7 @@
 //! Each container id is looked up once and cached (bounded), and so is the origin of each
 //! kernel-recorded cgroup id once /proc's path for it is proven to be that cgroup (its
 //! directory's inode is the id), so a caller's cgroup file is not read for every event.
+#![warn(clippy::indexing_slicing, clippy::string_slice)]
 
 use std::{
     collections::HashMap,
@@ -29,7 +30,7 @@ use serde::Serialize;
 /// Where a call came from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Origin {
+pub(crate) enum Origin {
     Container(Container),
     Host {
         unit: Option<String>,
@@ -39,7 +40,7 @@ pub enum Origin {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Container {
+pub(crate) struct Container {
     pub id: String,
     pub runtime: &'static str,
     pub pod_uid: Option<String>,
@@ -47,7 +48,7 @@ pub struct Container {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Pod {
+pub(crate) struct Pod {
     pub namespace: String,
     pub name: String,
     pub container: Option<String>,
@@ -55,7 +56,7 @@ pub struct Pod {
 
 /// What a cgroup path says.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CgroupInfo {
+pub(super) enum CgroupInfo {
     Container {
         id: String,
         runtime: &'static str,
@@ -67,7 +68,7 @@ pub enum CgroupInfo {
 }
 
 /// Reads a cgroup path (the part after `0::` in /proc/<pid>/cgroup).
-pub fn parse_cgroup_path(path: &str) -> CgroupInfo {
+pub(super) fn parse_cgroup_path(path: &str) -> CgroupInfo {
     let mut pod_uid = None;
     let mut container = None;
     for seg in path.split('/').filter(|s| !s.is_empty()) {
@@ -97,12 +98,11 @@ pub fn parse_cgroup_path(path: &str) -> CgroupInfo {
 /// `pod<uid>` (cgroupfs) or `kubepods-<qos>-pod<uid with _>.slice` (systemd).
 fn pod_segment(seg: &str) -> Option<String> {
     let rest = seg.strip_suffix(".slice").unwrap_or(seg);
-    let idx = rest.rfind("pod")?;
-    let before = &rest[..idx];
+    let (before, uid) = rest.split_at_checked(rest.rfind("pod")?)?;
     if !(before.is_empty() || before.starts_with("kubepods")) {
         return None;
     }
-    let uid = rest[idx + 3..].replace('_', "-");
+    let uid = uid.strip_prefix("pod")?.replace('_', "-");
     (uid.len() == 36 && uid.chars().all(|c| c.is_ascii_hexdigit() || c == '-')).then_some(uid)
 }
 
@@ -131,7 +131,7 @@ fn is_container_id(s: &str) -> bool {
 /// The cgroup path in a /proc/<pid>/cgroup file: the first line whose path names a
 /// container (v2's `0::` line or any v1 controller: on hybrid hosts they can differ), else
 /// the v2 path, else the first line's.
-pub fn cgroup_path_of(proc_cgroup: &str) -> Option<String> {
+pub(super) fn cgroup_path_of(proc_cgroup: &str) -> Option<String> {
     let paths: Vec<(&str, &str)> = proc_cgroup
         .lines()
         .filter_map(|line| {
@@ -151,7 +151,7 @@ pub fn cgroup_path_of(proc_cgroup: &str) -> Option<String> {
 
 /// The id of a containerd shim's sandbox: `containerd-shim-runc-v2 -namespace k8s.io -id
 /// <id> -address ...`, or the v1 shim's `-workdir .../<namespace>/<id>`.
-pub fn shim_id(argv: &str) -> Option<String> {
+pub(super) fn shim_id(argv: &str) -> Option<String> {
     let mut words = argv.split_whitespace();
     let first = words.next()?;
     if !first.rsplit('/').next()?.starts_with("containerd-shim") {
@@ -159,9 +159,9 @@ pub fn shim_id(argv: &str) -> Option<String> {
     }
     let words: Vec<&str> = argv.split_whitespace().collect();
     for pair in words.windows(2) {
-        match pair[0] {
-            "-id" => return Some(pair[1].to_owned()),
-            "-workdir" => return pair[1].rsplit('/').next().map(str::to_owned),
+        match *pair {
+            ["-id", id] => return Some(id.to_owned()),
+            ["-workdir", dir] => return dir.rsplit('/').next().map(str::to_owned),
             _ => {}
         }
     }
@@ -170,7 +170,7 @@ pub fn shim_id(argv: &str) -> Option<String> {
 
 /// Node paths the resolver reads; configurable for a DaemonSet that mounts the host's.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Paths {
+pub(crate) struct Paths {
     pub proc_root: PathBuf,
     pub cgroup_root: PathBuf,
     /// containerd's task state: `/run/containerd/io.containerd.runtime.v2.task`.
@@ -185,7 +185,14 @@ impl Paths {
     /// containerd's and CRI-O's state under `<root>/run`, `<root>/var/log/pods`. For a host
     /// tree mounted elsewhere, and for a fake tree in tests. `Paths::under("/")` is
     /// `Paths::default()`.
-    pub fn under(root: &Path) -> Self {
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "the pipeline's tests run on a fake tree; no flag mounts a host tree (yet)"
+        )
+    )]
+    pub(crate) fn under(root: &Path) -> Self {
         let d = Self::default();
         let at = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
         Self {
@@ -218,7 +225,7 @@ const ORIGIN_TTL: Duration = Duration::from_secs(10);
 /// The same for a container whose pod is not known yet: look again soon.
 const PODLESS_ORIGIN_TTL: Duration = Duration::from_secs(1);
 
-pub struct Resolver {
+pub(super) struct Resolver {
     paths: Paths,
     pods: HashMap<String, Option<Pod>>,
     cgroup_paths: HashMap<u64, Option<String>>,
@@ -227,7 +234,7 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    pub fn new(paths: Paths) -> Self {
+    pub(super) fn new(paths: Paths) -> Self {
         Self {
             paths,
             pods: HashMap::new(),
@@ -238,7 +245,7 @@ impl Resolver {
     }
 
     /// Origin of a call by `pids` (caller first, then ancestors) in cgroup `cgroup_id`.
-    pub fn resolve(&mut self, pids: &[u32], cgroup_id: u64, now: Instant) -> Origin {
+    pub(super) fn resolve(&mut self, pids: &[u32], cgroup_id: u64, now: Instant) -> Origin {
         if cgroup_id != 0
             && let Some((origin, at)) = self.origins.get(&cgroup_id)
         {
@@ -324,7 +331,7 @@ impl Resolver {
     }
 
     /// Origin named by a containerd shim's sandbox id (when the cgroup said nothing).
-    pub fn sandbox(&mut self, id: String) -> Origin {
+    pub(super) fn sandbox(&mut self, id: String) -> Origin {
         let pod = self.pod(&id, None);
         Origin::Container(Container {
             id,
@@ -418,7 +425,7 @@ fn find_inode(dir: &Path, ino: u64, depth: u32) -> Option<PathBuf> {
 }
 
 /// Pod identity from an OCI bundle's annotations (containerd CRI or CRI-O).
-pub fn pod_from_config(bytes: &[u8]) -> Option<Pod> {
+pub(super) fn pod_from_config(bytes: &[u8]) -> Option<Pod> {
     #[derive(serde::Deserialize)]
     struct Spec {
         #[serde(default)]

@@ -2,6 +2,7 @@
 //! from the exec cache or /proc), and where it runs (`container`: cgroup -> container ->
 //! pod, from node-local state). One room with one entry point, [`Attribution::attribute`];
 //! the exec/exit events that keep the argv cache current come in through it too.
+#![warn(clippy::indexing_slicing, clippy::string_slice)]
 
 mod container;
 mod process;
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 // Tests elsewhere build origins by hand; the daemon only passes them on.
 #[cfg(test)]
 pub(crate) use self::container::{Container, Pod};
-pub use self::{
+pub(crate) use self::{
     container::{Origin, Paths},
     process::Proc,
 };
@@ -28,7 +29,7 @@ const EXEC_KEEP_AFTER_EXIT: Duration = Duration::from_secs(30);
 
 /// Who made a call and where it runs, as far as the node can tell.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Attributed {
+pub(crate) struct Attributed {
     /// The calling process (the kernel's tgid and comm, argv when known).
     pub caller: Proc,
     /// Its parent first, up to pid 1.
@@ -38,7 +39,7 @@ pub struct Attributed {
 }
 
 /// The attribution stage: process view (with its exec cache) and container resolver.
-pub struct Attribution {
+pub(crate) struct Attribution {
     processes: ProcessView,
     containers: Resolver,
 }
@@ -46,7 +47,7 @@ pub struct Attribution {
 impl Attribution {
     /// Reads processes under `paths.proc_root`, cgroups under `paths.cgroup_root`, and
     /// runtime bundles and pod logs under the other `paths`.
-    pub fn new(paths: Paths) -> Self {
+    pub(crate) fn new(paths: Paths) -> Self {
         Self {
             processes: ProcessView::new(
                 &paths.proc_root,
@@ -57,22 +58,22 @@ impl Attribution {
     }
 
     /// A process started a program: its argv, complete, for calls it makes later.
-    pub fn on_exec(&mut self, exec: Exec, now: Instant) {
+    pub(crate) fn on_exec(&mut self, exec: Exec, now: Instant) {
         self.processes.execs.on_exec(exec, now);
     }
 
     /// A process exited: its argv is kept a while for requests still in reassembly.
-    pub fn on_exit(&mut self, tgid: u32, now: Instant) {
+    pub(crate) fn on_exit(&mut self, tgid: u32, now: Instant) {
         self.processes.execs.on_exit(tgid, now);
     }
 
     /// Forgets what has aged out of the exec cache (the daemon's 1 s tick).
-    pub fn sweep(&mut self, now: Instant) {
+    pub(crate) fn sweep(&mut self, now: Instant) {
         self.processes.execs.sweep(now);
     }
 
     /// The caller of `send`, its ancestors, and its origin. `now` serves the caches' ages.
-    pub fn attribute(&mut self, send: &Send, now: Instant) -> Attributed {
+    pub(crate) fn attribute(&mut self, send: &Send, now: Instant) -> Attributed {
         let (caller, ancestors) = self.processes.chain(send, now);
         let pids: Vec<u32> = std::iter::once(caller.pid)
             .chain(ancestors.iter().map(|a| a.pid))

@@ -9,6 +9,7 @@
 //! same table, per pid, until the kernel reports that pid's exec or exit, for at most
 //! [`PROC_ARGV_TTL`] (exec/exit events can be lost when the ring is full), and only while the
 //! kernel-recorded comm still matches.
+#![warn(clippy::indexing_slicing, clippy::string_slice)]
 
 use std::{
     cell::OnceCell,
@@ -27,20 +28,20 @@ use crate::{
 /// Longest argv kept, in characters: enough for a long `aws` or `java` command line.
 const MAX_ARGV_CHARS: usize = 512;
 /// How long argv read from /proc is trusted without an exec or exit event for its pid.
-pub const PROC_ARGV_TTL: Duration = Duration::from_secs(2);
+pub(super) const PROC_ARGV_TTL: Duration = Duration::from_secs(2);
 
 /// A process of a call's chain: `pid`, the kernel's `comm`, and `argv` (`None` when the
 /// process had exited before we could read /proc). The line contract's type, so the JSON
 /// formatter writes a record's `ancestors` as they are, with no copy.
-pub use imds_snoop_line::json::Proc;
+pub(crate) use imds_snoop_line::json::Proc;
 
-pub struct ProcessView {
+pub(super) struct ProcessView {
     proc_root: PathBuf,
     pub execs: ExecCache,
 }
 
 impl ProcessView {
-    pub fn new(proc_root: &Path, execs: ExecCache) -> Self {
+    pub(super) fn new(proc_root: &Path, execs: ExecCache) -> Self {
         Self {
             proc_root: proc_root.to_owned(),
             execs,
@@ -48,7 +49,7 @@ impl ProcessView {
     }
 
     /// The caller, then its ancestors up to pid 1.
-    pub fn chain(&mut self, send: &Send, now: Instant) -> (Proc, Vec<Proc>) {
+    pub(super) fn chain(&mut self, send: &Send, now: Instant) -> (Proc, Vec<Proc>) {
         let caller = self.proc(send.tgid, &send.comm, now);
         let mut ancestors: Vec<Proc> = send
             .ancestors
@@ -141,7 +142,7 @@ impl ProcessView {
 /// What the kernel told us of a program started since the daemon began, or what /proc told
 /// us of a caller or ancestor.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Known {
+pub(super) struct Known {
     pub argv: Vec<String>,
     pub ppid: u32,
     seen: Instant,
@@ -183,14 +184,14 @@ impl Known {
 }
 
 /// argv of recently started processes, by pid, bounded in count and in age after exit.
-pub struct ExecCache {
+pub(super) struct ExecCache {
     entries: HashMap<u32, Known>,
     max_entries: usize,
     keep_after_exit: Duration,
 }
 
 impl ExecCache {
-    pub fn new(max_entries: usize, keep_after_exit: Duration) -> Self {
+    pub(super) fn new(max_entries: usize, keep_after_exit: Duration) -> Self {
         Self {
             entries: HashMap::new(),
             max_entries,
@@ -198,7 +199,7 @@ impl ExecCache {
         }
     }
 
-    pub fn on_exec(&mut self, e: Exec, now: Instant) {
+    pub(super) fn on_exec(&mut self, e: Exec, now: Instant) {
         let known = Known::new(e.argv, e.ppid, now, Source::Exec);
         self.insert(e.tgid, known, now);
     }
@@ -211,13 +212,13 @@ impl ExecCache {
     }
 
     /// Kept a while after exit: the exiting caller's request may still be in reassembly.
-    pub fn on_exit(&mut self, tgid: u32, now: Instant) {
+    pub(super) fn on_exit(&mut self, tgid: u32, now: Instant) {
         if let Some(k) = self.entries.get_mut(&tgid) {
             k.exited = Some(now);
         }
     }
 
-    pub fn get(&self, pid: u32) -> Option<&Known> {
+    pub(super) fn get(&self, pid: u32) -> Option<&Known> {
         self.entries.get(&pid)
     }
 
@@ -229,7 +230,7 @@ impl ExecCache {
     /// Drops exited entries older than `keep_after_exit` and stale /proc reads of live
     /// processes; if still at the bound, drops the oldest half of the live ones too (a live
     /// process is still in /proc anyway).
-    pub fn sweep(&mut self, now: Instant) {
+    pub(super) fn sweep(&mut self, now: Instant) {
         let keep = self.keep_after_exit;
         self.entries.retain(|_, k| match (k.exited, &k.source) {
             (Some(t), _) => now.duration_since(t) < keep,
@@ -239,20 +240,25 @@ impl ExecCache {
         if self.entries.len() >= self.max_entries {
             let mut seen: Vec<Instant> = self.entries.values().map(|k| k.seen).collect();
             seen.sort_unstable();
-            let cutoff = seen[seen.len() / 2];
-            self.entries.retain(|_, k| k.seen > cutoff);
+            if let Some(&cutoff) = seen.get(seen.len() / 2) {
+                self.entries.retain(|_, k| k.seen > cutoff);
+            }
         }
     }
 }
 
-pub fn truncate_chars(s: &str, max: usize) -> String {
+pub(super) fn truncate_chars(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}...", &s[..cut]),
+        Some((cut, _)) => format!("{}...", s.get(..cut).unwrap_or(s)),
         None => s.to_owned(),
     }
 }
 
 #[cfg(test)]
+#[expect(
+    clippy::indexing_slicing,
+    reason = "tests index what they just checked; a panic there is a failed test"
+)]
 mod tests {
     use super::*;
 

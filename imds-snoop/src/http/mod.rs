@@ -8,6 +8,11 @@
 //! payload. A request's headers may arrive in several sends, several pipelined requests may
 //! arrive in one, and a request body follows its headers. [`Reassembler`] turns that stream of
 //! snippets into one [`Request`] per HTTP request, and never keeps or returns a token value.
+// Bytes from the wire: no str slice that could panic on a multi-byte character (here and
+// in `parse` and `reassembly`). `clippy::indexing_slicing` is not on yet for the room:
+// `parse` and `reassembly` slice bytes at positions a search over the same bytes found
+// (about 20 sites to move to `get`).
+#![warn(clippy::string_slice)]
 
 mod parse;
 mod reassembly;
@@ -17,7 +22,7 @@ use std::fmt::Write as _;
 use imds_snoop_line::label;
 
 pub use self::reassembly::Reassembler;
-pub use crate::redact::{TOKEN_HEADER, TOKEN_REDACTED};
+pub(crate) use crate::redact::TOKEN_REDACTED;
 use crate::{escape::find_byte, redact::is_token_header};
 
 /// The IMDSv2 token endpoint (`PUT`).
@@ -58,10 +63,6 @@ impl Request {
     /// The anchor tool's "req details:" text: request line and headers lowercased, joined
     /// ", ", with a trailing ",", the token header as the bare item `**token redacted**`.
     /// For a malformed request, the escaped and redacted snippet of its raw bytes.
-    #[cfg_attr(
-        not(test),
-        allow(dead_code, reason = "module API; lines use details_into")
-    )]
     pub fn details(&self) -> String {
         let mut out = String::new();
         self.details_into(&mut out);
@@ -71,7 +72,7 @@ impl Request {
     /// Appends [`Self::details`] to `out`, with no allocation of its own. Lowercasing and
     /// escaping go char by char (`clean` of a concatenation is the concatenation of each
     /// part's `clean`), so each part is cleaned where it lands.
-    pub fn details_into(&self, out: &mut String) {
+    pub(crate) fn details_into(&self, out: &mut String) {
         if self.class == Class::Malformed {
             out.push_str(self.snippet.as_deref().unwrap_or_default());
             return;
@@ -106,7 +107,7 @@ impl Request {
 
     /// A send whose payload the kernel could not read: still a call to IMDS, logged as
     /// malformed (nothing to classify it by).
-    pub fn unreadable() -> Self {
+    pub(crate) fn unreadable() -> Self {
         Request {
             class: Class::Malformed,
             method: None,
@@ -121,11 +122,14 @@ impl Request {
     }
 
     /// The first value of header `name` (case-insensitive).
-    #[allow(
-        dead_code,
-        reason = "module API; the daemon does not look headers up (yet)"
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "for tests; the daemon does not look headers up (yet)"
+        )
     )]
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -143,11 +147,15 @@ fn clean_into(out: &mut String, s: &str) {
             !(b == b'\t' || (0x20..0x7f).contains(&b))
         })
         .unwrap_or(rest.len());
+        // `plain` is at a non-ASCII or control byte's start: a char boundary.
+        let (head, tail) = rest.split_at_checked(plain).unwrap_or((rest, ""));
         let start = out.len();
-        out.push_str(&rest[..plain]);
-        out[start..].make_ascii_lowercase();
-        rest = &rest[plain..];
-        let Some(c) = rest.chars().next() else { break };
+        out.push_str(head);
+        if let Some(pushed) = out.get_mut(start..) {
+            pushed.make_ascii_lowercase();
+        }
+        let mut chars = tail.chars();
+        let Some(c) = chars.next() else { break };
         for c in c.to_lowercase() {
             if c.is_control() && c != '\t' {
                 // The rare path: a control character in a request.
@@ -156,7 +164,7 @@ fn clean_into(out: &mut String, s: &str) {
                 out.push(c);
             }
         }
-        rest = &rest[c.len_utf8()..];
+        rest = chars.as_str();
     }
 }
 
@@ -177,7 +185,7 @@ fn is_token_put(method: Option<&str>, path: Option<&str>) -> bool {
         return false;
     };
     if let Some(rest) = path.strip_prefix("http://") {
-        path = rest.find('/').map_or("/", |i| &rest[i..]);
+        path = rest.find('/').and_then(|i| rest.get(i..)).unwrap_or("/");
     }
     path.split(['?', '#']).next() == Some(TOKEN_PATH)
 }

@@ -1,10 +1,10 @@
 //! How a trace line is written (text or JSON, from a [`Record`]), and where (`writer`).
 //! What a line says is `record`; lines about losses are `losses`.
 
-pub mod json;
+pub(crate) mod json;
 mod stamps;
-pub mod text;
-pub mod writer;
+pub(crate) mod text;
+pub(crate) mod writer;
 
 use self::stamps::Stamps;
 use crate::record::Record;
@@ -22,7 +22,7 @@ pub enum Format {
 impl Record {
     /// The record's line (without a newline). The daemon builds its lines with a
     /// [`LineFormatter`] instead, which keeps its buffers and timestamps between lines.
-    pub fn format(&self, format: Format, node: &str) -> String {
+    pub(crate) fn format(&self, format: Format, node: &str) -> String {
         let mut out = String::new();
         LineFormatter::new(format, node).push_line(self, &mut out);
         out
@@ -32,7 +32,7 @@ impl Record {
 /// Builds lines into a caller's buffer, keeping what can be kept from one line to the
 /// next: the formatted second of the timestamp, and scratch buffers. Per-line allocations
 /// and chrono's strftime were a third of the daemon's CPU per event.
-pub struct LineFormatter {
+pub(crate) struct LineFormatter {
     format: Format,
     node: String,
     stamps: Stamps,
@@ -41,7 +41,7 @@ pub struct LineFormatter {
 }
 
 impl LineFormatter {
-    pub fn new(format: Format, node: &str) -> Self {
+    pub(crate) fn new(format: Format, node: &str) -> Self {
         Self {
             format,
             node: node.to_owned(),
@@ -52,7 +52,7 @@ impl LineFormatter {
     }
 
     /// Appends the line of `r` to `out`, without a newline.
-    pub fn push_line(&mut self, r: &Record, out: &mut String) {
+    pub(crate) fn push_line(&mut self, r: &Record, out: &mut String) {
         match self.format {
             Format::Text => text::push_line(r, &mut self.stamps, &mut self.scratch, out),
             Format::Json => {
@@ -68,7 +68,7 @@ impl LineFormatter {
 }
 
 #[cfg(test)]
-pub mod tests {
+pub(crate) mod tests {
     use std::time::{Duration, Instant};
 
     use chrono::Local;
@@ -100,7 +100,7 @@ pub mod tests {
     }
 
     /// A record of `raw` (one complete request) from `python3` on the host.
-    pub fn sample_record(raw: &[u8]) -> Record {
+    pub(crate) fn sample_record(raw: &[u8]) -> Record {
         let mut r = Reassembler::<()>::new(4096, Duration::from_secs(1));
         let request = r.push(0, (), raw, false, Instant::now()).remove(0).1;
         Record {

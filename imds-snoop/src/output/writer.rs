@@ -20,7 +20,7 @@ use std::{
 use tracing::warn;
 
 #[derive(Debug, thiserror::Error)]
-pub enum WriterError {
+pub(crate) enum WriterError {
     #[error("cannot create log directory {path}: {source}")]
     Dir {
         path: PathBuf,
@@ -36,7 +36,7 @@ pub enum WriterError {
 }
 
 #[derive(Clone, Debug)]
-pub struct WriterConfig {
+pub(crate) struct WriterConfig {
     pub path: PathBuf,
     pub max_bytes: u64,
     pub backups: u32,
@@ -46,7 +46,7 @@ pub struct WriterConfig {
 
 /// Counters the rest of the daemon reports.
 #[derive(Debug, Default)]
-pub struct WriterStats {
+pub(crate) struct WriterStats {
     pub written: AtomicU64,
     /// Lines lost because the queue was full (writer slower than intake).
     pub dropped_backpressure: AtomicU64,
@@ -59,13 +59,13 @@ pub struct WriterStats {
 /// quarter of its CPU per event under load). A line must not hold a `\n` of its own (the
 /// formats escape it).
 #[derive(Debug, Default)]
-pub struct Lines {
+pub(crate) struct Lines {
     text: String,
     count: usize,
 }
 
 impl Lines {
-    pub fn with_capacity(bytes: usize) -> Self {
+    pub(crate) fn with_capacity(bytes: usize) -> Self {
         Self {
             text: String::with_capacity(bytes),
             count: 0,
@@ -73,23 +73,23 @@ impl Lines {
     }
 
     /// Appends a line that `build` writes to the end of the buffer.
-    pub fn push_with(&mut self, build: impl FnOnce(&mut String)) {
+    pub(crate) fn push_with(&mut self, build: impl FnOnce(&mut String)) {
         build(&mut self.text);
         self.text.push('\n');
         self.count += 1;
     }
 
     /// Lines held.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.count
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.count == 0
     }
 
     /// Bytes held.
-    pub fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         self.text.len()
     }
 }
@@ -102,7 +102,7 @@ enum Msg {
 }
 
 /// The sending half; cheap to use from the async event loop.
-pub struct LineSender {
+pub(crate) struct LineSender {
     tx: Option<SyncSender<Msg>>,
     /// Lines sent and not yet taken by the writer thread, and their bound.
     queued: Arc<AtomicUsize>,
@@ -112,7 +112,7 @@ pub struct LineSender {
 }
 
 impl LineSender {
-    pub fn send(&self, mut line: String) {
+    pub(crate) fn send(&self, mut line: String) {
         line.push('\n');
         self.send_lines(Lines {
             text: line,
@@ -122,7 +122,7 @@ impl LineSender {
 
     /// Queues a batch whole, or counts all its lines as dropped if the queue has not room
     /// for them all.
-    pub fn send_lines(&self, lines: Lines) {
+    pub(crate) fn send_lines(&self, lines: Lines) {
         let Some(tx) = &self.tx else { return };
         let n = lines.count;
         if n == 0 {
@@ -138,19 +138,19 @@ impl LineSender {
     }
 
     /// Reopens the log file after the lines already queued (for SIGHUP).
-    pub fn reopen(&self) {
+    pub(crate) fn reopen(&self) {
         if let Some(tx) = &self.tx {
             // Blocking send: a reopen request must not be lost to a full queue.
             let _ = tx.send(Msg::Reopen);
         }
     }
 
-    pub fn stats(&self) -> &Arc<WriterStats> {
+    pub(crate) fn stats(&self) -> &Arc<WriterStats> {
         &self.stats
     }
 
     /// Writes out everything queued and waits for the file to be flushed.
-    pub fn close(mut self) {
+    pub(crate) fn close(mut self) {
         self.tx.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -160,7 +160,7 @@ impl LineSender {
 
 /// Opens the log (so a bad path fails at start, not at the first call) and starts the
 /// writer thread.
-pub fn start(config: WriterConfig) -> Result<LineSender, WriterError> {
+pub(crate) fn start(config: WriterConfig) -> Result<LineSender, WriterError> {
     let file = LogFile::open(&config)?;
     let stats = Arc::new(WriterStats::default());
     // Each message holds at least one line: a queue of `queue` lines never holds more

@@ -11,7 +11,7 @@ use super::{
 };
 
 /// Name of the node text lines come from when `--node` does not name it.
-pub const DEFAULT_NODE: &str = "this node";
+pub(super) const DEFAULT_NODE: &str = "this node";
 
 /// The IMDS endpoints. Calls to other `--target` destinations (EKS Pod Identity's agent,
 /// a test address) are not IMDS calls and do not count against a verdict.
@@ -19,7 +19,7 @@ const IMDS_DESTINATIONS: [&str; 2] = ["169.254.169.254:80", "[fd00:ec2::254]:80"
 
 /// One caller: where, which process, which client.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CallerKey {
+pub(super) struct CallerKey {
     pub node: String,
     pub origin: Origin,
     pub process: String,
@@ -27,7 +27,7 @@ pub struct CallerKey {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Counts {
+pub(super) struct Counts {
     pub v1: u64,
     pub v2: u64,
     pub token: u64,
@@ -58,14 +58,14 @@ impl Counts {
         }
     }
 
-    pub fn calls(&self) -> u64 {
+    pub(super) fn calls(&self) -> u64 {
         self.v1 + self.v2 + self.token + self.malformed
     }
 }
 
 /// A row of the report.
 #[derive(Clone, Debug)]
-pub struct Caller {
+pub(super) struct Caller {
     pub key: CallerKey,
     pub counts: Counts,
     pub sdk: Option<Sdk>,
@@ -73,7 +73,7 @@ pub struct Caller {
 
 impl Caller {
     /// Remarks for the NOTE column.
-    pub fn notes(&self) -> Vec<String> {
+    pub(super) fn notes(&self) -> Vec<String> {
         let mut notes = Vec::new();
         if let Some(s) = self.sdk.as_ref().and_then(|s| s.imdsv2.as_ref())
             && s.below_minimum
@@ -98,7 +98,7 @@ impl Caller {
     }
 
     /// `wget in pod shop/web-1 (app)`, `python3 [botocore 1.43.11] on host`.
-    pub fn describe(&self) -> String {
+    pub(super) fn describe(&self) -> String {
         let mut s = self.key.process.clone();
         if let Some(sdk) = &self.sdk
             && !sdk.name.eq_ignore_ascii_case(&self.key.process)
@@ -127,7 +127,7 @@ impl Caller {
 
 /// What the input held, per node.
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct NodeStats {
+pub(super) struct NodeStats {
     /// Calls to IMDS counted in the report.
     pub calls: u64,
     /// Events the kernel dropped (the log says so): calls the report cannot see.
@@ -138,7 +138,7 @@ pub struct NodeStats {
 
 /// Everything a report shows.
 #[derive(Debug, Default)]
-pub struct Report {
+pub(super) struct Report {
     /// Sorted: most v1 calls first.
     pub callers: Vec<Caller>,
     pub nodes: BTreeMap<String, NodeStats>,
@@ -152,7 +152,7 @@ const FALLBACK_WINDOW: TimeDelta = TimeDelta::seconds(10);
 
 /// Collects lines; `node` names text lines and, when given, keeps only that node's JSON
 /// lines.
-pub struct Aggregator<'a> {
+pub(super) struct Aggregator<'a> {
     node: Option<&'a str>,
     table: &'a SdkTable,
     callers: BTreeMap<CallerKey, Counts>,
@@ -162,7 +162,7 @@ pub struct Aggregator<'a> {
 }
 
 impl<'a> Aggregator<'a> {
-    pub fn new(node: Option<&'a str>, table: &'a SdkTable) -> Self {
+    pub(super) fn new(node: Option<&'a str>, table: &'a SdkTable) -> Self {
         Aggregator {
             node,
             table,
@@ -172,7 +172,7 @@ impl<'a> Aggregator<'a> {
         }
     }
 
-    pub fn add(&mut self, line: Option<Line>) {
+    pub(super) fn add(&mut self, line: Option<Line>) {
         self.report.lines += 1;
         let Some(line) = line else {
             self.report.not_understood += 1;
@@ -240,7 +240,7 @@ impl<'a> Aggregator<'a> {
         }
     }
 
-    pub fn finish(mut self) -> Report {
+    pub(super) fn finish(mut self) -> Report {
         if let Some(want) = self.node {
             self.report.nodes.entry(want.to_string()).or_default();
         } else if self.report.nodes.is_empty() {

@@ -10,7 +10,7 @@ use super::Error;
 
 /// A file to read, or stdin.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Source {
+pub(super) enum Source {
     Stdin,
     File(PathBuf),
 }
@@ -26,7 +26,7 @@ impl Source {
 
 /// `-` and no argument mean stdin; a directory means its `imds-trace.log*` files (or, when
 /// there are none, its `*.log` and `*.log.N` files), oldest rotation first.
-pub fn expand(args: &[PathBuf]) -> Result<Vec<Source>, Error> {
+pub(super) fn expand(args: &[PathBuf]) -> Result<Vec<Source>, Error> {
     if args.is_empty() {
         return Ok(vec![Source::Stdin]);
     }
@@ -100,7 +100,7 @@ fn rotation(base: &str, name: &str) -> Option<u32> {
 
 /// Calls `each` with every line of `source` (invalid UTF-8 replaced, not fatal); `stdin`
 /// is what [`Source::Stdin`] reads.
-pub fn read_lines(
+pub(super) fn read_lines(
     source: &Source,
     stdin: &mut dyn BufRead,
     mut each: impl FnMut(&str),

@@ -51,7 +51,7 @@ pub enum ReportFormat {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     #[error("cannot read {name}: {source}")]
     Read { name: String, source: io::Error },
     #[error("{0} is compressed: decompress it first (zcat {0} | imds-snoop report -)")]

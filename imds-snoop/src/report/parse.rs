@@ -1,6 +1,7 @@
 //! One trace line, text or JSON, to the few facts a report needs, read through the line
 //! contract (`imds-snoop-line`). Anything else is `None`: the caller counts it as not
 //! understood.
+#![warn(clippy::indexing_slicing, clippy::string_slice)]
 
 use std::borrow::Cow;
 
@@ -226,6 +227,10 @@ fn parse_json(line: &str) -> Option<Line> {
 }
 
 #[cfg(test)]
+#[expect(
+    clippy::indexing_slicing,
+    reason = "tests index what they just checked; a panic there is a failed test"
+)]
 mod tests {
     use super::*;
 

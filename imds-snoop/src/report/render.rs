@@ -85,7 +85,7 @@ fn millis(t: Option<NaiveDateTime>) -> String {
 }
 
 /// `N lines read, M not understood; ...`: what the input held.
-pub fn summary(report: &Report) -> String {
+pub(super) fn summary(report: &Report) -> String {
     let calls: u64 = report.nodes.values().map(|n| n.calls).sum();
     let other: u64 = report.nodes.values().map(|n| n.other_destinations).sum();
     let mut s = format!(
@@ -104,7 +104,7 @@ pub fn summary(report: &Report) -> String {
     s
 }
 
-pub fn table(out: &mut impl Write, report: &Report, sdks: &SdkTable) -> io::Result<()> {
+pub(super) fn table(out: &mut impl Write, report: &Report, sdks: &SdkTable) -> io::Result<()> {
     let many_nodes = report.nodes.len() > 1;
     let mut rows = vec![HEADER.map(str::to_string).to_vec()];
     for c in &report.callers {
@@ -170,7 +170,7 @@ fn shorten(s: &str, max: usize) -> String {
 }
 
 /// Rows only, with a header; the summary and verdicts go to stderr.
-pub fn csv(out: &mut impl Write, report: &Report) -> io::Result<()> {
+pub(super) fn csv(out: &mut impl Write, report: &Report) -> io::Result<()> {
     let header: Vec<String> = HEADER
         .iter()
         .map(|h| h.to_lowercase().replace(" / ", "_").replace(' ', "_"))
@@ -235,7 +235,7 @@ struct JsonVerdict {
     text: String,
 }
 
-pub fn json(out: &mut impl Write, report: &Report, table: &SdkTable) -> io::Result<()> {
+pub(super) fn json(out: &mut impl Write, report: &Report, table: &SdkTable) -> io::Result<()> {
     let doc = JsonReport {
         report_schema: 1,
         callers: report

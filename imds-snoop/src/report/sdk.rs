@@ -10,13 +10,13 @@ const TABLE_JSON: &str = include_str!("../../data/sdk-min-versions.json");
 
 /// AWS's table of minimum SDK versions for IMDSv2, with the User-Agent names we match.
 #[derive(Debug, Deserialize)]
-pub struct SdkTable {
+pub(super) struct SdkTable {
     pub source: Source,
     sdks: Vec<Entry>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
-pub struct Source {
+pub(super) struct Source {
     pub title: String,
     pub url: String,
 }
@@ -30,7 +30,7 @@ struct Entry {
 
 /// The client a User-Agent names: its first token that is a known SDK, else its first token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Sdk {
+pub(super) struct Sdk {
     /// As written in the User-Agent (the text format lowercases it).
     pub name: String,
     pub version: Option<String>,
@@ -39,7 +39,7 @@ pub struct Sdk {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Support {
+pub(super) struct Support {
     /// AWS's name for the SDK, e.g. `AWS SDK for Python (Botocore)`.
     pub sdk: String,
     pub min_version: String,
@@ -49,21 +49,21 @@ pub struct Support {
 
 impl Sdk {
     /// `botocore 1.43.11`, or the bare name.
-    pub fn label(&self) -> String {
+    pub(super) fn label(&self) -> String {
         match &self.version {
             Some(v) => format!("{} {v}", self.name),
             None => self.name.clone(),
         }
     }
 
-    pub fn below_minimum(&self) -> bool {
+    pub(super) fn below_minimum(&self) -> bool {
         self.imdsv2.as_ref().is_some_and(|s| s.below_minimum)
     }
 }
 
 impl SdkTable {
     /// The table compiled into the binary.
-    pub fn builtin() -> Result<Self, serde_json::Error> {
+    pub(super) fn builtin() -> Result<Self, serde_json::Error> {
         serde_json::from_str(TABLE_JSON)
     }
 
@@ -78,7 +78,7 @@ impl SdkTable {
     }
 
     /// Names the client in `user_agent` and checks its version against the table.
-    pub fn identify(&self, user_agent: &str) -> Option<Sdk> {
+    pub(super) fn identify(&self, user_agent: &str) -> Option<Sdk> {
         let tokens: Vec<(&str, Option<&str>)> = user_agent
             .split_whitespace()
             .map(|t| match t.split_once('/') {

@@ -12,7 +12,7 @@ use super::{
 
 /// The answer for one node: can it require IMDSv2, and can it use hop limit 1.
 #[derive(Clone, Debug, Serialize)]
-pub struct Verdict {
+pub(super) struct Verdict {
     pub node: String,
     /// No IMDSv1 calls: `http_tokens=required` breaks nobody seen in the logs.
     pub imdsv2_required_safe: bool,
@@ -27,7 +27,7 @@ pub struct Verdict {
 }
 
 /// One verdict per node of the report.
-pub fn all(report: &Report) -> Vec<Verdict> {
+pub(super) fn all(report: &Report) -> Vec<Verdict> {
     report
         .nodes
         .keys()
@@ -39,7 +39,7 @@ pub fn all(report: &Report) -> Vec<Verdict> {
 const LIST_MAX: usize = 10;
 
 impl Verdict {
-    pub fn for_node(report: &Report, node: &str) -> Verdict {
+    pub(super) fn for_node(report: &Report, node: &str) -> Verdict {
         let callers = report.callers.iter().filter(|c| c.key.node == node);
         let v1_callers: Vec<String> = callers
             .clone()
@@ -71,7 +71,7 @@ impl Verdict {
     }
 
     /// `node-a: NOT SAFE: 2 callers use IMDSv1: ...; hop limit 1 would cut off: shop/web-1`.
-    pub fn line(&self) -> String {
+    pub(super) fn line(&self) -> String {
         let mut s = format!("{}: ", self.node);
         if self.imdsv2_required_safe {
             s.push_str("SAFE: no IMDSv1 calls; http_tokens=required is safe");
