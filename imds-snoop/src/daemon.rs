@@ -1,6 +1,6 @@
 //! The running tracer, wiring only: opens the log (and the metrics port), installs the
 //! signal handlers, attaches (`capture`), says it is ready, then hands each ring-buffer
-//! record to the [`Pipeline`] (decode -> http -> attribution -> outcome) and its records to
+//! record to the `Pipeline` (decode -> http -> attribution -> outcome) and its records to
 //! the formatter, the metrics and the writer, until SIGINT/SIGTERM.
 
 use std::{
@@ -50,6 +50,22 @@ const FLUSH_LINES: usize = 256;
 /// Room made for the next batch, at most (FLUSH_LINES of the usual 300-600 bytes).
 const FLUSH_BYTES: usize = 192 << 10;
 
+/// Traces until SIGINT or SIGTERM, then detaches and returns `Ok(())` with the log flushed.
+///
+/// In order: opens the trace log (`--log-file`, with rotation) and the metrics port
+/// (`--metrics-addr`), installs the signal handlers, loads and attaches the kernel program
+/// (`capture`: the send hook by `--attach`, then the response hook unless `--responses
+/// off`; a response hook that fails to attach is a warning, not an error), writes the ready
+/// file and tells systemd (`NOTIFY_SOCKET`), then runs the loop: ring records through the
+/// `Pipeline` to lines (drained at most every 2 ms), SIGHUP reopens the log (logrotate),
+/// and a 1 s tick expires waits and writes loss lines. Records still in the ring or the
+/// pipeline at the stop are written before it returns.
+///
+/// Errors (all before the first line is written, so the daemon never runs half-way): the
+/// log cannot be opened, the metrics address cannot be bound, a signal handler cannot be
+/// installed, the kernel program cannot be loaded or attached (no BTF, no privileges, an
+/// unsupported kernel: see `capture`), the ready file cannot be written; and later only a
+/// failure of the ring buffer's poll. Must run on a tokio runtime with IO and time enabled.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // The log first: a bad path is reported before anything is attached.
     let writer = writer::start(WriterConfig {

@@ -14,36 +14,68 @@ use imds_snoop_common::{
     SendEvent,
 };
 
+/// Why a ring record is not an event. The daemon counts these and goes on; none is a
+/// panic.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
+    /// The record (first field, in bytes) is shorter than the head of its kind (second
+    /// field, `size_of` the imds-snoop-common event), or than the 4-byte kind itself.
     #[error("record of {0} bytes is shorter than its event head ({1} bytes)")]
     Short(usize, usize),
+    /// The first `u32` is none of imds-snoop-common's `EVENT_*` kinds.
     #[error("unknown event kind {0}")]
     Kind(u32),
+    /// A send record whose `payload_len` claims more bytes than follow its head.
     #[error("payload_len {payload_len} exceeds the {available} bytes in the record")]
-    PayloadLen { payload_len: u32, available: usize },
+    PayloadLen {
+        /// As the record says, in bytes.
+        payload_len: u32,
+        /// Bytes after the head (`SendEvent::HEAD_LEN`).
+        available: usize,
+    },
 }
 
-/// A send to a traced destination, as the kernel saw it.
+/// A send to a traced destination, as the kernel saw it (`tcp_sendmsg` or the
+/// `tp_btf` fallback, imds-snoop-ebpf's `capture.rs`; the record is imds-snoop-common's
+/// `SendEvent`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Send {
+    /// `bpf_ktime_get_boot_ns()` at the send: nanoseconds of CLOCK_BOOTTIME (the daemon's
+    /// `clock::BootClock` makes it wall time).
     pub ts_ns: u64,
+    /// The kernel's `struct sock *` as a number: an identity for reassembling one
+    /// connection's sends, never dereferenced.
     pub sock_id: u64,
+    /// `bpf_get_current_cgroup_id()`: the caller's cgroup v2 id (the inode number of its
+    /// cgroup directory).
     pub cgroup_id: u64,
+    /// Bytes in this send (`msg_data_left` of the `msghdr`), which may exceed the payload
+    /// captured.
     pub size: u64,
+    /// The caller's process id (thread group id) in the initial pid namespace.
     pub tgid: u32,
     /// The caller's pid inside its own pid namespace (its container); 0 if unknown.
     pub ns_tgid: u32,
+    /// The sending thread's id.
     pub tid: u32,
+    /// The caller's uid and gid (`bpf_get_current_uid_gid`), in the initial user namespace.
     pub uid: u32,
+    /// See `uid`.
     pub gid: u32,
+    /// Inode number of the socket's network namespace (`skc_net`'s `ns.inum`); 0 if the
+    /// kernel could not read it.
     pub netns: u32,
+    /// The traced destination: address and port (host order).
     pub dst: (IpAddr, u16),
     /// The caller's end of the connection (with `dst`, the key its response is joined by).
     pub src: (IpAddr, u16),
+    /// The caller's comm (`task->comm`, at most 15 bytes), lossily UTF-8.
     pub comm: String,
-    /// Parent first, up to pid 1 or [`MAX_ANCESTORS`] levels.
+    /// `(tgid, comm)` of each ancestor, parent first, up to pid 1 or [`MAX_ANCESTORS`]
+    /// levels, read in the kernel at the send.
     pub ancestors: Vec<(u32, String)>,
+    /// The start of the send's bytes, as copied by the kernel (bounded by the eBPF
+    /// program's capture size; see `truncated`).
     pub payload: Vec<u8>,
     /// The kernel copied fewer bytes than the send had.
     pub truncated: bool,
@@ -51,19 +83,27 @@ pub struct Send {
     pub unreadable: bool,
 }
 
-/// A process started a new program.
+/// A process started a new program (tracepoint `sched_process_exec`, imds-snoop-ebpf's
+/// `process.rs`; the record is imds-snoop-common's `ExecEvent`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Exec {
+    /// The process (thread group id, initial pid namespace).
     pub tgid: u32,
+    /// Its parent's tgid.
     pub ppid: u32,
+    /// The new program's comm, lossily UTF-8.
     pub comm: String,
-    /// Arguments as the program received them (at most [`MAX_ARGV`] bytes of them).
+    /// Arguments as the program received them (at most [`MAX_ARGV`] bytes of them; empty
+    /// arguments are left out), each lossily UTF-8.
     pub argv: Vec<String>,
 }
 
-/// The status line of a response from a traced destination to a local socket.
+/// The status line of a response from a traced destination to a local socket
+/// (cgroup_skb ingress, imds-snoop-ebpf's `response.rs`; the record is imds-snoop-common's
+/// `ResponseEvent`). Only the status leaves the kernel, never a byte of the body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Response {
+    /// The three-digit HTTP status code, parsed in the kernel.
     pub status: u16,
     /// The local socket's end.
     pub local: (IpAddr, u16),
@@ -71,14 +111,29 @@ pub struct Response {
     pub remote: (IpAddr, u16),
 }
 
+/// One ring-buffer record, decoded: what the kernel program reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
+    /// A send to a traced destination (`EVENT_SEND`).
     Send(Send),
+    /// A program started (`EVENT_EXEC`): keeps the argv cache current.
     Exec(Exec),
-    Exit { tgid: u32 },
+    /// A process ended (`EVENT_EXIT`, tracepoint `sched_process_exit`, for the thread group
+    /// leader): its cached argv may go.
+    Exit {
+        /// The process that ended.
+        tgid: u32,
+    },
+    /// A response's status line (`EVENT_RESPONSE`).
     Response(Response),
 }
 
+/// Decodes one record of the `EVENTS` ring buffer: the first 4 bytes (native endian) are
+/// the kind, then the fixed head of that kind's imds-snoop-common type, then for a send
+/// `payload_len` payload bytes. Bytes after what the kind needs are ignored. Comms and argv
+/// are read up to their first NUL and decoded lossily; counts (`argv_len`,
+/// `ancestors_len`) are clamped to their arrays. Errors: [`DecodeError`]; never panics, on
+/// any input (the `decode` fuzz target asserts it).
 pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
     let kind = record
         .get(..4)

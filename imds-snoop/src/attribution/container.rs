@@ -169,14 +169,21 @@ pub(super) fn shim_id(argv: &str) -> Option<String> {
 }
 
 /// Node paths the resolver reads; configurable for a DaemonSet that mounts the host's.
+/// `Paths::default()` is the node's own (`/proc`, `/sys/fs/cgroup`, ...); [`Paths::under`]
+/// puts them under another root (a fake tree in tests).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Paths {
+    /// procfs: `/proc/<pid>/cmdline` (argv), `/proc/<pid>/cgroup` (the caller's cgroup).
     pub proc_root: PathBuf,
+    /// The cgroup mount (`/sys/fs/cgroup`; its `unified/` on hybrid hosts): a cgroup id is
+    /// the inode number of a v2 directory there.
     pub cgroup_root: PathBuf,
     /// containerd's task state: `/run/containerd/io.containerd.runtime.v2.task`.
     pub containerd_root: PathBuf,
     /// CRI-O's container state: `/run/containers/storage/overlay-containers`.
     pub crio_root: PathBuf,
+    /// The kubelet's pod logs, `/var/log/pods/<namespace>_<name>_<uid>/`: a pod's namespace
+    /// and name from its uid when the runtime's state has none.
     pub pod_logs: PathBuf,
 }
 

@@ -29,7 +29,7 @@ use crate::{escape::find_byte, redact::is_token_header};
 const TOKEN_PATH: &str = "/latest/api/token";
 
 /// What a request is, as far as the IMDS session protocol goes: a row of the line
-/// contract's class table. [`classify`] yields `V1` (no session token: refused where
+/// contract's class table. `classify` yields `V1` (no session token: refused where
 /// `http_tokens=required`), `V2` (carries `X-aws-ec2-metadata-token`), `V2Token`
 /// (`PUT /latest/api/token`, the start of an IMDSv2 session) or `Malformed` (not HTTP, or
 /// HTTP that httparse refuses: still logged, never dropped); `V2TokenNoResponse` is a
@@ -45,8 +45,8 @@ pub struct Request {
     pub path: Option<String>,
     /// httparse's minor version: 1 for HTTP/1.1.
     pub version: Option<u8>,
-    /// Names and values as sent; the token header's value is [`TOKEN_REDACTED`] (and so is any
-    /// token-like run in other values, see [`redact_token_like`]).
+    /// Names and values as sent; the token header's value is `**token redacted**` (and so is any
+    /// token-like run in other values, see `redact::redact_token_like`).
     pub headers: Vec<(String, String)>,
     /// The header block did not end in the bytes we had.
     pub truncated: bool,

@@ -25,6 +25,7 @@ use anyhow::Context as _;
 use input::Source;
 use sdk::SdkTable;
 
+/// `imds-snoop report`'s arguments (clap; each field's doc is its `--help`).
 #[derive(Debug, clap::Args)]
 pub struct ReportArgs {
     /// Trace logs, text or JSON lines, rotated ones (`imds-trace.log.1`) too. A directory
@@ -43,19 +44,28 @@ pub struct ReportArgs {
     pub node: Option<String>,
 }
 
+/// `--format` of the report (on stdout).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ReportFormat {
+    /// Aligned columns, one row per caller, then the per-node verdicts.
     Table,
+    /// One JSON document: callers, nodes and verdicts.
     Json,
+    /// One row per caller; the summary and verdicts go to stderr.
     Csv,
 }
 
+/// Why an input cannot be read: the report then writes nothing and exits 2.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Error {
+    /// Opening or reading a file, a directory or stdin failed (`name` as given, `-` for
+    /// stdin).
     #[error("cannot read {name}: {source}")]
     Read { name: String, source: io::Error },
+    /// A gzip file (rotated logs are often compressed): the name as given.
     #[error("{0} is compressed: decompress it first (zcat {0} | imds-snoop report -)")]
     Compressed(String),
+    /// A directory without trace logs.
     #[error("{0} has no imds-trace.log* or *.log files")]
     NoLogs(String),
 }
@@ -63,6 +73,11 @@ pub(crate) enum Error {
 /// Exit status when an input cannot be read.
 const EXIT_UNREADABLE: u8 = 2;
 
+/// Runs `imds-snoop report`: reads every input (`args.files`, or stdin), aggregates the
+/// calls per node and caller, writes the report in `args.format` to stdout and the
+/// verdicts. `Ok(0)` when a report was written, `Ok(2)` (with a message on stderr) when an
+/// input could not be read (`Error`); `Err` only when stdout cannot be written (a closed
+/// pipe is not an error) or the built-in SDK table is broken.
 pub fn run(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     let table = SdkTable::builtin().context("the built-in SDK version table is broken")?;
     let stdin = io::stdin();

@@ -9,31 +9,41 @@ use chrono::{DateTime, NaiveDateTime};
 use imds_snoop_line::{Class, JsonRecord, TextBody, TextLine, TextOrigin, json, text};
 use serde::Serialize;
 
-/// What a line says happened.
+/// What a line says happened: the line contract's [`Class`] as the report counts it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    /// A request without a session token (`imdsv1(!)`, JSON `v1`).
     V1,
+    /// A request with a session token (`imdsv2`, `v2`).
     V2,
+    /// A token PUT (`imdsv2(token)`, `v2_token`).
     V2Token,
+    /// Not a parseable HTTP request (`malformed(!)`, `malformed`).
     Malformed,
     /// An IMDSv2 token PUT whose response never came back (hop limit?).
     TokenFailure,
 }
 
-/// Where a call came from.
+/// Where a call came from, as the line says (the report's JSON writes it with a `kind`
+/// tag: `pod`, `container`, `host`, `unknown`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Origin {
+    /// A container in a pod whose names are known (text `pod:<namespace>/<name>`).
     Pod {
         namespace: String,
         name: String,
+        /// The container's name in the pod, when the line has it.
         container: Option<String>,
     },
     /// A container whose pod is unknown (plain Docker, or names not found).
     Container {
+        /// As the line has it: 12 characters in text lines, the full id in JSON.
         id: String,
     },
+    /// A host process.
     Host {
+        /// Its systemd unit; `None` when it has none (`host unit:-`).
         unit: Option<String>,
     },
     /// Lines from aws-imds-packet-analyzer, which says nothing about it.
@@ -44,13 +54,18 @@ pub enum Origin {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Call {
     pub kind: Kind,
-    /// Wall-clock time of the node that wrote the line.
+    /// Wall-clock time of the node that wrote the line (its local time, offset dropped),
+    /// to the millisecond; `None` when a JSON line has none or an unreadable one.
     pub time: Option<NaiveDateTime>,
     /// Only JSON lines carry it.
     pub node: Option<String>,
     pub origin: Origin,
+    /// The caller's host pid.
     pub pid: Option<u32>,
+    /// The caller's comm (at most 15 bytes, as the kernel keeps it).
     pub comm: String,
+    /// The `User-Agent` header's value (lowercased in text lines, as sent in JSON), which
+    /// names the SDK and its version.
     pub user_agent: Option<String>,
     /// `169.254.169.254:80`, ...; None when the line does not say.
     pub destination: Option<String>,
@@ -58,19 +73,16 @@ pub struct Call {
     pub status: Option<u16>,
 }
 
+/// A trace line the report understands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Line {
+    /// A request line (any class of the table).
     Call(Call),
     /// imds-snoop's own `dropped N events` line: the log misses N calls.
-    Dropped {
-        node: Option<String>,
-        events: u64,
-    },
+    Dropped { node: Option<String>, events: u64 },
     /// imds-snoop's own `lost N kernel events that are not calls` line: no call is
     /// missing, so nothing to count; understood, not a call.
-    Degraded {
-        node: Option<String>,
-    },
+    Degraded { node: Option<String> },
 }
 
 impl From<Class> for Kind {
