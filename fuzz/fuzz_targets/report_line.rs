@@ -43,6 +43,12 @@ fuzz_target!(|data: &[u8]| {
                 assert!(written, "{events} is not in {line:?}");
             }
         }
+        // Understood, not a call. Only JSON lines name their node.
+        Some(Line::Degraded { node }) => {
+            if text {
+                assert_eq!(node, None, "{line:?}");
+            }
+        }
         Some(Line::Call(call)) => {
             let mut fields = vec![call.comm.as_str()];
             fields.extend(call.user_agent.as_deref());
