@@ -1,8 +1,10 @@
 //! The crate's floors, checked: every module imports only from floors below its own (or
 //! from its own room), so there is no import circle and no arrow up. The table is the
 //! README's Layout; a new module must be placed in it, and an import that goes up fails
-//! here. Test code may also import across a floor (formatting a record in outcome's
-//! tests, say), and is not checked.
+//! here (through `crate::`, or through enough `super::` to reach the crate root). Test
+//! code may also import across a floor (formatting a record in outcome's tests, say), and
+//! is not checked. Also checked here: the line contract (imds-snoop-line) is not spelled
+//! again in this crate.
 
 use std::{fs, path::Path};
 
@@ -135,8 +137,17 @@ fn imports_only_go_down() {
             continue; // the checker: its strings name modules
         }
         let here = floor(&room);
-        let source = fs::read_to_string(file).unwrap();
-        for named in rooms_named(&production(&source)) {
+        let source = production(&fs::read_to_string(file).unwrap());
+        // `super::` as often as the file is deep reaches the crate root, around the check
+        // of `crate::` paths: not in production code.
+        let depth = rel.components().count() - usize::from(rel.ends_with("mod.rs"));
+        if source.contains(&"super::".repeat(depth)) {
+            wrong.push(format!(
+                "{} reaches the crate root through super::",
+                rel.display()
+            ));
+        }
+        for named in rooms_named(&source) {
             // `crate::x` where x is an item of lib.rs (none today) would not be a room.
             if named == room || named.is_empty() {
                 continue;
@@ -154,4 +165,42 @@ fn the_checker_sees_groups_and_test_code() {
     let source = "use crate::{\n    a::{B, C},\n    d::E,\n};\nfn f() { crate::g::h(); }\n\
                   #[cfg(test)]\nuse crate::x::Y;\n#[cfg(test)]\nmod tests {\n    use crate::z;\n}\n";
     assert_eq!(rooms_named(&production(source)), ["a", "d", "g"]);
+}
+
+/// The line contract is spelled once, in imds-snoop-line: no production code of this crate
+/// writes a class's text label, JSON class or metric label, a loss line's class, or a
+/// separator or field label of the text line as a string literal of its own (test code may:
+/// it is the independent oracle). Exact literals only: a label inside a longer format string
+/// is not caught.
+#[test]
+fn the_line_contract_is_spelled_only_in_imds_snoop_line() {
+    use imds_snoop_line::{CLASSES, json, label};
+
+    let mut spelled: Vec<&str> = CLASSES
+        .iter()
+        .flat_map(|c| [c.label, c.json, c.metric])
+        .chain([json::DROPPED_CLASS, json::DEGRADED_CLASS])
+        .chain(label::ALL)
+        .collect();
+    // Too short or too common to be the contract's alone: `-` (no unit), `, ` (a join), and
+    // `host` / `unit:`, the halves of `host unit:` as its reader splits them (the report
+    // says "host" in its own tables).
+    spelled.retain(|s| s.trim().len() > 2 && ![label::HOST, label::UNIT].contains(s));
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    visit(&src, &mut files);
+    let mut wrong = Vec::new();
+    for file in &files {
+        if file.ends_with("layers.rs") {
+            continue;
+        }
+        let source = production(&fs::read_to_string(file).unwrap());
+        for s in &spelled {
+            let literal = format!("\"{}\"", s.escape_default());
+            if source.contains(&literal) {
+                wrong.push(format!("{}: {literal}", file.display()));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "spelled outside the contract: {wrong:#?}");
 }
