@@ -57,9 +57,9 @@ const FLUSH_BYTES: usize = 192 << 10;
 /// (`capture`: the send hook by `--attach`, then the response hook unless `--responses
 /// off`; a response hook that fails to attach is a warning, not an error), writes the ready
 /// file and tells systemd (`NOTIFY_SOCKET`), then runs the loop: ring records through the
-/// `Pipeline` to lines (drained at most every 2 ms), SIGHUP reopens the log (logrotate),
-/// and a 1 s tick expires waits and writes loss lines. Records still in the ring or the
-/// pipeline at the stop are written before it returns.
+/// `Pipeline` to lines (drains 2 ms apart on rings of 1 MiB or more: `RING_COALESCE`),
+/// SIGHUP reopens the log (logrotate), and a 1 s tick expires waits and writes loss lines.
+/// Records still in the ring or the pipeline at the stop are written before it returns.
 ///
 /// Errors (all before the first line is written, so the daemon never runs half-way): the
 /// log cannot be opened, the metrics address cannot be bound, a signal handler cannot be

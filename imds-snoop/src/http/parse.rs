@@ -1,6 +1,10 @@
 //! Bytes to [`Request`]s: one complete head (httparse), a head cut short (best effort: the
 //! complete lines, a request line or header started on the last one), and the escaped,
 //! redacted snippet of bytes that are no request.
+//!
+//! Wire bytes: no slice or index here can panic (the room's `string_slice`, and
+//! `indexing_slicing` in this file).
+#![warn(clippy::indexing_slicing)]
 
 use super::{Class, Request, TOKEN_PATH, classify};
 use crate::redact::{
@@ -128,16 +132,18 @@ pub(super) fn parse_partial(data: &[u8], redact_first_line: bool) -> Request {
         .iter()
         .position(|&b| b != b'\r' && b != b'\n')
         .unwrap_or(data.len());
-    let head = &data[start..];
+    let head = data.get(start..).unwrap_or_default();
     let mut req = match head.iter().rposition(|&b| b == b'\n') {
         None => partial_request_line(head, redact_first_line && start == 0),
         Some(last_nl) => {
+            // `last_nl` is an index of `head`: the split is always there.
+            let (complete, last) = head.split_at_checked(last_nl + 1).unwrap_or((head, &[]));
             // Close the header block after the last complete line so httparse reads it.
-            let mut closed = head[..=last_nl].to_vec();
+            let mut closed = complete.to_vec();
             closed.extend_from_slice(b"\r\n");
             match parse_head(&closed) {
                 Ok(Some((mut req, _))) => {
-                    let last = trim_cr(&head[last_nl + 1..]);
+                    let last = trim_cr(last);
                     if let Some(header) = partial_header(last) {
                         req.headers.push(header);
                         req.class =
@@ -205,13 +211,12 @@ fn partial_request_line(data: &[u8], redact_first_line: bool) -> Request {
 /// A header line cut before its end, if it has a name and a colon. Kept mainly so that a
 /// token header cut mid-value still makes the request IMDSv2 (and is redacted).
 fn partial_header(line: &[u8]) -> Option<(String, String)> {
-    let colon = line.iter().position(|&b| b == b':')?;
-    let name = &line[..colon];
+    let (name, colon_value) = line.split_at_checked(line.iter().position(|&b| b == b':')?)?;
     if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
         return None;
     }
     let name = std::str::from_utf8(name).ok()?;
-    let value = trim_ows(&line[colon + 1..]);
+    let value = trim_ows(colon_value.get(1..)?);
     if !is_token_header(name) && value.iter().any(|&b| b < b' ' && b != b'\t' || b == 0x7f) {
         return None;
     }
