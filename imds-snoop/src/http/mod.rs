@@ -9,9 +9,8 @@
 //! arrive in one, and a request body follows its headers. [`Reassembler`] turns that stream of
 //! snippets into one [`Request`] per HTTP request, and never keeps or returns a token value.
 // Bytes from the wire: no str slice that could panic on a multi-byte character (here and
-// in `parse` and `reassembly`). `clippy::indexing_slicing` is on in `parse` only:
-// `reassembly` slices bytes at positions a search over the same bytes found (about 10
-// sites to move to `get`).
+// in `parse` and `reassembly`), and no byte slice or index either in `parse` and
+// `reassembly` (`clippy::indexing_slicing` in each).
 #![warn(clippy::string_slice)]
 
 mod parse;

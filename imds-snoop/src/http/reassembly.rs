@@ -1,6 +1,10 @@
 //! Per-socket reassembly: turns the send snippets of each socket into one [`Request`] per
 //! HTTP request, across sends (a head in several sends, several requests in one, bodies
 //! passed over), with bounded memory (bytes per head, sockets kept, time to complete).
+//!
+//! Wire bytes: no slice or index here can panic (the room's `string_slice`, and
+//! `indexing_slicing` in this file).
+#![warn(clippy::indexing_slicing)]
 
 use std::{
     borrow::Cow,
@@ -20,19 +24,23 @@ const MAX_SOCKETS: usize = 4096;
 /// Whether raw bytes end inside a token header (its name, or its value, cut by the end of
 /// the send): then the socket's next bytes up to a line end may be the token.
 fn token_line_open(data: &[u8]) -> bool {
-    let last = &data[data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)..];
+    let line_start = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let last = data.get(line_start..).unwrap_or_default();
     let name = TOKEN_HEADER.as_bytes();
     // The whole name, then (optional blanks and) a colon: the value may go on.
     let named = last.windows(name.len()).enumerate().any(|(i, w)| {
         w.eq_ignore_ascii_case(name) && {
-            let after = trim_ows(&last[i + name.len()..]);
-            after.is_empty() || after[0] == b':'
+            let after = trim_ows(last.get(i + name.len()..).unwrap_or_default());
+            after.first().is_none_or(|&b| b == b':')
         }
     });
     // The name cut short: the line ends with a proper prefix of it.
     named
-        || (1..name.len())
-            .any(|n| last.len() >= n && last[last.len() - n..].eq_ignore_ascii_case(&name[..n]))
+        || (1..name.len()).any(|n| {
+            let tail = last.len().checked_sub(n).and_then(|at| last.get(at..));
+            tail.zip(name.get(..n))
+                .is_some_and(|(tail, prefix)| tail.eq_ignore_ascii_case(prefix))
+        })
 }
 
 /// Skipping bytes that belong to no request we can log (the rest of an oversized head, a
@@ -68,7 +76,9 @@ fn looks_like_request_start(data: &[u8]) -> bool {
         return false;
     };
     sp > 0
-        && data[..sp].iter().all(u8::is_ascii_uppercase)
+        && data
+            .get(..sp)
+            .is_some_and(|method| method.iter().all(u8::is_ascii_uppercase))
         && matches!(data.get(sp + 1), Some(b'/' | b'*' | b'h' | b'H'))
 }
 
@@ -202,11 +212,12 @@ impl<T> Socket<T> {
             }
             Ok(None) if rest.len() > max => {
                 // Over the bound: emit what we have, and skip the rest of this head.
-                let mut req = parse_partial(&rest[..max], first_line_redacted);
+                // `rest` is longer than `max` here.
+                let mut req = parse_partial(rest.get(..max).unwrap_or(rest), first_line_redacted);
                 req.bytes = rest.len();
                 let mut skip = Skip::default();
                 // Seeds the blank-line search with how the bytes so far end.
-                let _ = skip.scan(&rest[rest.len().saturating_sub(2)..]);
+                let _ = skip.scan(rest.get(rest.len().saturating_sub(2)..).unwrap_or(rest));
                 self.skip = Some(skip);
                 self.redact_first_line = token_line_open(rest);
                 out.push((ctx, req));
@@ -292,7 +303,9 @@ impl<T: Clone> Reassembler<T> {
 
         let mut off = 0;
         while off < data.len() {
-            match sock.pass_over(&data[off..]) {
+            // `off < data.len()`: the rest is never empty.
+            let rest = data.get(off..).unwrap_or_default();
+            match sock.pass_over(rest) {
                 Passed::Nothing => {}
                 Passed::Bytes(n) => {
                     off += n;
@@ -300,7 +313,6 @@ impl<T: Clone> Reassembler<T> {
                 }
                 Passed::Rest => break,
             }
-            let rest = &data[off..];
             // Blank lines between requests (after a body, say) are no request.
             if rest.iter().all(|&b| b == b'\r' || b == b'\n') {
                 break;
@@ -400,6 +412,10 @@ fn emit_pending<T>(sock: &mut Socket<T>, p: Pending<T>) -> (T, Request) {
 }
 
 #[cfg(test)]
+#[expect(
+    clippy::indexing_slicing,
+    reason = "tests index what they just checked; a panic there is a failed test"
+)]
 mod tests {
     use super::*;
     use crate::http::{Class, TOKEN_REDACTED};
