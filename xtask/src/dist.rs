@@ -55,6 +55,14 @@ impl Arch {
         }
     }
 
+    /// Debian's name of the architecture (apt, dpkg, OCI image platforms).
+    pub(crate) fn debian(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "amd64",
+            Arch::Aarch64 => "arm64",
+        }
+    }
+
     /// The offsets into `struct pt_regs` (a kprobe's context) at which a kernel function's
     /// first and second arguments are: `di`, `si` on x86_64; `regs[0]`, `regs[1]` on arm64.
     /// A kernel program built for the other architecture reads the wrong registers.
