@@ -12,7 +12,10 @@
 //!
 //! Every binary is checked before it is packed: its ELF machine is the target's, it has no
 //! program interpreter (static: it runs in a `FROM scratch` image and on any distribution),
-//! and it embeds exactly one little-endian BPF object. It is then run: natively, or under
+//! and it embeds exactly one little-endian BPF object, built for this architecture: its
+//! kprobe must read the traced function's arguments from this architecture's `pt_regs`
+//! (x86_64 `di`/`si` at +112/+104, arm64 `regs[0]`/`regs[1]` at +0/+8; the kernel matrix
+//! loads the same binary on arm64 kernels). It is then run: natively, or under
 //! `qemu-aarch64` (Debian's `qemu-user`) when that is installed, as `--version` and as
 //! `check` against a missing ready file (must exit 1). Without qemu the aarch64 binary is
 //! built, linked and inspected but not run, and the summary says so.

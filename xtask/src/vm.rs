@@ -216,12 +216,16 @@ pub(crate) fn vm_test(opts: VmTestOptions) -> Result<()> {
     let vm_dir = target.join("vm");
     fs::create_dir_all(vm_dir.join("logs"))?;
 
-    let mut arches = if opts.arches.is_empty() {
-        vec![Arch::X86_64, Arch::Aarch64]
+    let mut arches: Vec<Arch> = Vec::new();
+    for &a in if opts.arches.is_empty() {
+        &[Arch::X86_64, Arch::Aarch64][..]
     } else {
-        opts.arches.clone()
-    };
-    arches.dedup();
+        &opts.arches[..]
+    } {
+        if !arches.contains(&a) {
+            arches.push(a);
+        }
+    }
     for k in &opts.kernels {
         if !PLAN_X86_64.iter().any(|p| p.series == k) {
             let known: Vec<_> = PLAN_X86_64.iter().map(|p| p.series).collect();

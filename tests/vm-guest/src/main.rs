@@ -1119,6 +1119,36 @@ fn request(addr: SocketAddr, parts: &[&str], how: Send) -> Result<String, String
 mod tests {
     use super::*;
 
+    #[test]
+    fn specs_with_an_errno() {
+        let args: Vec<String> = [
+            "refuse=fentry:524",
+            "kprobe",
+            "auto=kprobe:524",
+            "auto=fentry",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let specs = parse_args(&args).unwrap().specs;
+        assert!(matches!(&specs[0], Spec::Refuse { mode, errno: Some(524) } if mode == "fentry"));
+        assert!(matches!(&specs[1], Spec::Attach { mode, errno: None, .. } if mode == "kprobe"));
+        assert!(matches!(
+            &specs[2],
+            Spec::Attach { mode, expect, errno: Some(524) } if mode == "auto" && expect == "kprobe"
+        ));
+        assert!(
+            matches!(&specs[3], Spec::Attach { expect, errno: None, .. } if expect == "fentry")
+        );
+        for bad in ["refuse=fentry:x", "auto=probe", "refuse=kprobe:"] {
+            assert!(parse_args(&[bad.to_string()]).is_err(), "{bad}");
+        }
+        assert_eq!(
+            fallback_line("fentry"),
+            "fentry (fentry/tcp_sendmsg) refused: "
+        );
+    }
+
     /// The fields the checks use, from a line as the daemon writes it, and from lines that
     /// are not request lines (they must count as unexpected: no pid).
     #[test]
