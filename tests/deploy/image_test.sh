@@ -3,13 +3,19 @@
 # deploy/kubernetes/daemonset.yaml runs it, under a real containerd and runc: the closest
 # thing to a node this machine has (no kubelet).
 #
-#   tests/deploy/image_test.sh BINARY [IMAGE_ARCHIVE]
+#   tests/deploy/image_test.sh BINARY ARM64_BINARY [IMAGE_ARCHIVE]
 #
-# Without IMAGE_ARCHIVE it builds one with deploy/container/build.sh from BINARY.
+# BINARY is the x86_64 musl binary, ARM64_BINARY the aarch64 one. Without IMAGE_ARCHIVE it
+# builds one with deploy/container/build.sh from both: one image reference for both
+# architectures.
 # Checks:
-#   1. the image holds exactly one file, /imds-snoop, identical to BINARY, static, with
-#      entrypoint /imds-snoop and user 0:0 (skopeo/tar on the OCI archive);
-#   2. `ctr images import` loads it;
+#   1. the archive's one reference is an OCI image index with exactly a linux/amd64 and a
+#      linux/arm64 manifest; each image holds exactly one file, /imds-snoop, identical to
+#      that architecture's binary (ELF machine x86-64 or AArch64), static, with entrypoint
+#      /imds-snoop, user 0:0 and its config's architecture (skopeo/tar on the OCI archive;
+#      the arm64 image is inspected, not run: this machine is x86_64);
+#   2. `ctr images import --all-platforms` loads it as one image listing both platforms,
+#      the arm64 layer included;
 #   3. run with the DaemonSet's settings (args read from daemonset.yaml; host PID namespace;
 #      every capability dropped but CAP_BPF and CAP_PERFMON; containerd's default seccomp
 #      profile; read-only root filesystem; the hostPath mounts read-only under /host and
@@ -26,8 +32,10 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-binary=$(realpath "${1:?usage: image_test.sh BINARY [IMAGE_ARCHIVE]}")
-archive=${2:-}
+usage="usage: image_test.sh BINARY ARM64_BINARY [IMAGE_ARCHIVE]"
+binary=$(realpath "${1:?$usage}")
+arm64_binary=$(realpath "${2:?$usage}")
+archive=${3:-}
 require_root
 require_tools skopeo tar python3 ip curl nsenter
 
@@ -35,39 +43,59 @@ scratch_dir image
 dir=$SCRATCH
 chmod 0755 "$dir"
 
-# 1. The image.
+# 1. The image: an index with one image per architecture.
 if [ -z "$archive" ]; then
     require_tools buildah
-    archive=$("$REPO/deploy/container/build.sh" --binary "$binary" --output "$dir/image.oci.tar")
+    archive=$("$REPO/deploy/container/build.sh" --binary "$binary" --binary "$arm64_binary" \
+        --output "$dir/image.oci.tar")
 fi
 [ -f "$archive" ] || fail "no image archive $archive"
 config=$(skopeo inspect --config "oci-archive:$archive")
-python3 - "$config" <<'EOF' || fail "image config: $config"
+python3 - "$config" <<'EOF' || fail "image config (this machine's platform): $config"
 import json, sys
 c = json.loads(sys.argv[1])
 assert c["architecture"] == "amd64" and c["os"] == "linux", (c["architecture"], c["os"])
-cfg = c["config"]
-assert cfg["Entrypoint"] == ["/imds-snoop"], cfg["Entrypoint"]
-assert cfg.get("User") == "0:0", cfg.get("User")
 EOF
-mkdir "$dir/oci" "$dir/layer"
+mkdir "$dir/oci"
 tar -xf "$archive" -C "$dir/oci"
-layers=$(python3 -c '
-import json, sys
-d = sys.argv[1]
-idx = json.load(open(d + "/index.json"))
-man = json.load(open(d + "/blobs/" + idx["manifests"][0]["digest"].replace(":", "/")))
-print(" ".join(l["digest"].replace(":", "/") for l in man["layers"]))' "$dir/oci")
-[ "$(wc -w <<<"$layers")" = 1 ] || fail "image has $(wc -w <<<"$layers") layers, want 1"
-tar -xf "$dir/oci/blobs/$layers" -C "$dir/layer"
-files=$(cd "$dir/layer" && find . -mindepth 1 | sort | paste -sd' ')
-[ "$files" = ./imds-snoop ] || fail "image files: $files (want only ./imds-snoop)"
-cmp -s "$binary" "$dir/layer/imds-snoop" || fail "image's /imds-snoop differs from $binary"
-[ "$(stat -c %a "$dir/layer/imds-snoop")" = 755 ] || fail "/imds-snoop mode"
-if grep -qaF -e /lib64/ld-linux -e /lib/ld-musl "$dir/layer/imds-snoop"; then
-    fail "/imds-snoop is dynamically linked: it cannot run in a FROM scratch image"
-fi
-ok "image: one layer holding only /imds-snoop (= BINARY, static, 0755), entrypoint /imds-snoop, user 0:0"
+arm64_layer=$(python3 - "$dir/oci" "$binary" "$arm64_binary" <<'EOF'
+import io, json, os, stat, sys, tarfile
+oci, binaries = sys.argv[1], {"amd64": sys.argv[2], "arm64": sys.argv[3]}
+def blob(digest):
+    with open(os.path.join(oci, "blobs", *digest.split(":")), "rb") as f:
+        return f.read()
+with open(os.path.join(oci, "index.json")) as f:
+    top = json.load(f)["manifests"]
+assert len(top) == 1, f"{len(top)} references, want 1"
+assert top[0]["mediaType"] == "application/vnd.oci.image.index.v1+json", top[0]["mediaType"]
+index = json.loads(blob(top[0]["digest"]))
+platforms = sorted((m["platform"]["os"], m["platform"]["architecture"]) for m in index["manifests"])
+assert platforms == [("linux", "amd64"), ("linux", "arm64")], platforms
+machines = {"amd64": 0x3E, "arm64": 0xB7}
+for m in index["manifests"]:
+    arch = m["platform"]["architecture"]
+    man = json.loads(blob(m["digest"]))
+    cfg = json.loads(blob(man["config"]["digest"]))
+    assert (cfg["architecture"], cfg["os"]) == (arch, "linux"), (arch, cfg["architecture"])
+    assert cfg["config"]["Entrypoint"] == ["/imds-snoop"], cfg["config"]["Entrypoint"]
+    assert cfg["config"].get("User") == "0:0", cfg["config"].get("User")
+    assert len(man["layers"]) == 1, f"{arch}: {len(man['layers'])} layers, want 1"
+    layer = tarfile.open(fileobj=io.BytesIO(blob(man["layers"][0]["digest"])))
+    names = sorted(n.lstrip("./") for n in layer.getnames() if n.lstrip("./"))
+    assert names == ["imds-snoop"], f"{arch}: files {names}"
+    member = next(i for i in layer.getmembers() if i.name.lstrip("./") == "imds-snoop")
+    assert stat.S_IMODE(member.mode) == 0o755, f"{arch}: mode {oct(member.mode)}"
+    data = layer.extractfile(member).read()
+    with open(binaries[arch], "rb") as f:
+        assert data == f.read(), f"{arch}: /imds-snoop differs from {binaries[arch]}"
+    assert int.from_bytes(data[18:20], "little") == machines[arch], f"{arch}: ELF machine {data[18:20].hex()}"
+    for loader in (b"/lib64/ld-linux", b"/lib/ld-linux", b"/lib/ld-musl"):
+        assert loader not in data, f"{arch}: /imds-snoop is dynamically linked"
+    if arch == "arm64":
+        print(man["layers"][0]["digest"])
+EOF
+) || fail "image index in $archive"
+ok "image: one reference, an OCI index of linux/amd64 and linux/arm64; each one layer holding only /imds-snoop (= that architecture's binary, static, 0755), entrypoint /imds-snoop, user 0:0"
 
 # 2. containerd, a pod to be traced, the image imported.
 netns_up "$dir"
@@ -77,7 +105,12 @@ pod_container shop web-1 app
 ctr_ images import --all-platforms "$archive" >"$dir/import.out" 2>&1 ||
     fail "ctr images import: $(cat "$dir/import.out")"
 image=$(ctr_ images ls -q | grep -m1 imds-snoop) || fail "imported image not listed: $(ctr_ images ls)"
-ok "ctr images import: $image"
+listed=$(ctr_ images ls | awk -v ref="$image" '$1 == ref')
+grep -q 'application/vnd.oci.image.index.v1+json' <<<"$listed" ||
+    fail "imported image is not an index: $listed"
+grep -q 'linux/amd64,linux/arm64' <<<"$listed" || fail "imported image's platforms: $listed"
+ctr_ content ls -q | grep -qx "$arm64_layer" || fail "the arm64 layer $arm64_layer was not imported"
+ok "ctr images import --all-platforms: $image (index: linux/amd64, linux/arm64; the arm64 layer imported; amd64 runs here)"
 
 # 3. The DaemonSet's container.
 daemonset=$REPO/deploy/kubernetes/daemonset.yaml

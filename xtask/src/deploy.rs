@@ -18,8 +18,10 @@
 //!   a deliberately broken copy must be rejected, so the validator is known to bite.
 //! - `al2023`: tests/deploy/al2023_check.py (MIME parts, NodeConfig, `bash -n`) and
 //!   `terraform fmt -check` of the launch template.
-//! - `image` (root): tests/deploy/image_test.sh, the Containerfile built by buildah and run
-//!   as the DaemonSet runs it under a real containerd.
+//! - `image` (root): tests/deploy/image_test.sh, the Containerfile built by buildah for both
+//!   architectures into one OCI image index (the aarch64 binary built and inspected as
+//!   `dist` does), imported into a real containerd and run, as the DaemonSet runs it, on
+//!   this machine's (x86_64) manifest; the arm64 manifest is inspected.
 //!
 //! Missing Debian packages are installed when root. Without root the root-only steps are
 //! SKIPPED with a loud message; under `CI` (set and non-empty) nothing is skipped: a step
@@ -106,7 +108,7 @@ pub(crate) fn deploy_check() -> Result<ExitCode> {
         ("caps", |c| root_script(c, "caps_test.sh")),
         ("manifests", step_manifests),
         ("al2023", step_al2023),
-        ("image", |c| root_script(c, "image_test.sh")),
+        ("image", step_image),
     ];
     let mut results = Vec::new();
     for (name, step) in steps {
@@ -288,6 +290,20 @@ fn root_script(ctx: &mut Ctx, name: &str) -> Result<Outcome> {
     }
     let binary = binary(ctx)?.to_owned();
     run_script(name, &[&binary])?;
+    Ok(Outcome::Passed)
+}
+
+/// The image of both architectures: the aarch64 binary is built here (as `dist` builds it).
+fn step_image(ctx: &mut Ctx) -> Result<Outcome> {
+    if !ctx.root {
+        return Ok(Outcome::Skipped(
+            "image_test.sh needs root (BPF, namespaces, containerd)".into(),
+        ));
+    }
+    let binary = binary(ctx)?.to_owned();
+    let arm64 = dist::build_binary(Arch::Aarch64)?;
+    dist::inspect_binary(&arm64, Arch::Aarch64)?;
+    run_script("image_test.sh", &[&binary, &arm64])?;
     Ok(Outcome::Passed)
 }
 

@@ -12,7 +12,10 @@
 //!
 //! Every binary is checked before it is packed: its ELF machine is the target's, it has no
 //! program interpreter (static: it runs in a `FROM scratch` image and on any distribution),
-//! and it embeds exactly one little-endian BPF object. It is then run: natively, or under
+//! and it embeds exactly one little-endian BPF object, built for this architecture: its
+//! kprobe must read the traced function's arguments from this architecture's `pt_regs`
+//! (x86_64 `di`/`si` at +112/+104, arm64 `regs[0]`/`regs[1]` at +0/+8; the kernel matrix
+//! loads the same binary on arm64 kernels). It is then run: natively, or under
 //! `qemu-aarch64` (Debian's `qemu-user`) when that is installed, as `--version` and as
 //! `check` against a missing ready file (must exit 1). Without qemu the aarch64 binary is
 //! built, linked and inspected but not run, and the summary says so.
@@ -52,6 +55,24 @@ impl Arch {
         match self {
             Arch::X86_64 => "x86_64-unknown-linux-musl",
             Arch::Aarch64 => "aarch64-unknown-linux-musl",
+        }
+    }
+
+    /// Debian's name of the architecture (apt, dpkg, OCI image platforms).
+    pub(crate) fn debian(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "amd64",
+            Arch::Aarch64 => "arm64",
+        }
+    }
+
+    /// The offsets into `struct pt_regs` (a kprobe's context) at which a kernel function's
+    /// first and second arguments are: `di`, `si` on x86_64; `regs[0]`, `regs[1]` on arm64.
+    /// A kernel program built for the other architecture reads the wrong registers.
+    fn kprobe_arg_offsets(self) -> [i16; 2] {
+        match self {
+            Arch::X86_64 => [112, 104],
+            Arch::Aarch64 => [0, 8],
         }
     }
 
@@ -189,13 +210,19 @@ pub(crate) fn workspace_version() -> Result<String> {
 /// `cargo build --release --target <triple> -p imds-snoop`, after making sure the Rust
 /// target and the linker are there. Returns the binary's path.
 pub(crate) fn build_binary(arch: Arch) -> Result<PathBuf> {
+    build_package(arch, "imds-snoop")
+}
+
+/// `cargo build --release --target <triple> -p <package>` (its binary has the package's
+/// name), after making sure the Rust target and the linker are there. Returns the binary.
+pub(crate) fn build_package(arch: Arch, package_name: &str) -> Result<PathBuf> {
     ensure_rust_target(arch.triple())?;
     let mut cargo = cmd::command("cargo");
     cargo.args([
         "build",
         "--release",
         "--package",
-        "imds-snoop",
+        package_name,
         "--target",
         arch.triple(),
     ]);
@@ -219,7 +246,7 @@ pub(crate) fn build_binary(arch: Arch) -> Result<PathBuf> {
     let binary = target_dir()
         .join(arch.triple())
         .join("release")
-        .join("imds-snoop");
+        .join(package_name);
     if !binary.is_file() {
         bail!("{} missing after the build", binary.display());
     }
@@ -247,7 +274,8 @@ pub(crate) fn install_debs(packages: &[&str], why: &str) -> Result<()> {
     crate::setup::apt_install(packages)
 }
 
-/// Static ELF of the right machine with one little-endian BPF object inside.
+/// Static ELF of the right machine with one little-endian BPF object inside, whose kprobe
+/// reads the function's arguments from this architecture's registers.
 pub(crate) fn inspect_binary(binary: &Path, arch: Arch) -> Result<()> {
     let data = fs::read(binary).with_context(|| format!("reading {}", binary.display()))?;
     let elf = Elf64::parse(&data).with_context(|| format!("{}", binary.display()))?;
@@ -267,13 +295,107 @@ pub(crate) fn inspect_binary(binary: &Path, arch: Arch) -> Result<()> {
         );
     }
     let bpf = embedded_bpf_objects(&data);
-    if bpf != 1 {
+    if bpf.len() != 1 {
         bail!(
-            "{}: {bpf} embedded BPF objects, want 1 (built with AYA_BUILD_SKIP=1?)",
-            binary.display()
+            "{}: {} embedded BPF objects, want 1 (built with AYA_BUILD_SKIP=1?)",
+            binary.display(),
+            bpf.len()
+        );
+    }
+    let mut offsets = kprobe_ctx_loads(&data[bpf[0]..])
+        .with_context(|| format!("{}: its BPF object", binary.display()))?;
+    offsets.sort_unstable();
+    let mut want = arch.kprobe_arg_offsets();
+    want.sort_unstable();
+    if offsets != want {
+        bail!(
+            "{}: the kprobe reads its arguments at pt_regs offsets {offsets:?}, not {}'s \
+             {want:?}: the kernel program was built for another bpf_target_arch",
+            binary.display(),
+            arch.name()
         );
     }
     Ok(())
+}
+
+/// The `pt_regs` offsets the kprobe programs of a BPF object (its bytes from its ELF header
+/// on) load 64-bit words from, in program order (the compiler's), without repeats: what `ProbeContext::arg`
+/// compiles to (`rX = *(u64 *)(ctx + off)`). The context is r1 at entry; register copies of
+/// it are followed, a register is no longer the context once written, and a call clobbers
+/// r1-r5. A straight scan of each `kprobe*` section (the loads come before any branch).
+fn kprobe_ctx_loads(obj: &[u8]) -> Result<Vec<i16>> {
+    let u16_at = |o: usize| -> Result<usize> {
+        Ok(usize::from(u16::from_le_bytes(
+            obj.get(o..o + 2).context("truncated ELF")?.try_into()?,
+        )))
+    };
+    let u32_at = |o: usize| -> Result<usize> {
+        Ok(u32::from_le_bytes(obj.get(o..o + 4).context("truncated ELF")?.try_into()?) as usize)
+    };
+    let u64_at = |o: usize| -> Result<usize> {
+        Ok(usize::try_from(u64::from_le_bytes(
+            obj.get(o..o + 8).context("truncated ELF")?.try_into()?,
+        ))?)
+    };
+    let (shoff, shentsize, shnum, shstrndx) =
+        (u64_at(0x28)?, u16_at(0x3a)?, u16_at(0x3c)?, u16_at(0x3e)?);
+    // (name offset, type, file offset, size)
+    let section = |i: usize| -> Result<(usize, usize, usize, usize)> {
+        let at = shoff + i * shentsize;
+        Ok((
+            u32_at(at)?,
+            u32_at(at + 4)?,
+            u64_at(at + 24)?,
+            u64_at(at + 32)?,
+        ))
+    };
+    let (_, _, strtab, strsize) = section(shstrndx)?;
+    let names = obj
+        .get(strtab..strtab + strsize)
+        .context("truncated section names")?;
+    let mut offsets = Vec::new();
+    let mut programs = 0;
+    for i in 0..shnum {
+        let (name, kind, off, size) = section(i)?;
+        let name = names.get(name..).unwrap_or_default();
+        const SHT_PROGBITS: usize = 1;
+        if kind != SHT_PROGBITS || !name.starts_with(b"kprobe") {
+            continue;
+        }
+        programs += 1;
+        let code = obj
+            .get(off..off + size)
+            .context("truncated kprobe section")?;
+        let mut ctx = [false; 11];
+        ctx[1] = true;
+        for insn in code.chunks_exact(8) {
+            let (op, dst, src) = (
+                insn[0],
+                usize::from(insn[1] & 0xf),
+                usize::from(insn[1] >> 4),
+            );
+            let disp = i16::from_le_bytes([insn[2], insn[3]]);
+            const LDX_DW: u8 = 0x79; // BPF_LDX | BPF_MEM | BPF_DW
+            const MOV64_X: u8 = 0xbf; // BPF_ALU64 | BPF_MOV | BPF_X
+            const CALL: u8 = 0x85;
+            let class = op & 0x07;
+            if op == LDX_DW && src < ctx.len() && ctx[src] && !offsets.contains(&disp) {
+                offsets.push(disp);
+            }
+            if op == MOV64_X && dst < ctx.len() {
+                ctx[dst] = src < ctx.len() && ctx[src];
+            } else if op == CALL {
+                ctx[1..=5].fill(false);
+            } else if matches!(class, 0x00 | 0x01 | 0x04 | 0x07) && dst < ctx.len() {
+                // LD, LDX, ALU, ALU64 write dst.
+                ctx[dst] = false;
+            }
+        }
+    }
+    if programs == 0 {
+        bail!("no kprobe program (no kprobe* section)");
+    }
+    Ok(offsets)
 }
 
 struct Elf64 {
@@ -314,15 +436,18 @@ impl Elf64 {
     }
 }
 
-/// ELF headers with `e_machine == EM_BPF` (247), little-endian, past the file's own header.
-fn embedded_bpf_objects(data: &[u8]) -> usize {
+/// Where ELF headers with `e_machine == EM_BPF` (247), little-endian, start, past the file's
+/// own header.
+fn embedded_bpf_objects(data: &[u8]) -> Vec<usize> {
     const EM_BPF: u16 = 247;
     data.windows(20)
+        .enumerate()
         .skip(1)
-        .filter(|w| {
+        .filter(|(_, w)| {
             w.starts_with(b"\x7fELF\x02\x01") && u16::from_le_bytes([w[18], w[19]]) == EM_BPF
         })
-        .count()
+        .map(|(at, _)| at)
+        .collect()
 }
 
 /// Runs the binary (natively or under qemu-user): `--version` prints the version and
@@ -457,4 +582,75 @@ fn write_sums(out_dir: &Path) -> Result<()> {
     let sums = cmd::output(&mut sha)?.context("sha256sum failed")?;
     fs::write(out_dir.join("SHA256SUMS"), sums)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal little-endian BPF ELF: the null section, `.shstrtab` and one `kprobe`
+    /// section holding `code`.
+    fn bpf_object(code: &[[u8; 8]]) -> Vec<u8> {
+        let names = b"\0.shstrtab\0kprobe\0";
+        let code: Vec<u8> = code.concat();
+        let names_at = 64;
+        let code_at = names_at + names.len();
+        let shoff = code_at + code.len();
+        let mut o = vec![0u8; 64];
+        o[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        o[18..20].copy_from_slice(&247u16.to_le_bytes());
+        o[0x28..0x30].copy_from_slice(&(shoff as u64).to_le_bytes());
+        o[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
+        o[0x3c..0x3e].copy_from_slice(&3u16.to_le_bytes());
+        o[0x3e..0x40].copy_from_slice(&1u16.to_le_bytes());
+        o.extend_from_slice(names);
+        o.extend_from_slice(&code);
+        for (name, kind, at, size) in [
+            (0u32, 0u32, 0usize, 0usize),
+            (1, 3, names_at, names.len()),
+            (11, 1, code_at, code.len()),
+        ] {
+            let mut sh = [0u8; 64];
+            sh[..4].copy_from_slice(&name.to_le_bytes());
+            sh[4..8].copy_from_slice(&kind.to_le_bytes());
+            sh[24..32].copy_from_slice(&(at as u64).to_le_bytes());
+            sh[32..40].copy_from_slice(&(size as u64).to_le_bytes());
+            o.extend_from_slice(&sh);
+        }
+        o
+    }
+
+    fn insn(op: u8, dst: u8, src: u8, off: i16) -> [u8; 8] {
+        let o = off.to_le_bytes();
+        [op, dst | (src << 4), o[0], o[1], 0, 0, 0, 0]
+    }
+
+    #[test]
+    fn kprobe_argument_registers() {
+        // r6 = r1; r7 = *(u64 *)(r6 + 112); r8 = *(u64 *)(r1 + 104); call; r2 = *(u64 *)(r1 + 0)
+        let x86 = bpf_object(&[
+            insn(0xbf, 6, 1, 0),
+            insn(0x79, 7, 6, 112),
+            insn(0x79, 8, 1, 104),
+            insn(0x85, 0, 0, 0),
+            insn(0x79, 2, 1, 0),
+        ]);
+        assert_eq!(
+            kprobe_ctx_loads(&x86).unwrap(),
+            Arch::X86_64.kprobe_arg_offsets()
+        );
+        let arm = bpf_object(&[
+            insn(0x79, 6, 1, 0),
+            insn(0x79, 7, 1, 8),
+            insn(0x79, 7, 6, 16),
+        ]);
+        assert_eq!(
+            kprobe_ctx_loads(&arm).unwrap(),
+            Arch::Aarch64.kprobe_arg_offsets()
+        );
+        // Found inside a larger file, as in the daemon binary.
+        let mut binary = b"\x7fELF\x02\x01 host".to_vec();
+        binary.extend_from_slice(&x86);
+        assert_eq!(embedded_bpf_objects(&binary), vec![11]);
+    }
 }

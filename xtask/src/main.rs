@@ -8,8 +8,8 @@
 //!   the kernel matrix (`vm-test`); fails fast.
 //! - `fuzz [--seconds N] [TARGET...]`: short `cargo fuzz` runs of fuzz/'s targets (installs
 //!   cargo-fuzz if missing); a step of `bench`, not of `test`.
-//! - `vm-test`: the end-to-end suite on Debian's 5.10, 6.1 and 6.12 kernels under QEMU and
-//!   on the host kernel.
+//! - `vm-test`: the end-to-end suite on Debian's 5.10, 6.1 and 6.12 kernels, amd64 and arm64,
+//!   under QEMU and on the host kernel.
 
 mod bench;
 mod cmd;
@@ -70,8 +70,9 @@ enum Task {
     /// Kubernetes manifests (schema), AL2023 user data, container image (needs root; under
     /// CI=... nothing is skipped).
     DeployCheck,
-    /// Boot Debian's 5.10, 6.1 and 6.12 cloud kernels under QEMU (TCG) and run the guest
-    /// suite for each attach mode; also run it on the host kernel in a network namespace.
+    /// Boot Debian's 5.10, 6.1 and 6.12 cloud kernels, x86_64 and aarch64 (`--arch`), under
+    /// QEMU (TCG) and run the guest suite for each attach mode; also run it on the host
+    /// kernel in a network namespace.
     VmTest(vm::VmTestOptions),
 }
 
@@ -258,7 +259,8 @@ fn test() -> Result<ExitCode> {
             },
             counts: Counted::Summary("deploy-check"),
         },
-        // The kernel matrix: fentry and kprobe on 5.10/6.1/6.12 VMs, the tracepoint here.
+        // The kernel matrix: fentry and kprobe on 5.10/6.1/6.12 VMs, x86_64 and aarch64, the
+        // tracepoint here.
         Step {
             name: "vm-test",
             command: {

@@ -1,18 +1,23 @@
-//! `cargo xtask vm-test`: the kernel matrix. Boots Debian's cloud kernels 5.10 (bullseye, as
-//! on AL2), 6.1 and 6.12 (bookworm, as on AL2023) under qemu (TCG: nested KVM hangs on the CI
-//! machine) with an initramfs holding busybox, the static (musl) `imds-snoop` and the
+//! `cargo xtask vm-test`: the kernel matrix. For each architecture (`--arch x86_64|aarch64`,
+//! default both, as `dist` names them; Debian's amd64/arm64 only for apt), boots Debian's
+//! cloud kernels 5.10 (bullseye, as on AL2), 6.1 and 6.12 (bookworm, as on AL2023) under
+//! qemu (TCG: nested KVM hangs on the CI machine; `qemu-system-x86_64 -M q35` or
+//! `qemu-system-aarch64 -M virt`) with an initramfs holding that architecture's static
+//! busybox, the static (musl) `imds-snoop` exactly as `cargo xtask dist` builds it and the
 //! `vm-guest` runner (tests/vm-guest), and reads each guest's verdict from its serial
 //! console. Then runs the same runner on the host kernel in a network namespace of its own
-//! (the tracepoint path). Prints a kernel x attach-mode matrix; fails if any cell failed or a
+//! (the tracepoint path; with the host's architecture only). Prints a kernel x attach-mode matrix; fails if any cell failed or a
 //! kernel did not report. Each run (guest or host) also checks the kernel program's hook
 //! prototypes (the `// proto:` lines of imds-snoop-ebpf) against that kernel's own
 //! `/sys/kernel/btf/vmlinux` (vm-guest's `protos.rs`): the `protos` column, and a drift fails
 //! the kernel's row.
 //!
-//! Everything downloaded is a Debian package (kernels, with a private apt state under
-//! `target/vm/apt/` so the system's apt lists are not changed) or a crate. Cached under
-//! `target/vm/`: `kernels/<uname -r>/` (unpacked package), `apt/`, `initramfs.cpio`,
-//! `logs/<kernel>.console.log` (each guest's console), `matrix.md` (the last matrix).
+//! Everything downloaded is a Debian package (kernels, and a foreign architecture's
+//! busybox-static, with a private apt state under `target/vm/apt/<dist>-<debian arch>/` so
+//! the system's apt lists and dpkg are not changed) or a crate. Cached under `target/vm/`:
+//! `kernels/<uname -r>/` (unpacked package), `apt/`, `busybox/<debian arch>/`,
+//! `initramfs-<arch>.cpio`, `logs/<kernel>.console.log` (each guest's console), `matrix.md`
+//! (the last matrix).
 // Reads guest consoles (any bytes a kernel or a broken guest prints): no string slice that
 // could panic on them.
 #![warn(clippy::string_slice)]
@@ -30,11 +35,14 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-use crate::cmd;
+use crate::{cmd, dist::Arch};
 
 /// What `cargo xtask vm-test` does (its command line); `Default` is the full matrix.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct VmTestOptions {
+    /// Architectures to boot (repeatable); default: x86_64 and aarch64.
+    #[arg(long = "arch", value_enum)]
+    pub arches: Vec<Arch>,
     /// Kernel series to boot (5.10, 6.1, 6.12); repeatable; default all.
     #[arg(long = "kernel", value_name = "SERIES")]
     pub kernels: Vec<String>,
@@ -60,6 +68,7 @@ pub(crate) struct VmTestOptions {
 impl Default for VmTestOptions {
     fn default() -> Self {
         Self {
+            arches: Vec::new(),
             kernels: Vec::new(),
             skip_host: false,
             skip_vms: false,
@@ -87,7 +96,8 @@ impl Dist {
 }
 
 /// One kernel of the matrix and what its guest runs (vm-guest specs: `MODE` must attach,
-/// `auto=MODE` must pick MODE, `refuse=MODE` must fail cleanly).
+/// `auto=MODE` must pick MODE, `refuse=MODE` must fail cleanly; `:ERRNO` on either: the
+/// refusal, or auto's refusal of each hook before MODE, must be that errno).
 struct KernelPlan {
     series: &'static str,
     dist: Dist,
@@ -97,7 +107,7 @@ struct KernelPlan {
 /// None of the three has the `tcp_sendmsg_locked` tracepoint (checked: not in their BTF, the
 /// host's 6.18 has it), so there the tracepoint mode must be refused with a clear error; the
 /// host kernel runs that path.
-const PLAN: &[KernelPlan] = &[
+const PLAN_X86_64: &[KernelPlan] = &[
     KernelPlan {
         series: "5.10",
         dist: Dist::Bullseye,
@@ -115,17 +125,84 @@ const PLAN: &[KernelPlan] = &[
     },
 ];
 
+/// arm64 gained BPF trampolines in 6.0 and the ftrace direct calls fentry needs there in
+/// 6.4: 5.10 and 6.1 refuse fentry with ENOTSUPP (524, the kernel's own errno), and `auto`
+/// must say so and fall back to the kprobe; 6.12 attaches fentry.
+const PLAN_AARCH64: &[KernelPlan] = &[
+    KernelPlan {
+        series: "5.10",
+        dist: Dist::Bullseye,
+        specs: &[
+            "refuse=fentry:524",
+            "kprobe",
+            "refuse=tracepoint",
+            "auto=kprobe:524",
+        ],
+    },
+    KernelPlan {
+        series: "6.1",
+        dist: Dist::Bookworm,
+        specs: &[
+            "refuse=fentry:524",
+            "kprobe",
+            "refuse=tracepoint",
+            "auto=kprobe:524",
+        ],
+    },
+    KernelPlan {
+        series: "6.12",
+        dist: Dist::Bookworm,
+        specs: &["fentry", "kprobe", "refuse=tracepoint", "auto=fentry"],
+    },
+];
+
+/// How one architecture's kernels are fetched and booted.
+struct Machine {
+    arch: Arch,
+    plan: &'static [KernelPlan],
+    /// The qemu program and the Debian package that has it.
+    qemu: &'static str,
+    qemu_deb: &'static str,
+    /// qemu's machine and CPU (TCG).
+    machine: &'static [&'static str],
+    /// The serial console the kernel writes to.
+    console: &'static str,
+}
+
+const MACHINES: [Machine; 2] = [
+    Machine {
+        arch: Arch::X86_64,
+        plan: PLAN_X86_64,
+        qemu: "qemu-system-x86_64",
+        qemu_deb: "qemu-system-x86",
+        machine: &["-machine", "q35", "-accel", "tcg", "-cpu", "max"],
+        console: "ttyS0",
+    },
+    Machine {
+        arch: Arch::Aarch64,
+        plan: PLAN_AARCH64,
+        qemu: "qemu-system-aarch64",
+        qemu_deb: "qemu-system-arm",
+        // Debian's arm64 vmlinuz is an EFI-stub Image that `-kernel` boots directly.
+        machine: &["-machine", "virt", "-accel", "tcg", "-cpu", "max"],
+        console: "ttyAMA0",
+    },
+];
+
+fn machine(arch: Arch) -> &'static Machine {
+    MACHINES
+        .iter()
+        .find(|m| m.arch == arch)
+        .expect("every Arch has a Machine")
+}
+
 /// The host kernel (this project's CI machine, 6.18 under Firecracker) refuses fentry and has
 /// no kprobes: only the tracepoint path runs there.
 const HOST_SPECS: &[&str] = &["tracepoint", "auto=tracepoint"];
 
-const MUSL: &str = "x86_64-unknown-linux-musl";
-const DEB_PACKAGES: &[&str] = &[
-    "qemu-system-x86",
-    "busybox-static",
-    "musl-tools",
-    "iproute2",
-];
+/// Besides each architecture's qemu.
+const DEB_PACKAGES: &[&str] = &["busybox-static", "musl-tools", "iproute2"];
+/// The host's static busybox (package busybox-static), for guests of the host's architecture.
 const BUSYBOX: &str = "/bin/busybox";
 const MATRIX_MODES: [&str; 4] = ["fentry", "kprobe", "tracepoint", "auto"];
 
@@ -139,67 +216,139 @@ pub(crate) fn vm_test(opts: VmTestOptions) -> Result<()> {
     let vm_dir = target.join("vm");
     fs::create_dir_all(vm_dir.join("logs"))?;
 
-    let plans: Vec<&KernelPlan> = if opts.skip_vms {
-        Vec::new()
-    } else if opts.kernels.is_empty() {
-        PLAN.iter().collect()
+    let mut arches: Vec<Arch> = Vec::new();
+    for &a in if opts.arches.is_empty() {
+        &[Arch::X86_64, Arch::Aarch64][..]
     } else {
-        for k in &opts.kernels {
-            if !PLAN.iter().any(|p| p.series == k) {
-                let known: Vec<_> = PLAN.iter().map(|p| p.series).collect();
-                bail!("unknown kernel series {k:?} (known: {})", known.join(", "));
-            }
+        &opts.arches[..]
+    } {
+        if !arches.contains(&a) {
+            arches.push(a);
         }
-        PLAN.iter()
-            .filter(|p| opts.kernels.iter().any(|k| k == p.series))
+    }
+    for k in &opts.kernels {
+        if !PLAN_X86_64.iter().any(|p| p.series == k) {
+            let known: Vec<_> = PLAN_X86_64.iter().map(|p| p.series).collect();
+            bail!("unknown kernel series {k:?} (known: {})", known.join(", "));
+        }
+    }
+    // (architecture, its kernels to boot)
+    let plans: Vec<(&Machine, Vec<&KernelPlan>)> = if opts.skip_vms {
+        Vec::new()
+    } else {
+        arches
+            .iter()
+            .map(|&a| {
+                let m = machine(a);
+                let kernels = m
+                    .plan
+                    .iter()
+                    .filter(|p| {
+                        opts.kernels.is_empty() || opts.kernels.iter().any(|k| k == p.series)
+                    })
+                    .collect();
+                (m, kernels)
+            })
             .collect()
     };
-    if plans.is_empty() && opts.skip_host {
-        bail!("nothing to do: no kernels and --skip-host");
+    // The host run needs binaries of the host's architecture.
+    let host_arch = arches
+        .iter()
+        .copied()
+        .find(|a| a.name() == env::consts::ARCH);
+    let host = !opts.skip_host && host_arch.is_some();
+    if plans.is_empty() && !host {
+        bail!(
+            "nothing to do: no kernels, and no host run (--skip-host, or no --arch {})",
+            env::consts::ARCH
+        );
     }
 
     // (a) tools
     crate::setup::setup(&crate::setup::SetupArgs::default())?;
-    ensure_debs(DEB_PACKAGES)?;
-    ensure_rust_target(MUSL)?;
+    let mut debs = DEB_PACKAGES.to_vec();
+    debs.extend(plans.iter().map(|(m, _)| m.qemu_deb));
+    ensure_debs(&debs)?;
 
-    // (b) kernels
+    // (b) kernels, and busybox for guests of a foreign architecture
     let mut kernels = Vec::new();
-    for plan in &plans {
-        let k = kernel(&root, &vm_dir, plan, opts.refresh_kernels)
-            .with_context(|| format!("getting the {} kernel", plan.series))?;
-        kernels.push((plan, k));
+    for (m, arch_plans) in &plans {
+        let mut ks = Vec::new();
+        for plan in arch_plans {
+            let k = kernel(&root, &vm_dir, m.arch, plan, opts.refresh_kernels)
+                .with_context(|| format!("getting the {} {} kernel", m.arch.name(), plan.series))?;
+            ks.push((*plan, k));
+        }
+        let busybox = busybox(&root, &vm_dir, m.arch)
+            .with_context(|| format!("getting busybox for {}", m.arch.name()))?;
+        kernels.push((*m, ks, busybox));
     }
 
-    // (c) static binaries
-    let (daemon, guest) = build_static(&target)?;
+    // (c) static binaries, per architecture: the daemon as `cargo xtask dist` builds and
+    // checks it (one BPF object, its kprobe reading this architecture's registers), and the
+    // guest runner
+    let mut binaries = BTreeMap::new();
+    for arch in arches
+        .iter()
+        .copied()
+        .filter(|a| plans.iter().any(|(m, _)| m.arch == *a) || (host && Some(*a) == host_arch))
+    {
+        binaries.insert(arch.name(), build_static(arch)?);
+    }
 
-    // (d) initramfs, shared by all kernels (the specs come on the kernel command line)
-    let initrd = vm_dir.join("initramfs.cpio");
-    if !plans.is_empty() {
-        write_initramfs(&initrd, &root.join("tests/vm/init.sh"), &daemon, &guest)?;
+    // (d) one initramfs per architecture, shared by its kernels (the specs come on the
+    // kernel command line)
+    let mut initrds = BTreeMap::new();
+    for (m, _, busybox) in &kernels {
+        let (daemon, guest) = &binaries[m.arch.name()];
+        let initrd = vm_dir.join(format!("initramfs-{}.cpio", m.arch.name()));
+        write_initramfs(
+            &initrd,
+            &root.join("tests/vm/init.sh"),
+            busybox,
+            daemon,
+            guest,
+        )?;
+        initrds.insert(m.arch.name(), initrd);
     }
 
     // (e) boots, one after the other (CI has two cores, shared)
     let mut rows = Vec::new();
-    for (plan, k) in &kernels {
-        eprintln!(
-            "\nvm-test: booting {} ({}) : {}",
-            k.version,
-            plan.series,
-            plan.specs.join(" ")
-        );
-        let row = boot(k, plan.specs, &initrd, &vm_dir, &opts);
-        rows.push(row);
+    let mut arch_secs = Vec::new();
+    for (m, ks, _) in &kernels {
+        let arch_started = Instant::now();
+        for (plan, k) in ks {
+            eprintln!(
+                "\nvm-test: booting {} ({} {}) : {}",
+                k.version,
+                m.arch.name(),
+                plan.series,
+                plan.specs.join(" ")
+            );
+            rows.push(boot(
+                m,
+                k,
+                plan.specs,
+                &initrds[m.arch.name()],
+                &vm_dir,
+                &opts,
+            ));
+        }
+        arch_secs.push((
+            m.arch.name(),
+            ks.len(),
+            arch_started.elapsed().as_secs_f64(),
+        ));
     }
 
     // (f) the host kernel, in a network namespace of ours
-    if !opts.skip_host {
+    if let (true, Some(arch)) = (host, host_arch) {
         eprintln!(
             "\nvm-test: host kernel, in a network namespace: {}",
             HOST_SPECS.join(" ")
         );
-        rows.push(host_run(&daemon, &guest, &vm_dir, &opts));
+        let (daemon, guest) = &binaries[arch.name()];
+        rows.push(host_run(daemon, guest, &vm_dir, &opts));
     }
 
     // (g) the matrix
@@ -226,6 +375,9 @@ pub(crate) fn vm_test(opts: VmTestOptions) -> Result<()> {
             }
         })
         .sum();
+    for (arch, n, secs) in &arch_secs {
+        println!("vm-test: {arch}: {n} kernel(s) booted in {secs:.0}s");
+    }
     println!("vm-test: {cells_passed} passed, {cells_failed} failed");
     println!(
         "vm-test: {} kernel(s), {} failed, {:.0}s in all (matrix also in {})",
@@ -300,35 +452,13 @@ fn ensure_debs(names: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn ensure_rust_target(target: &str) -> Result<()> {
-    let installed = cmd::output(cmd::command("rustup").args(["target", "list", "--installed"]))?
-        .ok_or_else(|| anyhow!("`rustup target list --installed` failed (is rustup installed?)"))?;
-    if installed.lines().any(|l| l.trim() == target) {
-        println!("ok: rust target {target} (vm-test)");
-        return Ok(());
-    }
-    println!("installing: rust target {target} (vm-test)");
-    cmd::run(cmd::command("rustup").args(["target", "add", target]))
-}
-
-/// Builds `imds-snoop` (its build.rs embeds the eBPF object) and `vm-guest` static for musl.
-fn build_static(target: &Path) -> Result<(PathBuf, PathBuf)> {
-    let mut cargo = cmd::command("cargo");
-    cargo.args([
-        "build",
-        "--release",
-        "--target",
-        MUSL,
-        "-p",
-        "imds-snoop",
-        "-p",
-        "vm-guest",
-    ]);
-    eprintln!("vm-test: {}", cmd::display(&cargo));
-    cmd::run(&mut cargo)?;
-    let dir = target.join(MUSL).join("release");
-    let daemon = dir.join("imds-snoop");
-    let guest = dir.join("vm-guest");
+/// Builds `imds-snoop` exactly as `cargo xtask dist` does (the binary the tarball and the
+/// image ship; its build.rs embeds the eBPF object, built for this `bpf_target_arch`) and
+/// checks it as dist does, then builds `vm-guest`; both static for musl.
+fn build_static(arch: Arch) -> Result<(PathBuf, PathBuf)> {
+    let daemon = crate::dist::build_binary(arch)?;
+    crate::dist::inspect_binary(&daemon, arch)?;
+    let guest = crate::dist::build_package(arch, "vm-guest")?;
     for bin in [&daemon, &guest] {
         if is_dynamic(bin)? {
             bail!(
@@ -375,15 +505,16 @@ struct Kernel {
     vmlinuz: PathBuf,
 }
 
-/// Sort key of a kernel package of `series`, e.g. `linux-image-6.1.0-56-cloud-amd64` ->
-/// [0, 56]; `linux-image-6.12.117+deb12-cloud-amd64` -> [117, 12]; None for other packages
-/// (other series, -dbg, -unsigned, meta packages).
-fn series_key(series: &str, package: &str) -> Option<Vec<u64>> {
+/// Sort key of a kernel package of `series` for Debian architecture `debian_arch`, e.g.
+/// `linux-image-6.1.0-56-cloud-amd64` -> [0, 56]; `linux-image-6.12.117+deb12-cloud-arm64`
+/// -> [117, 12]; None for other packages (other series or architectures, -dbg, -unsigned,
+/// meta packages).
+fn series_key(series: &str, debian_arch: &str, package: &str) -> Option<Vec<u64>> {
     let rest = package
         .strip_prefix("linux-image-")?
         .strip_prefix(series)?
         .strip_prefix('.')?;
-    let middle = rest.strip_suffix("-cloud-amd64")?;
+    let middle = rest.strip_suffix(debian_arch)?.strip_suffix("-cloud-")?;
     if !middle.starts_with(|c: char| c.is_ascii_digit()) {
         return None;
     }
@@ -395,70 +526,78 @@ fn series_key(series: &str, package: &str) -> Option<Vec<u64>> {
     Some(key)
 }
 
-fn kernel(root: &Path, vm_dir: &Path, plan: &KernelPlan, refresh: bool) -> Result<Kernel> {
+fn kernel(
+    root: &Path,
+    vm_dir: &Path,
+    arch: Arch,
+    plan: &KernelPlan,
+    refresh: bool,
+) -> Result<Kernel> {
+    let debian_arch = arch.debian();
     let kernels = vm_dir.join("kernels");
     fs::create_dir_all(&kernels)?;
-    if !refresh && let Some(k) = cached_kernel(&kernels, plan.series)? {
+    if !refresh && let Some(k) = cached_kernel(&kernels, plan.series, debian_arch)? {
         println!("ok: kernel {} (cached in {})", k.version, kernels.display());
         return Ok(k);
     }
 
-    let apt = PrivateApt::new(root, vm_dir, plan.dist)?;
+    let apt = PrivateApt::new(root, vm_dir, plan.dist, arch)?;
     apt.update(refresh)?;
     let names = apt.output(&["pkgnames", "linux-image-"], "apt-cache")?;
     let mut candidates: Vec<(Vec<u64>, String)> = names
         .lines()
-        .filter_map(|n| series_key(plan.series, n.trim()).map(|k| (k, n.trim().to_owned())))
+        .filter_map(|n| {
+            series_key(plan.series, debian_arch, n.trim()).map(|k| (k, n.trim().to_owned()))
+        })
         .collect();
     candidates.sort();
-    // The newest one that apt can actually download (pkgnames also lists names that are only
-    // referenced).
-    let package = candidates
-        .iter()
-        .rev()
-        .map(|(_, n)| n)
-        .find(|n| {
-            apt.output(&["show", "--no-all-versions", n], "apt-cache")
-                .is_ok_and(|s| !s.trim().is_empty())
-        })
-        .cloned()
-        .ok_or_else(|| {
-            anyhow!(
-                "no linux-image-{}.*-cloud-amd64 package in {}",
-                plan.series,
-                plan.dist.name()
-            )
-        })?;
-    let version = package.trim_start_matches("linux-image-").to_owned();
-    let dest = kernels.join(&version);
-    if dest.join(".complete").is_file() {
-        println!("ok: kernel {version} (cached)");
-        return load_kernel(&dest, &version);
+    candidates.reverse();
+    // The newest one already unpacked, or else that the mirror actually serves: the lists
+    // name packages that are only referenced, or (bullseye-security's arm64 kernels, here)
+    // listed but not downloadable.
+    let debs = vm_dir.join("debs");
+    fs::create_dir_all(&debs)?;
+    let mut refused = Vec::new();
+    let mut found = None;
+    for (_, package) in &candidates {
+        let version = package.trim_start_matches("linux-image-").to_owned();
+        let dest = kernels.join(&version);
+        if dest.join(".complete").is_file() {
+            println!("ok: kernel {version} (cached)");
+            return load_kernel(&dest, &version);
+        }
+        match apt.download(package, &debs) {
+            Ok(deb) => {
+                found = Some((package.clone(), version, dest, deb));
+                break;
+            }
+            Err(e) => {
+                // apt's own reason (`E: Failed to fetch URL  404  Not Found ...`), not the
+                // whole command line.
+                let e = format!("{e:#}");
+                let why = e.rsplit("`: ").next().unwrap_or(&e);
+                eprintln!("vm-test: {package} not downloadable, trying an older one: {why}");
+                refused.push(package.clone());
+            }
+        }
     }
-
+    let Some((package, version, dest, deb)) = found else {
+        bail!(
+            "no linux-image-{}.*-cloud-{debian_arch} package downloadable from {} (tried: {})",
+            plan.series,
+            plan.dist.name(),
+            if refused.is_empty() {
+                "none listed".to_owned()
+            } else {
+                refused.join(", ")
+            }
+        );
+    };
     println!(
         "installing: kernel {package} (apt-get download from {}, unpacked to {})",
         plan.dist.name(),
         dest.display()
     );
-    let debs = vm_dir.join("debs");
-    fs::create_dir_all(&debs)?;
-    let mut dl = apt.command("apt-get");
-    dl.current_dir(&debs).args(["download", &package]);
-    cmd::run(&mut dl)?;
-    let deb = fs::read_dir(&debs)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
-        })
-        .ok_or_else(|| {
-            anyhow!(
-                "apt-get download {package} left no .deb in {}",
-                debs.display()
-            )
-        })?;
     let tmp = kernels.join(format!(".unpack-{version}"));
     let _ = fs::remove_dir_all(&tmp);
     let _ = fs::remove_dir_all(&dest);
@@ -477,20 +616,62 @@ fn kernel(root: &Path, vm_dir: &Path, plan: &KernelPlan, refresh: bool) -> Resul
     // Older kernels of the same series are not booted any more.
     for e in fs::read_dir(&kernels)?.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if name != version && series_key(plan.series, &format!("linux-image-{name}")).is_some() {
+        if name != version
+            && series_key(plan.series, debian_arch, &format!("linux-image-{name}")).is_some()
+        {
             let _ = fs::remove_dir_all(e.path());
         }
     }
     load_kernel(&dest, &version)
 }
 
+/// The static busybox for guests of `arch`: the host's (busybox-static) when it is the host's
+/// architecture, else Debian bookworm's busybox-static for `arch`, downloaded and unpacked
+/// under `busybox/<debian arch>/` once.
+fn busybox(root: &Path, vm_dir: &Path, arch: Arch) -> Result<PathBuf> {
+    if arch.name() == env::consts::ARCH {
+        return Ok(PathBuf::from(BUSYBOX));
+    }
+    let dir = vm_dir.join("busybox").join(arch.debian());
+    let bin = dir.join("bin/busybox");
+    if dir.join(".complete").is_file() && bin.is_file() {
+        println!(
+            "ok: busybox-static {} (cached in {})",
+            arch.debian(),
+            dir.display()
+        );
+        return Ok(bin);
+    }
+    let apt = PrivateApt::new(root, vm_dir, Dist::Bookworm, arch)?;
+    apt.update(false)?;
+    let debs = vm_dir.join("debs");
+    fs::create_dir_all(&debs)?;
+    let deb = apt.download("busybox-static", &debs)?;
+    println!(
+        "installing: busybox-static {} (apt-get download, unpacked to {})",
+        arch.debian(),
+        dir.display()
+    );
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir)?;
+    let mut x = cmd::command("dpkg-deb");
+    x.arg("-x").arg(&deb).arg(&dir);
+    cmd::run(&mut x)?;
+    let _ = fs::remove_file(&deb);
+    if !bin.is_file() {
+        bail!("busybox-static {} has no bin/busybox", arch.debian());
+    }
+    fs::write(dir.join(".complete"), "")?;
+    Ok(bin)
+}
+
 /// The newest completely unpacked kernel of `series` under `kernels/`.
-fn cached_kernel(kernels: &Path, series: &str) -> Result<Option<Kernel>> {
+fn cached_kernel(kernels: &Path, series: &str, debian_arch: &str) -> Result<Option<Kernel>> {
     let mut found: Vec<(Vec<u64>, String)> = Vec::new();
     for e in fs::read_dir(kernels)? {
         let e = e?;
         let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(key) = series_key(series, &format!("linux-image-{name}"))
+        if let Some(key) = series_key(series, debian_arch, &format!("linux-image-{name}"))
             && e.path().join(".complete").is_file()
         {
             found.push((key, name));
@@ -518,20 +699,24 @@ fn load_kernel(dir: &Path, version: &str) -> Result<Kernel> {
     })
 }
 
-/// apt with its own sources list, lists and cache under target/vm/apt/<dist>/: downloads do
-/// not depend on, or change, the machine's apt configuration.
+/// apt with its own sources list, lists and cache under target/vm/apt/<dist>-<debian arch>/,
+/// for one architecture (a foreign one too: only `apt-get download` and `dpkg-deb -x` are
+/// used, never the system's dpkg): downloads do not depend on, or change, the machine's apt
+/// configuration.
 struct PrivateApt {
     opts: Vec<String>,
     lists: PathBuf,
 }
 
 impl PrivateApt {
-    fn new(root: &Path, vm_dir: &Path, dist: Dist) -> Result<Self> {
+    fn new(root: &Path, vm_dir: &Path, dist: Dist, arch: Arch) -> Result<Self> {
         let sources = root.join("tests/vm").join(format!("{}.list", dist.name()));
         if !sources.is_file() {
             bail!("{} missing", sources.display());
         }
-        let base = vm_dir.join("apt").join(dist.name());
+        let base = vm_dir
+            .join("apt")
+            .join(format!("{}-{}", dist.name(), arch.debian()));
         let lists = base.join("lists");
         let cache = base.join("cache");
         let parts = base.join("sources.list.d");
@@ -552,6 +737,8 @@ impl PrivateApt {
             "Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false".into(),
             "Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false".into(),
             "APT::Sandbox::User=root".into(),
+            format!("APT::Architecture={}", arch.debian()),
+            format!("APT::Architectures::={}", arch.debian()),
         ]
         .into_iter()
         .flat_map(|o| ["-o".to_owned(), o])
@@ -569,6 +756,26 @@ impl PrivateApt {
         let mut c = self.command(program);
         c.args(args);
         cmd::output_or_reason(&mut c).map_err(|e| anyhow!("`{}`: {e}", cmd::display(&c)))
+    }
+
+    /// `apt-get download package` into `debs`; returns the .deb.
+    fn download(&self, package: &str, debs: &Path) -> Result<PathBuf> {
+        let mut dl = self.command("apt-get");
+        dl.current_dir(debs).args(["download", package]);
+        cmd::output_or_reason(&mut dl).map_err(|e| anyhow!("`{}`: {e}", cmd::display(&dl)))?;
+        fs::read_dir(debs)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
+            })
+            .ok_or_else(|| {
+                anyhow!(
+                    "apt-get download {package} left no .deb in {}",
+                    debs.display()
+                )
+            })
     }
 
     /// `apt-get update` into the private lists, unless they are there already.
@@ -660,11 +867,19 @@ impl Cpio {
     }
 }
 
-fn write_initramfs(out: &Path, init: &Path, daemon: &Path, guest: &Path) -> Result<()> {
+fn write_initramfs(
+    out: &Path,
+    init: &Path,
+    busybox: &Path,
+    daemon: &Path,
+    guest: &Path,
+) -> Result<()> {
     let read = |p: &Path| fs::read(p).with_context(|| format!("reading {}", p.display()));
-    let busybox = Path::new(BUSYBOX);
     if is_dynamic(busybox)? {
-        bail!("{BUSYBOX} is not static: install busybox-static");
+        bail!(
+            "{} is not static: install busybox-static",
+            busybox.display()
+        );
     }
     let mut c = Cpio::new();
     for d in [
@@ -703,6 +918,8 @@ struct ModeResult {
     events: u64,
     secs: f64,
     reason: Option<String>,
+    /// The errno the refusal (or `auto`'s refusals before its choice) was checked for.
+    errno: Option<i32>,
 }
 
 /// One kernel's row of the matrix.
@@ -744,12 +961,13 @@ fn parse_protos(line: &str) -> Option<(String, ModeResult)> {
         events: kv.get("hooks").and_then(|v| v.parse().ok()).unwrap_or(0),
         secs: 0.0,
         reason,
+        errno: None,
     };
     Some((kv.get("kernel")?.to_string(), result))
 }
 
-/// Parses `IMDS-RESULT kernel=K mode=M [expect=refused] attached=A result=R events=N secs=S
-/// [reason=...]`.
+/// Parses `IMDS-RESULT kernel=K mode=M [expect=refused] [errno=E] attached=A result=R
+/// events=N secs=S [reason=...]`.
 fn parse_result(line: &str) -> Option<(String, String, ModeResult)> {
     let rest = line.strip_prefix("IMDS-RESULT ")?;
     let (fields, reason) = match rest.split_once(" reason=") {
@@ -767,6 +985,7 @@ fn parse_result(line: &str) -> Option<(String, String, ModeResult)> {
         events: kv.get("events").and_then(|v| v.parse().ok()).unwrap_or(0),
         secs: kv.get("secs").and_then(|v| v.parse().ok()).unwrap_or(0.0),
         reason,
+        errno: kv.get("errno").and_then(|v| v.parse().ok()),
     };
     Some((
         kv.get("kernel")?.to_string(),
@@ -775,12 +994,13 @@ fn parse_result(line: &str) -> Option<(String, String, ModeResult)> {
     ))
 }
 
-/// The matrix column of a vm-guest spec.
+/// The matrix column of a vm-guest spec (`fentry`, `refuse=fentry:524`, `auto=kprobe:524`).
 fn spec_column(spec: &str) -> &str {
     if spec.starts_with("auto=") {
         "auto"
     } else {
-        spec.strip_prefix("refuse=").unwrap_or(spec)
+        let mode = spec.strip_prefix("refuse=").unwrap_or(spec);
+        mode.split(':').next().unwrap_or(mode)
     }
 }
 
@@ -921,7 +1141,14 @@ fn kill(child: &mut Child) {
     let _ = child.wait();
 }
 
-fn boot(k: &Kernel, specs: &[&str], initrd: &Path, vm_dir: &Path, opts: &VmTestOptions) -> Row {
+fn boot(
+    m: &Machine,
+    k: &Kernel,
+    specs: &[&str],
+    initrd: &Path,
+    vm_dir: &Path,
+    opts: &VmTestOptions,
+) -> Row {
     let started = Instant::now();
     let label = k.version.clone();
     let fail = |e: String| Row {
@@ -938,24 +1165,27 @@ fn boot(k: &Kernel, specs: &[&str], initrd: &Path, vm_dir: &Path, opts: &VmTestO
         Ok(f) => f,
         Err(e) => return fail(format!("creating {}: {e}", log_path.display())),
     };
-    let append = format!("console=ttyS0 panic=-1 quiet -- {}", specs.join(" "));
-    let mut qemu = cmd::command("qemu-system-x86_64");
-    qemu.args([
-        "-machine", "q35", "-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "1",
-    ])
-    .args(["-nographic", "-no-reboot", "-nic", "none"])
-    .arg("-kernel")
-    .arg(&k.vmlinuz)
-    .arg("-initrd")
-    .arg(initrd)
-    .args(["-append", &append])
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    let append = format!(
+        "console={} panic=-1 quiet -- {}",
+        m.console,
+        specs.join(" ")
+    );
+    let mut qemu = cmd::command(m.qemu);
+    qemu.args(m.machine)
+        .args(["-m", "1024", "-smp", "1"])
+        .args(["-nographic", "-no-reboot", "-nic", "none"])
+        .arg("-kernel")
+        .arg(&k.vmlinuz)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", &append])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let _ = writeln!(log, "# {}", cmd::display(&qemu));
     let mut child = match qemu.spawn() {
         Ok(c) => c,
-        Err(e) => return fail(format!("cannot start qemu-system-x86_64: {e}")),
+        Err(e) => return fail(format!("cannot start {}: {e}", m.qemu)),
     };
     let (tx, rx) = mpsc::channel();
     pump(child.stdout.take().expect("piped"), tx.clone());
@@ -1157,7 +1387,10 @@ fn host_run(daemon: &Path, guest: &Path, vm_dir: &Path, opts: &VmTestOptions) ->
 fn cell(r: Option<&ModeResult>) -> String {
     match r {
         None => "-".into(),
-        Some(r) if r.refused && r.pass => "refused (ok)".into(),
+        Some(r) if r.refused && r.pass => match r.errno {
+            Some(e) => format!("refused {e} (ok)"),
+            None => "refused (ok)".into(),
+        },
         Some(r) if r.refused => "FAIL (not refused)".into(),
         Some(r) => format!(
             "{} {}ev {:.1}s",
@@ -1282,32 +1515,51 @@ mod tests {
 
     #[test]
     fn kernel_package_names() {
+        let key = |series, package| series_key(series, "amd64", package);
         assert_eq!(
-            series_key("6.1", "linux-image-6.1.0-56-cloud-amd64"),
+            key("6.1", "linux-image-6.1.0-56-cloud-amd64"),
             Some(vec![0, 56])
         );
         assert_eq!(
-            series_key("6.12", "linux-image-6.12.117+deb12-cloud-amd64"),
+            key("6.12", "linux-image-6.12.117+deb12-cloud-amd64"),
             Some(vec![117, 12])
         );
         assert_eq!(
-            series_key("5.10", "linux-image-5.10.0-46-cloud-amd64"),
+            key("5.10", "linux-image-5.10.0-46-cloud-amd64"),
             Some(vec![0, 46])
         );
+        assert_eq!(key("6.1", "linux-image-6.12.117+deb12-cloud-amd64"), None);
+        assert_eq!(key("6.1", "linux-image-6.1.0-56-cloud-amd64-dbg"), None);
         assert_eq!(
-            series_key("6.1", "linux-image-6.12.117+deb12-cloud-amd64"),
+            key("6.1", "linux-image-6.1.0-56-cloud-amd64-unsigned"),
             None
         );
+        assert_eq!(key("6.12", "linux-image-6.12-cloud-amd64"), None);
+        assert_eq!(key("6.1", "linux-image-cloud-amd64"), None);
+        // The other architecture's packages are not this one's.
+        assert_eq!(key("6.1", "linux-image-6.1.0-57-cloud-arm64"), None);
         assert_eq!(
-            series_key("6.1", "linux-image-6.1.0-56-cloud-amd64-dbg"),
-            None
+            series_key("6.1", "arm64", "linux-image-6.1.0-57-cloud-arm64"),
+            Some(vec![0, 57])
         );
         assert_eq!(
-            series_key("6.1", "linux-image-6.1.0-56-cloud-amd64-unsigned"),
+            series_key("5.10", "arm64", "linux-image-5.10.0-30-cloud-amd64"),
             None
         );
-        assert_eq!(series_key("6.12", "linux-image-6.12-cloud-amd64"), None);
-        assert_eq!(series_key("6.1", "linux-image-cloud-amd64"), None);
+    }
+
+    #[test]
+    fn every_arch_plans_every_mode_of_the_same_kernels() {
+        for m in &MACHINES {
+            let series: Vec<&str> = m.plan.iter().map(|p| p.series).collect();
+            assert_eq!(series, ["5.10", "6.1", "6.12"], "{}", m.arch.name());
+            for p in m.plan {
+                let columns: Vec<&str> = p.specs.iter().map(|s| spec_column(s)).collect();
+                assert_eq!(columns, ["fentry", "kprobe", "tracepoint", "auto"]);
+            }
+        }
+        assert_eq!(spec_column("refuse=fentry:524"), "fentry");
+        assert_eq!(spec_column("auto=kprobe:524"), "auto");
     }
 
     #[test]
@@ -1325,6 +1577,12 @@ mod tests {
         assert_eq!(m, "tracepoint");
         assert!(!r.pass && r.refused);
         assert_eq!(r.reason.as_deref(), Some("a b=c"));
+        let (_, m, r) = parse_result(
+            "IMDS-RESULT kernel=6.1.0-57-cloud-arm64 mode=fentry expect=refused errno=524 attached=- result=pass events=0 secs=3.0",
+        )
+        .unwrap();
+        assert_eq!((m.as_str(), r.errno), ("fentry", Some(524)));
+        assert_eq!(cell(Some(&r)), "refused 524 (ok)");
     }
 
     #[test]

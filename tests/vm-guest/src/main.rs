@@ -5,8 +5,11 @@
 //! ```text
 //! vm-guest [--daemon PATH] [--workdir DIR] [--ignore-foreign] [--attach-timeout SECS] SPEC...
 //!   SPEC = fentry | kprobe | tracepoint   run the suite with `--attach SPEC`, expect it attached
-//!        | auto=MODE                      run the suite with `--attach auto`, expect MODE
-//!        | refuse=MODE                    expect `--attach MODE` to fail cleanly (no hook)
+//!        | auto=MODE[:ERRNO]              run the suite with `--attach auto`, expect MODE, and
+//!                                         a refusal line for each hook tried before it
+//!                                         (with ERRNO: each refused with that errno)
+//!        | refuse=MODE[:ERRNO]            expect `--attach MODE` to fail cleanly (no hook;
+//!                                         with ERRNO: the kernel's errno, e.g. 524 ENOTSUPP)
 //! vm-guest client KIND                     (internal) one IMDS client, run as our child
 //! vm-guest protos [--btf F] [--kernel R]   only check the hook prototypes (no root needed)
 //! ```
@@ -123,16 +126,23 @@ struct Options {
 
 #[derive(Clone, Debug)]
 enum Spec {
-    /// Run the suite with `--attach mode` and expect the daemon to report `expect`.
-    Attach { mode: String, expect: String },
-    /// Expect `--attach mode` to be refused: non-zero exit and no `attached` line.
-    Refuse { mode: String },
+    /// Run the suite with `--attach mode` and expect the daemon to report `expect`; with
+    /// `auto`, each hook `auto` tries before `expect` must be refused in a line of its own
+    /// (with `errno`: for that errno).
+    Attach {
+        mode: String,
+        expect: String,
+        errno: Option<i32>,
+    },
+    /// Expect `--attach mode` to be refused: non-zero exit and no `attached` line (with
+    /// `errno`: its error names that errno).
+    Refuse { mode: String, errno: Option<i32> },
 }
 
 impl Spec {
     fn mode(&self) -> &str {
         match self {
-            Spec::Attach { mode, .. } | Spec::Refuse { mode } => mode,
+            Spec::Attach { mode, .. } | Spec::Refuse { mode, .. } => mode,
         }
     }
 }
@@ -165,22 +175,36 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
                     .into());
             }
             spec => {
+                // `MODE:ERRNO`
+                let with_errno = |v: &str| -> Result<(String, Option<i32>), String> {
+                    match v.split_once(':') {
+                        None => Ok((v.to_owned(), None)),
+                        Some((m, e)) => e
+                            .parse()
+                            .map(|e| (m.to_owned(), Some(e)))
+                            .map_err(|_| format!("bad errno in spec {spec:?}")),
+                    }
+                };
                 let parsed = if let Some(m) = spec.strip_prefix("auto=") {
+                    let (expect, errno) = with_errno(m)?;
                     Spec::Attach {
                         mode: "auto".into(),
-                        expect: m.into(),
+                        expect,
+                        errno,
                     }
                 } else if let Some(m) = spec.strip_prefix("refuse=") {
-                    Spec::Refuse { mode: m.into() }
+                    let (mode, errno) = with_errno(m)?;
+                    Spec::Refuse { mode, errno }
                 } else {
                     Spec::Attach {
                         mode: spec.into(),
                         expect: spec.into(),
+                        errno: None,
                     }
                 };
                 let checked = match &parsed {
                     Spec::Attach { expect, .. } => expect,
-                    Spec::Refuse { mode } => mode,
+                    Spec::Refuse { mode, .. } => mode,
                 };
                 if !MODES.contains(&checked.as_str()) {
                     return Err(format!("unknown spec {spec:?}"));
@@ -216,15 +240,24 @@ fn runner(args: &[String]) -> Result<bool, String> {
         let outcome = match &server {
             Err(e) => Outcome::fail(0, format!("fake IMDS did not start: {e}")),
             Ok(()) => match spec {
-                Spec::Attach { mode, expect } => run_suite(&opts, mode, expect),
-                Spec::Refuse { mode } => run_refused(&opts, mode),
+                Spec::Attach {
+                    mode,
+                    expect,
+                    errno,
+                } => run_suite(&opts, mode, expect, *errno),
+                Spec::Refuse { mode, errno } => run_refused(&opts, mode, *errno),
             },
         };
         all_ok &= outcome.ok;
         let mut line = format!(
             "IMDS-RESULT kernel={kernel} mode={} ",
             match spec {
-                Spec::Refuse { mode } => format!("{mode} expect=refused"),
+                Spec::Refuse {
+                    mode,
+                    errno: Some(e),
+                } => format!("{mode} expect=refused errno={e}"),
+                Spec::Refuse { mode, errno: None } => format!("{mode} expect=refused"),
+                Spec::Attach { errno: Some(e), .. } => format!("{} errno={e}", spec.mode()),
                 Spec::Attach { .. } => spec.mode().to_owned(),
             }
         );
@@ -462,7 +495,12 @@ fn attach_label(mode: &str) -> String {
     }
 }
 
-fn run_refused(opts: &Options, mode: &str) -> Outcome {
+/// How Rust's `io::Error` (aya's syscall errors, shown by the daemon) ends for an errno.
+fn errno_text(errno: i32) -> String {
+    format!("(os error {errno})")
+}
+
+fn run_refused(opts: &Options, mode: &str, errno: Option<i32>) -> Outcome {
     let log = opts.workdir.join(format!("imds-refuse-{mode}.log"));
     let mut daemon = match Daemon::spawn(opts, mode, &log) {
         Ok(d) => d,
@@ -488,6 +526,17 @@ fn run_refused(opts: &Options, mode: &str) -> Outcome {
     }
     if st.success() {
         return Outcome::fail(0, format!("--attach {mode} exited 0 without attaching"));
+    }
+    if let Some(e) = errno
+        && daemon.stderr_has(&errno_text(e)).is_none()
+    {
+        return Outcome::fail(
+            0,
+            format!(
+                "--attach {mode} was refused, but not with errno {e}: {}",
+                daemon.last_error()
+            ),
+        );
     }
     eprintln!(
         "vm-guest: --attach {mode} refused as expected ({st}): {}",
@@ -566,7 +615,16 @@ fn wants_for(kind: &'static str, pid: u32) -> Vec<Want> {
     }
 }
 
-fn run_suite(opts: &Options, mode: &str, expect: &str) -> Outcome {
+/// The daemon's line for `--attach auto` refused `mode` (capture.rs: `{mode} refused: {why};
+/// trying the next attach point`, `mode` as `attach_label` shows it).
+fn fallback_line(mode: &str) -> String {
+    format!(
+        "{} refused: ",
+        attach_label(mode).trim_start_matches("attached ")
+    )
+}
+
+fn run_suite(opts: &Options, mode: &str, expect: &str, errno: Option<i32>) -> Outcome {
     let log = opts.workdir.join(format!("imds-{mode}.log"));
     let _ = fs::remove_file(&log);
     let mut daemon = match Daemon::spawn(opts, mode, &log) {
@@ -588,6 +646,28 @@ fn run_suite(opts: &Options, mode: &str, expect: &str) -> Outcome {
             "expected `{}`, daemon said: {attached_line}",
             attach_label(expect)
         ));
+    }
+    // `auto` falling back says why, one line per hook it could not use.
+    if mode == "auto" {
+        for before in MODES.iter().take_while(|m| **m != expect) {
+            let needle = fallback_line(before);
+            match daemon.stderr_has(&needle) {
+                None => failures.push(format!(
+                    "--attach auto chose {expect} without a `{needle}...; trying the next \
+                     attach point` line"
+                )),
+                Some(l) if !l.contains("trying the next attach point") => failures.push(format!(
+                    "--attach auto's refusal of {before} does not say what next: {l}"
+                )),
+                Some(l) if errno.is_some_and(|e| !l.contains(&errno_text(e))) => {
+                    failures.push(format!(
+                        "--attach auto: {before} refused, but not with errno {}: {l}",
+                        errno.unwrap_or_default()
+                    ));
+                }
+                Some(l) => eprintln!("vm-guest: --attach auto fell back as expected: {l}"),
+            }
+        }
     }
 
     // The clients, one after the other (burst is concurrent inside).
@@ -1038,6 +1118,36 @@ fn request(addr: SocketAddr, parts: &[&str], how: Send) -> Result<String, String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn specs_with_an_errno() {
+        let args: Vec<String> = [
+            "refuse=fentry:524",
+            "kprobe",
+            "auto=kprobe:524",
+            "auto=fentry",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let specs = parse_args(&args).unwrap().specs;
+        assert!(matches!(&specs[0], Spec::Refuse { mode, errno: Some(524) } if mode == "fentry"));
+        assert!(matches!(&specs[1], Spec::Attach { mode, errno: None, .. } if mode == "kprobe"));
+        assert!(matches!(
+            &specs[2],
+            Spec::Attach { mode, expect, errno: Some(524) } if mode == "auto" && expect == "kprobe"
+        ));
+        assert!(
+            matches!(&specs[3], Spec::Attach { expect, errno: None, .. } if expect == "fentry")
+        );
+        for bad in ["refuse=fentry:x", "auto=probe", "refuse=kprobe:"] {
+            assert!(parse_args(&[bad.to_string()]).is_err(), "{bad}");
+        }
+        assert_eq!(
+            fallback_line("fentry"),
+            "fentry (fentry/tcp_sendmsg) refused: "
+        );
+    }
 
     /// The fields the checks use, from a line as the daemon writes it, and from lines that
     /// are not request lines (they must count as unexpected: no pid).
