@@ -975,14 +975,7 @@ impl Env {
 /// addresses. Deleted on drop, with every process still inside it killed (tests/support's
 /// [`Namespace`]).
 fn bench_netns() -> Result<Namespace> {
-    netns::reap_stale(NETNS_PREFIX);
-    let name = format!("{NETNS_PREFIX}{}", std::process::id());
-    if Path::new("/var/run/netns").join(&name).exists() {
-        netns::delete(&name);
-    }
-    let ns = Namespace::create(&name)?;
-    ns.ip(&["addr", "add", "169.254.169.254/32", "dev", "lo"])?;
-    ns.ip(&["addr", "add", "fd00:ec2::254/128", "dev", "lo", "nodad"])?;
+    let ns = netns::imds_namespace(NETNS_PREFIX)?;
     // New-connection clients: more ports, reuse of TIME_WAIT ones (this namespace only).
     let _ = ns
         .exec("sysctl")

@@ -34,6 +34,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
+use imds_snoop_test_support::netns;
 
 use crate::{cmd, dist::Arch};
 
@@ -1248,54 +1249,8 @@ fn boot(
     )
 }
 
-/// A network namespace that is deleted when dropped.
-struct Netns(String);
-
-impl Netns {
-    const PREFIX: &str = "imds-vmtest-";
-
-    /// Deletes namespaces that earlier runs left behind (killed before they could clean up):
-    /// ours are named after the pid of the xtask that made them.
-    fn remove_stale() {
-        let Ok(Some(list)) = cmd::output(cmd::command("ip").args(["netns", "list"])) else {
-            return;
-        };
-        for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
-            let Some(pid) = name.strip_prefix(Self::PREFIX) else {
-                continue;
-            };
-            if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
-                eprintln!("vm-test: deleting stale network namespace {name}");
-                let _ = cmd::output(cmd::command("ip").args(["netns", "del", name]));
-            }
-        }
-    }
-
-    fn create(name: &str) -> Result<Self> {
-        let _ = cmd::output(cmd::command("ip").args(["netns", "del", name]));
-        cmd::run(cmd::command("ip").args(["netns", "add", name]))?;
-        let ns = Netns(name.to_owned());
-        for args in [
-            &["link", "set", "lo", "up"][..],
-            &["addr", "add", "169.254.169.254/32", "dev", "lo"],
-            &["-6", "addr", "add", "fd00:ec2::254/128", "dev", "lo"],
-        ] {
-            cmd::run(cmd::command("ip").args(["-n", name]).args(args))?;
-        }
-        Ok(ns)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        if let Err(e) = cmd::run(cmd::command("ip").args(["netns", "del", &self.0])) {
-            eprintln!(
-                "vm-test: WARNING: could not delete network namespace {}: {e:#}",
-                self.0
-            );
-        }
-    }
-}
+/// The host cell's network namespace: `imds-vmtest-<pid>` (tests/support's [`netns::imds_namespace`]).
+const NETNS_PREFIX: &str = "imds-vmtest-";
 
 /// The guest runner on this machine's kernel, inside a network namespace we create: the
 /// IMDS addresses exist only on that namespace's `lo`.
@@ -1324,8 +1279,7 @@ fn host_run(daemon: &Path, guest: &Path, vm_dir: &Path, opts: &VmTestOptions) ->
         Ok(f) => f,
         Err(e) => return fail(format!("creating {}: {e}", log_path.display())),
     };
-    Netns::remove_stale();
-    let ns = match Netns::create(&format!("{}{}", Netns::PREFIX, std::process::id())) {
+    let ns = match netns::imds_namespace(NETNS_PREFIX) {
         Ok(ns) => ns,
         Err(e) => return fail(format!("network namespace: {e:#}")),
     };
@@ -1333,7 +1287,7 @@ fn host_run(daemon: &Path, guest: &Path, vm_dir: &Path, opts: &VmTestOptions) ->
     // `ip netns exec` remounts /sys in a private mount namespace, which hides the host's
     // cgroup mounts: mount cgroup2 there again (private to that namespace) so the daemon can
     // attach its response program (cgroup_skb) on the root cgroup, as on a node.
-    run.args(["netns", "exec", &ns.0, "sh", "-c"])
+    run.args(["netns", "exec", ns.name(), "sh", "-c"])
         .arg("mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null; exec \"$0\" \"$@\"")
         .arg(guest)
         .arg("--daemon")

@@ -54,6 +54,28 @@ impl Namespace {
     }
 }
 
+/// A namespace for one run of a tool (`cargo xtask bench`, the host cell of `vm-test`):
+/// `<prefix><pid>`, after reaping what killed runs of it left ([`reap_stale`]), with `lo` up
+/// and the IMDS addresses (169.254.169.254/32, fd00:ec2::254/128, usable at once) on it.
+pub fn imds_namespace(prefix: &str) -> io::Result<Namespace> {
+    reap_stale(prefix);
+    let name = format!("{prefix}{}", process::id());
+    if Path::new("/var/run/netns").join(&name).exists() {
+        delete(&name);
+    }
+    let ns = Namespace::create(&name)?;
+    ns.ip(&["addr", "add", &format!("{IMDS_V4}/32"), "dev", "lo"])?;
+    ns.ip(&[
+        "addr",
+        "add",
+        &format!("{IMDS_V6}/128"),
+        "dev",
+        "lo",
+        "nodad",
+    ])?;
+    Ok(ns)
+}
+
 impl Drop for Namespace {
     fn drop(&mut self) {
         delete(&self.name);
