@@ -30,6 +30,8 @@ pub const EVENT_EXEC: u32 = 2;
 pub const EVENT_EXIT: u32 = 3;
 /// `kind` tag of a [`ResponseEvent`].
 pub const EVENT_RESPONSE: u32 = 4;
+/// `kind` tag of a [`ForkEvent`].
+pub const EVENT_FORK: u32 = 5;
 /// Bytes of a new program's argv (NUL-separated) recorded at exec. Power of two (masking).
 pub const MAX_ARGV: usize = 512;
 
@@ -210,6 +212,19 @@ pub struct ExitEvent {
     pub ts_ns: u64,
 }
 
+/// A process forked a new process (`sched_process_fork`, threads left out): until the
+/// child execs, it runs its parent's image, with its parent's argv.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ForkEvent {
+    pub kind: u32,
+    /// The child's tgid (its pid: a new process is its own thread group leader).
+    pub tgid: u32,
+    /// The parent's tgid.
+    pub ppid: u32,
+    pub _pad: u32,
+}
+
 /// The status line of an HTTP response from a traced destination (`cgroup_skb` ingress).
 /// Only the status code leaves the kernel, never the body. The connection's 4-tuple, seen
 /// from the local socket's side, is what joins it to the request (`SendEvent::saddr`...).
@@ -247,6 +262,7 @@ const _: () = assert!(core::mem::size_of::<Offsets>() == 31 * 4);
 const _: () = assert!(core::mem::size_of::<ResponseEvent>() == 56);
 const _: () = assert!(core::mem::size_of::<ExecEvent>() == 48 + MAX_ARGV);
 const _: () = assert!(core::mem::size_of::<ExitEvent>() == 16);
+const _: () = assert!(core::mem::size_of::<ForkEvent>() == 16);
 const _: () = assert!(MAX_ARGV.is_power_of_two());
 const _: () = assert!(core::mem::size_of::<SendEvent>() == 288);
 const _: () = assert!(core::mem::size_of::<SendEvent>().is_multiple_of(8));
@@ -280,6 +296,8 @@ mod user {
     unsafe impl aya::Pod for super::ExecEvent {}
     // SAFETY: as above; 16 bytes.
     unsafe impl aya::Pod for super::ExitEvent {}
+    // SAFETY: as above; four u32s, explicit `_pad`.
+    unsafe impl aya::Pod for super::ForkEvent {}
     // SAFETY: as above; 56 bytes, explicit trailing `_pad`.
     unsafe impl aya::Pod for super::ResponseEvent {}
 }

@@ -1,9 +1,11 @@
-//! Exec and exit of processes, so the daemon knows the argv of a caller (and of its shell)
-//! that is gone by the time its request is logged: `sh -c 'curl ...'` in an init container
-//! or a cron job exits within milliseconds.
+//! Exec, fork and exit of processes, so the daemon knows the argv of a caller (and of its
+//! shell) that is gone by the time its request is logged: `sh -c 'curl ...'` in an init
+//! container or a cron job exits within milliseconds, and a shell's `( ... )` subshell or
+//! `$( ... )` makes its call from a forked child that never execs and exits at once.
 //!
-//! BTF tracepoints, not kprobes: `sched_process_exec` and `sched_process_exit` are stable
-//! tracepoints on every kernel from 5.5 and load where kprobes and fentry are refused.
+//! BTF tracepoints, not kprobes: `sched_process_exec`, `sched_process_fork` and
+//! `sched_process_exit` are stable tracepoints on every kernel from 5.5 and load where
+//! kprobes and fentry are refused.
 
 use aya_ebpf::{
     helpers::{
@@ -15,7 +17,8 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use imds_snoop_common::{
-    COMM_LEN, DROP_PROCESS_EVENT, EVENT_EXEC, EVENT_EXIT, ExecEvent, ExitEvent, MAX_ARGV,
+    COMM_LEN, DROP_PROCESS_EVENT, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, ExecEvent, ExitEvent,
+    ForkEvent, MAX_ARGV,
 };
 
 use crate::{
@@ -44,6 +47,39 @@ fn imds_exec(_ctx: BtfTracePointContext) -> u32 {
 fn imds_exit(_ctx: BtfTracePointContext) -> u32 {
     on_exit();
     0
+}
+
+// Runs in the parent (the forking task); `child` is the new task. Threads are left out.
+// proto: tp_btf sched_process_fork include/trace/events/sched.h 3.0..6.18 : TP_PROTO(struct task_struct *parent, struct task_struct *child)
+// proven: 6.18 (tracepoint)
+#[btf_tracepoint(function = "sched_process_fork")]
+fn imds_fork(ctx: BtfTracePointContext) -> u32 {
+    // Argument 1 is `struct task_struct *child`: only read through `read`
+    // (bpf_probe_read_kernel), never dereferenced.
+    on_fork(ctx.arg::<*const u8>(1));
+    0
+}
+
+#[inline(always)]
+fn on_fork(child: *const u8) {
+    let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Ok(tgid) = read::<u32>(child, offsets().task_tgid) else {
+        count_drop(DROP_PROCESS_EVENT);
+        return;
+    };
+    if tgid == parent {
+        // A new thread of the same process (CLONE_THREAD), not a new process.
+        return;
+    }
+    let ev = ForkEvent {
+        kind: EVENT_FORK,
+        tgid,
+        ppid: parent,
+        _pad: 0,
+    };
+    if EVENTS.output::<ForkEvent>(&ev, 0).is_err() {
+        count_drop(DROP_PROCESS_EVENT);
+    }
 }
 
 #[inline(always)]

@@ -346,11 +346,13 @@ fn attach(
     }
 }
 
-/// Exec and exit tracepoints, so short-lived callers keep their argv. Not fatal: without
-/// them a caller that is gone before its line is written shows `[exited]` instead of argv.
+/// Exec, fork and exit tracepoints, so short-lived callers keep their argv (a forked
+/// child its parent's). Not fatal: without them a caller that is gone before its line is
+/// written shows `[exited]` instead of argv.
 fn attach_process_tracking(ebpf: &mut Ebpf, btf: &Btf) {
     for (prog, tracepoint) in [
         ("imds_exec", "sched_process_exec"),
+        ("imds_fork", "sched_process_fork"),
         ("imds_exit", "sched_process_exit"),
     ] {
         let attached = program::<BtfTracePoint>(ebpf, prog).and_then(|p| {

@@ -166,6 +166,7 @@ impl RunArgs {
             containerd_root: self.containerd_root.clone(),
             crio_root: self.crio_root.clone(),
             pod_logs: self.pod_logs.clone(),
+            ..crate::attribution::Paths::default()
         }
     }
 

@@ -9,9 +9,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use imds_snoop_common::{
-    AF_INET6, COMM_LEN, EVENT_EXEC, EVENT_EXIT, EVENT_RESPONSE, EVENT_SEND, ExecEvent, ExitEvent,
-    FLAG_READ_ERROR, FLAG_TRUNCATED, FLAG_UNSUPPORTED_ITER, MAX_ANCESTORS, MAX_ARGV, ResponseEvent,
-    SendEvent,
+    AF_INET6, COMM_LEN, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_RESPONSE, EVENT_SEND, ExecEvent,
+    ExitEvent, FLAG_READ_ERROR, FLAG_TRUNCATED, FLAG_UNSUPPORTED_ITER, ForkEvent, MAX_ANCESTORS,
+    MAX_ARGV, ResponseEvent, SendEvent,
 };
 
 /// Why a ring record is not an event. The daemon counts these and goes on; none is a
@@ -124,6 +124,14 @@ pub enum Event {
         /// The process that ended.
         tgid: u32,
     },
+    /// A new process `tgid` (not a thread; `EVENT_FORK`, tracepoint `sched_process_fork`),
+    /// forked by `ppid`: its parent's image until it execs.
+    Fork {
+        /// The new process.
+        tgid: u32,
+        /// Its parent.
+        ppid: u32,
+    },
     /// A response's status line (`EVENT_RESPONSE`).
     Response(Response),
 }
@@ -163,6 +171,13 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
         EVENT_EXIT => {
             let ev: ExitEvent = head(record)?;
             Ok(Event::Exit { tgid: ev.tgid })
+        }
+        EVENT_FORK => {
+            let ev: ForkEvent = head(record)?;
+            Ok(Event::Fork {
+                tgid: ev.tgid,
+                ppid: ev.ppid,
+            })
         }
         EVENT_RESPONSE => {
             let ev: ResponseEvent = head(record)?;

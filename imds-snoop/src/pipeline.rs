@@ -19,6 +19,7 @@ use crate::{
     http::{Reassembler, Request},
     outcome::Outcomes,
     record::{Outcome, Record},
+    redact::SeenTokens,
 };
 
 /// A request whose headers have not ended after this long is logged as it is (truncated).
@@ -36,6 +37,8 @@ pub(crate) struct Pipeline {
     outcomes: Outcomes,
     clock: BootClock,
     decode_errors: u64,
+    /// Token values seen in requests: redacted from every field of every record.
+    tokens: SeenTokens,
 }
 
 impl Pipeline {
@@ -49,6 +52,7 @@ impl Pipeline {
             outcomes: Outcomes::new(response_timeout, MAX_WAITING_FOR_RESPONSE),
             clock: BootClock::now(),
             decode_errors: 0,
+            tokens: SeenTokens::new(),
         }
     }
 
@@ -63,6 +67,7 @@ impl Pipeline {
             Ok(Event::Send(send)) => self.on_send(send, now, out),
             Ok(Event::Exec(exec)) => self.attribution.on_exec(exec, now),
             Ok(Event::Exit { tgid }) => self.attribution.on_exit(tgid, now),
+            Ok(Event::Fork { tgid, ppid }) => self.attribution.on_fork(tgid, ppid, now),
             Ok(Event::Response(response)) => out.extend(self.outcomes.response(&response)),
             Err(e) => {
                 self.decode_errors += 1;
@@ -79,6 +84,7 @@ impl Pipeline {
     pub(crate) fn expire(&mut self, now: Instant, out: &mut Vec<Record>) {
         self.clock = BootClock::now();
         self.attribution.sweep(now);
+        self.tokens.sweep(now);
         for (ctx, request) in self.reassembler.expire(now) {
             self.emit(ctx, request, out);
         }
@@ -126,6 +132,9 @@ impl Pipeline {
             return;
         }
         let payload = std::mem::take(&mut send.payload);
+        // Before anything is attributed or written: the caller's own argv may hold the
+        // token its request carries.
+        self.tokens.observe(send.sock_id, &payload, now);
         let key = send.sock_id;
         let truncated = send.truncated;
         for (ctx, request) in self.reassembler.push(key, send, &payload, truncated, now) {
@@ -138,7 +147,7 @@ impl Pipeline {
         // `now`: under sustained load a drain lasts long enough for it to go stale.
         let now = Instant::now();
         let who = self.attribution.attribute(&send, now);
-        let record = Record {
+        let mut record = Record {
             time: self.clock.wall(send.ts_ns),
             request,
             caller: who.caller,
@@ -153,8 +162,41 @@ impl Pipeline {
             unreadable: send.unreadable,
             outcome: Outcome::Unknown,
         };
+        scrub(&self.tokens, &mut record);
         // Attributed now (the caller may exit), written once its response is in.
         out.extend(self.outcomes.request((send.src, send.dst), record, now));
+    }
+}
+
+/// Every token value seen on the wire, out of every text field of `r` that a caller can
+/// fill: comms and argv of the caller and its ancestors, the path, header values and the
+/// malformed snippet. The header redaction by name (`http`) has done its part already;
+/// this covers a token anywhere else (`python3 fetch.py <token>`), whatever precedes it.
+fn scrub(tokens: &SeenTokens, r: &mut Record) {
+    fn one(tokens: &SeenTokens, s: &mut String) {
+        if let std::borrow::Cow::Owned(clean) = tokens.redact(s) {
+            *s = clean;
+        }
+    }
+    if tokens.is_empty() {
+        return;
+    }
+    for p in std::iter::once(&mut r.caller).chain(r.ancestors.iter_mut()) {
+        one(tokens, &mut p.comm);
+        if let Some(argv) = &mut p.argv {
+            one(tokens, argv);
+        }
+    }
+    let req = &mut r.request;
+    for s in [&mut req.path, &mut req.snippet, &mut req.method]
+        .into_iter()
+        .flatten()
+    {
+        one(tokens, s);
+    }
+    for (name, value) in &mut req.headers {
+        one(tokens, name);
+        one(tokens, value);
     }
 }
 
@@ -228,9 +270,51 @@ mod tests {
             }
         }
 
+        /// A process running as `uid` (its `status`), with `argv`.
+        fn process_as(&self, pid: u32, uid: u32, argv: &[&str]) {
+            self.process(pid, argv, None);
+            let dir = Paths::under(&self.0).proc_root.join(pid.to_string());
+            fs::write(
+                dir.join("status"),
+                format!("Name:\tx\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n"),
+            )
+            .unwrap();
+        }
+
+        /// containerd's side of a shim `shim` running container `ID`: the runtime's socket
+        /// next to its task directory, and the bundle's `init.pid` naming `init`, a child of
+        /// the shim.
+        fn runtime_of(&self, shim: u32, init: u32) {
+            let paths = Paths::under(&self.0);
+            let socket = paths
+                .containerd_root
+                .parent()
+                .unwrap()
+                .join("containerd.sock");
+            let _ = fs::remove_file(&socket);
+            std::mem::forget(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+            let bundle = paths.containerd_root.join("k8s.io").join(ID);
+            fs::write(bundle.join("init.pid"), init.to_string()).unwrap();
+            let dir = paths.proc_root.join(init.to_string());
+            fs::create_dir_all(&dir).unwrap();
+            fs::write(
+                dir.join("stat"),
+                format!("{init} (pause) S {shim} {init} {init} 0"),
+            )
+            .unwrap();
+        }
+
+        /// The uid that owns this tree (root in CI; the runtime's owner in these tests).
+        fn owner(&self) -> u32 {
+            use std::os::unix::fs::MetadataExt as _;
+            fs::metadata(&self.0).unwrap().uid()
+        }
+
         /// A pipeline reading this tree, its clock fixed so that `TS_NS` is `WALL_NS`.
         fn pipeline(&self, response_timeout: Option<Duration>) -> Pipeline {
-            let mut p = Pipeline::new(Paths::under(&self.0), response_timeout);
+            let mut paths = Paths::under(&self.0);
+            paths.owner = self.owner();
+            let mut p = Pipeline::new(paths, response_timeout);
             p.clock = BootClock::fixed(WALL_NS as i128 - TS_NS as i128);
             p
         }
@@ -551,9 +635,12 @@ mod tests {
     fn exited_caller_gets_exec_argv_and_shim_names_the_pod() {
         let root = Root::new("shim");
         // The caller (5000) has exited: only its exec event knows its argv. Its parent is
-        // a containerd shim, alive but with no cgroup file the resolver can use.
-        root.process(
+        // a containerd shim, alive but with no cgroup file the resolver can use; it checks
+        // out: the owner's process, the owner's socket, its bundle's init is its child.
+        root.runtime_of(4100, 4101);
+        root.process_as(
             4100,
+            root.owner(),
             &[
                 "/usr/bin/containerd-shim-runc-v2",
                 "-namespace",
@@ -563,7 +650,6 @@ mod tests {
                 "-address",
                 "/run/containerd/containerd.sock",
             ],
-            None,
         );
         let mut p = root.pipeline(None);
         let out = run(
@@ -599,6 +685,192 @@ mod tests {
         );
         assert_eq!(json["pod"]["uid"], serde_json::Value::Null);
         assert_eq!(json["flags"]["caller_exited"], false);
+    }
+
+    /// A bare-argv token exit: `python3 fetch.py <token>` sends the token in its header
+    /// (redacted by name) and carries it in argv (and its shell's): the value seen on the
+    /// wire is redacted there too, in text and JSON, and in later lines of other callers.
+    #[test]
+    fn a_token_seen_on_the_wire_is_redacted_from_every_field() {
+        let root = Root::new("bare-token");
+        let host = b"0::/system.slice/app.service\n";
+        root.process(800, &["python3", "fetch.py", TOKEN], Some(host));
+        let dashed = format!("--token={TOKEN}");
+        root.process(
+            799,
+            &["sh", "-c", &format!("python3 fetch.py {TOKEN}")],
+            Some(host),
+        );
+        root.process(801, &["app", &dashed, "-v"], Some(host));
+        let mut p = root.pipeline(None);
+        let head = format!(
+            "GET /latest/meta-data/?t={TOKEN} HTTP/1.1\r\nHost: 169.254.169.254\r\n\
+             User-Agent: x/{TOKEN}\r\nX-aws-ec2-metadata-token: {TOKEN}\r\n\r\n"
+        );
+        let out = run(
+            &mut p,
+            &[
+                send(11, 40400, 800, "python3", &[(799, "sh")], head.as_bytes()),
+                // Another caller, later, with the token only in argv.
+                send(12, 40401, 801, "app", &[], CURL_V1),
+            ],
+        );
+        assert_eq!(out.len(), 2, "{out:?}");
+        for r in &out {
+            let (text, json) = lines(r);
+            let json = json.to_string();
+            for piece in [TOKEN, &TOKEN[..20], &TOKEN[30..]] {
+                assert!(!text.contains(piece), "{piece} in {text}");
+                assert!(!json.contains(piece), "{piece} in {json}");
+            }
+        }
+        let (text, _) = lines(&out[0]);
+        assert!(
+            text.contains("argv:python3 fetch.py **token redacted**)"),
+            "{text}"
+        );
+        let (text, _) = lines(&out[1]);
+        assert!(text.contains("argv:app --**token redacted** -v)"), "{text}");
+    }
+
+    /// Issue 16's measured attacks on the shim road, as an unprivileged user would make
+    /// them: a fake `containerd-shim` with a non-ASCII `-id` (sliced at byte 12 it panicked
+    /// the daemon), with a path `-id` (it read a config.json the user wrote), and a root
+    /// process borrowing a real container's id and the real socket (its bundle's init is not
+    /// its child). None names a container or pod; every line is written.
+    #[test]
+    fn fake_shims_name_nothing() {
+        let root = Root::new("fake-shim");
+        root.runtime_of(4100, 4101);
+        let me = root.owner();
+        let user = me.wrapping_add(1);
+        // The user's own config.json, where a path id used to lead.
+        let evil = root.0.join("tmp/evil");
+        fs::create_dir_all(&evil).unwrap();
+        fs::write(
+            evil.join("config.json"),
+            br#"{"annotations":{"io.kubernetes.cri.sandbox-name":"forged","io.kubernetes.cri.sandbox-namespace":"kube-system"}}"#,
+        )
+        .unwrap();
+        let shim = |id: &str| {
+            vec![
+                "/tmp/containerd-shim-x".to_owned(),
+                "-namespace".into(),
+                "k8s.io".into(),
+                "-id".into(),
+                id.into(),
+                "-address".into(),
+                "/run/containerd/containerd.sock".into(),
+            ]
+        };
+        let cases: Vec<(u32, u32, Vec<String>)> = vec![
+            (4300, user, shim("aéééééééééé")),
+            (4301, user, shim("../../../../../tmp/evil")),
+            (4302, me, shim("aéééééééééé")),
+            (4303, me, shim("../../../../../tmp/evil")),
+            (4304, user, shim(ID)),
+            // The owner's process, the real id and socket: but not the bundle's parent.
+            (4305, me, shim(ID)),
+        ];
+        let mut records = Vec::new();
+        for (i, (pid, uid, argv)) in cases.iter().enumerate() {
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            root.process_as(*pid, *uid, &argv);
+            let caller = 5100 + i as u32;
+            records.push(exec(caller, *pid, &["curl", "http://169.254.169.254/"]));
+            records.push(send(
+                20 + i as u64,
+                40500 + i as u16,
+                caller,
+                "curl",
+                &[(*pid, "containerd-shim")],
+                CURL_V1,
+            ));
+        }
+        let mut p = root.pipeline(None);
+        let out = run(&mut p, &records);
+        assert_eq!(out.len(), cases.len(), "{out:?}");
+        for r in &out {
+            let (text, json) = lines(r);
+            assert!(text.contains(" origin:unknown "), "{text}");
+            assert!(!text.contains("forged") && !text.contains("pod:"), "{text}");
+            assert_eq!(json["container"], serde_json::Value::Null, "{json}");
+            assert_eq!(json["pod"], serde_json::Value::Null, "{json}");
+        }
+        // The real shim, for contrast, names the pod.
+        root.process_as(
+            4100,
+            me,
+            &shim(ID).iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        let out = run(
+            &mut p,
+            &[send(
+                40,
+                40600,
+                5200,
+                "curl",
+                &[(4100, "containerd-shim")],
+                CURL_V1,
+            )],
+        );
+        assert!(
+            lines(&out[0])
+                .0
+                .contains("container:abc123def456 pod:shop/web-1"),
+            "{out:?}"
+        );
+    }
+
+    /// A child forked without exec (a shell's subshell) that has exited by the time its line
+    /// is written: its parent's argv, copied at the fork or looked up through the living
+    /// parent; nothing when the parent exec'd since the fork.
+    #[test]
+    fn forked_callers_keep_their_parents_argv() {
+        let root = Root::new("fork");
+        root.process(7000, &["bash", "-l"], None);
+        let fork = |tgid: u32, ppid: u32| {
+            bytes_of(&imds_snoop_common::ForkEvent {
+                kind: imds_snoop_common::EVENT_FORK,
+                tgid,
+                ppid,
+                _pad: 0,
+            })
+        };
+        let exit = |tgid: u32| {
+            bytes_of(&imds_snoop_common::ExitEvent {
+                kind: imds_snoop_common::EVENT_EXIT,
+                tgid,
+                ts_ns: TS_NS,
+            })
+        };
+        let mut p = root.pipeline(None);
+        let out = run(
+            &mut p,
+            &[
+                // Parent known from its exec: copied at the fork.
+                exec(6000, 1, &["bash", "script.sh"]),
+                fork(6001, 6000),
+                exit(6001),
+                send(50, 40700, 6001, "bash", &[(6000, "bash")], CURL_V1),
+                // Parent not known (started before the daemon): looked up through it.
+                fork(7001, 7000),
+                exit(7001),
+                send(51, 40701, 7001, "bash", &[(7000, "bash")], CURL_V1),
+                // The parent exec'd after the fork: the child's image is not the new one.
+                fork(7002, 7000),
+                exec(7000, 1, &["python3", "new.py"]),
+                exit(7002),
+                send(52, 40702, 7002, "bash", &[(7000, "python3")], CURL_V1),
+            ],
+        );
+        let argv: Vec<Option<&str>> = out.iter().map(|r| r.caller.argv.as_deref()).collect();
+        assert_eq!(argv, [Some("bash script.sh"), Some("bash -l"), None]);
+        assert!(
+            lines(&out[2])
+                .0
+                .contains("(pid:7002:bash argv:[exited] bash)")
+        );
     }
 
     #[test]

@@ -7,7 +7,11 @@
 // is not on yet: about 20 sites to move to `get`).
 #![warn(clippy::string_slice)]
 
-use std::borrow::Cow;
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 /// The IMDSv2 session token header (compared case-insensitively).
 pub(crate) const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
@@ -171,6 +175,166 @@ pub(crate) fn redact_tokens(argv: &str) -> String {
     String::from_utf8_lossy(&redact_token_values(argv.as_bytes(), ValueEnd::Word)).into_owned()
 }
 
+/// Longest a token can be valid: IMDS's maximum `X-aws-ec2-metadata-token-ttl-seconds`.
+pub(crate) const TOKEN_MAX_TTL: Duration = Duration::from_secs(21_600);
+/// Tokens remembered at most (IMDS hands out few: one per SDK session, for hours).
+const MAX_TOKENS: usize = 4096;
+/// Sockets whose unfinished last line is kept, to see a token header split across sends.
+const MAX_TAILS: usize = 4096;
+/// Longest unfinished line kept per socket: a token header line is about 82 bytes.
+const MAX_TAIL: usize = 256;
+/// Shortest value remembered as a token (IMDS tokens are 56 characters): a short value
+/// would let a caller blank out common words in everyone's lines.
+const TOKEN_MIN: usize = 20;
+/// What is remembered of a token, and looked for in other text: its first bytes.
+const KEY: usize = TOKEN_MIN;
+
+/// Characters of a token (IMDS tokens are standard base64).
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=')
+}
+
+/// Every token value seen in a request's token header, remembered for as long as it can be
+/// valid ([`TOKEN_MAX_TTL`]) in bounded memory, so it is redacted wherever else it turns up:
+/// a caller's or an ancestor's argv (`python3 fetch.py <token>`, `--token <token>`), a
+/// path, a user agent, whatever precedes it. Only the first [`KEY`] bytes are kept (not the
+/// token): a run of token characters holding them is redacted whole, which also covers a
+/// token whose end the capture cut.
+pub(crate) struct SeenTokens {
+    keys: HashMap<[u8; KEY], Instant>,
+    /// Per socket: the last line of the previous send when it had not ended.
+    tails: HashMap<u64, Vec<u8>>,
+}
+
+impl Default for SeenTokens {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SeenTokens {
+    pub(crate) fn new() -> Self {
+        Self {
+            keys: HashMap::new(),
+            tails: HashMap::new(),
+        }
+    }
+
+    /// A send's payload on socket `sock`: remembers the token values in it (a header split
+    /// across sends is joined with the previous send's unfinished line).
+    pub(crate) fn observe(&mut self, sock: u64, payload: &[u8], now: Instant) {
+        let tail = self.tails.remove(&sock);
+        let joined;
+        let data: &[u8] = match &tail {
+            Some(t) => {
+                joined = [t.as_slice(), payload].concat();
+                &joined
+            }
+            None => payload,
+        };
+        let name = TOKEN_HEADER.as_bytes();
+        let mut i = 0;
+        while let Some(at) = data.get(i..).and_then(|rest| {
+            rest.windows(name.len())
+                .position(|w| w.eq_ignore_ascii_case(name))
+        }) {
+            let mut j = i + at + name.len();
+            while data.get(j).is_some_and(|&b| b == b' ' || b == b'\t') {
+                j += 1;
+            }
+            i = j;
+            if data.get(j) != Some(&b':') {
+                continue;
+            }
+            let end = line_end(data, j + 1);
+            let value = data.get(j + 1..end).unwrap_or_default();
+            let value = value.trim_ascii();
+            // A value cut by the end of this send is remembered too (the capture may have
+            // cut it for good); its rest, if it comes, completes the line next time.
+            self.remember(value, now);
+            i = end;
+        }
+        // Keep the unfinished last line, if short, for the next send on this socket.
+        let last = data.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+        if let Some(rest) = data.get(last..)
+            && !rest.is_empty()
+            && rest.len() <= MAX_TAIL
+        {
+            if self.tails.len() >= MAX_TAILS {
+                self.tails.clear();
+            }
+            self.tails.insert(sock, rest.to_vec());
+        }
+    }
+
+    fn remember(&mut self, value: &[u8], now: Instant) {
+        if value.len() < TOKEN_MIN || !value.iter().all(|&b| is_token_char(b)) {
+            return;
+        }
+        let Some(key) = value.first_chunk::<KEY>() else {
+            return;
+        };
+        if self.keys.len() >= MAX_TOKENS && !self.keys.contains_key(key) {
+            self.sweep(now);
+            if self.keys.len() >= MAX_TOKENS
+                && let Some(oldest) = self.keys.iter().min_by_key(|(_, t)| **t).map(|(k, _)| *k)
+            {
+                self.keys.remove(&oldest);
+            }
+        }
+        self.keys.insert(*key, now);
+    }
+
+    /// Forgets tokens older than [`TOKEN_MAX_TTL`] (none can be valid any more).
+    pub(crate) fn sweep(&mut self, now: Instant) {
+        self.keys
+            .retain(|_, seen| now.duration_since(*seen) < TOKEN_MAX_TTL);
+    }
+
+    /// Whether any token is remembered (then [`Self::redact`] has work to do).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// `text` with every run of token characters that holds a remembered token replaced by
+    /// [`TOKEN_REDACTED`]. Runs are cut only at ASCII bytes, so UTF-8 stays UTF-8.
+    pub(crate) fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        if self.keys.is_empty() {
+            return Cow::Borrowed(text);
+        }
+        let data = text.as_bytes();
+        let mut out: Option<Vec<u8>> = None;
+        let mut copied = 0;
+        let mut i = 0;
+        while i < data.len() {
+            if !data.get(i).copied().is_some_and(is_token_char) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while data.get(i).copied().is_some_and(is_token_char) {
+                i += 1;
+            }
+            let run = data.get(start..i).unwrap_or_default();
+            if run.len() >= KEY
+                && run.windows(KEY).any(|w| {
+                    w.first_chunk::<KEY>()
+                        .is_some_and(|k| self.keys.contains_key(k))
+                })
+            {
+                let buf = out.get_or_insert_with(Vec::new);
+                buf.extend_from_slice(data.get(copied..start).unwrap_or_default());
+                buf.extend_from_slice(TOKEN_REDACTED.as_bytes());
+                copied = i;
+            }
+        }
+        match splice_rest(out, data, copied) {
+            Cow::Borrowed(_) => Cow::Borrowed(text),
+            Cow::Owned(bytes) => Cow::Owned(String::from_utf8_lossy(&bytes).into_owned()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,5 +352,77 @@ mod tests {
         // The ttl header is not a token.
         let ttl = "curl -H X-aws-ec2-metadata-token-ttl-seconds: 21600";
         assert_eq!(redact_tokens(ttl), ttl);
+    }
+}
+
+#[cfg(test)]
+mod seen_tests {
+    use super::*;
+
+    const TOKEN: &str = "AQAEAFakeTokenValueImdsSnoop0123456789abcdefghijklmnopq==";
+
+    #[test]
+    fn a_token_seen_in_a_header_is_redacted_anywhere() {
+        let mut seen = SeenTokens::new();
+        let t0 = Instant::now();
+        assert_eq!(
+            seen.redact(&format!("python3 fetch.py {TOKEN}")),
+            format!("python3 fetch.py {TOKEN}")
+        );
+        seen.observe(
+            1,
+            format!("GET / HTTP/1.1\r\nX-aws-ec2-metadata-token: {TOKEN}\r\n\r\n").as_bytes(),
+            t0,
+        );
+        for (text, want) in [
+            (
+                format!("python3 fetch.py {TOKEN}"),
+                "python3 fetch.py **token redacted**".to_owned(),
+            ),
+            (
+                format!("app --token={TOKEN} -v"),
+                "app --**token redacted** -v".to_owned(),
+            ),
+            (
+                format!("x\"{TOKEN}\"é"),
+                "x\"**token redacted**\"é".to_owned(),
+            ),
+            ("nothing here".to_owned(), "nothing here".to_owned()),
+        ] {
+            assert_eq!(seen.redact(&text), want);
+        }
+        // Until it cannot be valid any more.
+        seen.sweep(t0 + TOKEN_MAX_TTL);
+        assert!(seen.is_empty());
+    }
+
+    #[test]
+    fn split_headers_short_values_and_bounds() {
+        let mut seen = SeenTokens::new();
+        let now = Instant::now();
+        let head = "GET / HTTP/1.1\r\nHost: x\r\nX-aws-ec2-metadata-to";
+        seen.observe(7, head.as_bytes(), now);
+        seen.observe(7, format!("ken: {TOKEN}\r\n\r\n").as_bytes(), now);
+        assert_eq!(seen.redact(TOKEN), TOKEN_REDACTED);
+        // Short values and odd characters are not taken for tokens.
+        let mut other = SeenTokens::new();
+        other.observe(1, b"X-aws-ec2-metadata-token: curl\r\n", now);
+        other.observe(
+            1,
+            "X-aws-ec2-metadata-token: aaaaaaaaaaaaaaaaaaaaaaaé\r\n".as_bytes(),
+            now,
+        );
+        assert!(other.is_empty());
+        // Bounded: the oldest goes.
+        for n in 0..MAX_TOKENS + 10 {
+            let v = format!("{n:0>8}TokenTokenTokenToken");
+            other.observe(
+                2,
+                format!("x-aws-ec2-metadata-token:{v}\n").as_bytes(),
+                now + Duration::from_millis(n as u64),
+            );
+        }
+        assert_eq!(other.keys.len(), MAX_TOKENS);
+        assert!(other.tails.len() <= MAX_TAILS);
     }
 }

@@ -15,6 +15,14 @@
 //! Each container id is looked up once and cached (bounded), and so is the origin of each
 //! kernel-recorded cgroup id once /proc's path for it is proven to be that cgroup (its
 //! directory's inode is the id), so a caller's cgroup file is not read for every event.
+//!
+//! Every name here was chosen by someone: ids, namespaces and pod names go through
+//! `container_id` (the shapes runtimes and Kubernetes make, else nothing), bundles are read
+//! only from root-owned directories under a runtime's task root (the configured one, or one
+//! a validated shim led to, see `shim`), never through a symlink, and a cgroup a user owns
+//! (a delegated subtree) names no container.
+
+// Untrusted text: no byte-offset slicing, no indexing that can panic.
 #![warn(clippy::indexing_slicing, clippy::string_slice)]
 
 use std::{
@@ -26,6 +34,11 @@ use std::{
 };
 
 use serde::Serialize;
+
+use super::{
+    container_id::{ContainerId, is_identifier, is_k8s_name, is_pod_uid},
+    shim::{self, MAX_CONFIG_BYTES, Shim, read_trusted, trusted_dir},
+};
 
 /// Where a call came from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -41,7 +54,7 @@ pub(crate) enum Origin {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub(crate) struct Container {
-    pub id: String,
+    pub id: ContainerId,
     pub runtime: &'static str,
     pub pod_uid: Option<String>,
     pub pod: Option<Pod>,
@@ -58,7 +71,7 @@ pub(crate) struct Pod {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum CgroupInfo {
     Container {
-        id: String,
+        id: ContainerId,
         runtime: &'static str,
         pod_uid: Option<String>,
     },
@@ -98,17 +111,17 @@ pub(super) fn parse_cgroup_path(path: &str) -> CgroupInfo {
 /// `pod<uid>` (cgroupfs) or `kubepods-<qos>-pod<uid with _>.slice` (systemd).
 fn pod_segment(seg: &str) -> Option<String> {
     let rest = seg.strip_suffix(".slice").unwrap_or(seg);
-    let (before, uid) = rest.split_at_checked(rest.rfind("pod")?)?;
+    let (before, uid) = rest.rsplit_once("pod")?;
     if !(before.is_empty() || before.starts_with("kubepods")) {
         return None;
     }
-    let uid = uid.strip_prefix("pod")?.replace('_', "-");
-    (uid.len() == 36 && uid.chars().all(|c| c.is_ascii_hexdigit() || c == '-')).then_some(uid)
+    let uid = uid.replace('_', "-");
+    is_pod_uid(&uid).then_some(uid)
 }
 
 /// `cri-containerd-<id>.scope`, `docker-<id>.scope`, `crio-<id>.scope`, `crio-conmon-...`
 /// (skipped: that is the monitor), or a bare 64-hex id under a pod.
-fn container_segment(seg: &str, under_pod: bool) -> Option<(String, &'static str)> {
+fn container_segment(seg: &str, under_pod: bool) -> Option<(ContainerId, &'static str)> {
     let name = seg.strip_suffix(".scope").unwrap_or(seg);
     for (prefix, runtime) in [
         ("cri-containerd-", "containerd"),
@@ -116,16 +129,22 @@ fn container_segment(seg: &str, under_pod: bool) -> Option<(String, &'static str
         ("crio-", "cri-o"),
     ] {
         if let Some(id) = name.strip_prefix(prefix)
-            && is_container_id(id)
+            && is_cri_id(id)
         {
-            return Some((id.to_owned(), runtime));
+            return Some((ContainerId::new(id)?, runtime));
         }
     }
-    (is_container_id(name) && under_pod).then(|| (name.to_owned(), "containerd"))
+    if !(under_pod && is_cri_id(name)) {
+        return None;
+    }
+    Some((ContainerId::new(name)?, "containerd"))
 }
 
-fn is_container_id(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+/// The ids CRI runtimes and docker give containers: 64 lowercase hex digits.
+fn is_cri_id(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The cgroup path in a /proc/<pid>/cgroup file: the first line whose path names a
@@ -149,25 +168,6 @@ pub(super) fn cgroup_path_of(proc_cgroup: &str) -> Option<String> {
         .map(|(_, p)| (*p).to_owned())
 }
 
-/// The id of a containerd shim's sandbox: `containerd-shim-runc-v2 -namespace k8s.io -id
-/// <id> -address ...`, or the v1 shim's `-workdir .../<namespace>/<id>`.
-pub(super) fn shim_id(argv: &str) -> Option<String> {
-    let mut words = argv.split_whitespace();
-    let first = words.next()?;
-    if !first.rsplit('/').next()?.starts_with("containerd-shim") {
-        return None;
-    }
-    let words: Vec<&str> = argv.split_whitespace().collect();
-    for pair in words.windows(2) {
-        match *pair {
-            ["-id", id] => return Some(id.to_owned()),
-            ["-workdir", dir] => return dir.rsplit('/').next().map(str::to_owned),
-            _ => {}
-        }
-    }
-    None
-}
-
 /// Node paths the resolver reads; configurable for a DaemonSet that mounts the host's.
 /// `Paths::default()` is the node's own (`/proc`, `/sys/fs/cgroup`, ...); [`Paths::under`]
 /// puts them under another root (a fake tree in tests).
@@ -185,6 +185,12 @@ pub(crate) struct Paths {
     /// The kubelet's pod logs, `/var/log/pods/<namespace>_<name>_<uid>/`: a pod's namespace
     /// and name from its uid when the runtime's state has none.
     pub pod_logs: PathBuf,
+    /// Where the node's `/` is: paths that node processes name (a shim's `-address`) are
+    /// looked up under it.
+    pub node_root: PathBuf,
+    /// The uid that owns the runtimes' state and runs their shims (root). Bundles, pod log
+    /// directories, shims and container cgroups owned by anyone else name nothing.
+    pub owner: u32,
 }
 
 impl Paths {
@@ -208,6 +214,8 @@ impl Paths {
             containerd_root: at(&d.containerd_root),
             crio_root: at(&d.crio_root),
             pod_logs: at(&d.pod_logs),
+            node_root: root.to_owned(),
+            owner: d.owner,
         }
     }
 }
@@ -220,6 +228,8 @@ impl Default for Paths {
             containerd_root: "/run/containerd/io.containerd.runtime.v2.task".into(),
             crio_root: "/run/containers/storage/overlay-containers".into(),
             pod_logs: "/var/log/pods".into(),
+            node_root: "/".into(),
+            owner: 0,
         }
     }
 }
@@ -232,12 +242,22 @@ const ORIGIN_TTL: Duration = Duration::from_secs(10);
 /// The same for a container whose pod is not known yet: look again soon.
 const PODLESS_ORIGIN_TTL: Duration = Duration::from_secs(1);
 
+/// Task roots learned from validated shims (a node runs one or two containerds).
+const MAX_TASK_ROOTS: usize = 8;
+/// How long a shim's verdict is reused for its pid (a shim lives as long as its pod).
+const SHIM_TTL: Duration = Duration::from_secs(10);
+
 pub(super) struct Resolver {
     paths: Paths,
-    pods: HashMap<String, Option<Pod>>,
+    pods: HashMap<ContainerId, Option<Pod>>,
     cgroup_paths: HashMap<u64, Option<String>>,
     origins: HashMap<u64, (Origin, Instant)>,
     v2_root: Option<PathBuf>,
+    /// containerd task roots besides the configured one, each found through a validated
+    /// shim's `-address` (k3s, RKE2, microk8s, any `state =`): no flag needed.
+    task_roots: Vec<PathBuf>,
+    /// Verdicts on shim pids, so a shim's files are read once per [`SHIM_TTL`].
+    shims: HashMap<u32, (Option<Shim>, Instant)>,
 }
 
 impl Resolver {
@@ -248,7 +268,39 @@ impl Resolver {
             cgroup_paths: HashMap::new(),
             origins: HashMap::new(),
             v2_root: None,
+            task_roots: Vec::new(),
+            shims: HashMap::new(),
         }
+    }
+
+    /// The ancestor `pid`, if it is containerd's shim (see `shim`): its sandbox and task
+    /// root. A task root found this way is remembered, so containers of that runtime are
+    /// named by their cgroup's id too.
+    pub(super) fn shim(&mut self, pid: u32, now: Instant) -> Option<Shim> {
+        if let Some((verdict, at)) = self.shims.get(&pid)
+            && now.duration_since(*at) < SHIM_TTL
+        {
+            return verdict.clone();
+        }
+        let p = &self.paths;
+        let verdict = shim::validate(&p.proc_root, &p.node_root, p.owner, pid);
+        if let Some(s) = &verdict
+            && s.task_root != self.paths.containerd_root
+            && !self.task_roots.contains(&s.task_root)
+        {
+            if self.task_roots.len() >= MAX_TASK_ROOTS {
+                self.task_roots.remove(0);
+            }
+            self.task_roots.push(s.task_root.clone());
+            // Containers seen before without a pod may have their bundle there.
+            self.origins
+                .retain(|_, (o, _)| !matches!(o, Origin::Container(Container { pod: None, .. })));
+        }
+        if self.shims.len() >= MAX_CACHED {
+            self.shims.clear();
+        }
+        self.shims.insert(pid, (verdict.clone(), now));
+        verdict
     }
 
     /// Origin of a call by `pids` (caller first, then ancestors) in cgroup `cgroup_id`.
@@ -321,6 +373,9 @@ impl Resolver {
     fn origin_of(&mut self, path: &str) -> Origin {
         match parse_cgroup_path(path) {
             CgroupInfo::Host { unit } => Origin::Host { unit },
+            // A user can name a cgroup of a delegated subtree like a container's (and move
+            // into it): a cgroup that exists and is not the runtime owner's names none.
+            CgroupInfo::Container { .. } if self.user_cgroup(path) => Origin::Host { unit: None },
             CgroupInfo::Container {
                 id,
                 runtime,
@@ -337,18 +392,35 @@ impl Resolver {
         }
     }
 
-    /// Origin named by a containerd shim's sandbox id (when the cgroup said nothing).
-    pub(super) fn sandbox(&mut self, id: String) -> Origin {
-        let pod = self.pod(&id, None);
+    /// Whether cgroup v2 `path` exists and belongs to someone other than the runtimes'
+    /// owner (a delegated subtree: `user@<uid>.service/...`).
+    fn user_cgroup(&mut self, path: &str) -> bool {
+        let owner = self.paths.owner;
+        let dir = self.v2_root().join(path.trim_start_matches('/'));
+        fs::symlink_metadata(dir).is_ok_and(|m| m.uid() != owner)
+    }
+
+    /// Origin named by a validated containerd shim (when the cgroup said nothing): its
+    /// sandbox, with the pod its own bundle names.
+    pub(super) fn sandbox(&mut self, shim: &Shim) -> Origin {
+        let pod = match self.pods.get(&shim.id) {
+            Some(cached) => cached.clone(),
+            None => read_trusted(
+                &shim.bundle.join("config.json"),
+                self.paths.owner,
+                MAX_CONFIG_BYTES,
+            )
+            .and_then(|bytes| pod_from_config(&bytes)),
+        };
         Origin::Container(Container {
-            id,
+            id: shim.id.clone(),
             runtime: "containerd",
             pod_uid: None,
             pod,
         })
     }
 
-    fn pod(&mut self, id: &str, pod_uid: Option<&str>) -> Option<Pod> {
+    fn pod(&mut self, id: &ContainerId, pod_uid: Option<&str>) -> Option<Pod> {
         if let Some(cached) = self.pods.get(id) {
             return cached.clone();
         }
@@ -361,24 +433,44 @@ impl Resolver {
         // A miss is cached too only when we found a pod; a container whose bundle is not
         // written yet gets another look next time.
         if pod.is_some() {
-            self.pods.insert(id.to_owned(), pod.clone());
+            self.pods.insert(id.clone(), pod.clone());
         }
         pod
     }
 
-    fn pod_from_bundle(&self, id: &str) -> Option<Pod> {
-        let mut candidates = vec![self.paths.crio_root.join(id).join("userdata/config.json")];
-        if let Ok(namespaces) = fs::read_dir(&self.paths.containerd_root) {
+    /// The pod named by `id`'s bundle: CRI-O's `<crio_root>/<id>/userdata/config.json`, or
+    /// containerd's `<task root>/<ns>/<id>/config.json` under the configured task root and
+    /// those validated shims led to. `id` is a validated id (one path component); every
+    /// directory below a root and the file itself must be the owner's and not symlinks.
+    fn pod_from_bundle(&self, id: &ContainerId) -> Option<Pod> {
+        let owner = self.paths.owner;
+        let crio = self.paths.crio_root.join(id.as_str());
+        let mut candidates = vec![(
+            vec![crio.clone(), crio.join("userdata")],
+            crio.join("userdata/config.json"),
+        )];
+        for root in std::iter::once(&self.paths.containerd_root).chain(&self.task_roots) {
+            let Ok(namespaces) = fs::read_dir(root) else {
+                continue;
+            };
             for ns in namespaces.flatten() {
-                candidates.push(ns.path().join(id).join("config.json"));
+                let name = ns.file_name();
+                if !name.to_str().is_some_and(is_identifier) {
+                    continue;
+                }
+                let bundle = ns.path().join(id.as_str());
+                candidates.push((vec![ns.path(), bundle.clone()], bundle.join("config.json")));
             }
         }
         candidates
             .iter()
-            .find_map(|p| fs::read(p).ok())
+            .filter(|(dirs, _)| dirs.iter().all(|d| trusted_dir(d, owner)))
+            .find_map(|(_, file)| read_trusted(file, owner, MAX_CONFIG_BYTES))
             .and_then(|bytes| pod_from_config(&bytes))
     }
 
+    /// kubelet's `<pod_logs>/<namespace>_<pod>_<uid>/`, owned by the owner, with names
+    /// Kubernetes could have made.
     fn pod_from_logs(&self, pod_uid: &str) -> Option<Pod> {
         let suffix = format!("_{pod_uid}");
         fs::read_dir(&self.paths.pod_logs)
@@ -387,6 +479,12 @@ impl Resolver {
             .find_map(|e| {
                 let name = e.file_name().into_string().ok()?;
                 let (ns, pod) = name.strip_suffix(&suffix)?.split_once('_')?;
+                if !(is_k8s_name(ns)
+                    && is_k8s_name(pod)
+                    && trusted_dir(&e.path(), self.paths.owner))
+                {
+                    return None;
+                }
                 Some(Pod {
                     namespace: ns.to_owned(),
                     name: pod.to_owned(),
@@ -440,7 +538,13 @@ pub(super) fn pod_from_config(bytes: &[u8]) -> Option<Pod> {
     }
     let spec: Spec = serde_json::from_slice(bytes).ok()?;
     let a = &spec.annotations;
-    let get = |keys: &[&str]| keys.iter().find_map(|k| a.get(*k).cloned());
+    // Written by the runtime, from names a cluster user chose: only Kubernetes names pass.
+    let get = |keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| a.get(*k))
+            .filter(|v| is_k8s_name(v))
+            .cloned()
+    };
     Some(Pod {
         namespace: get(&[
             "io.kubernetes.cri.sandbox-namespace",
@@ -481,7 +585,7 @@ mod tests {
         let CgroupInfo::Container { id, pod_uid, .. } = parse_cgroup_path(&p) else {
             panic!("not a container: {p}");
         };
-        assert_eq!(id, ID);
+        assert_eq!(id.as_str(), ID);
         assert_eq!(
             pod_uid.as_deref(),
             Some("0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b")
@@ -543,7 +647,7 @@ mod tests {
             panic!("container not recognised in {c}");
         };
         assert_eq!(
-            id,
+            id.as_str(),
             "abc123def4567890abc123def4567890abc123def4567890abc123def4567890"
         );
         assert_eq!(runtime, "containerd");
@@ -605,19 +709,6 @@ mod tests {
     }
 
     #[test]
-    fn shim_ids() {
-        assert_eq!(
-            shim_id(&format!("/usr/bin/containerd-shim-runc-v2 -namespace k8s.io -id {ID} -address /run/containerd/containerd.sock")).as_deref(),
-            Some(ID)
-        );
-        assert_eq!(
-            shim_id(&format!("containerd-shim -namespace moby -workdir /var/lib/containerd/io.containerd.runtime.v1.linux/moby/{ID} -address /run/containerd/containerd.sock")).as_deref(),
-            Some(ID)
-        );
-        assert_eq!(shim_id("/bin/bash -id x"), None);
-    }
-
-    #[test]
     fn pod_from_containerd_and_crio_annotations() {
         let containerd = br#"{"ociVersion":"1.1.0","annotations":{"io.kubernetes.cri.container-type":"container","io.kubernetes.cri.sandbox-name":"web-7d9f","io.kubernetes.cri.sandbox-namespace":"shop","io.kubernetes.cri.container-name":"app"}}"#;
         assert_eq!(
@@ -662,6 +753,7 @@ mod tests {
         let mut r = Resolver::new(Paths {
             proc_root: root.join("proc"),
             cgroup_root: cgroup.clone(),
+            owner: fs::metadata(&root).unwrap().uid(),
             ..Paths::default()
         });
         let t0 = Instant::now();
@@ -699,6 +791,8 @@ mod tests {
             containerd_root: root.join("containerd"),
             crio_root: root.join("crio"),
             pod_logs: root.join("pods"),
+            node_root: root.clone(),
+            owner: fs::metadata(&root).unwrap().uid(),
         };
         fs::create_dir_all(root.join(format!("pods/shop_web-1_{uid}/app"))).unwrap();
         let mut r = Resolver::new(paths);

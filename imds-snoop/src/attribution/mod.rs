@@ -5,20 +5,22 @@
 #![warn(clippy::indexing_slicing, clippy::string_slice)]
 
 mod container;
+mod container_id;
 mod process;
+mod shim;
 
 use std::time::{Duration, Instant};
 
 // Tests elsewhere build origins by hand; the daemon only passes them on.
 #[cfg(test)]
 pub(crate) use self::container::{Container, Pod};
+use self::{
+    container::Resolver,
+    process::{ExecCache, ProcessView},
+};
 pub(crate) use self::{
     container::{Origin, Paths},
     process::Proc,
-};
-use self::{
-    container::{Resolver, shim_id},
-    process::{ExecCache, ProcessView},
 };
 use crate::decode::{Exec, Send};
 
@@ -62,6 +64,11 @@ impl Attribution {
         self.processes.execs.on_exec(exec, now);
     }
 
+    /// A process forked a new one: the child has its parent's argv until it execs.
+    pub(crate) fn on_fork(&mut self, tgid: u32, ppid: u32, now: Instant) {
+        self.processes.execs.on_fork(tgid, ppid, now);
+    }
+
     /// A process exited: its argv is kept a while for requests still in reassembly.
     pub(crate) fn on_exit(&mut self, tgid: u32, now: Instant) {
         self.processes.execs.on_exit(tgid, now);
@@ -78,15 +85,18 @@ impl Attribution {
         let pids: Vec<u32> = std::iter::once(caller.pid)
             .chain(ancestors.iter().map(|a| a.pid))
             .collect();
+        // The anchor's clue: containerd's shim among the ancestors names the pod sandbox,
+        // and where its runtime keeps bundles. Only a shim that checks out (see `shim`); the
+        // kernel's comm is a cheap first filter (anyone can take that name, so it is no more).
+        let shim = ancestors
+            .iter()
+            .filter(|a| a.comm.starts_with("containerd-shim"))
+            .find_map(|a| self.containers.shim(a.pid, now));
         let mut origin = self.containers.resolve(&pids, send.cgroup_id, now);
-        if !matches!(origin, Origin::Container(_)) {
-            // The anchor's clue: a containerd shim among the ancestors names the pod sandbox.
-            if let Some(id) = ancestors
-                .iter()
-                .find_map(|a| a.argv.as_deref().and_then(shim_id))
-            {
-                origin = self.containers.sandbox(id);
-            }
+        if !matches!(origin, Origin::Container(_))
+            && let Some(shim) = &shim
+        {
+            origin = self.containers.sandbox(shim);
         }
         Attributed {
             caller,

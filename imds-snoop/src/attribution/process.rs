@@ -5,6 +5,11 @@
 //! that has exited, or a pid since reused, cannot mislead it); /proc adds argv, and where
 //! the process is already gone, the exec cache (fed by the kernel's exec/exit events) does.
 //!
+//! A child forked without exec (a shell's `( ... )`, `$( ... )`, a pipeline stage) runs its
+//! parent's image: the kernel's fork event gives it its parent's argv, copied when the
+//! parent's is known then, else looked up through the parent later, unless the parent has
+//! exec'd since the fork (then nothing is guessed).
+//!
 //! Reading /proc is most of the daemon's cost per event, so argv read there is cached in the
 //! same table, per pid, until the kernel reports that pid's exec or exit, for at most
 //! [`PROC_ARGV_TTL`] (exec/exit events can be lost when the ring is full), and only while the
@@ -93,6 +98,23 @@ impl ProcessView {
     /// argv read from /proc is remembered (see the module comment), so a live process is
     /// read once per [`PROC_ARGV_TTL`], not once per event.
     fn argv(&mut self, pid: u32, comm: &str, now: Instant) -> Option<String> {
+        self.argv_at(pid, comm, now, 0)
+    }
+
+    fn argv_at(&mut self, pid: u32, comm: &str, now: Instant, depth: u32) -> Option<String> {
+        if let Some(Known {
+            source: Source::Fork { parent, seq },
+            ..
+        }) = self.execs.get(pid)
+        {
+            // Forked, not exec'd since (an exec would have replaced this entry): the parent's
+            // image, as long as the parent has not exec'd since the fork either.
+            let (parent, seq) = (*parent, *seq);
+            if depth >= 16 || self.execs.execed_since(parent, seq) {
+                return None;
+            }
+            return self.argv_at(parent, comm, now, depth + 1);
+        }
         if let Some(k) = self.execs.get(pid)
             && k.exited.is_none()
             && match &k.source {
@@ -100,6 +122,7 @@ impl ProcessView {
                 Source::Proc { comm: c, read } => {
                     c == comm && now.duration_since(*read) < PROC_ARGV_TTL
                 }
+                Source::Fork { .. } => false,
             }
         {
             return k.line();
@@ -146,6 +169,8 @@ pub(super) struct Known {
     pub argv: Vec<String>,
     pub ppid: u32,
     seen: Instant,
+    /// The cache's event number when this entry was made (see [`ExecCache::execed_since`]).
+    born: u64,
     exited: Option<Instant>,
     source: Source,
     /// argv as logged (joined, redacted, truncated), made on first use.
@@ -155,8 +180,12 @@ pub(super) struct Known {
 /// Where a [`Known`] entry's argv came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Source {
-    /// The kernel's exec event: authoritative until that pid's exit.
+    /// The kernel's exec event (or a fork of a process whose argv was known then):
+    /// authoritative until that pid's exec or exit.
     Exec,
+    /// The kernel's fork event of a process whose argv was not known: the parent's argv, as
+    /// long as the parent has not exec'd since event number `seq`.
+    Fork { parent: u32, seq: u64 },
     /// /proc/<pid>/cmdline, read at `read` for a process whose kernel comm was `comm`.
     Proc { comm: String, read: Instant },
 }
@@ -167,6 +196,7 @@ impl Known {
             argv,
             ppid,
             seen: now,
+            born: 0,
             exited: None,
             source,
             line: OnceCell::new(),
@@ -188,6 +218,8 @@ pub(super) struct ExecCache {
     entries: HashMap<u32, Known>,
     max_entries: usize,
     keep_after_exit: Duration,
+    /// Exec and fork events so far: orders them (ring records arrive in order).
+    seq: u64,
 }
 
 impl ExecCache {
@@ -196,12 +228,44 @@ impl ExecCache {
             entries: HashMap::new(),
             max_entries,
             keep_after_exit,
+            seq: 0,
         }
     }
 
     pub(super) fn on_exec(&mut self, e: Exec, now: Instant) {
-        let known = Known::new(e.argv, e.ppid, now, Source::Exec);
+        self.seq += 1;
+        let mut known = Known::new(e.argv, e.ppid, now, Source::Exec);
+        known.born = self.seq;
         self.insert(e.tgid, known, now);
+    }
+
+    /// `tgid` was forked by `ppid`: it runs its parent's image. The parent's argv is copied
+    /// if the kernel gave it (exec or an earlier fork) and the parent is still running it;
+    /// otherwise the child points to its parent, resolved when needed.
+    pub(super) fn on_fork(&mut self, tgid: u32, ppid: u32, now: Instant) {
+        self.seq += 1;
+        let source = match self.entries.get(&ppid) {
+            Some(p) if p.exited.is_none() && p.source == Source::Exec => {
+                let mut known = Known::new(p.argv.clone(), ppid, now, Source::Exec);
+                known.born = self.seq;
+                self.insert(tgid, known, now);
+                return;
+            }
+            _ => Source::Fork {
+                parent: ppid,
+                seq: self.seq,
+            },
+        };
+        let mut known = Known::new(Vec::new(), ppid, now, source);
+        known.born = self.seq;
+        self.insert(tgid, known, now);
+    }
+
+    /// Whether `pid` started another image (or the pid was taken anew) after event `seq`.
+    fn execed_since(&self, pid: u32, seq: u64) -> bool {
+        self.entries
+            .get(&pid)
+            .is_some_and(|k| k.born > seq && matches!(k.source, Source::Exec | Source::Fork { .. }))
     }
 
     fn insert(&mut self, tgid: u32, known: Known, now: Instant) {
@@ -235,7 +299,7 @@ impl ExecCache {
         self.entries.retain(|_, k| match (k.exited, &k.source) {
             (Some(t), _) => now.duration_since(t) < keep,
             (None, Source::Proc { read, .. }) => now.duration_since(*read) < PROC_ARGV_TTL,
-            (None, Source::Exec) => true,
+            (None, Source::Exec | Source::Fork { .. }) => true,
         });
         if self.entries.len() >= self.max_entries {
             let mut seen: Vec<Instant> = self.entries.values().map(|k| k.seen).collect();

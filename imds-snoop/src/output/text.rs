@@ -84,7 +84,8 @@ fn push_origin(out: &mut String, o: &Origin) {
     match o {
         Origin::Container(c) => {
             out.push_str(label::CONTAINER);
-            out.push_str(c.id.get(..12).unwrap_or(&c.id));
+            // A validated ASCII id: cut at any byte.
+            out.push_str(c.id.short());
             match &c.pod {
                 Some(pod) => {
                     out.push(' ');

@@ -625,6 +625,7 @@ mod tests {
                 "tp_btf/sched_process_exec",
                 "tp_btf/sched_process_exit",
                 "tp_btf/sched_process_exit",
+                "tp_btf/sched_process_fork",
                 "cgroup_skb/ingress"
             ]
         );
