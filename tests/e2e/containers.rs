@@ -22,10 +22,17 @@ struct Containerd {
     dir: TestDir,
     child: Child,
     containers: Vec<String>,
+    sock: PathBuf,
 }
 
 impl Containerd {
     fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// `socket_in_state`: the main socket inside the state directory, as k3s
+    /// (`/run/k3s/containerd/containerd.sock`) and containerd's defaults have it.
+    fn start_with(socket_in_state: bool) -> Self {
         for tool in ["containerd", "ctr", "runc", "busybox"] {
             assert!(
                 Command::new("sh")
@@ -37,6 +44,11 @@ impl Containerd {
         }
         let dir = TestDir::new("containerd");
         let d = dir.path();
+        let sock = if socket_in_state {
+            d.join("state/containerd.sock")
+        } else {
+            d.join("c.sock")
+        };
         let config = format!(
             "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
              disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
@@ -44,7 +56,7 @@ impl Containerd {
              [debug]\n  address = \"{debug}\"\n[metrics]\n  address = \"\"\n",
             root = d.join("root").display(),
             state = d.join("state").display(),
-            sock = d.join("c.sock").display(),
+            sock = sock.display(),
             debug = d.join("debug.sock").display(),
         );
         fs::write(d.join("config.toml"), config).unwrap();
@@ -62,6 +74,7 @@ impl Containerd {
             dir,
             child,
             containers: vec![],
+            sock,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !me.ctr(&["version"]).status.success() {
@@ -78,7 +91,7 @@ impl Containerd {
     fn ctr(&self, args: &[&str]) -> Output {
         Command::new("ctr")
             .arg("--address")
-            .arg(self.dir.path().join("c.sock"))
+            .arg(&self.sock)
             .args(["-n", "k8s.io"])
             .args(args)
             .stdin(Stdio::null())
@@ -280,5 +293,34 @@ fn call_from_a_pod_names_container_and_pod() {
         );
     }
     assert!(lines[1].contains("?short"), "{}", lines[1]);
+    daemon.finish(&[&imds], &[]);
+}
+
+/// containerd with a state directory that is not `/run/containerd` (as k3s, RKE2, microk8s
+/// or any `state =` setting have it), and no flag naming it: the daemon finds the task
+/// directory through the validated shim's `-address` (the socket next to the state), and
+/// names the pod.
+#[test]
+fn pod_named_on_a_non_default_state_directory_without_flags() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new("pod-k3s");
+    let imds = FakeImds::start(&ns, FakeOpts::default());
+    let mut containerd = Containerd::start_with(true);
+    let (id, _uid) = containerd.run_pod_container(&ns, "shop", "web-2", "app");
+    let daemon = Daemon::start(&[]);
+
+    let url = format!("http://{IMDS_V4}/latest/meta-data/instance-id");
+    let out = containerd.exec(&id, "v1", &["/bin/wget", "-q", "-O", "-", &url]);
+    assert!(out.status.success(), "wget in the container: {out:?}");
+    let tag = format!("container:{}", &id[..12]);
+    let lines = daemon.wait_lines(|l| l.contains(&tag), 1, LINE_TIMEOUT);
+    assert!(
+        lines[0].contains(&format!("{tag} pod:shop/web-2 container-name:app")),
+        "pod and container names: {}",
+        lines[0]
+    );
     daemon.finish(&[&imds], &[]);
 }

@@ -11,3 +11,4 @@ mod metrics;
 mod outcome;
 mod output;
 mod reliability;
+mod trust;
