@@ -9,6 +9,10 @@ corpus (see the README's Fuzzing section).
   same #[repr(C)] layout as imds-snoop-common (sizes checked against its layout guards):
   a send per captured request, truncated and IPv6 sends, an exec, an exit, and responses
   (200 over IPv4, 401 over IPv6).
+- pipeline: operations of fuzz/fuzz_targets/pipeline.rs (processes, sends, execs, forks,
+  exits, responses, each a selector byte and its fields): the attacks of issue 16 (fake
+  shims with a non-ASCII, a path and a borrowed id; a token bare in argv; a subshell forked
+  without exec; line breaks and labels in argv), and the real shim.
 - report_line: lines of the report fixtures (text, JSON, rotated host logs, a pod log), and
   the daemon's newer lines made from them: a status (` -> 401`, JSON `status`) and the
   hop-limit warning (a token PUT without a response).
@@ -147,6 +151,53 @@ def main():
                 n += 1
     for name, line in status_lines([logs[0], *logs[2:]], logs[1]).items():
         (rep / name).write_text(line)
+
+    pipe = OUT / "pipeline"
+    pipe.mkdir(parents=True, exist_ok=True)
+    for name, data in pipeline_seeds().items():
+        (pipe / name).write_bytes(data)
+
+
+def pipeline_seeds():
+    """Inputs of the pipeline target, by name (see its `op`)."""
+    get = b"GET /latest/meta-data/ HTTP/1.1\r\nHost: 169.254.169.254\r\nUser-Agent: curl/8\r\n\r\n"
+
+    def blob(b):
+        return bytes([len(b)]) + b
+
+    def process(slot, kind, argv=b"", cgroup=0, token_at=0, ppid=0):
+        out = bytes([6, slot, kind])
+        if kind & 1 == 0:
+            out += blob(argv) + bytes([token_at])
+        return out + bytes([cgroup, ppid])
+
+    def sends(sock, slot, name, ancestors=(), shim=0, payload=get, token_at=0):
+        return (bytes([0, sock, slot]) + blob(name) + bytes([len(ancestors), *ancestors, shim])
+                + blob(payload[:255]) + bytes([token_at]))
+
+    def execs(slot, argv, ppid=0, token_at=0):
+        return bytes([2, slot]) + blob(argv) + bytes([token_at, ppid])
+
+    return {
+        "fake-shim-non-ascii": process(1, 0b0001) + sends(1, 2, b"curl", [1]),
+        "fake-shim-path-id-as-root": process(1, 0b1011) + sends(1, 2, b"curl", [1]),
+        "fake-shim-borrowed-id-as-root": process(1, 0b1101) + sends(1, 2, b"curl", [1], 0),
+        "real-shim": sends(2, 3, b"wget", [], 1),
+        "real-cgroup": process(3, 0b1000, b"wget\0-q\0", 1) + sends(2, 3, b"wget"),
+        "bare-token-argv": process(3, 0b1000, b"python3\0fetch.py\0", 0, 1 | (17 << 1))
+        + sends(3, 3, b"python3"),
+        "fork-without-exec": execs(4, b"bash\0-c\0( printf ... >&5 )") + bytes([3, 5, 4, 4, 5])
+        + sends(4, 5, b"bash", [4]),
+        "line-breaks-and-labels": process(6, 0b1000,
+                                          b"x\n[2026-01-01 00:00:00,000] [INFO] imdsv2 (pid:1:x "
+                                          b"argv:y) req details: get / http/1.1, -> 200 "
+                                          b"container:abc pod:kube-system/forged\0\x1b[2J")
+        + sends(5, 6, b"x\n -> req details: "),
+        "token-put-and-response": sends(6, 7, b"aws", [], 0,
+                                        b"PUT /latest/api/token HTTP/1.1\r\n"
+                                        b"X-aws-ec2-metadata-token-ttl-seconds: 60\r\n\r\n")
+        + bytes([5, 100, 6]),
+    }
 
 
 def status_lines(text_logs, json_log):

@@ -156,6 +156,11 @@ pub struct RunArgs {
     /// kubelet's pod log directory (<namespace>_<pod>_<uid>/), a fallback for pod names.
     #[arg(long, value_name = "PATH", default_value = "/var/log/pods")]
     pub pod_logs: PathBuf,
+
+    /// Where the node's `/` is mounted: paths node processes name (a containerd shim's
+    /// `-address`, next to its runtime's task directory) are looked up under it.
+    #[arg(long, value_name = "PATH", default_value = "/")]
+    pub node_root: PathBuf,
 }
 
 impl RunArgs {
@@ -166,6 +171,7 @@ impl RunArgs {
             containerd_root: self.containerd_root.clone(),
             crio_root: self.crio_root.clone(),
             pod_logs: self.pod_logs.clone(),
+            node_root: self.node_root.clone(),
             ..crate::attribution::Paths::default()
         }
     }

@@ -19,7 +19,7 @@ const FLOORS: &[&[&str]] = &[
     &["outcome"],
     &["losses"],
     &["pipeline", "metrics", "report"],
-    &["cli"],
+    &["cli", "fuzzing"],
     &["daemon"],
     &["lib", "main", "layers"],
 ];

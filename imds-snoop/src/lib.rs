@@ -17,6 +17,9 @@ mod clock;
 pub mod daemon;
 pub mod decode;
 mod escape;
+/// For the `pipeline` fuzz target only.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 #[cfg(test)]
 mod layers;

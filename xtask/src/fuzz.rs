@@ -1,5 +1,6 @@
 //! `cargo xtask fuzz`: a short `cargo fuzz` run of every target in fuzz/ (the request
-//! reassembler, the kernel event decoder, the report's log-line parser). Part of `cargo
+//! reassembler, the kernel event decoder, the whole pipeline on a hostile node tree, the
+//! report's log-line parser). Part of `cargo
 //! xtask bench`, not of `cargo xtask test`: fuzzing finds new inputs at random, and CI must
 //! not fail on a run's luck. A crash it finds becomes a unit test and a corpus entry.
 
@@ -10,7 +11,7 @@ use anyhow::{Result, bail};
 use crate::cmd;
 
 /// The targets in fuzz/Cargo.toml, in the order of the data path.
-pub(crate) const TARGETS: [&str; 3] = ["decode", "http_reassembly", "report_line"];
+pub(crate) const TARGETS: [&str; 4] = ["decode", "http_reassembly", "pipeline", "report_line"];
 
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct FuzzArgs {
