@@ -234,10 +234,18 @@ impl SeenTokens {
         };
         let name = TOKEN_HEADER.as_bytes();
         let mut i = 0;
-        while let Some(at) = data.get(i..).and_then(|rest| {
-            rest.windows(name.len())
-                .position(|w| w.eq_ignore_ascii_case(name))
-        }) {
+        // Candidates start with an `x` or `X` (one cheap test per byte), then the name.
+        let at_name = |rest: &[u8]| {
+            rest.iter()
+                .enumerate()
+                .filter(|(_, b)| **b | 0x20 == b'x')
+                .map(|(p, _)| p)
+                .find(|&p| {
+                    rest.get(p..p + name.len())
+                        .is_some_and(|w| w.eq_ignore_ascii_case(name))
+                })
+        };
+        while let Some(at) = data.get(i..).and_then(at_name) {
             let mut j = i + at + name.len();
             while data.get(j).is_some_and(|&b| b == b' ' || b == b'\t') {
                 j += 1;
