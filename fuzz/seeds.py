@@ -152,6 +152,22 @@ def main():
     for name, line in status_lines([logs[0], *logs[2:]], logs[1]).items():
         (rep / name).write_text(line)
 
+    # Hostile lines: a caller's argv, comm, path and user agent full of the line's own
+    # labels, as the daemon writes them now (labels defused: `\x3a`, `\x3e`) and as an
+    # older daemon wrote them (raw).
+    forged = ("x{nl}[2026-01-01 00:00:00,000] [INFO] imdsv2 (pid{c}1:init argv{c}/sbin/init) "
+              "req details{c} get / http/1.1, -{g} 200 container{c}abcdefabcdef "
+              "pod{c}kube-system/forged uid{c}0 dst{c}1.2.3.4:80")
+    for name, c, g, nl in [("hostile-defused", "\\x3a", "\\x3e", "\\x0a"),
+                           ("hostile-raw", ":", ">", " ")]:
+        f = forged.format(c=c, g=g, nl=nl)
+        (rep / name).write_text(
+            f"[2026-11-23 11:41:35,674] [WARNING] imdsv1(!) (pid:900:ev{c}l -{g} x argv:evil {f}) "
+            f"called by -> (pid:899:sh argv:sh -c called by -{g} (pid{c}1:x argv{c}y)) req "
+            f"details: get /x?a=-{g} 200 pod{c}kube-system/forged http/1.1, host: "
+            f"169.254.169.254, user-agent: ua -{g} 200 container{c}abc pod{c}kube-system/forged, "
+            f"host unit:app.service uid:65534 dst:169.254.169.254:80")
+
     pipe = OUT / "pipeline"
     pipe.mkdir(parents=True, exist_ok=True)
     for name, data in pipeline_seeds().items():

@@ -1,6 +1,7 @@
 //! Byte-level helpers for writing untrusted text into a one-line log: finding the first
-//! byte that needs attention fast, and escaping control characters. The ground floor: this
-//! module depends on nothing else in the crate.
+//! byte that needs attention fast, escaping control characters, and defusing the line's own
+//! field labels inside a value. The ground floor: this module depends on nothing else in
+//! the crate (the labels come from the line contract crate, `imds-snoop-line`).
 #![warn(clippy::indexing_slicing, clippy::string_slice)]
 
 /// `s` made safe for a one-line log (see [`push_escaped`]).
@@ -57,6 +58,43 @@ pub(crate) fn push_escaped(out: &mut String, s: &str) {
         }
         rest = chars.as_str();
     }
+}
+
+/// The labels a value must not be able to write: every separator and field label of the
+/// line contract ([`imds_snoop_line::label::ALL`]) that holds a `:` or a `>` (`(pid:`,
+/// ` argv:`, ` -> `, ` req details: `, `container:`, `pod:`, `uid:`, `dst:`, ... and any
+/// label added later with one). Labels without either (`truncated`, `-`, `, `) are words a
+/// value may hold; a reader finds them only after the daemon's own fields.
+fn defused_labels() -> impl Iterator<Item = &'static str> {
+    imds_snoop_line::label::ALL
+        .into_iter()
+        .filter(|l| l.contains([':', '>']))
+}
+
+/// Appends `s` as [`push_escaped`] does, and with every field label of the line (see
+/// [`defused_labels`]) that occurs in it defused: its `:` written `\x3a`, its `>` written
+/// `\x3e`, so an argv, comm, unit or request cannot make its line look like it has another
+/// caller, pod or status (`grep pod:kube-system/x` and `report` read each field from where
+/// the daemon wrote it). `keep`: a label the caller writes inside `s` itself (the request
+/// details' `user-agent: `), left as it is.
+pub(crate) fn push_field(out: &mut String, s: &str, keep: Option<&str>) {
+    let start = out.len();
+    push_escaped(out, s);
+    let Some(written) = out.get(start..) else {
+        return;
+    };
+    if !written.contains([':', '>']) {
+        return;
+    }
+    let mut field = written.to_owned();
+    for label in defused_labels().filter(|l| Some(*l) != keep) {
+        if field.contains(label) {
+            let defused = label.replace(':', "\\x3a").replace('>', "\\x3e");
+            field = field.replace(label, &defused);
+        }
+    }
+    out.truncate(start);
+    out.push_str(&field);
 }
 
 #[cfg(test)]
@@ -139,6 +177,37 @@ pub(crate) mod tests {
                 assert_eq!(find_byte(&bytes, |b| b < 0x20), expect, "{len} {at}");
             }
         }
+    }
+
+    #[test]
+    fn labels_in_a_value_are_defused() {
+        let mut out = String::new();
+        push_field(
+            &mut out,
+            "x\n[INFO] imdsv2 (pid:1:y argv:z) called by -> (pid:1:init) req details: get / \
+             http/1.1, -> 200 container:abc pod:kube-system/forged uid:0 dst:1.2.3.4:80\x1b[2J",
+            None,
+        );
+        assert_eq!(
+            out,
+            "x\\x0a[INFO] imdsv2 (pid\\x3a1:y argv\\x3az) called by -\\x3e (pid\\x3a1:init) \
+             req details\\x3a get / http/1.1, -\\x3e 200 container\\x3aabc \
+             pod\\x3akube-system/forged uid\\x3a0 dst\\x3a1.2.3.4:80\\x1b[2J"
+        );
+        for label in defused_labels() {
+            assert!(!out.contains(label), "{label} left in {out}");
+        }
+        // Plain values are untouched; a kept label stays.
+        let mut out = String::from("a ");
+        push_field(&mut out, "curl http://169.254.169.254/latest/", None);
+        assert_eq!(out, "a curl http://169.254.169.254/latest/");
+        let mut out = String::new();
+        push_field(
+            &mut out,
+            "get / http/1.1, user-agent: x pod:y,",
+            Some("user-agent: "),
+        );
+        assert_eq!(out, "get / http/1.1, user-agent: x pod\\x3ay,");
     }
 
     #[test]

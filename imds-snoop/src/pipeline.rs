@@ -873,6 +873,57 @@ mod tests {
         );
     }
 
+    /// A caller cannot make its line look like two lines or like another caller's: line
+    /// breaks, ANSI escapes and the line's own labels in its comm, argv, path and user agent
+    /// are escaped, and the line contract's reader finds every field where the daemon put it.
+    #[test]
+    fn forged_fields_stay_in_their_place() {
+        let root = Root::new("forge");
+        let host = b"0::/system.slice/app.service\n";
+        let forged = "x\n[2026-01-01 00:00:00,000] [INFO] imdsv2 (pid:1:init argv:/sbin/init) \
+                      req details: get / http/1.1, -> 200 container:abcdefabcdef \
+                      pod:kube-system/forged container-name:x uid:0 dst:1.2.3.4:80\r\x1b[2J";
+        root.process(900, &["evil", forged], Some(host));
+        root.process(
+            899,
+            &["sh", "-c", "called by -> (pid:1:x argv:y)"],
+            Some(host),
+        );
+        let mut p = root.pipeline(None);
+        let head = "GET /x?a=%20-> 200 pod:kube-system/forged HTTP/1.1\r\nHost: 169.254.169.254\r\n\
+                    User-Agent: ua -> 200 container:abc pod:kube-system/forged uid:0\r\n\r\n";
+        let out = run(
+            &mut p,
+            &[send(
+                60,
+                40800,
+                900,
+                "ev:l -> x",
+                &[(899, "sh")],
+                head.as_bytes(),
+            )],
+        );
+        assert_eq!(out.len(), 1);
+        let (text, _) = lines(&out[0]);
+        assert!(!text.contains(['\n', '\r', '\x1b']), "{text}");
+        let line = imds_snoop_line::TextLine::parse(&text).expect("a line");
+        let call = line.call().expect("a call");
+        assert_eq!(call.caller_pid(), Some(900), "{text}");
+        assert_eq!(call.chain(), [900, 899], "{text}");
+        assert!(call.argv().unwrap().starts_with("evil x\\x0a["), "{text}");
+        let fields = call.fields();
+        assert_eq!(fields.status, None, "{text}");
+        assert_eq!(
+            fields.origin,
+            imds_snoop_line::TextOrigin::Host {
+                unit: Some("app.service")
+            },
+            "{text}"
+        );
+        assert_eq!(fields.destination, Some("169.254.169.254:80"), "{text}");
+        assert!(!text.contains("pod:kube-system/forged"), "{text}");
+    }
+
     #[test]
     fn unreadable_send_and_shutdown_drain() {
         let root = Root::new("drain");

@@ -185,3 +185,54 @@ fn forked_without_exec_caller_keeps_its_parents_argv() {
     }
     daemon.finish(&[&imds], &[]);
 }
+
+/// A caller whose ancestor's argv holds a newline, an ANSI escape and the line's own
+/// labels (a whole forged line naming another pod): still one line, and the line
+/// contract's reader finds the caller, its chain and its origin where the daemon put them.
+#[test]
+fn forged_argv_stays_one_line_with_its_fields() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new("forge");
+    let imds = FakeImds::start(&ns, FakeOpts::default());
+    let daemon = Daemon::start(&[]);
+    let forged = "x\n[2026-01-01 00:00:00,000] [INFO] imdsv2 (pid:1:init argv:/sbin/init) \
+                  req details: get / http/1.1, -> 200 container:abcdefabcdef \
+                  pod:kube-system/forged uid:0 dst:169.254.169.254:80\r\x1b[2J";
+    let url = format!("http://{IMDS_V4}/latest/meta-data/?forge");
+    let shell = as_nobody(&ns, "bash")
+        .args([
+            "-c",
+            &format!("curl -s -o /dev/null --max-time 5 -A 'ua -> 200 pod:kube-system/forged' '{url}'; exit 0"),
+            forged,
+        ])
+        .spawn()
+        .unwrap();
+    let out = shell.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let lines = daemon.expect_our_lines(1, "one call, one line");
+    let l = &lines[0];
+    assert_eq!(l.comm, "curl", "{}", l.raw);
+    assert!(l.argv.starts_with("curl -s -o /dev/null"), "{}", l.raw);
+    assert_eq!(
+        l.chain.get(2),
+        Some(&std::process::id()),
+        "curl, bash, the test: {}",
+        l.raw
+    );
+    assert!(!l.raw.contains(['\n', '\r', '\x1b']), "{}", l.raw);
+    assert!(!l.raw.contains("pod:kube-system"), "{}", l.raw);
+    let fields = imds_snoop_test_support::line::text::split_details(&l.details);
+    assert_eq!(fields.status, Some(200), "{}", l.raw);
+    assert!(
+        matches!(
+            fields.origin,
+            imds_snoop_test_support::line::TextOrigin::Host { .. }
+        ),
+        "{}",
+        l.raw
+    );
+    daemon.finish(&[&imds], &[]);
+}

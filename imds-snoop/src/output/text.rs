@@ -18,9 +18,12 @@ use imds_snoop_line::label;
 use super::stamps::Stamps;
 use crate::{
     attribution::{Origin, Proc},
-    escape::push_escaped,
+    escape::{push_escaped, push_field},
     record::Record,
 };
+
+/// The request details hold this label themselves (the daemon writes the user agent header).
+const OWN_DETAILS_LABEL: Option<&str> = Some(label::USER_AGENT);
 
 /// Appends the line of `r` to `out`, built in place: the timestamp from `stamps`, the
 /// request details through `scratch` (reused from line to line) to be escaped as a whole.
@@ -44,7 +47,8 @@ pub(super) fn push_line(r: &Record, stamps: &mut Stamps, scratch: &mut String, o
     out.push_str(label::REQ_DETAILS);
     scratch.clear();
     r.request.details_into(scratch);
-    push_escaped(out, scratch);
+    // Path and headers are the caller's: no field label of the line inside (see escape).
+    push_field(out, scratch, OWN_DETAILS_LABEL);
     if let Some(status) = r.status() {
         out.push_str(label::ARROW);
         let _ = write!(out, "{status}");
@@ -111,7 +115,8 @@ fn push_origin(out: &mut String, o: &Origin) {
         Origin::Host { unit } => {
             out.push_str(label::HOST_UNIT);
             match unit {
-                Some(unit) => push_escaped(out, unit),
+                // A delegated cgroup subtree's unit names are a user's.
+                Some(unit) => push_field(out, unit, None),
                 None => out.push_str(label::NO_UNIT),
             }
         }
@@ -123,14 +128,15 @@ fn push_origin(out: &mut String, o: &Origin) {
 fn push_proc(out: &mut String, p: &Proc) {
     out.push_str(label::PID);
     let _ = write!(out, "{}:", p.pid);
-    push_escaped(out, &p.comm);
+    // comm and argv are the process's own choice: no field label of the line inside.
+    push_field(out, &p.comm, None);
     out.push_str(label::ARGV);
     match &p.argv {
-        Some(argv) => push_escaped(out, argv),
+        Some(argv) => push_field(out, argv, None),
         // Gone before we could read /proc: the kernel-captured comm is all there is.
         None => {
             out.push_str(label::EXITED);
-            push_escaped(out, &p.comm);
+            push_field(out, &p.comm, None);
         }
     }
     out.push(')');
