@@ -195,7 +195,7 @@ impl Metrics {
             "kernel_drops",
             "Kernel events lost before reaching the daemon, by reason: ring_full and \
              no_scratch (IMDS calls missing from the log; raise --ring-bytes), process_event \
-             (exec/exit: argv may be missing) and response (a call's status)",
+             (exec/fork/exit: argv may be missing) and response (a call's status)",
             kernel_drops.clone(),
         );
         let writer_queue_drops = Counter::default();

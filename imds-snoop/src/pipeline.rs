@@ -58,7 +58,7 @@ impl Pipeline {
 
     /// One ring-buffer record (a kernel event's bytes, as the ring hands them over). Appends
     /// to `out` the records it completes, in the order they are to be written: none (a head
-    /// still incomplete, a request waiting for its status, an exec/exit event), one, or
+    /// still incomplete, a request waiting for its status, an exec/fork/exit event), one, or
     /// several (pipelined requests, a response releasing a waiting request). `now`: when the
     /// drain this record belongs to began (ages in the reassembly and exec caches). An
     /// undecodable record is counted ([`Self::decode_errors`]) and warned about, never fatal.

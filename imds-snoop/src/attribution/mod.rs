@@ -1,7 +1,7 @@
 //! Who made a call: the caller and its ancestors (`process`: kernel pids and comms, argv
 //! from the exec cache or /proc), and where it runs (`container`: cgroup -> container ->
 //! pod, from node-local state). One room with one entry point, [`Attribution::attribute`];
-//! the exec/exit events that keep the argv cache current come in through it too.
+//! the exec/fork/exit events that keep the argv cache current come in through it too.
 #![warn(clippy::indexing_slicing, clippy::string_slice)]
 
 mod container;

@@ -3,7 +3,7 @@
 //!
 //! The kernel's chain is the authority (it was read at the moment of the call, so a caller
 //! that has exited, or a pid since reused, cannot mislead it); /proc adds argv, and where
-//! the process is already gone, the exec cache (fed by the kernel's exec/exit events) does.
+//! the process is already gone, the exec cache (fed by the kernel's exec/fork/exit events) does.
 //!
 //! A child forked without exec (a shell's `( ... )`, `$( ... )`, a pipeline stage) runs its
 //! parent's image: the kernel's fork event gives it its parent's argv, copied when the
