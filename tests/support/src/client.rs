@@ -4,6 +4,7 @@ use std::{
     fs,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus},
+    time::Duration,
 };
 
 use crate::{
@@ -54,8 +55,14 @@ impl Client {
 
     /// Waits (bounded) and panics unless the client exited 0: a failed client means the
     /// test did not exercise what it meant to.
-    pub fn wait_ok(mut self) -> Finished {
-        let status = wait_bounded(&mut self.child, CLIENT_TIMEOUT);
+    pub fn wait_ok(self) -> Finished {
+        self.wait_ok_within(CLIENT_TIMEOUT)
+    }
+
+    /// [`Client::wait_ok`] with another bound, for a client that starts hundreds of
+    /// processes (each python3 start costs tens of ms of CPU on a shared 2-core machine).
+    pub fn wait_ok_within(mut self, timeout: Duration) -> Finished {
+        let status = wait_bounded(&mut self.child, timeout);
         let done = Finished {
             pid: self.child.id(),
             stdout: read_or_empty(&self.stdout),
@@ -64,7 +71,7 @@ impl Client {
         let outcome = match status {
             Some(s) if s.success() => return done,
             Some(s) => format!("failed ({s})"),
-            None => format!("did not finish within {CLIENT_TIMEOUT:?}"),
+            None => format!("did not finish within {timeout:?}"),
         };
         panic!(
             "client {} {outcome}; stderr: {}\n{}",
