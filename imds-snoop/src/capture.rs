@@ -104,6 +104,45 @@ pub(crate) enum ResponsesError {
     Program(#[from] ProgramError),
 }
 
+/// Capability numbers (linux/capability.h).
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// Why the response program could not be attached, said from the process's effective
+/// capabilities rather than from the errno: attaching a `cgroup_skb` program needs
+/// CAP_NET_ADMIN (`bpf_prog_attach_check_attach_type`, 5.8+; from 6.9 CAP_SYS_ADMIN also
+/// passes), and the kernel answers its absence with EPERM through `BPF_LINK_CREATE` but
+/// EINVAL through the legacy `BPF_PROG_ATTACH`, so the error alone misleads. `status` is
+/// the text of `/proc/self/status`; `None` when the capabilities do not explain the error.
+pub(crate) fn responses_diagnosis(status: &str) -> Option<String> {
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))?
+        .trim();
+    let eff = u64::from_str_radix(hex, 16).ok()?;
+    let has = |cap: u32| eff & (1 << cap) != 0;
+    if has(CAP_NET_ADMIN) {
+        return None;
+    }
+    Some(if has(CAP_SYS_ADMIN) {
+        format!(
+            "this process lacks CAP_NET_ADMIN (CapEff {hex}), which attaching a cgroup_skb \
+             program needs; CAP_SYS_ADMIN, which it has, passes only on kernels 6.9 and later: \
+             grant CAP_NET_ADMIN (the shipped unit and DaemonSet do)"
+        )
+    } else {
+        format!(
+            "this process lacks CAP_NET_ADMIN (CapEff {hex}), which attaching a cgroup_skb \
+             program needs: grant it (the shipped unit and DaemonSet do)"
+        )
+    })
+}
+
+/// [`responses_diagnosis`] of this process.
+pub(crate) fn own_responses_diagnosis() -> Option<String> {
+    responses_diagnosis(&std::fs::read_to_string("/proc/self/status").ok()?)
+}
+
 /// `statfs` type of cgroup2fs.
 fn is_cgroup2(path: &Path) -> bool {
     const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
@@ -479,6 +518,24 @@ mod tests {
         // A v4-mapped target is matched as IPv4, as the kernel side reports mapped sockets.
         assert_eq!(t.targets[2].family, AF_INET);
         assert_eq!(t.targets[2].addr[0].to_ne_bytes(), [169, 254, 170, 23]);
+    }
+
+    #[test]
+    fn responses_diagnosis_reads_cap_eff() {
+        // The unit's set before CAP_NET_ADMIN: BPF (39), PERFMON (38), DAC_READ_SEARCH (2).
+        let without = "Name:\timds-snoop\nCapInh:\t0000000000000000\nCapEff:\t000000c000000004\n";
+        let why = responses_diagnosis(without).unwrap();
+        assert!(
+            why.starts_with("this process lacks CAP_NET_ADMIN (CapEff 000000c000000004)"),
+            "{why}"
+        );
+        assert!(!why.contains("6.9"), "{why}");
+        // With CAP_NET_ADMIN the capabilities explain nothing.
+        assert_eq!(responses_diagnosis("CapEff:\t000000c000001004\n"), None);
+        // CAP_SYS_ADMIN alone passes on 6.9+ only.
+        let sys_admin = responses_diagnosis("CapEff:\t000000c000200000\n").unwrap();
+        assert!(sys_admin.contains("6.9 and later"), "{sys_admin}");
+        assert_eq!(responses_diagnosis("no caps here"), None);
     }
 
     #[test]

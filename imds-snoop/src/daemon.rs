@@ -18,7 +18,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    capture::{Capture, CaptureOptions},
+    capture::{self, Capture, CaptureOptions},
     cli::{Responses, RunArgs},
     losses::{DegradedEvents, Losses, Reported},
     metrics::{self, Metrics},
@@ -115,7 +115,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 !args.empty_program
             }
             Err(e) => {
-                warn!("{e}: logging calls without their response status");
+                match capture::own_responses_diagnosis() {
+                    Some(why) => warn!(
+                        "response statuses are not traced: {why} ({e}); logging calls \
+                         without their status, and no hop-limit warning"
+                    ),
+                    None => warn!(
+                        "response statuses are not traced: {e}; logging calls without \
+                         their status, and no hop-limit warning"
+                    ),
+                }
                 false
             }
         }

@@ -17,12 +17,13 @@
 #   2. `ctr images import --all-platforms` loads it as one image listing both platforms,
 #      the arm64 layer included;
 #   3. run with the DaemonSet's settings (args read from daemonset.yaml; host PID namespace;
-#      every capability dropped but CAP_BPF and CAP_PERFMON; containerd's default seccomp
+#      every capability dropped but CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN; containerd's default seccomp
 #      profile; read-only root filesystem; the hostPath mounts read-only under /host and
 #      /var/log/imds read-write; NODE_NAME set), the probe command of the DaemonSet
 #      (`/imds-snoop check ...` by `ctr task exec`, no shell in the image) turns ready;
 #   4. a v1 call from another pod's container is logged as JSON, on stdout and in the
-#      node's /var/log/imds/imds-trace.log, with the node name, pod, container and caller;
+#      node's /var/log/imds/imds-trace.log, with the node name, pod, container, caller and
+#      response status (200: the response program attached under these capabilities);
 #   4b. its metrics endpoint (port from --metrics-addr, as the scrape annotations say),
 #      scraped inside the container's own network namespace with the real Prometheus
 #      parsers (tests/e2e/scrape_metrics.py), counts that call under its pod and comm;
@@ -134,7 +135,7 @@ DS=imds-snoop-ds-$$
 # runc the /proc/1/ns/pid of its init, which is not systemd).
 ctr_ run -d --log-uri "file://$dir/ds.stdout" \
     --with-ns "pid:/proc/$$/ns/pid" \
-    "${drop_caps[@]}" --cap-add CAP_BPF --cap-add CAP_PERFMON \
+    "${drop_caps[@]}" --cap-add CAP_BPF --cap-add CAP_PERFMON --cap-add CAP_NET_ADMIN \
     --seccomp --read-only \
     --env NODE_NAME=test-node-1 \
     --mount "type=bind,src=/sys/kernel/btf,dst=/host/sys/kernel/btf,options=rbind:ro" \
@@ -154,7 +155,7 @@ probe_ok() {
 wait_until 30 probe_ok || fail "probe never succeeded: $(tail -5 "$dir/ds.stdout")"
 status=$(cat "/proc/$(ctr_ task ls | awk -v id="$DS" '$1 == id {print $2}')/status")
 caps=$(capsh --decode="$(awk '$1 == "CapEff:" {print $2}' <<<"$status")" | sed 's/^[^=]*=//')
-[ "$caps" = cap_perfmon,cap_bpf ] || fail "container CapEff is $caps"
+[ "$caps" = cap_net_admin,cap_perfmon,cap_bpf ] || fail "container CapEff is $caps"
 grep -qP '^Seccomp:\t2$' <<<"$status" || fail "no seccomp filter in the container"
 ok "DaemonSet container (caps $caps, seccomp, read-only root, host PID) ready by its probe: ${probe_argv[*]}"
 
@@ -174,8 +175,9 @@ assert r["caller"]["argv"].startswith("/bin/wget -q -O /dev/null http://169.254.
 assert r["container"]["id"] == pod_id, r["container"]
 assert r["pod"]["namespace"] == "shop" and r["pod"]["name"] == "web-1", r["pod"]
 assert r["pod"]["container"] == "app", r["pod"]
+assert r["status"] == 200, r["status"]
 EOF
-ok "pod call logged (stdout and /var/log/imds/imds-trace.log): node test-node-1, pod shop/web-1, container app, caller wget"
+ok "pod call logged (stdout and /var/log/imds/imds-trace.log): node test-node-1, pod shop/web-1, container app, caller wget, status 200"
 
 # 4b. Metrics, scraped where Prometheus would reach them: the pod's own network namespace
 # (a new one: the DaemonSet has no hostNetwork; its loopback is brought up for the scrape).

@@ -69,10 +69,40 @@ netns_up() {
     on_exit "ip netns pids '$NETNS' | xargs -r kill -9; ip netns delete '$NETNS'"
     ip -n "$NETNS" link set lo up
     ip -n "$NETNS" addr add "$IMDS/32" dev lo
+    FAKE_DIR=$dir
+    fake_imds_start
+}
+
+# fake_imds_start [FAKE_IMDS_ARGS...]: (re)starts the fake IMDS in $NETNS, e.g. with
+# --require-v2 (http_tokens=required: v1 calls get 401).
+fake_imds_start() {
+    if [ -n "${FAKE_PID:-}" ]; then
+        kill "$FAKE_PID" 2>/dev/null || true
+        wait "$FAKE_PID" 2>/dev/null || true
+    fi
+    rm -f "$FAKE_DIR/fake_imds.ready"
     ip netns exec "$NETNS" python3 "$REPO/tests/fake_imds.py" --bind "$IMDS" --port 80 \
-        --ready-file "$dir/fake_imds.ready" >"$dir/fake_imds.log" 2>&1 &
-    wait_until 10 test -s "$dir/fake_imds.ready" ||
-        fail "fake IMDS did not start: $(cat "$dir/fake_imds.log")"
+        --ready-file "$FAKE_DIR/fake_imds.ready" "$@" >>"$FAKE_DIR/fake_imds.log" 2>&1 &
+    FAKE_PID=$!
+    wait_until 10 test -s "$FAKE_DIR/fake_imds.ready" ||
+        fail "fake IMDS did not start: $(cat "$FAKE_DIR/fake_imds.log")"
+}
+
+# status_of LINE: the response status a trace line shows (` -> 200 ` in text, "status":200
+# in JSON), empty when it has none.
+status_of() {
+    if [[ $1 == "{"* ]]; then
+        sed -n 's/.*"status":\([0-9][0-9][0-9]\).*/\1/p' <<<"$1"
+    else
+        sed -n 's/.* -> \([0-9][0-9][0-9]\) \(container:\|host unit:\|origin:unknown\).*/\1/p' <<<"$1"
+    fi
+}
+
+# expect_status LINE CODE WHAT: fails unless LINE shows response status CODE.
+expect_status() {
+    local got
+    got=$(status_of "$1")
+    [ "$got" = "$2" ] || fail "$3: status '${got:-none}', want $2: $1"
 }
 
 # --- a private containerd (Debian's 1.6) with the CRI plugin off -------------------------
@@ -149,17 +179,27 @@ pod_container() {
     CTRD_CONTAINERS+=("$POD_ID")
 }
 
-# pod_call EXEC_ID QUERY: a v1 GET from inside the pod container (busybox wget).
+# pod_call EXEC_ID QUERY [refused]: a v1 GET from inside the pod container (busybox wget);
+# with `refused` the fake IMDS enforces IMDSv2 and the call must fail (401).
 pod_call() {
-    ctr_ task exec --exec-id "$1" "$POD_ID" /bin/wget -q -O /dev/null \
-        "http://$IMDS/latest/meta-data/instance-id?$2" ||
-        fail "wget in the pod container failed"
+    if ctr_ task exec --exec-id "$1" "$POD_ID" /bin/wget -q -O /dev/null \
+        "http://$IMDS/latest/meta-data/instance-id?$2"; then
+        [ "${3:-}" != refused ] || fail "wget in the pod container was not refused"
+    else
+        [ "${3:-}" = refused ] || fail "wget in the pod container failed"
+    fi
 }
 
-# host_call QUERY: a v1 GET by curl, a process of the host (in $NETNS).
+# host_call QUERY [refused]: a v1 GET by curl, a process of the host (in $NETNS); with
+# `refused` it must get an HTTP error (curl -f: exit 22).
 host_call() {
+    local rc=0
     ip netns exec "$NETNS" curl -sf -m 5 -o /dev/null \
-        "http://$IMDS/latest/meta-data/instance-id?$1" || fail "curl to the fake IMDS failed"
+        "http://$IMDS/latest/meta-data/instance-id?$1" || rc=$?
+    case "$rc,${2:-}" in
+    0, | 22,refused) ;;
+    *) fail "curl to the fake IMDS: exit $rc (${2:-answered} expected)" ;;
+    esac
 }
 
 # wait_line FILE NEEDLE [SECONDS]: the line of FILE that contains NEEDLE, once there.

@@ -65,8 +65,8 @@ def main():
     caps = sc.get("capabilities", {})
     check(sc.get("privileged") in (None, False), "privileged: the capability list suffices")
     check(caps.get("drop") == ["ALL"], f"capabilities.drop {caps.get('drop')} != [ALL]")
-    check(set(caps.get("add", [])) <= {"BPF", "PERFMON", "SYS_RESOURCE"} and
-          {"BPF", "PERFMON"} <= set(caps.get("add", [])),
+    check(set(caps.get("add", [])) <= {"BPF", "PERFMON", "NET_ADMIN", "SYS_RESOURCE"} and
+          {"BPF", "PERFMON", "NET_ADMIN"} <= set(caps.get("add", [])),
           f"capabilities.add {caps.get('add')}")
     check(sc.get("allowPrivilegeEscalation") is False, "allowPrivilegeEscalation")
     check(sc.get("readOnlyRootFilesystem") is True, "readOnlyRootFilesystem")

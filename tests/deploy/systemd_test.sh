@@ -15,7 +15,9 @@
 # Checks: install.sh installs, creates the user, enables and starts (start returns once
 # READY=1 came, i.e. once attached); the process runs as imds-snoop with exactly the unit's
 # capabilities, no-new-privs and a seccomp filter; `imds-snoop check` sees the ready file;
-# a v1 call is logged to /var/log/imds/imds-trace.log with its caller; a second install
+# a v1 call is logged to /var/log/imds/imds-trace.log with its caller and ` -> 200`, and
+# with the fake IMDS enforcing IMDSv2 a v1 call with ` -> 401` and a token flow with
+# ` -> 200` (the statuses need the unit's CAP_NET_ADMIN); a second install
 # restarts nothing; Restart=on-failure brings it back after SIGKILL; a start that cannot
 # attach (CAP_BPF taken away) fails `systemctl start` instead of reporting active; stop is
 # clean (exit 0, ready file gone); metrics are off in the unit and the drop-in its header
@@ -148,17 +150,46 @@ in_ns /usr/local/bin/imds-snoop check --ready-file /run/imds-snoop/ready ||
 ok "imds-snoop check --ready-file /run/imds-snoop/ready: ready"
 
 # 2. A v1 call from a process of this "node" (in the manager's pid namespace, so the
-#    daemon's /proc shows it).
-in_ns sh -c "curl -sf -m 5 -o /dev/null 'http://$IMDS/latest/meta-data/instance-id?systemd-v1'" ||
+#    daemon's /proc shows it, and in a scope of the manager, as a node's processes are: the
+#    response program sees the cgroup tree of the unit's /sys/fs/cgroup, which is the
+#    manager's cgroup namespace, and nsenter alone leaves a process outside it).
+in_unit() { in_ns systemd-run --scope --quiet --collect -- "$@"; }
+in_unit sh -c "curl -sf -m 5 -o /dev/null 'http://$IMDS/latest/meta-data/instance-id?systemd-v1'" ||
     fail "curl in the namespace failed"
 wait_until 10 in_ns grep -qF '?systemd-v1' /var/log/imds/imds-trace.log ||
     fail "call not logged: $(in_ns cat /var/log/imds/imds-trace.log 2>&1)"
 line=$(in_ns grep -F '?systemd-v1' /var/log/imds/imds-trace.log)
-[[ $line == *"[WARNING] imdsv1(!) (pid:"*":curl argv:curl -sf -m 5 -o /dev/null http://$IMDS/latest/meta-data/instance-id?systemd-v1) called by -> (pid:"*":sh argv:sh -c curl"* ]] ||
+[[ $line == *"[WARNING] imdsv1(!) (pid:"*":curl argv:curl -sf -m 5 -o /dev/null http://$IMDS/latest/meta-data/instance-id?systemd-v1) called by -> (pid:"*":sh argv:"*"sh -c curl"* ]] ||
     fail "line lacks caller and parent: $line"
 owner=$(in_ns stat -c %U /var/log/imds/imds-trace.log)
 [ "$owner" = imds-snoop ] || fail "trace log owned by $owner"
-ok "v1 call logged in /var/log/imds/imds-trace.log with caller curl and parent sh"
+expect_status "$line" 200 "v1 call under the unit's privileges"
+if grep -q 'response statuses are not traced' "$dir/service.err"; then
+    fail "the unit cannot trace statuses: $(grep 'response statuses' "$dir/service.err")"
+fi
+ok "v1 call logged in /var/log/imds/imds-trace.log with caller curl, parent sh and status -> 200"
+
+# 2b. http_tokens=required (the fake IMDS refuses v1): the same unit logs the refusal as
+#     ` -> 401`, and a token flow as ` -> 200`, under exactly the unit's privileges.
+fake_imds_start --require-v2
+code=$(in_unit sh -c "curl -s -m 5 -o /dev/null -w '%{http_code}' 'http://$IMDS/latest/meta-data/instance-id?systemd-enforced'") || true
+[ "$code" = 401 ] || fail "the enforcing fake IMDS answered the v1 call $code"
+wait_until 10 in_ns grep -qF '?systemd-enforced' /var/log/imds/imds-trace.log ||
+    fail "enforced v1 call not logged: $(in_ns tail -3 /var/log/imds/imds-trace.log)"
+line=$(in_ns grep -F '?systemd-enforced' /var/log/imds/imds-trace.log)
+[[ $line == *"[WARNING] imdsv1(!) (pid:"* ]] || fail "not logged as v1: $line"
+expect_status "$line" 401 "v1 call under enforcement"
+in_unit sh -c "T=\$(curl -sf -m 5 -A systemd-put -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' 'http://$IMDS/latest/api/token') && curl -sf -m 5 -o /dev/null -H \"X-aws-ec2-metadata-token: \$T\" 'http://$IMDS/latest/meta-data/instance-id?systemd-v2'" ||
+    fail "token flow against the enforcing fake IMDS failed"
+wait_until 10 in_ns grep -qF 'req details: get /latest/meta-data/instance-id?systemd-v2 http' /var/log/imds/imds-trace.log ||
+    fail "v2 call not logged"
+put=$(in_ns grep -F 'user-agent: systemd-put,' /var/log/imds/imds-trace.log)
+[[ $put == *"[INFO] imdsv2(token) (pid:"* ]] || fail "token PUT not logged as such: $put"
+expect_status "$put" 200 "token PUT under enforcement"
+v2=$(in_ns grep -F 'req details: get /latest/meta-data/instance-id?systemd-v2 http' /var/log/imds/imds-trace.log)
+expect_status "$v2" 200 "v2 call under enforcement"
+fake_imds_start
+ok "http_tokens=required: v1 call logged -> 401, token PUT and v2 call -> 200"
 
 # 3. A second install: nothing changes, nothing restarts.
 in_ns "$REPO/deploy/install.sh" --binary "$binary" >"$dir/install2.out" 2>&1 ||
