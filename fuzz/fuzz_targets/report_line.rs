@@ -26,9 +26,8 @@ fuzz_target!(|data: &[u8]| {
     let text = line.starts_with('[');
     match parsed {
         None => {}
-        Some(Line::Dropped { events, node }) => {
+        Some(Line::Dropped { events, .. }) => {
             if text {
-                let _ = node;
                 // The count is written in the line, maybe as `029` or `+29` (both read as 29).
                 let written = line.match_indices("dropped ").any(|(i, m)| {
                     let token = line[i + m.len()..].split(' ').next().unwrap_or("");
@@ -96,5 +95,6 @@ fuzz_target!(|data: &[u8]| {
                 );
             }
         }
+        Some(Line::Degraded { .. } | Line::Blank | Line::Daemon { .. }) => {}
     }
 });

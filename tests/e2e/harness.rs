@@ -66,10 +66,11 @@ impl DerefMut for Daemon {
     }
 }
 
-/// `imds-snoop report --format json LOG`, parsed.
+/// `imds-snoop report --format json --min-window 0 LOG`, parsed (a test's log covers
+/// seconds, not the default day).
 pub(crate) fn report_json(log: &Path) -> serde_json::Value {
     let out = Command::new(DAEMON)
-        .args(["report", "--format", "json"])
+        .args(["report", "--format", "json", "--min-window", "0"])
         .arg(log)
         .output()
         .unwrap_or_else(|e| panic!("running imds-snoop report: {e}"));

@@ -6,7 +6,7 @@ use chrono::{NaiveDateTime, TimeDelta};
 use serde::Serialize;
 
 use super::{
-    parse::{Call, Kind, Line, Origin},
+    parse::{Call, DaemonEvent, Kind, Line, Origin, Read},
     sdk::{Sdk, SdkTable},
 };
 
@@ -134,6 +134,53 @@ pub(super) struct NodeStats {
     pub dropped_events: u64,
     /// Calls to other `--target` destinations, not counted.
     pub other_destinations: u64,
+    #[serde(flatten)]
+    pub evidence: Evidence,
+}
+
+/// What the node's lines say about how complete they are.
+#[derive(Clone, Debug, Default, Serialize)]
+pub(super) struct Evidence {
+    /// The earliest and latest time of the node's lines (node-local wall clock): the window
+    /// the verdict covers.
+    #[serde(skip)]
+    pub first_line: Option<NaiveDateTime>,
+    #[serde(skip)]
+    pub last_line: Option<NaiveDateTime>,
+    /// Lines of this node's stream that are neither trace lines nor the daemon's own output.
+    pub lines_not_understood: u64,
+    /// Response statuses the kernel lost (the largest total a `degraded` line reported).
+    pub responses_lost: u64,
+    /// From when, and why, response statuses were not traced.
+    #[serde(skip)]
+    pub statuses_not_traced: Vec<(Option<NaiveDateTime>, String)>,
+    /// Times the daemon started without a clean stop before it (killed, crashed): calls in
+    /// between were not traced.
+    #[serde(skip)]
+    pub gaps: Vec<Option<NaiveDateTime>>,
+}
+
+impl Evidence {
+    fn saw(&mut self, time: Option<NaiveDateTime>) {
+        if let Some(t) = time {
+            self.first_line = Some(self.first_line.map_or(t, |f| f.min(t)));
+            self.last_line = Some(self.last_line.map_or(t, |l| l.max(t)));
+        }
+    }
+
+    fn merge(&mut self, other: Evidence) {
+        self.saw(other.first_line);
+        self.saw(other.last_line);
+        self.lines_not_understood += other.lines_not_understood;
+        self.responses_lost = self.responses_lost.max(other.responses_lost);
+        self.statuses_not_traced.extend(other.statuses_not_traced);
+        self.gaps.extend(other.gaps);
+    }
+
+    /// The observed window, when the lines carry times.
+    pub(super) fn window(&self) -> Option<TimeDelta> {
+        Some(self.last_line? - self.first_line?)
+    }
 }
 
 /// Everything a report shows.
@@ -144,6 +191,24 @@ pub(super) struct Report {
     pub nodes: BTreeMap<String, NodeStats>,
     pub lines: u64,
     pub not_understood: u64,
+    /// `--min-window`: a shorter window is not evidence enough for SAFE.
+    pub min_window: TimeDelta,
+}
+
+/// One stream of input: the lines of one `kubectl logs --prefix` pod, or all lines without
+/// a prefix. Facts of lines that do not name their node (the daemon's stderr, text lines'
+/// loss reports, unreadable lines) are gathered here and handed to the stream's node at the
+/// end, once it is known.
+#[derive(Debug, Default)]
+struct Stream {
+    /// The nodes it holds lines of.
+    nodes: std::collections::BTreeSet<String>,
+    /// A trace line was read before (so a start is not at the head of the log: the
+    /// daemon's own start-up output before its first `attached` is).
+    traced: bool,
+    /// The last start/stop said: `Some(true)` running, `Some(false)` stopped cleanly.
+    running: Option<bool>,
+    evidence: Evidence,
 }
 
 /// A v1 call this soon after the same process's token PUT is taken as its fallback (SDKs
@@ -158,6 +223,8 @@ pub(super) struct Aggregator<'a> {
     callers: BTreeMap<CallerKey, Counts>,
     /// Last token PUT per (node, pid) not yet followed by a v1 call.
     token_puts: HashMap<(String, u32), NaiveDateTime>,
+    /// By `kubectl logs --prefix` pod; `None`: lines without a prefix.
+    streams: BTreeMap<Option<String>, Stream>,
     report: Report,
 }
 
@@ -168,32 +235,100 @@ impl<'a> Aggregator<'a> {
             table,
             callers: BTreeMap::new(),
             token_puts: HashMap::new(),
+            streams: BTreeMap::new(),
             report: Report::default(),
         }
     }
 
-    pub(super) fn add(&mut self, line: Option<Line>) {
+    /// `--min-window`.
+    pub(super) fn min_window(mut self, min: TimeDelta) -> Self {
+        self.report.min_window = min;
+        self
+    }
+
+    /// The node of a line that does not name one, in `stream`: `--node`, else the pod of
+    /// `kubectl logs --prefix`, else [`DEFAULT_NODE`].
+    fn text_node(&self, stream: Option<&str>) -> String {
+        match (self.node, stream) {
+            (Some(n), _) => n.to_string(),
+            (None, Some(pod)) => format!("pod/{pod}"),
+            (None, None) => DEFAULT_NODE.to_string(),
+        }
+    }
+
+    pub(super) fn add(&mut self, read: Read) {
         self.report.lines += 1;
+        let Read { stream, line } = read;
+        let st = self.streams.entry(stream.clone()).or_default();
         let Some(line) = line else {
             self.report.not_understood += 1;
+            st.evidence.lines_not_understood += 1;
             return;
         };
+        // Lines that do not name their node: facts of the stream.
         let line_node = match &line {
             Line::Call(c) => c.node.as_deref(),
-            Line::Dropped { node, .. } | Line::Degraded { node } => node.as_deref(),
+            Line::Dropped { node, .. } | Line::Degraded { node, .. } => node.as_deref(),
+            Line::Blank => return,
+            Line::Daemon { time, event } => {
+                st.evidence.saw(*time);
+                match event {
+                    DaemonEvent::Start => {
+                        // A start after lines of a daemon that never said it stopped: it
+                        // was killed (or crashed), and nothing was traced in between. At the
+                        // head of the log (a rotated one) there is nothing to miss.
+                        let gap = match st.running {
+                            Some(running) => running,
+                            None => st.traced,
+                        };
+                        if gap {
+                            st.evidence.gaps.push(*time);
+                        }
+                        st.running = Some(true);
+                    }
+                    DaemonEvent::Stop => st.running = Some(false),
+                    DaemonEvent::StatusesOff(why) => {
+                        st.evidence.statuses_not_traced.push((*time, why.clone()));
+                    }
+                    DaemonEvent::Other => {}
+                }
+                return;
+            }
         };
+        st.traced = true;
         let node = match (line_node, self.node) {
-            (Some(n), Some(want)) if n != want => return,
-            (Some(n), _) => n,
-            (None, want) => want.unwrap_or(DEFAULT_NODE),
-        }
-        .to_string();
+            (Some(n), Some(want)) if n != want => {
+                st.nodes.insert(n.to_string());
+                return;
+            }
+            (Some(n), _) => n.to_string(),
+            (None, _) => self.text_node(stream.as_deref()),
+        };
+        // The stream's facts belong to every node it holds lines of.
+        self.streams
+            .entry(stream)
+            .or_default()
+            .nodes
+            .insert(node.clone());
         let stats = self.report.nodes.entry(node.clone()).or_default();
         match line {
-            Line::Dropped { events, .. } => stats.dropped_events += events,
-            Line::Degraded { .. } => {}
-            Line::Call(call) if !is_imds(&call) => stats.other_destinations += 1,
+            Line::Blank | Line::Daemon { .. } => {}
+            Line::Dropped { events, time, .. } => {
+                stats.dropped_events += events;
+                stats.evidence.saw(time);
+            }
+            Line::Degraded {
+                responses, time, ..
+            } => {
+                stats.evidence.responses_lost = stats.evidence.responses_lost.max(responses);
+                stats.evidence.saw(time);
+            }
+            Line::Call(call) if !is_imds(&call) => {
+                stats.evidence.saw(call.time);
+                stats.other_destinations += 1;
+            }
             Line::Call(call) => {
+                stats.evidence.saw(call.time);
                 if call.kind != Kind::TokenFailure {
                     stats.calls += 1;
                 }
@@ -241,6 +376,30 @@ impl<'a> Aggregator<'a> {
     }
 
     pub(super) fn finish(mut self) -> Report {
+        // Each stream's facts go to its node: the one its lines are counted under (named by
+        // its JSON lines; for text lines `--node`, the pod of `kubectl logs --prefix`, or
+        // this node). A stream of several nodes' lines (files of several nodes, a shipper's
+        // export) gives them to each: an unreadable line there could be any one's.
+        for (stream, st) in std::mem::take(&mut self.streams) {
+            let nodes: Vec<String> = if st.nodes.is_empty() {
+                vec![self.text_node(stream.as_deref())]
+            } else {
+                st.nodes.into_iter().collect()
+            };
+            for node in nodes {
+                if self.node.is_some_and(|want| want != node) {
+                    continue;
+                }
+                let has_facts = st.evidence.lines_not_understood > 0
+                    || !st.evidence.statuses_not_traced.is_empty()
+                    || !st.evidence.gaps.is_empty()
+                    || st.evidence.first_line.is_some();
+                if has_facts || self.report.nodes.contains_key(&node) {
+                    let stats = self.report.nodes.entry(node).or_default();
+                    stats.evidence.merge(st.evidence.clone());
+                }
+            }
+        }
         if let Some(want) = self.node {
             self.report.nodes.entry(want.to_string()).or_default();
         } else if self.report.nodes.is_empty() {
@@ -275,13 +434,14 @@ fn is_imds(call: &Call) -> bool {
         .is_none_or(|d| IMDS_DESTINATIONS.contains(&d))
 }
 
-/// Tests' shortcut: the report of `lines` (as `imds-snoop report` would read them).
+/// Tests' shortcut: the report of `lines` (as `imds-snoop report --min-window 0` would read
+/// them).
 #[cfg(test)]
 pub(crate) fn report_of(node: Option<&str>, lines: &[&str]) -> Report {
     let table = SdkTable::builtin().unwrap();
     let mut agg = Aggregator::new(node, &table);
     for l in lines {
-        agg.add(crate::report::parse::parse_line(l));
+        agg.add(crate::report::parse::read_line(l));
     }
     agg.finish()
 }

@@ -79,10 +79,52 @@ pub enum Line {
     /// A request line (any class of the table).
     Call(Call),
     /// imds-snoop's own `dropped N events` line: the log misses N calls.
-    Dropped { node: Option<String>, events: u64 },
+    Dropped {
+        node: Option<String>,
+        events: u64,
+        time: Option<NaiveDateTime>,
+    },
     /// imds-snoop's own `lost N kernel events that are not calls` line: no call is
-    /// missing, so nothing to count; understood, not a call.
-    Degraded { node: Option<String> },
+    /// missing; `responses` of them were response statuses (those calls have no status,
+    /// and a token PUT among them looks unanswered).
+    Degraded {
+        node: Option<String>,
+        responses: u64,
+        time: Option<NaiveDateTime>,
+    },
+    /// An empty line: nothing to understand.
+    Blank,
+    /// A line of the daemon's own stderr (`<RFC 3339 time>  INFO imds_snoop::...: ...`),
+    /// mixed into the stream by `kubectl logs` or journald: understood, and for some a
+    /// fact about the evidence.
+    Daemon {
+        time: Option<NaiveDateTime>,
+        event: DaemonEvent,
+    },
+}
+
+/// What a line of the daemon's own stderr says about the evidence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DaemonEvent {
+    /// `attached ...`: tracing began.
+    Start,
+    /// `detached, log flushed`: a clean stop.
+    Stop,
+    /// Response statuses are not traced from here on (the response program could not be
+    /// attached, or sees nothing): why.
+    StatusesOff(String),
+    /// Anything else it says.
+    Other,
+}
+
+/// One line of input as read: the stream it belongs to (`kubectl logs --prefix`), and
+/// what it says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Read {
+    /// The pod of `kubectl logs --prefix`'s `[pod/NAME/CONTAINER] `: NAME.
+    pub stream: Option<String>,
+    /// `None`: not understood.
+    pub line: Option<Line>,
 }
 
 impl From<Class> for Kind {
@@ -101,12 +143,85 @@ impl From<Class> for Kind {
 /// through the line contract (`imds-snoop-line`). `None` for anything else: not a line of
 /// ours, a class not in the table, another schema.
 pub fn parse_line(line: &str) -> Option<Line> {
-    let line = strip_cri_prefix(line.trim_end_matches(['\r', '\n']));
-    match line.as_bytes().first()? {
-        b'{' => parse_json(line),
-        b'[' => parse_text(line),
-        _ => None,
+    read_line(line).line
+}
+
+/// Reads one line of input: [`parse_line`] after the prefixes `kubectl logs` adds
+/// (`--prefix`: `[pod/NAME/CONTAINER] `, then `--timestamps`: an RFC 3339 time and a
+/// space) or a container log file has (`<time> stdout F `).
+pub fn read_line(line: &str) -> Read {
+    let line = line.trim_end_matches(['\r', '\n']);
+    let (stream, line) = match kubectl_prefix(line) {
+        Some((pod, rest)) => (Some(pod.to_string()), rest),
+        None => (None, line),
+    };
+    let content = strip_cri_prefix(strip_timestamp(line));
+    let parsed = match content.as_bytes().first() {
+        None => Some(Line::Blank),
+        Some(b'{') => parse_json(content),
+        Some(b'[') => parse_text(content),
+        Some(_) => parse_daemon(content),
+    };
+    // The daemon's stderr starts with a time of its own, which strip_timestamp cannot tell
+    // from kubectl's when kubectl added none.
+    let line = parsed.or_else(|| (content != line).then(|| parse_daemon(line)).flatten());
+    Read { stream, line }
+}
+
+/// `[pod/NAME/CONTAINER] rest` (`kubectl logs --prefix`): (NAME, rest).
+fn kubectl_prefix(line: &str) -> Option<(&str, &str)> {
+    let (inside, rest) = line.strip_prefix("[pod/")?.split_once("] ")?;
+    let (pod, container) = inside.split_once('/')?;
+    (!pod.is_empty() && !container.is_empty() && !container.contains(['/', ' ', ']']))
+        .then_some((pod, rest))
+}
+
+/// `2026-11-23T09:29:00.488123456Z rest` (`kubectl logs --timestamps`): rest.
+fn strip_timestamp(line: &str) -> &str {
+    match line.split_once(' ') {
+        Some((ts, rest)) if ts.contains('T') && DateTime::parse_from_rfc3339(ts).is_ok() => {
+            // A CRI log line (`<time> stdout F ...`) keeps its own prefix for
+            // strip_cri_prefix; kubectl's never has a stream word after the time.
+            if rest.starts_with("stdout ") || rest.starts_with("stderr ") {
+                line
+            } else {
+                rest
+            }
+        }
+        _ => line,
     }
+}
+
+/// The daemon's own stderr (tracing's format, no colours when not a terminal):
+/// `2026-11-23T09:29:00.488123Z  INFO imds_snoop::daemon: attached ...`.
+fn parse_daemon(line: &str) -> Option<Line> {
+    let (ts, rest) = line.split_once(' ')?;
+    let time = DateTime::parse_from_rfc3339(ts).ok()?.naive_utc();
+    let (level, rest) = rest.trim_start().split_once(' ')?;
+    if !matches!(level, "TRACE" | "DEBUG" | "INFO" | "WARN" | "ERROR") {
+        return None;
+    }
+    let (target, message) = rest.split_once(": ")?;
+    if !target.starts_with("imds_snoop") {
+        return None;
+    }
+    let event = if message.starts_with("attached ") {
+        DaemonEvent::Start
+    } else if message.starts_with("detached, log flushed") {
+        DaemonEvent::Stop
+    } else if let Some(why) = message.strip_prefix("response statuses are not traced: ") {
+        DaemonEvent::StatusesOff(why.split(" (").next().unwrap_or(why).to_string())
+    } else if message.contains("logging calls without their response status") {
+        DaemonEvent::StatusesOff("the response program could not be attached".into())
+    } else if message.contains("saw no reply to any IMDS call") {
+        DaemonEvent::StatusesOff("the response program sees no replies".into())
+    } else {
+        DaemonEvent::Other
+    };
+    Some(Line::Daemon {
+        time: Some(time),
+        event,
+    })
 }
 
 /// `2026-11-23T09:29:00.488Z stdout F <line>`: a line read from a container log
@@ -131,8 +246,20 @@ fn parse_text(line: &str) -> Option<Line> {
     let l = TextLine::parse(line)?;
     let time = NaiveDateTime::parse_from_str(l.time, text::TIME_FORMAT).ok()?;
     let c = match l.body {
-        TextBody::Dropped { events } => return Some(Line::Dropped { node: None, events }),
-        TextBody::Degraded => return Some(Line::Degraded { node: None }),
+        TextBody::Dropped { events } => {
+            return Some(Line::Dropped {
+                node: None,
+                events,
+                time: Some(time),
+            });
+        }
+        TextBody::Degraded => {
+            return Some(Line::Degraded {
+                node: None,
+                responses: degraded_responses(line),
+                time: Some(time),
+            });
+        }
         TextBody::Other(_) => return None,
         TextBody::Call(c) => c,
     };
@@ -171,29 +298,43 @@ fn parse_text(line: &str) -> Option<Line> {
     }))
 }
 
+/// `... (totals: process events P, responses R); ...`: R.
+fn degraded_responses(line: &str) -> u64 {
+    line.split_once("responses ")
+        .and_then(|(_, r)| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0)
+}
+
 // ---- JSON ------------------------------------------------------------------------------
+
+/// A JSON line's `timestamp` as the node's wall-clock time (text lines carry no offset).
+fn json_time(timestamp: Option<&str>) -> Option<NaiveDateTime> {
+    timestamp
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.naive_local())
+}
 
 fn parse_json(line: &str) -> Option<Line> {
     let j = match JsonRecord::parse(line).ok()? {
         JsonRecord::Call(j) => j,
         JsonRecord::Loss(l) if l.class == json::DROPPED_CLASS => {
             return Some(Line::Dropped {
+                time: json_time(l.timestamp.as_deref()),
                 node: l.node.map(Cow::into_owned),
                 events: l.dropped.unwrap_or(0),
             });
         }
         JsonRecord::Loss(l) => {
             return Some(Line::Degraded {
+                time: json_time(l.timestamp.as_deref()),
+                responses: l.lost_total.map_or(0, |t| t.responses),
                 node: l.node.map(Cow::into_owned),
             });
         }
     };
     let kind = Kind::from(j.class()?);
-    let time = j
-        .timestamp
-        .as_deref()
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.naive_local());
+    let time = json_time(j.timestamp.as_deref());
     let origin = match (j.pod, j.container) {
         (
             Some(json::Pod {
@@ -392,7 +533,8 @@ mod tests {
             parse_line(r#"{"schema":1,"node":"n","class":"dropped","dropped":3}"#),
             Some(Line::Dropped {
                 node: Some("n".into()),
-                events: 3
+                events: 3,
+                time: None,
             })
         );
         assert!(matches!(
@@ -413,7 +555,9 @@ mod tests {
             ),
             Some(Line::Dropped {
                 node: None,
-                events: 12
+                events: 12,
+                time: NaiveDateTime::parse_from_str("2026-11-23 09:29:00,488", text::TIME_FORMAT)
+                    .ok(),
             })
         );
     }
@@ -430,16 +574,16 @@ mod tests {
             process_events: 2,
             responses: 1,
         };
-        assert_eq!(
-            parse_line(&degraded_line(Format::Text, "n", 3, &totals)),
-            Some(Line::Degraded { node: None })
-        );
-        assert_eq!(
-            parse_line(&degraded_line(Format::Json, "n", 3, &totals)),
-            Some(Line::Degraded {
-                node: Some("n".into())
-            })
-        );
+        for (format, node) in [(Format::Text, None), (Format::Json, Some("n".to_string()))] {
+            match parse_line(&degraded_line(format, "n", 3, &totals)) {
+                Some(Line::Degraded {
+                    node: n,
+                    responses: 1,
+                    time: Some(_),
+                }) if n == node => {}
+                other => panic!("{format:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]
@@ -453,10 +597,97 @@ mod tests {
         assert_eq!(c.user_agent, None);
     }
 
+    /// `kubectl logs --prefix --timestamps` of the DaemonSet: its stdout (trace lines) and
+    /// stderr (the daemon's own) interleaved, each with the pod's prefix and a time.
+    #[test]
+    fn kubectl_prefix_and_timestamps() {
+        let text = "[2026-11-23 09:29:00,488] [WARNING] imdsv1(!) (pid:1:curl argv:curl) req \
+                    details: get / http/1.1, host unit:- uid:0 dst:169.254.169.254:80";
+        for (raw, stream) in [
+            (
+                format!("[pod/imds-snoop-x7k2q/imds-snoop] {text}"),
+                Some("imds-snoop-x7k2q"),
+            ),
+            (
+                format!("[pod/imds-snoop-x7k2q/imds-snoop] 2026-11-23T09:29:00.488123456Z {text}"),
+                Some("imds-snoop-x7k2q"),
+            ),
+            (format!("2026-11-23T09:29:00.488123456Z {text}"), None),
+            (format!("{text}\n"), None),
+        ] {
+            let r = read_line(&raw);
+            assert_eq!(r.stream.as_deref(), stream, "{raw}");
+            match r.line {
+                Some(Line::Call(c)) => assert_eq!(c.comm, "curl", "{raw}"),
+                other => panic!("{raw}: {other:?}"),
+            }
+        }
+        let json = r#"[pod/imds-snoop-b/imds-snoop] {"schema":1,"node":"ip-10-0-1-5","class":"v1","caller":{"comm":"curl"}}"#;
+        let r = read_line(json);
+        assert_eq!(r.stream.as_deref(), Some("imds-snoop-b"));
+        assert!(
+            matches!(r.line, Some(Line::Call(ref c)) if c.node.as_deref() == Some("ip-10-0-1-5"))
+        );
+        // Not a kubectl prefix: a pod name alone, or no space after it.
+        assert_eq!(read_line("[pod/x] hello").line, None);
+        assert_eq!(read_line("[pod/x/y]hello").line, None);
+    }
+
+    /// The daemon's own stderr (tracing's format), as `kubectl logs` mixes it in.
+    #[test]
+    fn daemon_stderr_lines() {
+        let daemon = |l: &str| match read_line(l).line {
+            Some(Line::Daemon { event, time }) => {
+                assert!(time.is_some(), "{l}");
+                event
+            }
+            other => panic!("{l}: {other:?}"),
+        };
+        assert_eq!(
+            daemon(
+                "[pod/imds-snoop-x/imds-snoop] 2026-11-23T09:00:00.100Z 2026-11-23T09:00:00.099123Z  \
+                 INFO imds_snoop::daemon: attached tracepoint (tp_btf/tcp_sendmsg_locked) and \
+                 cgroup_skb/ingress (responses); tracing 169.254.169.254:80; writing x"
+            ),
+            DaemonEvent::Start
+        );
+        assert_eq!(
+            daemon(
+                "2026-11-23T09:00:00.099123Z  INFO imds_snoop::daemon: detached, log flushed \
+                 lines=3"
+            ),
+            DaemonEvent::Stop
+        );
+        assert_eq!(
+            daemon(
+                "2026-11-23T09:00:00.099123Z  WARN imds_snoop::daemon: response statuses are \
+                 not traced: this process lacks CAP_NET_ADMIN (CapEff 000000c000000000), which \
+                 attaching a cgroup_skb program needs (cgroup_skb/ingress refused: ...); logging"
+            ),
+            DaemonEvent::StatusesOff("this process lacks CAP_NET_ADMIN".into())
+        );
+        assert_eq!(
+            daemon(
+                "2026-11-23T09:00:00.099123Z  WARN imds_snoop::pipeline: the response program \
+                 saw no reply to any IMDS call so far (cgroup v1 net_cls/net_prio in use?)"
+            ),
+            DaemonEvent::StatusesOff("the response program sees no replies".into())
+        );
+        assert_eq!(
+            daemon("2026-11-23T09:00:00.099123Z ERROR imds_snoop: no attach point worked"),
+            DaemonEvent::Other
+        );
+        // Another program's log line in the same format is not the daemon's.
+        assert_eq!(
+            read_line("2026-11-23T09:00:00.099123Z  INFO other::thing: attached x").line,
+            None
+        );
+    }
+
     #[test]
     fn other_lines_are_not_understood() {
+        assert_eq!(parse_line(""), Some(Line::Blank));
         for line in [
-            "",
             "hello",
             "[not a time] [INFO] imdsv2 (pid:1:x argv:y)",
             "[2026-11-23 09:29:00,488] [INFO] something else (pid:1:x argv:y)",

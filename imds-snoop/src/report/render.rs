@@ -277,13 +277,13 @@ pub(super) fn json(out: &mut impl Write, report: &Report, table: &SdkTable) -> i
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{aggregate::Aggregator, parse::parse_line};
+    use crate::report::{aggregate::Aggregator, parse::read_line};
 
     fn report(lines: &[&str]) -> (Report, SdkTable) {
         let table = SdkTable::builtin().unwrap();
         let mut agg = Aggregator::new(None, &table);
         for l in lines {
-            agg.add(parse_line(l));
+            agg.add(read_line(l));
         }
         let r = agg.finish();
         (r, table)

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 
+use chrono::{NaiveDateTime, TimeDelta};
 use serde::Serialize;
 
 use super::{
@@ -10,18 +11,31 @@ use super::{
     words::plural,
 };
 
-/// The answer for one node: can it require IMDSv2, and can it use hop limit 1.
+/// The answer for one node: can it require IMDSv2, and can it use hop limit 1; and what
+/// the answer rests on.
 #[derive(Clone, Debug, Serialize)]
 pub(super) struct Verdict {
     pub node: String,
-    /// No IMDSv1 calls: `http_tokens=required` breaks nobody seen in the logs.
+    /// `SAFE`, `NOT SAFE` or `INCONCLUSIVE`: may `http_tokens=required` be enforced.
+    pub verdict: &'static str,
+    /// No IMDSv1 calls, and evidence enough (no reason below): `http_tokens=required`
+    /// breaks nobody.
     pub imdsv2_required_safe: bool,
     /// Callers that used IMDSv1, as [`Caller::describe`] says them.
     pub v1_callers: Vec<String>,
-    /// No container used IMDS: a PUT response hop limit of 1 cuts nobody off.
+    /// `SAFE`, `NOT SAFE` or `INCONCLUSIVE`: may the PUT response hop limit be 1.
+    pub hop_limit_1: &'static str,
+    /// No caller would be cut off, and evidence enough: a PUT response hop limit of 1 cuts
+    /// nobody off.
     pub hop_limit_1_safe: bool,
     /// Pods (`namespace/name`) and pod-less containers that used IMDS.
     pub hop_limit_1_cut_off: Vec<String>,
+    /// Why the evidence is not enough for SAFE (empty when it is).
+    pub inconclusive: Vec<String>,
+    /// Why the evidence is not enough for a hop-limit answer, besides those.
+    pub hop_limit_1_inconclusive: Vec<String>,
+    /// The window the node's lines cover: `2026-11-23 09:00:00 .. 2026-11-24 09:00:00 (24h 0m)`.
+    pub window: String,
     #[serde(flatten)]
     pub stats: NodeStats,
 }
@@ -38,8 +52,13 @@ pub(super) fn all(report: &Report) -> Vec<Verdict> {
 /// How many callers a verdict line names before "and N more".
 const LIST_MAX: usize = 10;
 
+const SAFE: &str = "SAFE";
+const NOT_SAFE: &str = "NOT SAFE";
+const INCONCLUSIVE: &str = "INCONCLUSIVE";
+
 impl Verdict {
     pub(super) fn for_node(report: &Report, node: &str) -> Verdict {
+        let stats = report.nodes.get(node).cloned().unwrap_or_default();
         let callers = report.callers.iter().filter(|c| c.key.node == node);
         let v1_callers: Vec<String> = callers
             .clone()
@@ -60,48 +79,172 @@ impl Verdict {
                 Origin::Host { .. } | Origin::Unknown => None,
             })
             .collect();
+        let inconclusive = reasons(&stats, report.min_window);
+        let hop_inconclusive = hop_reasons(&stats);
+        let verdict = if !v1_callers.is_empty() {
+            NOT_SAFE
+        } else if inconclusive.is_empty() {
+            SAFE
+        } else {
+            INCONCLUSIVE
+        };
+        let hop_limit_1 = if !cut_off.is_empty() {
+            NOT_SAFE
+        } else if inconclusive.is_empty() && hop_inconclusive.is_empty() {
+            SAFE
+        } else {
+            INCONCLUSIVE
+        };
         Verdict {
             node: node.to_string(),
-            imdsv2_required_safe: v1_callers.is_empty(),
+            verdict,
+            imdsv2_required_safe: verdict == SAFE,
             v1_callers,
-            hop_limit_1_safe: cut_off.is_empty(),
+            hop_limit_1,
+            hop_limit_1_safe: hop_limit_1 == SAFE,
             hop_limit_1_cut_off: cut_off.into_iter().collect(),
-            stats: report.nodes.get(node).cloned().unwrap_or_default(),
+            inconclusive,
+            hop_limit_1_inconclusive: hop_inconclusive,
+            window: window(&stats),
+            stats,
         }
     }
 
-    /// `node-a: NOT SAFE: 2 callers use IMDSv1: ...; hop limit 1 would cut off: shop/web-1`.
+    /// `node-a: NOT SAFE: 2 callers use IMDSv1: ...; hop limit 1 would cut off: shop/web-1
+    /// [window ...]`.
     pub(super) fn line(&self) -> String {
         let mut s = format!("{}: ", self.node);
-        if self.imdsv2_required_safe {
-            s.push_str("SAFE: no IMDSv1 calls; http_tokens=required is safe");
-        } else {
-            let n = self.v1_callers.len();
-            s.push_str(&format!(
-                "NOT SAFE: {} use{} IMDSv1: {}",
-                plural(n as u64, "caller"),
-                if n == 1 { "s" } else { "" },
-                list(&self.v1_callers)
-            ));
+        match self.verdict {
+            SAFE => s.push_str("SAFE: no IMDSv1 calls; http_tokens=required is safe"),
+            NOT_SAFE => {
+                let n = self.v1_callers.len();
+                s.push_str(&format!(
+                    "NOT SAFE: {} use{} IMDSv1: {}",
+                    plural(n as u64, "caller"),
+                    if n == 1 { "s" } else { "" },
+                    list(&self.v1_callers)
+                ));
+            }
+            _ => s.push_str(&format!(
+                "INCONCLUSIVE: no IMDSv1 calls seen, but {}",
+                self.inconclusive.join("; ")
+            )),
         }
-        if self.hop_limit_1_safe {
-            s.push_str("; safe with hop limit 1");
-        } else {
-            s.push_str(&format!(
+        match self.hop_limit_1 {
+            SAFE => s.push_str("; safe with hop limit 1"),
+            NOT_SAFE => s.push_str(&format!(
                 "; hop limit 1 would cut off: {} (keep hop limit 2, or move them to IRSA/Pod Identity)",
                 list(&self.hop_limit_1_cut_off)
-            ));
+            )),
+            _ if self.hop_limit_1_inconclusive.is_empty() => {
+                s.push_str("; hop limit 1: INCONCLUSIVE");
+            }
+            _ => s.push_str(&format!(
+                "; hop limit 1: INCONCLUSIVE: {}",
+                self.hop_limit_1_inconclusive.join("; ")
+            )),
         }
         if self.stats.calls == 0 {
             s.push_str(" (no IMDS calls seen)");
         }
-        if self.stats.dropped_events > 0 {
-            s.push_str(&format!(
-                " (incomplete: {} events were dropped)",
-                self.stats.dropped_events
-            ));
+        // A NOT SAFE answer stands on what was seen; still say what may be missing.
+        if self.verdict == NOT_SAFE && !self.inconclusive.is_empty() {
+            s.push_str(&format!(" (incomplete: {})", self.inconclusive.join("; ")));
         }
+        s.push_str(&format!(" [window {}]", self.window));
         s
+    }
+}
+
+/// Why the node's lines are not evidence enough for SAFE.
+fn reasons(stats: &NodeStats, min_window: TimeDelta) -> Vec<String> {
+    let e = &stats.evidence;
+    let mut out = Vec::new();
+    match e.window() {
+        None if min_window > TimeDelta::zero() => out.push(format!(
+            "no timed lines: the window cannot be shorter than --min-window {}",
+            duration(min_window)
+        )),
+        Some(w) if w < min_window => out.push(format!(
+            "the window ({}) is shorter than --min-window {}",
+            duration(w),
+            duration(min_window)
+        )),
+        _ => {}
+    }
+    if e.lines_not_understood > 0 {
+        out.push(format!(
+            "{} not understood (not a trace line of this version, nor the daemon's own)",
+            plural(e.lines_not_understood, "line")
+        ));
+    }
+    if stats.dropped_events > 0 {
+        out.push(format!(
+            "the kernel dropped {}",
+            plural(stats.dropped_events, "event")
+        ));
+    }
+    for gap in &e.gaps {
+        out.push(format!(
+            "a gap in the log: the daemon started again{} without having stopped (killed or \
+             crashed): calls before that start were not traced",
+            at(*gap)
+        ));
+    }
+    out
+}
+
+/// Why the hop-limit answer is not known, besides [`reasons`]: statuses not traced.
+fn hop_reasons(stats: &NodeStats) -> Vec<String> {
+    let e = &stats.evidence;
+    let mut out: Vec<String> = e
+        .statuses_not_traced
+        .iter()
+        .map(|(t, why)| format!("statuses not traced from {} ({why})", when(*t)))
+        .collect();
+    if e.responses_lost > 0 {
+        out.push(format!(
+            "the kernel lost {} response status{} (a lost one can hide a lost token response)",
+            e.responses_lost,
+            if e.responses_lost == 1 { "" } else { "es" }
+        ));
+    }
+    out
+}
+
+fn when(t: Option<NaiveDateTime>) -> String {
+    t.map_or_else(
+        || "an unknown time".into(),
+        |t| t.format("%Y-%m-%d %H:%M:%S").to_string(),
+    )
+}
+
+fn at(t: Option<NaiveDateTime>) -> String {
+    t.map(|t| format!(" at {}", t.format("%Y-%m-%d %H:%M:%S")))
+        .unwrap_or_default()
+}
+
+/// `2026-11-23 09:00:00 .. 2026-11-24 09:00:00 (24h 0m)`, or `none: no timed lines`.
+fn window(stats: &NodeStats) -> String {
+    let e = &stats.evidence;
+    match (e.first_line, e.last_line) {
+        (Some(f), Some(l)) => format!(
+            "{} .. {} ({})",
+            f.format("%Y-%m-%d %H:%M:%S"),
+            l.format("%Y-%m-%d %H:%M:%S"),
+            duration(l - f)
+        ),
+        _ => "none: no timed lines".into(),
+    }
+}
+
+/// `24h 0m`, `3m 20s`, `12s`.
+pub(super) fn duration(d: TimeDelta) -> String {
+    let s = d.num_seconds().max(0);
+    match (s / 3600, (s % 3600) / 60, s % 60) {
+        (0, 0, sec) => format!("{sec}s"),
+        (0, m, sec) => format!("{m}m {sec}s"),
+        (h, m, _) => format!("{h}h {m}m"),
     }
 }
 
@@ -151,7 +294,9 @@ mod tests {
             v.line(),
             "this node: NOT SAFE: 1 caller uses IMDSv1: wget in pod shop/web-1 (app); hop \
              limit 1 would cut off: shop/api-1, shop/web-1 (keep hop limit 2, or move them to \
-             IRSA/Pod Identity)"
+             IRSA/Pod Identity) (incomplete: 1 line not understood (not a trace line of this \
+             version, nor the daemon's own)) [window 2026-11-23 09:33:16 .. 2026-11-23 09:33:18 \
+             (1s)]"
         );
     }
 
@@ -161,7 +306,8 @@ mod tests {
         let v = Verdict::for_node(&r, "node-b");
         assert_eq!(
             v.line(),
-            "node-b: SAFE: no IMDSv1 calls; http_tokens=required is safe; safe with hop limit 1"
+            "node-b: SAFE: no IMDSv1 calls; http_tokens=required is safe; safe with hop limit 1 \
+             [window 2026-11-23 09:33:18 .. 2026-11-23 09:33:19 (1s)]"
         );
         assert_eq!(v.stats.other_destinations, 1);
         assert_eq!(r.callers[0].sdk.as_ref().unwrap().label(), "aws-cli 2.13.0");
@@ -185,7 +331,119 @@ mod tests {
         assert_eq!(
             Verdict::for_node(&r, DEFAULT_NODE).line(),
             "this node: SAFE: no IMDSv1 calls; http_tokens=required is safe; safe with hop \
-             limit 1 (no IMDS calls seen)"
+             limit 1 (no IMDS calls seen) [window none: no timed lines]"
+        );
+        // With a --min-window, no lines is no evidence.
+        let mut r = report(None, &[]);
+        r.min_window = TimeDelta::hours(24);
+        assert_eq!(
+            Verdict::for_node(&r, DEFAULT_NODE).line(),
+            "this node: INCONCLUSIVE: no IMDSv1 calls seen, but no timed lines: the window \
+             cannot be shorter than --min-window 24h 0m; hop limit 1: INCONCLUSIVE (no IMDS \
+             calls seen) [window none: no timed lines]"
+        );
+    }
+
+    /// Two garbage lines are not a SAFE node.
+    #[test]
+    fn garbage_is_never_safe() {
+        let r = report(None, &["hello", "world"]);
+        let v = Verdict::for_node(&r, DEFAULT_NODE);
+        assert_eq!((v.verdict, v.hop_limit_1), ("INCONCLUSIVE", "INCONCLUSIVE"));
+        assert!(
+            v.line().starts_with(
+                "this node: INCONCLUSIVE: no IMDSv1 calls seen, but 2 lines not understood"
+            ),
+            "{}",
+            v.line()
+        );
+    }
+
+    /// A window shorter than --min-window, and everything else that is no evidence of
+    /// safety: kernel drops, lost statuses, statuses not traced, a gap.
+    #[test]
+    fn short_window_drops_and_gaps_are_inconclusive() {
+        let mut r = report(Some("node-b"), &[V2_HOST, V1_OTHER_DST]);
+        r.min_window = TimeDelta::hours(24);
+        let v = Verdict::for_node(&r, "node-b");
+        assert_eq!(v.verdict, "INCONCLUSIVE", "{}", v.line());
+        assert_eq!(
+            v.inconclusive,
+            ["the window (1s) is shorter than --min-window 24h 0m"]
+        );
+        r.min_window = TimeDelta::seconds(1);
+        assert_eq!(Verdict::for_node(&r, "node-b").verdict, "SAFE");
+
+        let stderr =
+            |t: &str, msg: &str| format!("2026-11-23T09:{t}Z  INFO imds_snoop::daemon: {msg}");
+        let lines = [
+            stderr("30:00.000000", "attached tracepoint; tracing x; writing y"),
+            V2_HOST.to_string(),
+            // kill -9: no `detached` before the next start.
+            stderr("34:00.000000", "attached tracepoint; tracing x; writing y"),
+            stderr(
+                "35:00.000000",
+                "response statuses are not traced: this process lacks CAP_NET_ADMIN (CapEff 0)",
+            ),
+            "[2026-11-23 09:36:00,000] [WARNING] imds-snoop lost 3 kernel events that are not \
+             calls (totals: process events 1, responses 2); lines may lack argv"
+                .to_string(),
+            stderr("37:00.000000", "detached, log flushed"),
+            stderr("38:00.000000", "attached tracepoint; tracing x; writing y"),
+        ];
+        let r = report(None, &lines.iter().map(String::as_str).collect::<Vec<_>>());
+        let v = Verdict::for_node(&r, DEFAULT_NODE);
+        assert_eq!(
+            v.inconclusive,
+            [
+                "a gap in the log: the daemon started again at 2026-11-23 09:34:00 without having \
+              stopped (killed or crashed): calls before that start were not traced"
+            ],
+            "the start at the head and the one after a clean stop are no gaps"
+        );
+        assert_eq!(
+            v.hop_limit_1_inconclusive,
+            [
+                "statuses not traced from 2026-11-23 09:35:00 (this process lacks CAP_NET_ADMIN)",
+                "the kernel lost 2 response statuses (a lost one can hide a lost token response)"
+            ]
+        );
+        assert_eq!(
+            v.window,
+            "2026-11-23 09:30:00 .. 2026-11-23 09:38:00 (8m 0s)"
+        );
+        assert_eq!((v.verdict, v.hop_limit_1), ("INCONCLUSIVE", "INCONCLUSIVE"));
+    }
+
+    /// `kubectl -n imds-snoop logs ds/imds-snoop --all-pods --prefix --timestamps`: two
+    /// nodes' pods, text and JSON, stdout and stderr interleaved, each line as kubectl
+    /// writes it.
+    #[test]
+    fn kubectl_streams_of_many_nodes() {
+        let input = include_str!("../../../tests/fixtures/report/kubectl-all-pods.log");
+        let lines: Vec<&str> = input.lines().collect();
+        let r = report(None, &lines);
+        assert_eq!(r.not_understood, 0, "every line understood");
+        let v = all(&r);
+        let lines: Vec<String> = v.iter().map(Verdict::line).collect();
+        assert_eq!(
+            r.nodes.keys().collect::<Vec<_>>(),
+            ["ip-10-0-1-5.ec2.internal", "ip-10-0-2-7.ec2.internal"],
+            "{lines:#?}"
+        );
+        assert!(
+            lines[0].starts_with(
+                "ip-10-0-1-5.ec2.internal: NOT SAFE: 1 caller uses IMDSv1: wget in pod \
+                 shop/web-1 (app)"
+            ),
+            "{lines:#?}"
+        );
+        assert!(
+            lines[1].starts_with(
+                "ip-10-0-2-7.ec2.internal: SAFE: no IMDSv1 calls; http_tokens=required is safe; \
+                 safe with hop limit 1 [window 2026-11-23 09:00:00"
+            ),
+            "{lines:#?}"
         );
     }
 }
