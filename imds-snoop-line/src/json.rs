@@ -23,6 +23,14 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub const DROPPED_CLASS: &str = "dropped";
 /// `class` of the daemon's "kernel events lost that are not calls" line.
 pub const DEGRADED_CLASS: &str = "degraded";
+/// `class` of the daemon's start marker, written once attached.
+pub const STARTED_CLASS: &str = "started";
+/// `class` of the daemon's stop marker, written last at a clean stop.
+pub const STOPPED_CLASS: &str = "stopped";
+/// `class` of the line saying response statuses are not traced from then on (`reason`).
+pub const STATUSES_OFF_CLASS: &str = "statuses_off";
+/// The marker classes.
+pub const MARKER_CLASSES: [&str; 3] = [STARTED_CLASS, STOPPED_CLASS, STATUSES_OFF_CLASS];
 
 /// One request line. Strings borrow from the line read (or from the daemon's record)
 /// where they can.
@@ -80,6 +88,12 @@ pub struct JsonLine<'a> {
     /// Inode of the socket's network namespace.
     #[serde(default)]
     pub netns: u32,
+    /// The socket is in the node's network namespace (`--host-netns`): a host process or a
+    /// hostNetwork pod, which a PUT response hop limit of 1 reaches. False: another
+    /// namespace, normally a pod one routing hop away. Null when the daemon does not know
+    /// the node's namespace (then left out, as by lines that predate the field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_network: Option<bool>,
     /// `169.254.169.254:80`, `[fd00:ec2::254]:80`. Always written.
     #[serde(borrow)]
     pub destination: Option<Cow<'a, str>>,
@@ -231,6 +245,26 @@ pub struct DegradedTotals {
     pub responses: u64,
 }
 
+/// The daemon's markers: started, stopped, statuses not traced from now. Built as JSON maps
+/// like [`LossLine`]: fields in alphabetical order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarkerLine<'a> {
+    /// One of [`MARKER_CLASSES`].
+    #[serde(borrow)]
+    pub class: Cow<'a, str>,
+    /// `INFO`, `WARNING` for [`STATUSES_OFF_CLASS`].
+    #[serde(borrow, default)]
+    pub level: Cow<'a, str>,
+    #[serde(borrow)]
+    pub node: Option<Cow<'a, str>>,
+    /// [`STATUSES_OFF_CLASS`]: why; [`STARTED_CLASS`]: what was attached.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Cow<'a, str>>,
+    pub schema: u32,
+    #[serde(borrow)]
+    pub timestamp: Option<Cow<'a, str>>,
+}
+
 /// A JSON line read back.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[expect(
@@ -243,6 +277,8 @@ pub enum JsonRecord<'a> {
     Call(JsonLine<'a>),
     /// `class` [`DROPPED_CLASS`] or [`DEGRADED_CLASS`].
     Loss(LossLine<'a>),
+    /// `class` one of [`MARKER_CLASSES`].
+    Marker(MarkerLine<'a>),
 }
 
 /// Why a line is not a JSON line of this schema.
@@ -288,6 +324,11 @@ impl<'a> JsonRecord<'a> {
                 .map(JsonRecord::Loss)
                 .map_err(ReadError::Json);
         }
+        if MARKER_CLASSES.contains(&call.class.as_ref()) {
+            return serde_json::from_str(line)
+                .map(JsonRecord::Marker)
+                .map_err(ReadError::Json);
+        }
         Ok(JsonRecord::Call(call))
     }
 }
@@ -319,6 +360,10 @@ mod tests {
                 JsonRecord::Loss(l) => {
                     kinds.insert(l.class.to_string());
                     serde_json::to_string(l)
+                }
+                JsonRecord::Marker(m) => {
+                    kinds.insert(m.class.to_string());
+                    serde_json::to_string(m)
                 }
             }
             .unwrap();
@@ -374,6 +419,32 @@ mod tests {
                 ..LossLine::default()
             })
         );
+    }
+
+    #[test]
+    fn markers_and_host_network() {
+        let line = r#"{"class":"statuses_off","level":"WARNING","node":"n","reason":"this process lacks CAP_NET_ADMIN","schema":1,"timestamp":"2026-11-23T09:00:00.000+00:00"}"#;
+        let JsonRecord::Marker(m) = JsonRecord::parse(line).unwrap() else {
+            panic!("not a marker: {line}");
+        };
+        assert_eq!(
+            m.reason.as_deref(),
+            Some("this process lacks CAP_NET_ADMIN")
+        );
+        assert_eq!(serde_json::to_string(&m).unwrap(), line);
+        let start = r#"{"class":"started","level":"INFO","node":"n","schema":1,"timestamp":"2026-11-23T09:00:00.000+00:00"}"#;
+        let JsonRecord::Marker(m) = JsonRecord::parse(start).unwrap() else {
+            panic!("not a marker");
+        };
+        assert_eq!((m.class.as_ref(), m.reason.as_deref()), ("started", None));
+        assert_eq!(serde_json::to_string(&m).unwrap(), start);
+        let JsonRecord::Call(c) =
+            JsonRecord::parse(r#"{"schema":1,"class":"v2","netns":7,"host_network":false}"#)
+                .unwrap()
+        else {
+            panic!("not a call");
+        };
+        assert_eq!(c.host_network, Some(false));
     }
 
     #[test]

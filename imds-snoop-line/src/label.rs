@@ -3,7 +3,8 @@
 //! ```text
 //! [<time>] [<LEVEL>] <label> (pid:<pid>:<comm> argv:<argv>) called by -> (pid:...) -> ...
 //!  req details: <request>, -> <status> container:<id12> pod:<ns>/<name>
-//!  container-name:<name> container-pid:<pid> uid:<uid> dst:<addr> truncated payload-unreadable
+//!  container-name:<name> container-pid:<pid> net:host|net:other uid:<uid> dst:<addr>
+//!  truncated payload-unreadable
 //! ```
 //!
 //! (one line; the origin is `container:... [pod:... [container-name:...] | pod-uid:...]`,
@@ -51,6 +52,12 @@ pub const UNIT: &str = "unit:";
 pub const ORIGIN_UNKNOWN: &str = "origin:unknown";
 /// The caller's pid in its container's pid namespace, when it differs.
 pub const CONTAINER_PID: &str = "container-pid:";
+/// The calling socket is in the node's network namespace (host processes, hostNetwork
+/// pods): a PUT response hop limit of 1 reaches it.
+pub const NET_HOST: &str = "net:host";
+/// The calling socket is in another network namespace (a pod behind a veth or bridge, one
+/// routing hop away): a hop limit of 1 cuts its token responses off.
+pub const NET_OTHER: &str = "net:other";
 /// The caller's uid.
 pub const UID: &str = "uid:";
 /// The destination: `169.254.169.254:80`, `[fd00:ec2::254]:80`.
@@ -63,13 +70,20 @@ pub const PAYLOAD_UNREADABLE: &str = "payload-unreadable";
 pub const DROPPED: &str = "imds-snoop dropped ";
 /// The daemon's "degraded" line: `imds-snoop lost <N> kernel events that are not calls ...`.
 pub const DEGRADED: &str = "imds-snoop lost ";
+/// The daemon's start marker: `imds-snoop started (...)`, written once attached.
+pub const STARTED: &str = "imds-snoop started";
+/// The daemon's stop marker: `imds-snoop stopped (...)`, written last at a clean stop.
+pub const STOPPED: &str = "imds-snoop stopped";
+/// `imds-snoop statuses not traced from now (<reason>)`: lines after it have no status, and
+/// no token PUT can be seen unanswered.
+pub const STATUSES_OFF: &str = "imds-snoop statuses not traced from now";
 
 /// Where a text line's origin fields start: the last of these (with its leading space) in
 /// the request details.
 pub const ORIGIN_STARTS: [&str; 3] = [" container:", " host unit:", " origin:unknown"];
 
 /// Every separator and field label above.
-pub const ALL: [&str; 24] = [
+pub const ALL: [&str; 29] = [
     PID,
     ARGV,
     EXITED,
@@ -88,12 +102,17 @@ pub const ALL: [&str; 24] = [
     UNIT,
     ORIGIN_UNKNOWN,
     CONTAINER_PID,
+    NET_HOST,
+    NET_OTHER,
     UID,
     DST,
     TRUNCATED,
     PAYLOAD_UNREADABLE,
     DROPPED,
     DEGRADED,
+    STARTED,
+    STOPPED,
+    STATUSES_OFF,
 ];
 
 #[cfg(test)]

@@ -36,6 +36,12 @@ pub enum TextBody<'a> {
     Dropped { events: u64 },
     /// The daemon's `imds-snoop lost N kernel events that are not calls ...` line.
     Degraded,
+    /// The daemon's start marker (`imds-snoop started ...`).
+    Started,
+    /// The daemon's stop marker (`imds-snoop stopped ...`): a clean stop.
+    Stopped,
+    /// `imds-snoop statuses not traced from now (<reason>)`.
+    StatusesOff { reason: &'a str },
     /// Anything else (the text after `] `).
     Other(&'a str),
 }
@@ -89,6 +95,8 @@ pub struct TextDetails<'a> {
     pub origin: TextOrigin<'a>,
     /// `dst:`; `None` when the line has no origin fields.
     pub destination: Option<&'a str>,
+    /// `net:host` (true) or `net:other` (false); `None` when the line does not say.
+    pub host_network: Option<bool>,
 }
 
 impl<'a> TextLine<'a> {
@@ -120,6 +128,19 @@ impl<'a> TextBody<'a> {
         }
         if rest.starts_with(label::DEGRADED) {
             return TextBody::Degraded;
+        }
+        if let Some(after) = rest.strip_prefix(label::STATUSES_OFF) {
+            let reason = after
+                .strip_prefix(" (")
+                .and_then(|r| r.strip_suffix(')'))
+                .unwrap_or(after.trim());
+            return TextBody::StatusesOff { reason };
+        }
+        if rest == label::STARTED || rest.starts_with(&[label::STARTED, " ("].concat()) {
+            return TextBody::Started;
+        }
+        if rest == label::STOPPED || rest.starts_with(&[label::STOPPED, " ("].concat()) {
+            return TextBody::Stopped;
         }
         let open = [" ", label::PID].concat();
         let (label, after) = match rest.find(&open) {
@@ -229,6 +250,7 @@ pub fn split_details(details: &str) -> TextDetails<'_> {
             status,
             origin: TextOrigin::Unknown,
             destination: None,
+            host_network: None,
         };
     };
     let (request, fields) = details.split_at(start);
@@ -239,6 +261,7 @@ pub fn split_details(details: &str) -> TextDetails<'_> {
     let mut unit = None;
     let mut host = false;
     let mut destination = None;
+    let mut host_network = None;
     for token in fields.split_whitespace() {
         if let Some(v) = token.strip_prefix(label::CONTAINER) {
             container_id = Some(v);
@@ -252,6 +275,10 @@ pub fn split_details(details: &str) -> TextDetails<'_> {
             unit = (v != label::NO_UNIT).then_some(v);
         } else if let Some(v) = token.strip_prefix(label::DST) {
             destination = Some(v);
+        } else if token == label::NET_HOST {
+            host_network = Some(true);
+        } else if token == label::NET_OTHER {
+            host_network = Some(false);
         }
     }
     let origin = match (pod, container_id) {
@@ -269,6 +296,7 @@ pub fn split_details(details: &str) -> TextDetails<'_> {
         status,
         origin,
         destination,
+        host_network,
     }
 }
 
@@ -321,7 +349,11 @@ mod tests {
             TextBody::Call(c) if c.rest.is_empty() => c.label.to_owned(),
             TextBody::Call(c) => format!("{} {}", c.label, c.rest),
             TextBody::Other(s) => s.to_owned(),
-            TextBody::Dropped { .. } | TextBody::Degraded => return,
+            TextBody::Dropped { .. }
+            | TextBody::Degraded
+            | TextBody::Started
+            | TextBody::Stopped
+            | TextBody::StatusesOff { .. } => return,
         };
         assert_eq!(format!("[{}] [{}] {body}", l.time, l.level), line);
         if let TextBody::Call(c) = l.body
@@ -470,6 +502,32 @@ mod tests {
         let lost = "[2026-11-23 09:29:00,488] [WARNING] imds-snoop lost 3 kernel events that \
                     are not calls (totals: process events 2, responses 1); ...";
         assert_eq!(TextLine::parse(lost).unwrap().body, TextBody::Degraded);
+        let body = |l: &'static str| TextLine::parse(l).unwrap().body;
+        assert_eq!(
+            body("[t] [INFO] imds-snoop started (version 0.1.0, pid 7, attached fentry)"),
+            TextBody::Started
+        );
+        assert_eq!(body("[t] [INFO] imds-snoop stopped"), TextBody::Stopped);
+        assert_eq!(
+            body(
+                "[t] [WARNING] imds-snoop statuses not traced from now (this process lacks \
+                 CAP_NET_ADMIN (CapEff 0))"
+            ),
+            TextBody::StatusesOff {
+                reason: "this process lacks CAP_NET_ADMIN (CapEff 0)"
+            }
+        );
+        assert_eq!(
+            body("[t] [INFO] imds-snoop startedx"),
+            TextBody::Other("imds-snoop startedx")
+        );
+        let f = split_details(
+            "get / http/1.1, -> 200 container:0123456789ab pod:a/b container-pid:7 net:other \
+             uid:0 dst:169.254.169.254:80",
+        );
+        assert_eq!((f.status, f.host_network), (Some(200), Some(false)));
+        let f = split_details("get / http/1.1, host unit:- net:host uid:0 dst:x");
+        assert_eq!(f.host_network, Some(true));
         assert_eq!(
             TextLine::parse("[t] [INFO] something else").unwrap().body,
             TextBody::Other("something else")

@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::{
     parse::{Call, DaemonEvent, Kind, Line, Origin, Read},
     sdk::{Sdk, SdkTable},
+    words::plural,
 };
 
 /// Name of the node text lines come from when `--node` does not name it.
@@ -39,6 +40,15 @@ pub(super) struct Counts {
     /// IMDSv1 calls answered 401: IMDSv2 is already required where they went, and this
     /// caller is failing.
     pub v1_refused: u64,
+    /// Token PUTs answered with an error status (`403`: X-Forwarded-For, a proxy such as
+    /// kube2iam; `503`: throttled; `400`: a bad TTL header), by status: not the hop limit.
+    pub token_refused: BTreeMap<u16, u64>,
+    /// Lines that said the socket was in the node's network namespace (`net:host`), and in
+    /// another one (`net:other`).
+    pub host_network: u64,
+    pub other_network: u64,
+    /// Why the token PUT before a fallback failed (`no response`, `403`, ...), each once.
+    pub fallback_after: std::collections::BTreeSet<String>,
     pub first_seen: Option<NaiveDateTime>,
     pub last_seen: Option<NaiveDateTime>,
 }
@@ -90,11 +100,65 @@ impl Caller {
             ));
         }
         if self.counts.token_failures > 0 {
-            notes.push("token response not received (hop limit?)".into());
-        } else if self.counts.fallbacks > 0 {
-            notes.push("v1 right after its own token PUT: fallback (hop limit?)".into());
+            notes.push(if self.in_host_network() {
+                "token response not received, in the node's network namespace: not the hop \
+                 limit (a firewall, IMDS down?)"
+                    .into()
+            } else {
+                "token response not received (hop limit?)".into()
+            });
+        }
+        for (status, n) in &self.counts.token_refused {
+            notes.push(format!(
+                "{} refused {status}{}: not the hop limit",
+                plural(*n, "token PUT"),
+                match status {
+                    403 => " (X-Forwarded-For: a proxy such as kube2iam?)",
+                    503 => " (throttled)",
+                    400 => " (bad TTL header)",
+                    _ => "",
+                }
+            ));
+        }
+        if self.counts.fallbacks > 0 {
+            let why: Vec<&str> = self
+                .counts
+                .fallback_after
+                .iter()
+                .map(String::as_str)
+                .collect();
+            notes.push(if why.is_empty() {
+                "v1 right after its own token PUT: SDK fallback to IMDSv1 (hop limit?)".into()
+            } else {
+                format!(
+                    "v1 right after its own token PUT failed ({}): SDK fallback to IMDSv1",
+                    why.join(", ")
+                )
+            });
         }
         notes
+    }
+
+    /// Every line that said so had the socket in the node's network namespace.
+    pub(super) fn in_host_network(&self) -> bool {
+        self.counts.host_network > 0 && self.counts.other_network == 0
+    }
+
+    /// Behind a routing hop: lines said `net:other`, or, where lines do not say (older
+    /// daemons), a pod's or container's call.
+    pub(super) fn in_other_network(&self) -> bool {
+        self.counts.other_network > 0
+            || (self.counts.host_network == 0
+                && matches!(
+                    self.key.origin,
+                    Origin::Pod { .. } | Origin::Container { .. }
+                ))
+    }
+
+    /// Makes token PUTs or IMDSv2 calls: needs a token, which hop limit 1 takes away
+    /// one hop off.
+    pub(super) fn needs_token(&self) -> bool {
+        self.counts.token > 0 || self.counts.v2 > 0 || self.counts.token_failures > 0
     }
 
     /// `wget in pod shop/web-1 (app)`, `python3 [botocore 1.43.11] on host`.
@@ -221,10 +285,14 @@ pub(super) struct Aggregator<'a> {
     node: Option<&'a str>,
     table: &'a SdkTable,
     callers: BTreeMap<CallerKey, Counts>,
-    /// Last token PUT per (node, pid) not yet followed by a v1 call.
-    token_puts: HashMap<(String, u32), NaiveDateTime>,
-    /// By `kubectl logs --prefix` pod; `None`: lines without a prefix.
-    streams: BTreeMap<Option<String>, Stream>,
+    /// Last token PUT per (node, pid) not yet followed by a v1 call, and why it failed.
+    token_puts: HashMap<(String, u32), (NaiveDateTime, Option<String>)>,
+    /// Last v1 call per (node, pid) that followed no token PUT (yet: a token PUT left
+    /// unanswered is written after its wait), and its caller.
+    v1_calls: HashMap<(String, u32), (NaiveDateTime, CallerKey)>,
+    /// By `kubectl logs --prefix` pod (`None`: lines without a prefix), and by the node a
+    /// marker names (`None`: lines that name none: the daemon's stderr, text lines).
+    streams: BTreeMap<(Option<String>, Option<String>), Stream>,
     report: Report,
 }
 
@@ -235,6 +303,7 @@ impl<'a> Aggregator<'a> {
             table,
             callers: BTreeMap::new(),
             token_puts: HashMap::new(),
+            v1_calls: HashMap::new(),
             streams: BTreeMap::new(),
             report: Report::default(),
         }
@@ -259,57 +328,68 @@ impl<'a> Aggregator<'a> {
     pub(super) fn add(&mut self, read: Read) {
         self.report.lines += 1;
         let Read { stream, line } = read;
-        let st = self.streams.entry(stream.clone()).or_default();
         let Some(line) = line else {
             self.report.not_understood += 1;
-            st.evidence.lines_not_understood += 1;
+            let lane = self.streams.entry((stream, None)).or_default();
+            lane.evidence.lines_not_understood += 1;
             return;
         };
-        // Lines that do not name their node: facts of the stream.
         let line_node = match &line {
             Line::Call(c) => c.node.as_deref(),
             Line::Dropped { node, .. } | Line::Degraded { node, .. } => node.as_deref(),
             Line::Blank => return,
-            Line::Daemon { time, event } => {
-                st.evidence.saw(*time);
+            Line::Daemon { node, time, event } => {
+                if let (Some(n), Some(want)) = (node, self.node)
+                    && n != want
+                {
+                    return;
+                }
+                // Markers of JSON lines name their node: their own lane. The daemon's
+                // stderr and text markers: the stream's.
+                let lane = self.streams.entry((stream, node.clone())).or_default();
+                lane.nodes.extend(node.clone());
+                lane.evidence.saw(*time);
                 match event {
                     DaemonEvent::Start => {
                         // A start after lines of a daemon that never said it stopped: it
                         // was killed (or crashed), and nothing was traced in between. At the
                         // head of the log (a rotated one) there is nothing to miss.
-                        let gap = match st.running {
+                        let gap = match lane.running {
                             Some(running) => running,
-                            None => st.traced,
+                            None => lane.traced,
                         };
                         if gap {
-                            st.evidence.gaps.push(*time);
+                            lane.evidence.gaps.push(*time);
                         }
-                        st.running = Some(true);
+                        lane.running = Some(true);
                     }
-                    DaemonEvent::Stop => st.running = Some(false),
+                    DaemonEvent::Stop => lane.running = Some(false),
                     DaemonEvent::StatusesOff(why) => {
-                        st.evidence.statuses_not_traced.push((*time, why.clone()));
+                        lane.evidence.statuses_not_traced.push((*time, why.clone()));
                     }
                     DaemonEvent::Other => {}
                 }
                 return;
             }
         };
-        st.traced = true;
         let node = match (line_node, self.node) {
-            (Some(n), Some(want)) if n != want => {
-                st.nodes.insert(n.to_string());
-                return;
-            }
+            (Some(n), Some(want)) if n != want => return,
             (Some(n), _) => n.to_string(),
             (None, _) => self.text_node(stream.as_deref()),
         };
-        // The stream's facts belong to every node it holds lines of.
-        self.streams
-            .entry(stream)
-            .or_default()
-            .nodes
-            .insert(node.clone());
+        // A trace line: a later start is not at the head of the log. The stream's facts
+        // belong to every node it holds lines of.
+        let lane = self.streams.entry((stream.clone(), None)).or_default();
+        lane.traced = true;
+        lane.nodes.insert(node.clone());
+        if line_node.is_some() {
+            let lane = self
+                .streams
+                .entry((stream, Some(node.clone())))
+                .or_default();
+            lane.traced = true;
+            lane.nodes.insert(node.clone());
+        }
         let stats = self.report.nodes.entry(node.clone()).or_default();
         match line {
             Line::Blank | Line::Daemon { .. } => {}
@@ -333,45 +413,77 @@ impl<'a> Aggregator<'a> {
                     stats.calls += 1;
                 }
                 let fallback = self.fallback(&node, &call);
-                let Call {
-                    kind,
-                    time,
-                    origin,
-                    comm,
-                    user_agent,
-                    status,
-                    ..
-                } = call;
-                let key = CallerKey {
-                    node,
-                    origin,
-                    process: comm,
-                    user_agent,
-                };
+                let key = self.caller_key(&node, &call);
                 let counts = self.callers.entry(key).or_default();
-                counts.add(kind, time);
-                counts.fallbacks += u64::from(fallback);
-                counts.v1_refused += u64::from(kind == Kind::V1 && status == Some(401));
+                counts.add(call.kind, call.time);
+                if let Some(why) = fallback {
+                    counts.fallbacks += 1;
+                    counts.fallback_after.extend(why);
+                }
+                counts.v1_refused += u64::from(call.kind == Kind::V1 && call.status == Some(401));
+                if call.kind == Kind::V2Token
+                    && let Some(s) = call.status
+                    && s >= 400
+                {
+                    *counts.token_refused.entry(s).or_default() += 1;
+                }
+                match call.host_network {
+                    Some(true) => counts.host_network += 1,
+                    Some(false) => counts.other_network += 1,
+                    None => {}
+                }
             }
         }
     }
 
-    /// Remembers token PUTs; says whether this v1 call follows one from the same process.
-    fn fallback(&mut self, node: &str, call: &Call) -> bool {
+    /// Remembers token PUTs and v1 calls; says whether this v1 call follows a token PUT of
+    /// the same process (its SDK fell back to IMDSv1), and why that PUT failed when the log
+    /// says. A token PUT left unanswered is written after its wait (`--response-timeout`),
+    /// so its line may come after the fallback's: then the fallback is marked here, on the
+    /// v1 caller remembered.
+    fn fallback(&mut self, node: &str, call: &Call) -> Option<Option<String>> {
         let (Some(pid), Some(time)) = (call.pid, call.time) else {
-            return false;
+            return None;
         };
         let key = (node.to_string(), pid);
+        let failed = match (call.kind, call.status) {
+            (Kind::TokenFailure, _) => Some("no response".to_string()),
+            (Kind::V2Token, Some(s)) if s >= 400 => Some(format!("refused {s}")),
+            _ => None,
+        };
         match call.kind {
-            Kind::V2Token => {
-                self.token_puts.insert(key, time);
-                false
+            Kind::V2Token | Kind::TokenFailure => {
+                if let Some(why) = &failed
+                    && let Some((v1, caller)) = self.v1_calls.remove(&key)
+                    && time <= v1
+                    && v1 - time <= FALLBACK_WINDOW
+                    && let Some(counts) = self.callers.get_mut(&caller)
+                {
+                    counts.fallbacks += 1;
+                    counts.fallback_after.insert(why.clone());
+                    return None;
+                }
+                self.token_puts.insert(key, (time, failed));
+                None
             }
-            Kind::V1 => self
-                .token_puts
-                .remove(&key)
-                .is_some_and(|put| put <= time && time - put <= FALLBACK_WINDOW),
-            _ => false,
+            Kind::V1 => match self.token_puts.remove(&key) {
+                Some((put, why)) if put <= time && time - put <= FALLBACK_WINDOW => Some(why),
+                _ => {
+                    self.v1_calls
+                        .insert(key, (time, self.caller_key(node, call)));
+                    None
+                }
+            },
+            _ => None,
+        }
+    }
+
+    fn caller_key(&self, node: &str, call: &Call) -> CallerKey {
+        CallerKey {
+            node: node.to_string(),
+            origin: call.origin.clone(),
+            process: call.comm.clone(),
+            user_agent: call.user_agent.clone(),
         }
     }
 
@@ -380,7 +492,7 @@ impl<'a> Aggregator<'a> {
         // its JSON lines; for text lines `--node`, the pod of `kubectl logs --prefix`, or
         // this node). A stream of several nodes' lines (files of several nodes, a shipper's
         // export) gives them to each: an unreadable line there could be any one's.
-        for (stream, st) in std::mem::take(&mut self.streams) {
+        for ((stream, _), st) in std::mem::take(&mut self.streams) {
             let nodes: Vec<String> = if st.nodes.is_empty() {
                 vec![self.text_node(stream.as_deref())]
             } else {
@@ -485,7 +597,42 @@ mod tests {
         assert_eq!(r.callers[0].counts.fallbacks, 1);
         assert_eq!(
             r.callers[0].notes(),
-            ["v1 right after its own token PUT: fallback (hop limit?)"]
+            ["v1 right after its own token PUT: SDK fallback to IMDSv1 (hop limit?)"]
+        );
+    }
+
+    /// The SDK's fallback after a failed token PUT, with why it failed: no response (its
+    /// line comes after the fallback's, written once its wait was over), or an error status.
+    #[test]
+    fn fallback_names_why_the_token_put_failed() {
+        let line = |t: &str, pid: u32, label: &str, status: &str| {
+            format!(
+                "[2026-11-23 09:00:{t}] [INFO] {label} (pid:{pid}:python3 argv:x) req details: \
+                 put / http/1.1, user-agent: botocore/1.31.0,{status} container:0123456789ab \
+                 pod:a/b net:other uid:0 dst:169.254.169.254:80"
+            )
+        };
+        let lost = "imdsv2 token response not received (hop limit?)";
+        let lines = [
+            // pid 10: the v1 call is written before its PUT's hop-limit warning.
+            line("01,100", 10, "imdsv1(!)", " -> 200"),
+            line("00,000", 10, lost, ""),
+            // pid 11: the PUT refused 403 (X-Forwarded-For), then v1.
+            line("03,000", 11, "imdsv2(token)", " -> 403"),
+            line("03,500", 11, "imdsv1(!)", " -> 200"),
+        ];
+        let r = report(None, &lines.iter().map(String::as_str).collect::<Vec<_>>());
+        let c = &r.callers[0];
+        assert_eq!((c.counts.fallbacks, c.counts.v1), (2, 2));
+        assert_eq!(
+            c.notes(),
+            [
+                "token response not received (hop limit?)",
+                "1 token PUT refused 403 (X-Forwarded-For: a proxy such as kube2iam?): not the \
+                 hop limit",
+                "v1 right after its own token PUT failed (no response, refused 403): SDK \
+                 fallback to IMDSv1"
+            ]
         );
     }
 

@@ -221,10 +221,9 @@ mod tests {
         assert!(
             text.contains(
                 "this node: NOT SAFE: 2 callers use IMDSv1: curl on host, wget in pod shop/web-1 \
-             (app); hop limit 1 would cut off: shop/web-1 (keep hop limit 2, or move them to \
-             IRSA/Pod Identity) (incomplete: 1 line not understood (not a trace line of this \
-             version, nor the daemon's own)) [window 2026-11-23 09:28:58 .. 2026-11-23 09:33:16 \
-             (4m 18s)]"
+             (app); hop limit 1: INCONCLUSIVE (incomplete: 1 line not understood (not a trace \
+             line of this version, nor the daemon's own)) [window 2026-11-23 09:28:58 .. \
+             2026-11-23 09:33:16 (4m 18s)]"
             ),
             "{text}"
         );

@@ -71,6 +71,9 @@ pub struct Call {
     pub destination: Option<String>,
     /// The response's status code (` -> 401` in text, `status` in JSON), when the line has it.
     pub status: Option<u16>,
+    /// The calling socket is in the node's network namespace (`net:host`, JSON
+    /// `host_network`); `None` when the line does not say.
+    pub host_network: Option<bool>,
 }
 
 /// A trace line the report understands.
@@ -98,6 +101,8 @@ pub enum Line {
     /// mixed into the stream by `kubectl logs` or journald: understood, and for some a
     /// fact about the evidence.
     Daemon {
+        /// JSON markers name it; stderr and text lines do not.
+        node: Option<String>,
         time: Option<NaiveDateTime>,
         event: DaemonEvent,
     },
@@ -219,6 +224,7 @@ fn parse_daemon(line: &str) -> Option<Line> {
         DaemonEvent::Other
     };
     Some(Line::Daemon {
+        node: None,
         time: Some(time),
         event,
     })
@@ -260,6 +266,19 @@ fn parse_text(line: &str) -> Option<Line> {
                 time: Some(time),
             });
         }
+        TextBody::Started | TextBody::Stopped | TextBody::StatusesOff { .. } => {
+            let event = match l.body {
+                TextBody::Started => DaemonEvent::Start,
+                TextBody::Stopped => DaemonEvent::Stop,
+                TextBody::StatusesOff { reason } => DaemonEvent::StatusesOff(reason.to_string()),
+                _ => DaemonEvent::Other,
+            };
+            return Some(Line::Daemon {
+                node: None,
+                time: Some(time),
+                event,
+            });
+        }
         TextBody::Other(_) => return None,
         TextBody::Call(c) => c,
     };
@@ -295,6 +314,7 @@ fn parse_text(line: &str) -> Option<Line> {
         user_agent: text::user_agent(fields.request).map(str::to_string),
         destination: fields.destination.map(str::to_string),
         status: fields.status,
+        host_network: fields.host_network,
     }))
 }
 
@@ -323,6 +343,21 @@ fn parse_json(line: &str) -> Option<Line> {
                 time: json_time(l.timestamp.as_deref()),
                 node: l.node.map(Cow::into_owned),
                 events: l.dropped.unwrap_or(0),
+            });
+        }
+        JsonRecord::Marker(m) => {
+            let event = match m.class.as_ref() {
+                json::STARTED_CLASS => DaemonEvent::Start,
+                json::STOPPED_CLASS => DaemonEvent::Stop,
+                _ => DaemonEvent::StatusesOff(
+                    m.reason
+                        .map_or_else(|| "no reason given".into(), Cow::into_owned),
+                ),
+            };
+            return Some(Line::Daemon {
+                time: json_time(m.timestamp.as_deref()),
+                node: m.node.map(Cow::into_owned),
+                event,
             });
         }
         JsonRecord::Loss(l) => {
@@ -376,6 +411,7 @@ fn parse_json(line: &str) -> Option<Line> {
         user_agent,
         destination: j.destination.map(Cow::into_owned),
         status: j.status,
+        host_network: j.host_network,
     }))
 }
 
@@ -637,7 +673,7 @@ mod tests {
     #[test]
     fn daemon_stderr_lines() {
         let daemon = |l: &str| match read_line(l).line {
-            Some(Line::Daemon { event, time }) => {
+            Some(Line::Daemon { event, time, .. }) => {
                 assert!(time.is_some(), "{l}");
                 event
             }
@@ -818,6 +854,7 @@ mod tests {
             let again = match JsonRecord::parse(line).unwrap_or_else(|e| panic!("{e}: {line}")) {
                 JsonRecord::Call(c) => serde_json::to_string(&c),
                 JsonRecord::Loss(l) => serde_json::to_string(&l),
+                JsonRecord::Marker(m) => serde_json::to_string(&m),
             }
             .unwrap();
             assert_eq!(&again, line);

@@ -222,6 +222,11 @@ struct JsonCaller<'a> {
     fallbacks: u64,
     /// v1 calls answered 401 (IMDSv2 already required there).
     v1_refused: u64,
+    /// Token PUTs answered with an error status, by status.
+    token_refused: &'a std::collections::BTreeMap<u16, u64>,
+    /// `host` (the node's network namespace), `other` (behind a routing hop), `unknown`
+    /// (the lines do not say).
+    network: &'static str,
     /// Node-local wall-clock time, milliseconds, no offset (text lines carry none).
     first_seen: Option<String>,
     last_seen: Option<String>,
@@ -254,6 +259,14 @@ pub(super) fn json(out: &mut impl Write, report: &Report, table: &SdkTable) -> i
                 malformed: c.counts.malformed,
                 fallbacks: c.counts.fallbacks,
                 v1_refused: c.counts.v1_refused,
+                token_refused: &c.counts.token_refused,
+                network: if c.in_host_network() {
+                    "host"
+                } else if c.counts.other_network > 0 {
+                    "other"
+                } else {
+                    "unknown"
+                },
                 first_seen: c.counts.first_seen.map(|t| millis(Some(t))),
                 last_seen: c.counts.last_seen.map(|t| millis(Some(t))),
                 notes: c.notes(),
@@ -338,7 +351,14 @@ mod tests {
         assert_eq!(v["callers"][0]["origin"]["name"], "web-1");
         assert_eq!(v["callers"][0]["v1"], 1);
         assert_eq!(v["verdicts"][0]["imdsv2_required_safe"], false);
-        assert_eq!(v["verdicts"][0]["hop_limit_1_cut_off"][0], "shop/web-1");
+        // A v1-only pod is the IMDSv1 list's, not the hop limit's; the junk line leaves the
+        // hop-limit answer open.
+        assert_eq!(
+            v["verdicts"][0]["hop_limit_1_cut_off"],
+            serde_json::json!([])
+        );
+        assert_eq!(v["verdicts"][0]["hop_limit_1"], "INCONCLUSIVE");
+        assert_eq!(v["verdicts"][0]["verdict"], "NOT SAFE");
         assert!(
             v["verdicts"][0]["text"]
                 .as_str()

@@ -65,18 +65,26 @@ impl Verdict {
             .filter(|c| c.counts.v1 > 0)
             .map(Caller::describe)
             .collect();
+        // Hop limit 1 cuts off exactly the callers one routing hop away (another network
+        // namespace) that need a token, and whoever's token response was seen lost outside
+        // the node's namespace. Callers in the node's namespace (host processes, hostNetwork
+        // pods) are never listed for calling, and v1-only callers are the IMDSv1 list's.
         let cut_off: BTreeSet<String> = callers
-            .filter_map(|c| match &c.key.origin {
+            .filter(|c| {
+                (c.in_other_network() && c.needs_token())
+                    || (c.counts.token_failures > 0 && !c.in_host_network())
+            })
+            .map(|c| match &c.key.origin {
                 Origin::Pod {
                     namespace, name, ..
-                } => Some(format!("{namespace}/{name}")),
-                Origin::Container { id } => Some(format!("container {id}")),
-                // A token response seen lost (the hop-limit warning) cuts off whoever it is,
-                // e.g. a host process in its own network namespace behind a bridge.
-                Origin::Host { .. } | Origin::Unknown if c.counts.token_failures > 0 => {
-                    Some(c.describe())
+                } => format!("{namespace}/{name}"),
+                Origin::Container { id } => format!("container {id}"),
+                // A host process in its own network namespace (behind a bridge, no
+                // container cgroup), or a line that does not say.
+                Origin::Host { .. } | Origin::Unknown if c.counts.other_network > 0 => {
+                    format!("{} (in its own network namespace)", c.describe())
                 }
-                Origin::Host { .. } | Origin::Unknown => None,
+                Origin::Host { .. } | Origin::Unknown => c.describe(),
             })
             .collect();
         let inconclusive = reasons(&stats, report.min_window);
@@ -293,7 +301,7 @@ mod tests {
         assert_eq!(
             v.line(),
             "this node: NOT SAFE: 1 caller uses IMDSv1: wget in pod shop/web-1 (app); hop \
-             limit 1 would cut off: shop/api-1, shop/web-1 (keep hop limit 2, or move them to \
+             limit 1 would cut off: shop/api-1 (keep hop limit 2, or move them to \
              IRSA/Pod Identity) (incomplete: 1 line not understood (not a trace line of this \
              version, nor the daemon's own)) [window 2026-11-23 09:33:16 .. 2026-11-23 09:33:18 \
              (1s)]"
@@ -341,6 +349,83 @@ mod tests {
             "this node: INCONCLUSIVE: no IMDSv1 calls seen, but no timed lines: the window \
              cannot be shorter than --min-window 24h 0m; hop limit 1: INCONCLUSIVE (no IMDS \
              calls seen) [window none: no timed lines]"
+        );
+    }
+
+    /// Hop limit 1 cuts off exactly the callers in another network namespace that need a
+    /// token, and those whose token response was lost outside the node's namespace.
+    #[test]
+    fn hop_limit_lists_only_token_callers_behind_a_hop() {
+        let line = |label: &str, comm: &str, origin: &str, net: &str, status: &str| {
+            format!(
+                "[2026-11-23 09:33:17,000] [INFO] {label} (pid:2:{comm} argv:x) req details: get \
+                 / http/1.1, user-agent: botocore/1.43.11,{status} {origin} {net} uid:0 \
+                 dst:169.254.169.254:80"
+            )
+        };
+        let pod = |name: &str| format!("container:aaaaaaaaaaaa pod:shop/{name} container-name:c");
+        let lines = [
+            // A pod in its own namespace making v2 calls: cut off.
+            line("imdsv2", "python3", &pod("api-1"), "net:other", " -> 200"),
+            // A hostNetwork pod (aws-node, kube-proxy) making v2 calls: not.
+            line(
+                "imdsv2(token)",
+                "aws-k8s-agent",
+                &pod("aws-node-x"),
+                "net:host",
+                " -> 200",
+            ),
+            // A v1-only pod behind a hop: the IMDSv1 list's.
+            line("imdsv1(!)", "wget", &pod("web-1"), "net:other", " -> 200"),
+            // A host process in a private namespace without a container cgroup.
+            line(
+                "imdsv2(token)",
+                "curl",
+                "host unit:-",
+                "net:other",
+                " -> 200",
+            ),
+            // A host process whose token PUT went unanswered in the node's namespace: not
+            // the hop limit.
+            line(
+                "imdsv2 token response not received (hop limit?)",
+                "aws",
+                "host unit:cron.service",
+                "net:host",
+                "",
+            ),
+            // A PUT refused 403 behind a hop: it needs a token, so listed; the note says 403.
+            line(
+                "imdsv2(token)",
+                "java",
+                &pod("legacy-1"),
+                "net:other",
+                " -> 403",
+            ),
+        ];
+        let r = report(None, &lines.iter().map(String::as_str).collect::<Vec<_>>());
+        let v = Verdict::for_node(&r, DEFAULT_NODE);
+        assert_eq!(
+            v.hop_limit_1_cut_off,
+            [
+                "curl [botocore 1.43.11] on host (in its own network namespace)",
+                "shop/api-1",
+                "shop/legacy-1"
+            ],
+            "{}",
+            v.line()
+        );
+        assert_eq!(
+            v.v1_callers,
+            ["wget [botocore 1.43.11] in pod shop/web-1 (c)"]
+        );
+        let aws = r.callers.iter().find(|c| c.key.process == "aws").unwrap();
+        assert_eq!(
+            aws.notes(),
+            [
+                "token response not received, in the node's network namespace: not the hop \
+              limit (a firewall, IMDS down?)"
+            ]
         );
     }
 
