@@ -161,6 +161,14 @@ pub struct RunArgs {
     /// `-address`, next to its runtime's task directory) are looked up under it.
     #[arg(long, value_name = "PATH", default_value = "/")]
     pub node_root: PathBuf,
+    /// The node's network namespace (a file of it: /proc/<pid>/ns/net, or a bind mount of
+    /// one), to say whether each caller's socket is in it (`net:host`) or not (`net:other`,
+    /// a pod behind a routing hop). Default: /proc/1/ns/net if readable (root with
+    /// CAP_SYS_PTRACE), else the daemon's own /proc/self/ns/net. Or a file holding
+    /// `net:[INODE]` (what `readlink /proc/1/ns/net` prints): the unit writes one (it has
+    /// PrivateNetwork=yes); the DaemonSet mounts the host's file (hostPath).
+    #[arg(long, value_name = "PATH")]
+    pub host_netns: Option<PathBuf>,
 }
 
 impl RunArgs {

@@ -11,11 +11,12 @@ use std::{
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use imds_snoop_common::{DROP_NO_SCRATCH, DROP_PROCESS_EVENT, DROP_RESPONSE, DROP_RINGBUF_FULL};
+use imds_snoop_line::{Level, json, label};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     capture::{self, Capture, CaptureOptions},
@@ -105,6 +106,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // The outcome of each call. Not fatal: without it lines are written at once, as before.
     // With --empty-program an empty program takes the same hook (the benchmark floor), and
     // nothing waits for responses that it never reports.
+    // Why statuses are not traced, when they are not: said on stderr and in the trace log.
+    let mut statuses_off = (args.responses == Responses::Off).then(|| "--responses off".into());
     let responses = args.responses == Responses::Auto && {
         match capture.attach_responses(&args.cgroup_root) {
             Ok(cgroup) => {
@@ -115,16 +118,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 !args.empty_program
             }
             Err(e) => {
-                match capture::own_responses_diagnosis() {
-                    Some(why) => warn!(
-                        "response statuses are not traced: {why} ({e}); logging calls \
-                         without their status, and no hop-limit warning"
-                    ),
-                    None => warn!(
-                        "response statuses are not traced: {e}; logging calls without \
-                         their status, and no hop-limit warning"
-                    ),
-                }
+                let why = capture::own_responses_diagnosis().unwrap_or_else(|| e.to_string());
+                warn!(
+                    "response statuses are not traced: {why} ({e}); logging calls without \
+                     their status, and no hop-limit warning"
+                );
+                statuses_off = Some(why);
                 false
             }
         }
@@ -166,8 +165,36 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         warn!("could not tell systemd we are ready (NOTIFY_SOCKET): {e}");
     }
 
+    let host_netns = host_netns(args.host_netns.as_deref());
     let coalesce = (args.ring_bytes >= COALESCE_MIN_RING).then_some(RING_COALESCE);
     let mut tracer = Tracer::new(&args, responses, metrics);
+    // The markers a reader of the log judges its completeness by (`imds-snoop report`): a
+    // start not preceded by a stop is a gap; statuses not traced from here on.
+    writer.send(marker_line(
+        tracer.format,
+        &tracer.node,
+        json::STARTED_CLASS,
+        Some(&format!(
+            "version {}, attached {}, statuses {}traced{}",
+            env!("CARGO_PKG_VERSION"),
+            capture.attached,
+            if responses { "" } else { "not " },
+            match &host_netns {
+                Some((inode, path)) => format!(", host network namespace {inode} ({path})"),
+                None => ", host network namespace unknown".into(),
+            }
+        )),
+    ));
+    if let Some(why) = &statuses_off
+        && !args.empty_program
+    {
+        writer.send(marker_line(
+            tracer.format,
+            &tracer.node,
+            json::STATUSES_OFF_CLASS,
+            Some(why),
+        ));
+    }
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut losses = Reported::default();
 
@@ -187,6 +214,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             _ = sighup.recv() => writer.reopen(),
             _ = tick.tick() => {
                 tracer.expire(Instant::now(), &writer);
+                if tracer.pipeline.take_blind() {
+                    writer.send(marker_line(
+                        tracer.format,
+                        &tracer.node,
+                        json::STATUSES_OFF_CLASS,
+                        Some(
+                            "the response program saw no reply to any IMDS call (cgroup v1 \
+                             net_cls/net_prio in use?)",
+                        ),
+                    ));
+                }
                 report_losses(&capture, &writer, &mut losses, tracer.format, &tracer.node, &tracer.metrics);
             }
         }
@@ -205,6 +243,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     drop(ring);
     drop(capture); // detaches
+    writer.send(marker_line(
+        tracer.format,
+        &tracer.node,
+        json::STOPPED_CLASS,
+        Some(&format!("version {}", env!("CARGO_PKG_VERSION"))),
+    ));
     let stats = writer.stats().clone();
     writer.close();
     info!(
@@ -338,8 +382,152 @@ impl Tracer {
     }
 }
 
+/// The node's network namespace: its inode (what the kernel program records as a socket's
+/// `netns`) and the file it was read from. `--host-netns` when given; else pid 1's
+/// (readable with CAP_SYS_PTRACE only), else our own.
+fn host_netns(arg: Option<&std::path::Path>) -> Option<(u32, String)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let candidates: Vec<&std::path::Path> = match arg {
+        Some(p) => vec![p],
+        None => vec!["/proc/1/ns/net".as_ref(), "/proc/self/ns/net".as_ref()],
+    };
+    for path in candidates {
+        // A file holding the link text (`net:[4026531840]`, what `readlink /proc/1/ns/net`
+        // prints: the unit writes it before dropping privileges), or a namespace file.
+        let written = std::fs::read_to_string(path).ok().and_then(|t| {
+            t.trim()
+                .strip_prefix("net:[")?
+                .strip_suffix(']')?
+                .parse::<u32>()
+                .ok()
+        });
+        match written
+            .map(Ok)
+            .unwrap_or_else(|| std::fs::metadata(path).map(|m| u32::try_from(m.ino()).unwrap_or(0)))
+        {
+            Ok(inode) => {
+                info!(
+                    "host network namespace: {inode} ({}): callers in it are net:host",
+                    path.display()
+                );
+                return Some((inode, path.display().to_string()));
+            }
+            Err(e) if arg.is_some() => {
+                warn!(
+                    "--host-netns {}: {e}: lines will not say whether a caller is in the \
+                     node's network namespace",
+                    path.display()
+                );
+            }
+            Err(e) => debug!("{}: {e}", path.display()),
+        }
+    }
+    None
+}
+
+/// One of the daemon's markers in the trace log: `class` one of
+/// [`json::MARKER_CLASSES`], with its reason (text: in parentheses after the label).
+fn marker_line(format: Format, node: &str, class: &str, reason: Option<&str>) -> String {
+    let now = chrono::Local::now();
+    let (text_label, level) = match class {
+        json::STARTED_CLASS => (label::STARTED, Level::Info),
+        json::STOPPED_CLASS => (label::STOPPED, Level::Info),
+        _ => (label::STATUSES_OFF, Level::Warning),
+    };
+    match format {
+        Format::Text => {
+            let mut s = format!(
+                "[{}] [{}] {text_label}",
+                now.format(imds_snoop_line::text::TIME_FORMAT),
+                level.as_str()
+            );
+            if let Some(r) = reason {
+                s.push_str(" (");
+                s.push_str(&crate::escape::escape_controls(r));
+                s.push(')');
+            }
+            s
+        }
+        Format::Json => serde_json::to_string(&json::MarkerLine {
+            class: class.into(),
+            level: level.as_str().into(),
+            node: Some(node.into()),
+            reason: reason.map(Into::into),
+            schema: json::SCHEMA_VERSION,
+            timestamp: Some(
+                now.to_rfc3339_opts(chrono::SecondsFormat::Millis, false)
+                    .into(),
+            ),
+        })
+        .unwrap_or_default(),
+    }
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::parse::{DaemonEvent, Line, read_line};
+
+    /// The markers as the daemon writes them, read back by `imds-snoop report`.
+    #[test]
+    fn markers_read_back() {
+        let why = "this process lacks CAP_NET_ADMIN (CapEff 000000c000000004), which \
+                   attaching a cgroup_skb program needs";
+        for format in [Format::Text, Format::Json] {
+            let event = |class: &str, reason: Option<&str>| {
+                let line = marker_line(format, "node-1", class, reason);
+                match read_line(&line).line {
+                    Some(Line::Daemon {
+                        event, time, node, ..
+                    }) => {
+                        assert!(time.is_some(), "{line}");
+                        assert_eq!(
+                            node.as_deref(),
+                            (format == Format::Json).then_some("node-1"),
+                            "{line}"
+                        );
+                        event
+                    }
+                    other => panic!("{line}: {other:?}"),
+                }
+            };
+            assert_eq!(
+                event(json::STARTED_CLASS, Some("version 0.1.0, attached fentry")),
+                DaemonEvent::Start
+            );
+            assert_eq!(event(json::STOPPED_CLASS, None), DaemonEvent::Stop);
+            assert_eq!(
+                event(json::STATUSES_OFF_CLASS, Some(why)),
+                DaemonEvent::StatusesOff(why.into())
+            );
+        }
+        let text = marker_line(Format::Text, "n", json::STATUSES_OFF_CLASS, Some(why));
+        assert!(
+            text.ends_with(&format!(
+                "] [WARNING] imds-snoop statuses not traced from now ({why})"
+            )),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn host_netns_from_a_file() {
+        use std::os::unix::fs::MetadataExt as _;
+        let (inode, path) = host_netns(Some("/proc/self/ns/net".as_ref())).unwrap();
+        assert_eq!(path, "/proc/self/ns/net");
+        let own = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+        assert_eq!(u64::from(inode), own);
+        assert_eq!(host_netns(Some("/nonexistent/net".as_ref())), None);
+        // The link text, as `readlink /proc/1/ns/net > FILE` writes it.
+        let file = std::env::temp_dir().join(format!("imds-host-netns-{}", std::process::id()));
+        std::fs::write(&file, "net:[4026531840]\n").unwrap();
+        assert_eq!(host_netns(Some(&file)).unwrap().0, 4_026_531_840);
+        std::fs::remove_file(&file).unwrap();
+    }
 }

@@ -39,6 +39,8 @@ pub(crate) struct Pipeline {
     decode_errors: u64,
     /// Token values seen in requests: redacted from every field of every record.
     tokens: SeenTokens,
+    /// The response program was just found blind (see [`Self::take_blind`]).
+    blind: bool,
 }
 
 impl Pipeline {
@@ -53,6 +55,7 @@ impl Pipeline {
             clock: BootClock::now(),
             decode_errors: 0,
             tokens: SeenTokens::new(),
+            blind: false,
         }
     }
 
@@ -95,7 +98,14 @@ impl Pipeline {
                  net_cls/net_prio in use?): statuses and hop-limit warnings are unreliable; \
                  consider --responses off"
             );
+            self.blind = true;
         }
+    }
+
+    /// True once, after the response program was found blind (see `Outcomes::blind`): the
+    /// daemon then tells the trace log that statuses are not traced from then on.
+    pub(crate) fn take_blind(&mut self) -> bool {
+        std::mem::take(&mut self.blind)
     }
 
     /// At shutdown: appends everything still held to `out`. Heads in reassembly are emitted

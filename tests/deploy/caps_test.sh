@@ -146,8 +146,10 @@ for cap in $(tr ',' ' ' <<<"$UNIT_CAPS"); do
         why=$(grep -o 'response statuses are not traced: this process lacks CAP_NET_ADMIN.*' \
             "$dir/no-$cap/stderr" | head -1)
         [ -n "$why" ] || fail "without $cap: stderr does not name CAP_NET_ADMIN: $(cat "$dir/no-$cap/stderr")"
+        grep -q '\] \[WARNING\] imds-snoop statuses not traced from now (this process lacks CAP_NET_ADMIN' \
+            "$dir/no-$cap/trace.log" || fail "without $cap: the trace log does not say statuses are not traced: $(head -3 "$dir/no-$cap/trace.log")"
         stop_daemon
-        ok "without $cap: attached, but the calls have no status; stderr: ${why:0:110}"
+        ok "without $cap: attached, but the calls have no status; stderr and trace log say why: ${why:0:90}"
         ;;
     cap_dac_read_search)
         run_daemon "no-$cap" nobody "$set_" || fail "without $cap: exited ($DAEMON_RC)"

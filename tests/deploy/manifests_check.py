@@ -105,7 +105,7 @@ def main():
 
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
     mounts = {m["name"]: m for m in c.get("volumeMounts", [])}
-    want_ro = {"/sys/kernel/btf", "/sys/fs/cgroup", "/var/log/pods"}
+    want_ro = {"/sys/kernel/btf", "/sys/fs/cgroup", "/var/log/pods", "/proc/1/ns/net"}
     host_paths = {}
     for vname, m in mounts.items():
         v = volumes.get(vname)
@@ -129,6 +129,8 @@ def main():
         "--cgroup-root=": "/sys/fs/cgroup",
         "--containerd-root=": "/run/containerd/io.containerd.runtime.v2.task",
         "--pod-logs=": "/var/log/pods",
+        # The node's network namespace (net:host / net:other), without SYS_PTRACE.
+        "--host-netns=": "/proc/1/ns/net",
     }
     for flag, hp in flag_paths.items():
         val = next((a[len(flag):] for a in args if a.startswith(flag)), None)

@@ -122,7 +122,7 @@ before=$(in_ns sh -c "$snapshot")
 # 1. install.sh as a node owner runs it.
 t0=$SECONDS
 in_ns "$REPO/deploy/install.sh" --binary "$binary" >"$dir/install1.out" 2>&1 ||
-    fail "install.sh failed: $(cat "$dir/install1.out"; tail -5 "$dir/service.err" 2>/dev/null)"
+    fail "install.sh failed: $(cat "$dir/install1.out"; tail -5 "$dir/service.err" 2>/dev/null; grep imds-snoop "$dir/systemd.log" | tail -5)"
 in_ns systemctl is-active --quiet imds-snoop.service || fail "not active after install"
 in_ns systemctl is-enabled --quiet imds-snoop.service || fail "not enabled after install"
 [ -s "$dir/service.err" ] && grep -q 'attached' "$dir/service.err" || fail "no 'attached' on stderr"
@@ -169,6 +169,16 @@ if grep -q 'response statuses are not traced' "$dir/service.err"; then
 fi
 ok "v1 call logged in /var/log/imds/imds-trace.log with caller curl, parent sh and status -> 200"
 
+# 2a. The node's network namespace (the manager's, our $NETNS) is known to the daemon
+#     through the unit's ExecStartPre=+, and the log starts with the start marker.
+node_netns=$(stat -L -c %i "/var/run/netns/$NETNS")
+grep -qF "host network namespace: $node_netns (/run/imds-snoop/host-netns)" "$dir/service.err" ||
+    fail "the daemon did not get the node's network namespace ($node_netns): $(grep -i 'network namespace' "$dir/service.err")"
+first=$(in_ns head -1 /var/log/imds/imds-trace.log)
+[[ $first == *"] [INFO] imds-snoop started (version "*", statuses traced, host network namespace $node_netns (/run/imds-snoop/host-netns))" ]] ||
+    fail "the trace log does not start with the start marker: $first"
+ok "node network namespace $node_netns known to the daemon (ExecStartPre=+ wrote it down); trace log starts with the start marker"
+
 # 2b. http_tokens=required (the fake IMDS refuses v1): the same unit logs the refusal as
 #     ` -> 401`, and a token flow as ` -> 200`, under exactly the unit's privileges.
 fake_imds_start --require-v2
@@ -207,6 +217,15 @@ restarted() {
 wait_until 15 restarted ||
     fail "not restarted after SIGKILL: $(in_ns systemctl show -p ActiveState -p SubState -p NRestarts imds-snoop.service)"
 ok "Restart=on-failure: back after SIGKILL (NRestarts=1, new MainPID $(main_pid))"
+
+# 4b. The report sees the SIGKILL: a start after trace lines with no stop marker between
+#     is a gap, so no SAFE for this node.
+wait_until 10 sh -c "[ \$(nsenter -t $SD -m cat /var/log/imds/imds-trace.log | grep -c 'imds-snoop started') = 2 ]" ||
+    fail "no second start marker after the restart"
+verdict=$(in_ns /usr/local/bin/imds-snoop report --min-window 0 /var/log/imds/ | tail -1)
+[[ $verdict == *"(incomplete: a gap in the log: the daemon started again at "*" without having stopped (killed or crashed)"* ]] ||
+    fail "the report does not see the gap the SIGKILL left: $verdict"
+ok "report after SIGKILL: $(cut -c1-150 <<<"$verdict")..."
 
 # 5. A start that cannot attach fails: Type=notify means active = attached.
 in_ns sh -c "printf '[Service]\nAmbientCapabilities=\nAmbientCapabilities=CAP_PERFMON CAP_DAC_READ_SEARCH\nRestart=no\n' >/run/systemd/system/imds-snoop.service.d/60-nobpf.conf"
@@ -258,7 +277,9 @@ in_ns systemctl stop imds-snoop.service
 [ "$(in_ns systemctl show -P ExecMainStatus imds-snoop.service)" = 0 ] || fail "stop: exit status not 0"
 in_ns test ! -e /run/imds-snoop/ready || fail "ready file left after stop"
 grep -q 'detached, log flushed' "$dir/service.err" || fail "no clean-exit message"
-ok "systemctl stop: exit 0, 'detached, log flushed', ready file removed"
+last=$(in_ns tail -1 /var/log/imds/imds-trace.log)
+[[ $last == *"] [INFO] imds-snoop stopped (version "* ]] || fail "the trace log does not end with the stop marker: $last"
+ok "systemctl stop: exit 0, 'detached, log flushed', stop marker last in the trace log, ready file removed"
 in_ns systemctl start imds-snoop.service
 
 # 7. Uninstall: stopped, disabled, everything removed but the trace logs.
