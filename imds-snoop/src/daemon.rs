@@ -167,7 +167,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let host_netns = host_netns(args.host_netns.as_deref());
     let coalesce = (args.ring_bytes >= COALESCE_MIN_RING).then_some(RING_COALESCE);
-    let mut tracer = Tracer::new(&args, responses, metrics);
+    let mut tracer = Tracer::new(
+        &args,
+        responses,
+        metrics,
+        host_netns.as_ref().map(|(inode, _)| *inode),
+    );
     // The markers a reader of the log judges its completeness by (`imds-snoop report`): a
     // start not preceded by a stop is a gap; statuses not traced from here on.
     writer.send(marker_line(
@@ -314,14 +319,15 @@ struct Tracer {
 }
 
 impl Tracer {
-    fn new(args: &RunArgs, responses: bool, metrics: Metrics) -> Self {
+    fn new(args: &RunArgs, responses: bool, metrics: Metrics, host_netns: Option<u32>) -> Self {
         let node = args.node_name.clone().unwrap_or_else(hostname);
         let formatter = LineFormatter::new(args.format, &node);
         Self {
             pipeline: Pipeline::new(
                 args.container_paths(),
                 responses.then_some(args.response_timeout),
-            ),
+            )
+            .with_host_netns(host_netns),
             format: args.format,
             node,
             metrics,

@@ -451,6 +451,7 @@ mod tests {
             },
             cgroup_id: 1,
             netns: 1,
+            host_network: None,
             dst: (IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)), 80),
             bytes: 0,
             unreadable: false,

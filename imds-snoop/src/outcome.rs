@@ -189,6 +189,7 @@ mod tests {
             origin: Origin::Unknown,
             cgroup_id: 0,
             netns: 0,
+            host_network: None,
             dst: ("169.254.169.254".parse().unwrap(), 80),
             bytes: 0,
             unreadable: false,

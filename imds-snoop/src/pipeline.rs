@@ -41,6 +41,8 @@ pub(crate) struct Pipeline {
     tokens: SeenTokens,
     /// The response program was just found blind (see [`Self::take_blind`]).
     blind: bool,
+    /// Inode of the node's network namespace, to say whether each caller is in it.
+    host_netns: Option<u32>,
 }
 
 impl Pipeline {
@@ -56,7 +58,15 @@ impl Pipeline {
             decode_errors: 0,
             tokens: SeenTokens::new(),
             blind: false,
+            host_netns: None,
         }
+    }
+
+    /// The node's network namespace (its inode): each record then says whether its socket
+    /// is in it (`net:host`) or not (`net:other`).
+    pub(crate) fn with_host_netns(mut self, inode: Option<u32>) -> Self {
+        self.host_netns = inode;
+        self
     }
 
     /// One ring-buffer record (a kernel event's bytes, as the ring hands them over). Appends
@@ -167,6 +177,7 @@ impl Pipeline {
             origin: who.origin,
             cgroup_id: send.cgroup_id,
             netns: send.netns,
+            host_network: self.host_netns.map(|host| host == send.netns),
             dst: send.dst,
             bytes: send.size,
             unreadable: send.unreadable,

@@ -23,6 +23,9 @@ pub(crate) struct Record {
     pub origin: Origin,
     pub cgroup_id: u64,
     pub netns: u32,
+    /// The socket is in the node's network namespace (`--host-netns`); `None` when the
+    /// daemon does not know that namespace.
+    pub host_network: Option<bool>,
     pub dst: (IpAddr, u16),
     /// Bytes in the send that started the request (may exceed what was captured).
     pub bytes: u64,

@@ -69,7 +69,7 @@ fn line<'a>(r: &'a Record, node: &'a str, timestamp: &'a str) -> JsonLine<'a> {
         host_unit,
         cgroup_id: r.cgroup_id,
         netns: r.netns,
-        host_network: None,
+        host_network: r.host_network,
         destination: Some(Cow::Owned(
             std::net::SocketAddr::new(r.dst.0, r.dst.1).to_string(),
         )),

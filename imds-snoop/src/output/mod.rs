@@ -121,6 +121,7 @@ pub(crate) mod tests {
             origin: Origin::Host { unit: None },
             cgroup_id: 1,
             netns: 1,
+            host_network: None,
             dst: ("169.254.169.254".parse().unwrap(), 80),
             bytes: raw.len() as u64,
             unreadable: false,

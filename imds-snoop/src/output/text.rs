@@ -60,6 +60,14 @@ pub(super) fn push_line(r: &Record, stamps: &mut Stamps, scratch: &mut String, o
         out.push_str(label::CONTAINER_PID);
         let _ = write!(out, "{ns_pid}");
     }
+    if let Some(host) = r.host_network {
+        out.push(' ');
+        out.push_str(if host {
+            label::NET_HOST
+        } else {
+            label::NET_OTHER
+        });
+    }
     out.push(' ');
     out.push_str(label::UID);
     let _ = write!(out, "{}", r.uid);

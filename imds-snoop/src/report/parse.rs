@@ -527,6 +527,29 @@ mod tests {
 
     /// What the daemon writes (the formatter itself, not a copy of its output), read back.
     #[test]
+    fn daemon_lines_say_host_or_other_network() {
+        use crate::output::Format;
+        for format in [Format::Text, Format::Json] {
+            let mut r = crate::output::tests::sample_record(
+                b"GET /latest/meta-data/ HTTP/1.1\r\nUser-Agent: curl/8.1\r\n\r\n",
+            );
+            for host in [None, Some(true), Some(false)] {
+                r.host_network = host;
+                let line = r.format(format, "n1");
+                assert_eq!(call(&line).host_network, host, "{line}");
+                if format == Format::Text {
+                    let want = match host {
+                        Some(true) => " net:host uid:0 ",
+                        Some(false) => " net:other uid:0 ",
+                        None => " host unit:- uid:0 ",
+                    };
+                    assert!(line.contains(want), "{line}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn daemon_lines_with_status_and_the_hop_limit_warning() {
         use crate::{output::Format, record::Outcome};
         for format in [Format::Text, Format::Json] {
