@@ -130,6 +130,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let ring = capture.take_events()?;
     metrics.set_attached(capture.attached, true);
+    metrics.set_statuses_traced(responses);
     // SAFETY: the AsyncFd owns the RingBuf, so the fd stays open for as long as it is
     // registered.
     let mut ring = unsafe { AsyncFd::register(ring) }
@@ -220,6 +221,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             _ = tick.tick() => {
                 tracer.expire(Instant::now(), &writer);
                 if tracer.pipeline.take_blind() {
+                    tracer.metrics.set_statuses_traced(false);
                     writer.send(marker_line(
                         tracer.format,
                         &tracer.node,

@@ -166,6 +166,7 @@ struct Enabled {
     lines_written: Counter,
     processing: Histogram,
     attached: Family<ModeLabels, Gauge>,
+    statuses_traced: Gauge,
 }
 
 impl Metrics {
@@ -233,6 +234,14 @@ impl Metrics {
             "1 while the kernel program is attached, labelled by the attach mode in use",
             attached.clone(),
         );
+        let statuses_traced = Gauge::default();
+        registry.register(
+            "statuses_traced",
+            "1 while response statuses are traced (the cgroup_skb program is attached and sees \
+             replies); 0 when they are not: lines then have no status and no token PUT can be \
+             seen unanswered (the trace log says why, in a `statuses not traced` line)",
+            statuses_traced.clone(),
+        );
         Self(Some(Enabled {
             registry: Arc::new(registry),
             max_label_sets,
@@ -244,6 +253,7 @@ impl Metrics {
             lines_written,
             processing,
             attached,
+            statuses_traced,
         }))
     }
 
@@ -310,6 +320,12 @@ impl Metrics {
                     .map_or_else(|| mode.to_string(), |v| v.get_name().to_owned()),
             })
             .set(attached.into());
+    }
+
+    /// Whether response statuses are traced (`imds_snoop_statuses_traced`).
+    pub(crate) fn set_statuses_traced(&self, traced: bool) {
+        let Some(m) = &self.0 else { return };
+        m.statuses_traced.set(traced.into());
     }
 
     /// The exposition text, as served at `/metrics`.
@@ -536,6 +552,7 @@ mod tests {
             40,
         );
         m.set_attached(AttachMode::Tracepoint, true);
+        m.set_statuses_traced(true);
         let text = m.encode().unwrap();
         assert_eq!(
             sample(
@@ -558,6 +575,7 @@ mod tests {
             ("imds_snoop_log_lines_lost_total", 2.0),
             ("imds_snoop_log_lines_written_total", 40.0),
             (r#"imds_snoop_attached{mode="tracepoint"}"#, 1.0),
+            ("imds_snoop_statuses_traced", 1.0),
             ("imds_snoop_processing_seconds_count", 2.0),
             (r#"imds_snoop_processing_seconds_bucket{le="0.00004"}"#, 1.0),
             (r#"imds_snoop_processing_seconds_bucket{le="+Inf"}"#, 2.0),

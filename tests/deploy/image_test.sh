@@ -143,6 +143,7 @@ ctr_ run -d --log-uri "file://$dir/ds.stdout" \
     --mount "type=bind,src=$CTRD_TASKS,dst=/host/run/containerd/io.containerd.runtime.v2.task,options=rbind:ro" \
     --mount "type=bind,src=$dir/pods,dst=/host/var/log/pods,options=rbind:ro" \
     --mount "type=bind,src=$dir/imds-log,dst=/var/log/imds,options=rbind:rw" \
+    --mount "type=bind,src=/proc/$$/ns/net,dst=/host/netns/net,options=rbind:ro" \
     --mount "type=tmpfs,src=tmpfs,dst=/run/imds-snoop,options=rw:nosuid:nodev:mode=755" \
     "$image" "$DS" /imds-snoop "${args[@]}" >"$dir/ds.run" 2>&1 ||
     fail "ctr run (DaemonSet container): $(cat "$dir/ds.run")"
@@ -176,8 +177,10 @@ assert r["container"]["id"] == pod_id, r["container"]
 assert r["pod"]["namespace"] == "shop" and r["pod"]["name"] == "web-1", r["pod"]
 assert r["pod"]["container"] == "app", r["pod"]
 assert r["status"] == 200, r["status"]
+# The pod is in its own network namespace, not the node's (--host-netns, the hostPath).
+assert r["host_network"] is False, r.get("host_network")
 EOF
-ok "pod call logged (stdout and /var/log/imds/imds-trace.log): node test-node-1, pod shop/web-1, container app, caller wget, status 200"
+ok "pod call logged (stdout and /var/log/imds/imds-trace.log): node test-node-1, pod shop/web-1, container app, caller wget, status 200, host_network false"
 
 # 4b. Metrics, scraped where Prometheus would reach them: the pod's own network namespace
 # (a new one: the DaemonSet has no hostNetwork; its loopback is brought up for the scrape).
@@ -199,6 +202,7 @@ def value(name, **labels):
 assert value("imds_snoop_requests_total", **{"class": "v1"}, namespace="shop", pod="web-1",
              container="app", comm="wget") == 1
 assert value("imds_snoop_attached") == 1
+assert value("imds_snoop_statuses_traced") == 1
 assert value("imds_snoop_kernel_drops_total", reason="ring_full") == 0
 EOF
 ok "metrics on the pod's :$port/metrics: 1 v1 call by wget in shop/web-1 (app), attached, no drops"
