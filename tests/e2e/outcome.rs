@@ -344,3 +344,151 @@ fn responses_off_logs_at_once_without_status() {
     assert_eq!(lines[0].pid, put.pid);
     daemon.finish(&[&fake], &[put.stdout.trim()]);
 }
+
+/// Which network namespace each caller is in, and the hop-limit verdict built on it. In the
+/// pod -> node -> imds topology with the PUT response's TTL 1, the daemon is told that the
+/// "node" namespace is the host's (`--host-netns`, as a DaemonSet's hostPath tells it):
+/// - a token flow from the node's namespace (a host process, a hostNetwork pod) is
+///   `net:host` and answered: the hop limit does not touch it;
+/// - the pod's token PUT is `net:other` and lost at the router (the hop-limit warning);
+/// - the pod's v1-only call is `net:other` too, and belongs to the IMDSv1 list only.
+///
+/// `report` then lists exactly the pod's token caller under "hop limit 1 would cut off".
+#[test]
+fn hop_limit_verdict_lists_only_token_callers_behind_the_hop() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    let net = Routed::new("netns-verdict");
+    let fake = FakeImds::start(
+        &net.imds,
+        FakeOpts {
+            binds: vec![IMDS_V4],
+            ttl: Some(1),
+            ..FakeOpts::default()
+        },
+    );
+    let node_netns = format!("/var/run/netns/{}", net.node.name());
+    let mut daemon = Daemon::start(&["--response-timeout", "1500ms", "--host-netns", &node_netns]);
+
+    // The node's own token flow: no router hop, so TTL 1 is enough.
+    let put = curl(
+        &net.node,
+        &[
+            "-A",
+            "node-agent/1.0",
+            "-X",
+            "PUT",
+            "-H",
+            &format!("{TTL_HEADER}: 60"),
+            &url("/latest/api/token"),
+        ],
+    );
+    let token = put.stdout.trim().to_owned();
+    let (_, node_code, node_get) = curl_status(
+        &net.node,
+        5,
+        &[
+            "-A",
+            "node-agent/1.0",
+            "-H",
+            &format!("{TOKEN_HEADER}: {token}"),
+            &url("/latest/meta-data/instance-id"),
+        ],
+    );
+    assert_eq!(node_code, "200");
+    // The pod: its token PUT's reply dies at the router; a v1-only client besides.
+    let (_, pod_code, pod_put) = curl_status(
+        &net.pod,
+        2,
+        &[
+            "-A",
+            "pod-sdk/1.0",
+            "-X",
+            "PUT",
+            "-H",
+            &format!("{TTL_HEADER}: 60"),
+            &url("/latest/api/token"),
+        ],
+    );
+    assert_eq!(
+        pod_code, "000",
+        "ttl 1: the pod's PUT response must die at the router"
+    );
+    let (_, v1_code, pod_v1) = curl_status(
+        &net.pod,
+        5,
+        &["-A", "pod-v1-only/1.0", &url("/latest/meta-data/ami-id")],
+    );
+    assert_eq!(v1_code, "200");
+
+    let ours = [put.pid, node_get, pod_put, pod_v1];
+    let lines: Vec<LogLine> = daemon
+        .wait_lines(
+            |l| LogLine::parse(l).is_some_and(|l| ours.contains(&l.pid)),
+            4,
+            LINE_TIMEOUT,
+        )
+        .iter()
+        .filter_map(|l| LogLine::parse(l))
+        .collect();
+    let one = |pid: u32, what: &str| {
+        let mine = lines_of(&lines, pid);
+        assert_eq!(mine.len(), 1, "{what}: one line\n{}", daemon.dump());
+        mine[0].clone()
+    };
+    for (pid, net_field, what) in [
+        (put.pid, " net:host ", "the node's token PUT"),
+        (node_get, " net:host ", "the node's v2 GET"),
+        (pod_put, " net:other ", "the pod's token PUT"),
+        (pod_v1, " net:other ", "the pod's v1 GET"),
+    ] {
+        let line = one(pid, what);
+        assert!(
+            line.raw.contains(net_field),
+            "{what}: {net_field}\n{}",
+            line.raw
+        );
+    }
+    assert_eq!(one(put.pid, "node PUT").status(), Some(200));
+    assert!(one(pod_put, "pod PUT").is_token_not_received());
+    daemon.stop();
+
+    let report = report_json(daemon.log_path());
+    let verdict = &report["verdicts"][0];
+    let cut_off: Vec<String> = verdict["hop_limit_1_cut_off"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no cut-off list: {report}"))
+        .iter()
+        .map(|v| v.as_str().unwrap_or_default().to_owned())
+        .collect();
+    // Foreign IMDS traffic on the machine may add callers; ours are these.
+    let callers = report["callers"].as_array().unwrap();
+    let caller = |ua: &str| {
+        callers
+            .iter()
+            .find(|c| c["user_agent"] == ua)
+            .unwrap_or_else(|| panic!("no caller with user agent {ua}: {report}"))
+    };
+    assert_eq!(caller("pod-sdk/1.0")["network"], "other", "{report}");
+    assert_eq!(caller("node-agent/1.0")["network"], "host", "{report}");
+    assert_eq!(caller("pod-v1-only/1.0")["network"], "other", "{report}");
+    assert!(
+        cut_off.iter().any(|c| c.contains("[pod-sdk 1.0] on host")
+            && c.ends_with("(in its own network namespace)")),
+        "the pod's token caller is cut off: {cut_off:?}\n{report}"
+    );
+    assert_eq!(
+        cut_off.len(),
+        1,
+        "only the pod's token caller: not the node's flow, not the v1-only client: \
+         {cut_off:?}\n{report}"
+    );
+    assert_eq!(verdict["hop_limit_1"], "NOT SAFE", "{report}");
+    assert!(
+        verdict["v1_callers"].to_string().contains("curl"),
+        "the pod's v1-only client is an IMDSv1 caller: {report}"
+    );
+    daemon.assert_clean(&[&fake], &[&token]);
+}

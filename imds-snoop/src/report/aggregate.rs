@@ -25,6 +25,9 @@ pub(super) struct CallerKey {
     pub origin: Origin,
     pub process: String,
     pub user_agent: Option<String>,
+    /// The same process in the node's network namespace and in another is two callers
+    /// (a hostNetwork pod and a pod, a host process and one in a private namespace).
+    pub host_network: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -484,6 +487,7 @@ impl<'a> Aggregator<'a> {
             origin: call.origin.clone(),
             process: call.comm.clone(),
             user_agent: call.user_agent.clone(),
+            host_network: call.host_network,
         }
     }
 
