@@ -23,6 +23,7 @@ import os
 import secrets
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -41,6 +42,7 @@ class State:
 
     def __init__(self, args):
         self.require_v2 = args.require_v2
+        self.reset_token_puts = args.reset_token_puts
         self.ttl = args.ttl
         self.tokens_file = args.tokens_file
         self.lock = threading.Lock()
@@ -181,6 +183,12 @@ class Handler(BaseHTTPRequestHandler):
         self.drain_body()
         if self.path != TOKEN_PATH:
             return self.reply(403, "Forbidden")
+        if self.state.reset_token_puts:
+            # SO_LINGER 0: close() sends a reset, no response.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+            self.close_connection = True
+            return None
         if self.headers.get("X-Forwarded-For") is not None:
             # IMDS refuses token requests that went through a proxy.
             return self.reply(403, "Forbidden")
@@ -236,6 +244,9 @@ def main():
     p.add_argument("--port", type=int, default=80)
     p.add_argument("--require-v2", action="store_true",
                    help="http_tokens=required: a GET without a token gets 401")
+    p.add_argument("--reset-token-puts", action="store_true",
+                   help="answer token PUTs with a TCP reset instead of a response (a proxy "
+                   "or firewall in IMDS's place)")
     p.add_argument("--ttl", type=int, metavar="N",
                    help="IP TTL / IPv6 hop limit of token PUT responses (IMDS's PUT response "
                    "hop limit); applies to the rest of that connection too")

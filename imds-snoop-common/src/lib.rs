@@ -32,6 +32,11 @@ pub const EVENT_EXIT: u32 = 3;
 pub const EVENT_RESPONSE: u32 = 4;
 /// `kind` tag of a [`ForkEvent`].
 pub const EVENT_FORK: u32 = 5;
+/// [`ResponseEvent::status`] of a reset (RST) from the traced destination (no HTTP status is
+/// below 100): a request waiting on that connection gets no response.
+pub const STATUS_RESET: u16 = 1;
+/// [`ResponseEvent::status`] of a close (FIN, no payload) from the traced destination.
+pub const STATUS_CLOSED: u16 = 2;
 /// Bytes of a new program's argv (NUL-separated) recorded at exec. Power of two (masking).
 pub const MAX_ARGV: usize = 512;
 
@@ -232,7 +237,7 @@ pub struct ForkEvent {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ResponseEvent {
     pub kind: u32,
-    /// `200`, `401`, `404`...
+    /// `200`, `401`, `404`..., or [`STATUS_RESET`] / [`STATUS_CLOSED`].
     pub status: u16,
     pub family: u16,
     /// `bpf_ktime_get_boot_ns`.

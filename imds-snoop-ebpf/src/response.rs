@@ -9,10 +9,15 @@
 //! The program reads the IP and TCP headers, and only for a packet from a traced destination
 //! (source address and port in `TARGETS`) with a payload that starts `HTTP/1.`, parses the
 //! three-digit status here, in the kernel: only the status code leaves it, never a byte of
-//! the body (tokens and credentials are in bodies). It always lets the packet through.
+//! the body (tokens and credentials are in bodies). A reset or a close (FIN) without payload
+//! from a traced destination is reported too (`STATUS_RESET`, `STATUS_CLOSED`), so a
+//! request whose connection ended without a response is told apart from silence (the hop
+//! limit). It always lets the packet through.
 
 use aya_ebpf::{helpers::bpf_ktime_get_boot_ns, macros::cgroup_skb, programs::SkBuffContext};
-use imds_snoop_common::{AF_INET, AF_INET6, DROP_RESPONSE, EVENT_RESPONSE, ResponseEvent};
+use imds_snoop_common::{
+    AF_INET, AF_INET6, DROP_RESPONSE, EVENT_RESPONSE, ResponseEvent, STATUS_CLOSED, STATUS_RESET,
+};
 
 use crate::{
     capture::{EVENTS, count_drop},
@@ -20,6 +25,8 @@ use crate::{
 };
 
 const IPPROTO_TCP: u8 = 6;
+const TCP_FIN: u8 = 0x01;
+const TCP_RST: u8 = 0x04;
 
 // Every packet received by a socket in the cgroup tree it is attached to (the root): the
 // status line of IMDS responses. Returns 1: the packet is always allowed. The "prototype" is
@@ -103,10 +110,22 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
     if !is_target(family, sport, &src) {
         return Ok(());
     }
-    let doff = (ctx.load::<u8>(l4 + 12)? >> 4) as usize * 4;
+    // Data offset and flags: one load.
+    let off_flags: [u8; 2] = ctx.load(l4 + 12)?;
+    let doff = (off_flags[0] >> 4) as usize * 4;
     let payload = l4 + doff;
-    // A bare ACK or FIN has no payload.
     if (ctx.len() as usize) < payload + 12 {
+        // No status line. A reset, or a close without a response, ends the wait of a
+        // request on this connection (told apart from silence, the hop limit); a bare ACK
+        // says nothing.
+        let end = if off_flags[1] & TCP_RST != 0 {
+            STATUS_RESET
+        } else if off_flags[1] & TCP_FIN != 0 {
+            STATUS_CLOSED
+        } else {
+            return Ok(());
+        };
+        emit(family, end, src, dst, sport, dport);
         return Ok(());
     }
     // "HTTP/1.1 200": exactly the 12 bytes needed. Only a segment that starts a response
@@ -130,6 +149,12 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
         }
         status = status * 10 + (d - b'0') as u16;
     }
+    emit(family, status, src, dst, sport, dport);
+    Ok(())
+}
+
+#[inline(always)]
+fn emit(family: u16, status: u16, src: [u32; 4], dst: [u32; 4], sport: u16, dport: u16) {
     let ev = ResponseEvent {
         kind: EVENT_RESPONSE,
         status,
@@ -145,5 +170,4 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
     if EVENTS.output::<ResponseEvent>(&ev, 0).is_err() {
         count_drop(DROP_RESPONSE);
     }
-    Ok(())
 }

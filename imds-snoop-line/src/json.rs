@@ -55,6 +55,10 @@ pub struct JsonLine<'a> {
     /// responses are not traced.
     #[serde(default)]
     pub status: Option<u16>,
+    /// `reset` or `closed`: the connection ended without a response (not silence, so not
+    /// the hop limit). Left out otherwise.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<Cow<'a, str>>,
     /// From the request line; null when malformed.
     #[serde(borrow)]
     pub method: Option<Cow<'a, str>>,

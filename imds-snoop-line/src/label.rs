@@ -32,6 +32,10 @@ pub const REQ_DETAILS: &str = " req details: ";
 pub const HEADER_SEPARATOR: &str = ", ";
 /// The user agent header in the (lowercased) request details.
 pub const USER_AGENT: &str = "user-agent: ";
+/// After [`ARROW`] in place of a status: the connection was reset before a response.
+pub const RESET: &str = "reset";
+/// After [`ARROW`] in place of a status: the connection was closed before a response.
+pub const CLOSED: &str = "closed";
 /// Origin of a containerized caller: the container id's first 12 characters.
 pub const CONTAINER: &str = "container:";
 /// `pod:<namespace>/<name>`, after [`CONTAINER`].
@@ -83,7 +87,7 @@ pub const STATUSES_OFF: &str = "imds-snoop statuses not traced from now";
 pub const ORIGIN_STARTS: [&str; 3] = [" container:", " host unit:", " origin:unknown"];
 
 /// Every separator and field label above.
-pub const ALL: [&str; 29] = [
+pub const ALL: [&str; 31] = [
     PID,
     ARGV,
     EXITED,
@@ -92,6 +96,8 @@ pub const ALL: [&str; 29] = [
     REQ_DETAILS,
     HEADER_SEPARATOR,
     USER_AGENT,
+    RESET,
+    CLOSED,
     CONTAINER,
     POD,
     CONTAINER_NAME,

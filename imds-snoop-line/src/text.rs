@@ -92,6 +92,9 @@ pub struct TextDetails<'a> {
     pub request: &'a str,
     /// ` -> <status>` after the request.
     pub status: Option<u16>,
+    /// ` -> reset` or ` -> closed` after the request: the connection ended without a
+    /// response.
+    pub connection_end: Option<&'a str>,
     pub origin: TextOrigin<'a>,
     /// `dst:`; `None` when the line has no origin fields.
     pub destination: Option<&'a str>,
@@ -244,17 +247,18 @@ pub fn split_details(details: &str) -> TextDetails<'_> {
         .filter_map(|m| details.rfind(m))
         .max();
     let Some(start) = start else {
-        let (request, status) = split_status(details);
+        let (request, status, connection_end) = split_status(details);
         return TextDetails {
             request,
             status,
+            connection_end,
             origin: TextOrigin::Unknown,
             destination: None,
             host_network: None,
         };
     };
     let (request, fields) = details.split_at(start);
-    let (request, status) = split_status(request);
+    let (request, status, connection_end) = split_status(request);
     let mut container_id = None;
     let mut pod = None;
     let mut container_name = None;
@@ -294,21 +298,25 @@ pub fn split_details(details: &str) -> TextDetails<'_> {
     TextDetails {
         request,
         status,
+        connection_end,
         origin,
         destination,
         host_network,
     }
 }
 
-/// `<request>, -> 401`: the request and the status (exactly three digits at the end).
-fn split_status(request: &str) -> (&str, Option<u16>) {
-    if let Some((req, code)) = request.rsplit_once(label::ARROW)
-        && code.len() == 3
-        && code.bytes().all(|b| b.is_ascii_digit())
-    {
-        return (req, code.parse().ok());
+/// `<request>, -> 401`: the request and the status (exactly three digits at the end), or
+/// `<request>, -> reset` / `-> closed`: the request and how the connection ended.
+fn split_status(request: &str) -> (&str, Option<u16>, Option<&str>) {
+    if let Some((req, code)) = request.rsplit_once(label::ARROW) {
+        if code.len() == 3 && code.bytes().all(|b| b.is_ascii_digit()) {
+            return (req, code.parse().ok(), None);
+        }
+        if code == label::RESET || code == label::CLOSED {
+            return (req, None, Some(code));
+        }
     }
-    (request, None)
+    (request, None, None)
 }
 
 /// The user agent in a (lowercased) request: the `user-agent: ` header's value up to the
@@ -528,6 +536,9 @@ mod tests {
         assert_eq!((f.status, f.host_network), (Some(200), Some(false)));
         let f = split_details("get / http/1.1, host unit:- net:host uid:0 dst:x");
         assert_eq!(f.host_network, Some(true));
+        let f = split_details("put /latest/api/token http/1.1, -> reset host unit:- uid:0 dst:x");
+        assert_eq!((f.status, f.connection_end), (None, Some("reset")));
+        assert_eq!(f.request, "put /latest/api/token http/1.1,");
         assert_eq!(
             TextLine::parse("[t] [INFO] something else").unwrap().body,
             TextBody::Other("something else")

@@ -116,6 +116,9 @@ impl RequestLabels {
             status: match record.outcome {
                 Outcome::Status(code) => code.to_string(),
                 Outcome::NoResponse => "none".into(),
+                Outcome::Reset | Outcome::Closed => {
+                    record.connection_end().unwrap_or_default().into()
+                }
                 Outcome::Unknown => String::new(),
             },
             namespace,

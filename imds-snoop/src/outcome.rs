@@ -20,6 +20,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use imds_snoop_common::{STATUS_CLOSED, STATUS_RESET};
+
 use crate::{
     decode::Response,
     record::{Outcome, Record},
@@ -104,9 +106,17 @@ impl Outcomes {
     /// A response: the oldest request waiting on its connection, with its status.
     pub(crate) fn response(&mut self, response: &Response) -> Option<Record> {
         let key = (response.local, response.remote);
+        let end = match response.status {
+            STATUS_RESET => Some(Outcome::Reset),
+            STATUS_CLOSED => Some(Outcome::Closed),
+            _ => None,
+        };
         let queue = self.pending.get_mut(&key);
         let Some(p) = queue.and_then(VecDeque::pop_front) else {
-            self.unmatched += 1;
+            // A close after the last response is how connections end: not unmatched.
+            if end.is_none() {
+                self.unmatched += 1;
+            }
             return None;
         };
         if self.pending.get(&key).is_some_and(VecDeque::is_empty) {
@@ -115,7 +125,7 @@ impl Outcomes {
         self.len -= 1;
         self.matched += 1;
         let mut record = p.record;
-        record.outcome = Outcome::Status(response.status);
+        record.outcome = end.unwrap_or(Outcome::Status(response.status));
         Some(record)
     }
 
@@ -232,6 +242,24 @@ mod tests {
         assert_eq!((path(&second), second.status()), ("/b", Some(401)));
         assert!(o.response(&response(1000, 200)).is_none());
         assert_eq!((o.unmatched, o.waiting()), (1, 0));
+    }
+
+    /// A reset or a close ends the wait of the request on that connection, told apart from
+    /// silence; after the last response a close is how connections end, not unmatched.
+    #[test]
+    fn reset_and_close_end_the_wait() {
+        let mut o = Outcomes::new(Some(Duration::from_secs(2)), 10);
+        let now = Instant::now();
+        o.request(key(1000), record("/a"), now);
+        o.request(key(2000), record("/b"), now);
+        let a = o.response(&response(1000, STATUS_RESET)).unwrap();
+        assert_eq!((a.outcome, a.status()), (Outcome::Reset, None));
+        assert_eq!(a.connection_end(), Some("reset"));
+        let b = o.response(&response(2000, STATUS_CLOSED)).unwrap();
+        assert_eq!(b.outcome, Outcome::Closed);
+        assert!(o.response(&response(2000, STATUS_CLOSED)).is_none());
+        assert_eq!(o.unmatched, 0);
+        assert!(!b.token_not_received());
     }
 
     #[test]

@@ -46,6 +46,10 @@ pub(crate) enum Outcome {
     Status(u16),
     /// No response within `--response-timeout`.
     NoResponse,
+    /// IMDS (or whatever answered in its place) reset the connection before responding.
+    Reset,
+    /// The connection was closed (FIN) before a response.
+    Closed,
 }
 
 impl Record {
@@ -70,6 +74,16 @@ impl Record {
     /// A token PUT that got no answer: the hop-limit warning.
     pub(crate) fn token_not_received(&self) -> bool {
         self.request.class == Class::V2Token && self.outcome == Outcome::NoResponse
+    }
+
+    /// `reset` or `closed` when the connection ended without a response (text ` -> reset`,
+    /// JSON `"connection":"reset"`): not silence, so not the hop limit.
+    pub(crate) fn connection_end(&self) -> Option<&'static str> {
+        match self.outcome {
+            Outcome::Reset => Some(imds_snoop_line::label::RESET),
+            Outcome::Closed => Some(imds_snoop_line::label::CLOSED),
+            _ => None,
+        }
     }
 
     /// The status code, when a response was seen.

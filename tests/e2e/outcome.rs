@@ -492,3 +492,72 @@ fn hop_limit_verdict_lists_only_token_callers_behind_the_hop() {
     );
     daemon.assert_clean(&[&fake], &[&token]);
 }
+
+/// A token PUT answered by a reset (a proxy or firewall in IMDS's place) is not silence:
+/// the line says ` -> reset`, it is not the hop-limit warning, and the report names the
+/// reset, not the hop limit.
+#[test]
+fn token_put_reset_is_told_apart_from_silence() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new("outcome-reset");
+    let fake = FakeImds::start(
+        &ns,
+        FakeOpts {
+            reset_token_puts: true,
+            ..FakeOpts::default()
+        },
+    );
+    let mut daemon = Daemon::start(&["--response-timeout", "1500ms"]);
+    let (exit, code, pid) = curl_status(
+        &ns,
+        2,
+        &[
+            "-A",
+            "reset-probe/1.0",
+            "-X",
+            "PUT",
+            "-H",
+            &format!("{TTL_HEADER}: 60"),
+            &url("/latest/api/token"),
+        ],
+    );
+    assert!(
+        exit.is_some_and(|s| !s.success()) && code == "000",
+        "the fake must reset the PUT (curl got {code})"
+    );
+    let lines: Vec<LogLine> = daemon
+        .wait_lines(
+            |l| LogLine::parse(l).is_some_and(|l| l.pid == pid),
+            1,
+            LINE_TIMEOUT,
+        )
+        .iter()
+        .filter_map(|l| LogLine::parse(l))
+        .collect();
+    let put = lines_of(&lines, pid);
+    assert_eq!(put.len(), 1, "{}", daemon.dump());
+    assert!(
+        put[0].is_token_put() && !put[0].is_token_not_received(),
+        "a reset is not the hop-limit warning\n{}",
+        put[0].raw
+    );
+    assert!(put[0].raw.contains(", -> reset "), "{}", put[0].raw);
+    daemon.stop();
+    let report = report_json(daemon.log_path());
+    let caller = report["callers"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["user_agent"] == "reset-probe/1.0"))
+        .unwrap_or_else(|| panic!("no reset-probe caller: {report}"));
+    assert_eq!(caller["token_failures"], 0, "{report}");
+    assert_eq!(caller["token_ended"]["reset"], 1, "{report}");
+    assert!(
+        caller["notes"]
+            .to_string()
+            .contains("1 token PUT reset without a response: not the hop limit"),
+        "{report}"
+    );
+    daemon.assert_clean(&[&fake], &[]);
+}

@@ -52,6 +52,7 @@ fn line<'a>(r: &'a Record, node: &'a str, timestamp: &'a str) -> JsonLine<'a> {
         level: Cow::Borrowed(class.level().as_str()),
         class: Cow::Borrowed(class.json()),
         status: r.status(),
+        connection: r.connection_end().map(Cow::Borrowed),
         method: req.method.as_deref().map(Cow::Borrowed),
         path: req.path.as_deref().map(Cow::Borrowed),
         http_version: req.version.map(http_version),

@@ -53,6 +53,10 @@ pub(super) fn push_line(r: &Record, stamps: &mut Stamps, scratch: &mut String, o
         out.push_str(label::ARROW);
         let _ = write!(out, "{status}");
     }
+    if let Some(end) = r.connection_end() {
+        out.push_str(label::ARROW);
+        out.push_str(end);
+    }
     out.push(' ');
     push_origin(out, &r.origin);
     if let Some(ns_pid) = r.ns_pid {

@@ -50,6 +50,9 @@ pub(super) struct Counts {
     /// another one (`net:other`).
     pub host_network: u64,
     pub other_network: u64,
+    /// Token PUTs whose connection was `reset` or `closed` before a response, by how: not
+    /// the hop limit (a proxy, a firewall, an agent in IMDS's place).
+    pub token_ended: BTreeMap<String, u64>,
     /// Why the token PUT before a fallback failed (`no response`, `403`, ...), each once.
     pub fallback_after: std::collections::BTreeSet<String>,
     pub first_seen: Option<NaiveDateTime>,
@@ -121,6 +124,13 @@ impl Caller {
                     400 => " (bad TTL header)",
                     _ => "",
                 }
+            ));
+        }
+        for (end, n) in &self.counts.token_ended {
+            notes.push(format!(
+                "{} {end} without a response: not the hop limit (a proxy or firewall in \
+                 IMDS's place?)",
+                plural(*n, "token PUT")
             ));
         }
         if self.counts.fallbacks > 0 {
@@ -430,6 +440,11 @@ impl<'a> Aggregator<'a> {
                 {
                     *counts.token_refused.entry(s).or_default() += 1;
                 }
+                if call.kind == Kind::V2Token
+                    && let Some(end) = &call.connection_end
+                {
+                    *counts.token_ended.entry(end.clone()).or_default() += 1;
+                }
                 match call.host_network {
                     Some(true) => counts.host_network += 1,
                     Some(false) => counts.other_network += 1,
@@ -449,9 +464,10 @@ impl<'a> Aggregator<'a> {
             return None;
         };
         let key = (node.to_string(), pid);
-        let failed = match (call.kind, call.status) {
-            (Kind::TokenFailure, _) => Some("no response".to_string()),
-            (Kind::V2Token, Some(s)) if s >= 400 => Some(format!("refused {s}")),
+        let failed = match (call.kind, call.status, &call.connection_end) {
+            (Kind::TokenFailure, ..) => Some("no response".to_string()),
+            (Kind::V2Token, Some(s), _) if s >= 400 => Some(format!("refused {s}")),
+            (Kind::V2Token, _, Some(end)) => Some(end.clone()),
             _ => None,
         };
         match call.kind {
@@ -624,17 +640,22 @@ mod tests {
             // pid 11: the PUT refused 403 (X-Forwarded-For), then v1.
             line("03,000", 11, "imdsv2(token)", " -> 403"),
             line("03,500", 11, "imdsv1(!)", " -> 200"),
+            // pid 12: the PUT's connection reset, then v1.
+            line("05,000", 12, "imdsv2(token)", " -> reset"),
+            line("05,500", 12, "imdsv1(!)", " -> 200"),
         ];
         let r = report(None, &lines.iter().map(String::as_str).collect::<Vec<_>>());
         let c = &r.callers[0];
-        assert_eq!((c.counts.fallbacks, c.counts.v1), (2, 2));
+        assert_eq!((c.counts.fallbacks, c.counts.v1), (3, 3));
         assert_eq!(
             c.notes(),
             [
                 "token response not received (hop limit?)",
                 "1 token PUT refused 403 (X-Forwarded-For: a proxy such as kube2iam?): not the \
                  hop limit",
-                "v1 right after its own token PUT failed (no response, refused 403): SDK \
+                "1 token PUT reset without a response: not the hop limit (a proxy or firewall \
+                 in IMDS's place?)",
+                "v1 right after its own token PUT failed (no response, refused 403, reset): SDK \
                  fallback to IMDSv1"
             ]
         );

@@ -74,6 +74,9 @@ pub struct Call {
     /// The calling socket is in the node's network namespace (`net:host`, JSON
     /// `host_network`); `None` when the line does not say.
     pub host_network: Option<bool>,
+    /// `reset` / `closed`: the connection ended without a response (` -> reset`, JSON
+    /// `connection`).
+    pub connection_end: Option<String>,
 }
 
 /// A trace line the report understands.
@@ -315,6 +318,7 @@ fn parse_text(line: &str) -> Option<Line> {
         destination: fields.destination.map(str::to_string),
         status: fields.status,
         host_network: fields.host_network,
+        connection_end: fields.connection_end.map(str::to_string),
     }))
 }
 
@@ -412,6 +416,7 @@ fn parse_json(line: &str) -> Option<Line> {
         destination: j.destination.map(Cow::into_owned),
         status: j.status,
         host_network: j.host_network,
+        connection_end: j.connection.map(Cow::into_owned),
     }))
 }
 
@@ -526,6 +531,29 @@ mod tests {
     }
 
     /// What the daemon writes (the formatter itself, not a copy of its output), read back.
+    #[test]
+    fn daemon_lines_say_reset_and_closed() {
+        use crate::{output::Format, record::Outcome};
+        for format in [Format::Text, Format::Json] {
+            let mut put = crate::output::tests::sample_record(
+                b"PUT /latest/api/token HTTP/1.1\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\n\r\n",
+            );
+            for (outcome, end) in [(Outcome::Reset, "reset"), (Outcome::Closed, "closed")] {
+                put.outcome = outcome;
+                let line = put.format(format, "n1");
+                let c = call(&line);
+                assert_eq!(
+                    (c.kind, c.status, c.connection_end.as_deref()),
+                    (Kind::V2Token, None, Some(end)),
+                    "{line}"
+                );
+                if format == Format::Text {
+                    assert!(line.contains(&format!(" -> {end} host unit:")), "{line}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn daemon_lines_say_host_or_other_network() {
         use crate::output::Format;

@@ -224,6 +224,8 @@ struct JsonCaller<'a> {
     v1_refused: u64,
     /// Token PUTs answered with an error status, by status.
     token_refused: &'a std::collections::BTreeMap<u16, u64>,
+    /// Token PUTs whose connection was reset or closed before a response, by how.
+    token_ended: &'a std::collections::BTreeMap<String, u64>,
     /// `host` (the node's network namespace), `other` (behind a routing hop), `unknown`
     /// (the lines do not say).
     network: &'static str,
@@ -260,6 +262,7 @@ pub(super) fn json(out: &mut impl Write, report: &Report, table: &SdkTable) -> i
                 fallbacks: c.counts.fallbacks,
                 v1_refused: c.counts.v1_refused,
                 token_refused: &c.counts.token_refused,
+                token_ended: &c.counts.token_ended,
                 network: if c.in_host_network() {
                     "host"
                 } else if c.counts.other_network > 0 {

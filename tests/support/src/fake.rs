@@ -26,6 +26,8 @@ pub struct FakeOpts {
     pub require_v2: bool,
     /// IP TTL / hop limit of its responses.
     pub ttl: Option<u8>,
+    /// Token PUTs get a TCP reset instead of a response.
+    pub reset_token_puts: bool,
 }
 
 impl FakeOpts {
@@ -45,6 +47,7 @@ impl Default for FakeOpts {
             port: 80,
             require_v2: false,
             ttl: None,
+            reset_token_puts: false,
         }
     }
 }
@@ -82,6 +85,9 @@ impl FakeImds {
         }
         if opts.require_v2 {
             cmd.arg("--require-v2");
+        }
+        if opts.reset_token_puts {
+            cmd.arg("--reset-token-puts");
         }
         if let Some(ttl) = opts.ttl {
             cmd.args(["--ttl", &ttl.to_string()]);
