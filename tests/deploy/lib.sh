@@ -149,7 +149,13 @@ containerd_stop() {
     find /sys/fs/cgroup -depth -type d -path '*kubepods*' -exec rmdir {} + 2>/dev/null || true
 }
 
-hex() { tr -d '-' </proc/sys/kernel/random/uuid | head -c "$1"; }
+# hex N: N random lowercase hex digits (a uuid has 32: take as many as needed; container
+# ids are 64, and attribution accepts only the runtimes' shape).
+hex() {
+    local h=
+    while [ ${#h} -lt "$1" ]; do h=$h$(tr -d '-' </proc/sys/kernel/random/uuid); done
+    printf '%s' "${h:0:$1}"
+}
 
 # busybox_rootfs DIR: a busybox-static root filesystem.
 busybox_rootfs() {
