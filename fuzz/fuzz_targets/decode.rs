@@ -15,8 +15,8 @@ use std::{
 
 use imds_snoop::decode::{DecodeError, Event, decode};
 use imds_snoop_common::{
-    AF_INET6, COMM_LEN, EVENT_EXEC, EVENT_EXIT, EVENT_RESPONSE, EVENT_SEND, ExecEvent, ExitEvent,
-    MAX_ANCESTORS, MAX_ARGV, ResponseEvent, SendEvent,
+    AF_INET6, COMM_LEN, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_RESPONSE, EVENT_SEND, ExecEvent,
+    ExitEvent, ForkEvent, MAX_ANCESTORS, MAX_ARGV, ResponseEvent, SendEvent,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -30,6 +30,7 @@ fuzz_target!(|record: &[u8]| {
         EVENT_SEND => size_of::<SendEvent>(),
         EVENT_EXEC => size_of::<ExecEvent>(),
         EVENT_EXIT => size_of::<ExitEvent>(),
+        EVENT_FORK => size_of::<ForkEvent>(),
         EVENT_RESPONSE => size_of::<ResponseEvent>(),
         other => {
             assert_eq!(result, Err(DecodeError::Kind(other)));
@@ -89,6 +90,11 @@ fuzz_target!(|record: &[u8]| {
         Ok(Event::Exit { tgid }) => {
             assert_eq!(kind, EVENT_EXIT);
             assert_eq!(tgid, u32_at(record, offset_of!(ExitEvent, tgid)).unwrap());
+        }
+        Ok(Event::Fork { tgid, ppid }) => {
+            assert_eq!(kind, EVENT_FORK);
+            assert_eq!(tgid, u32_at(record, offset_of!(ForkEvent, tgid)).unwrap());
+            assert_eq!(ppid, u32_at(record, offset_of!(ForkEvent, ppid)).unwrap());
         }
         Ok(Event::Response(response)) => {
             assert_eq!(kind, EVENT_RESPONSE);
