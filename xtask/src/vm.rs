@@ -940,21 +940,31 @@ impl Row {
     }
 }
 
+/// The `key=value` words of a guest's `PREFIX...` line, and its free-text `reason=` (always
+/// last, may hold spaces).
+fn guest_fields<'a>(
+    line: &'a str,
+    prefix: &str,
+) -> Option<(BTreeMap<&'a str, &'a str>, Option<String>)> {
+    let rest = line.strip_prefix(prefix)?;
+    let (fields, reason) = match rest.split_once(" reason=") {
+        Some((f, r)) => (f, Some(r.to_owned())),
+        None => (rest, None),
+    };
+    let kv = fields
+        .split_whitespace()
+        .filter_map(|f| f.split_once('='))
+        .collect();
+    Some((kv, reason))
+}
+
 /// The matrix column of the hook prototype check.
 const PROTOS: &str = "protos";
 
 /// Parses `IMDS-PROTOS kernel=K result=pass|fail hooks=N [reason=...]` (vm-guest's hook
 /// prototype check) into the `protos` column's result (`events`: hooks checked).
 fn parse_protos(line: &str) -> Option<(String, ModeResult)> {
-    let rest = line.strip_prefix("IMDS-PROTOS ")?;
-    let (fields, reason) = match rest.split_once(" reason=") {
-        Some((f, r)) => (f, Some(r.to_owned())),
-        None => (rest, None),
-    };
-    let kv: BTreeMap<&str, &str> = fields
-        .split_whitespace()
-        .filter_map(|f| f.split_once('='))
-        .collect();
+    let (kv, reason) = guest_fields(line, "IMDS-PROTOS ")?;
     let result = ModeResult {
         pass: kv.get("result") == Some(&"pass"),
         refused: false,
@@ -970,15 +980,7 @@ fn parse_protos(line: &str) -> Option<(String, ModeResult)> {
 /// Parses `IMDS-RESULT kernel=K mode=M [expect=refused] [errno=E] attached=A result=R
 /// events=N secs=S [reason=...]`.
 fn parse_result(line: &str) -> Option<(String, String, ModeResult)> {
-    let rest = line.strip_prefix("IMDS-RESULT ")?;
-    let (fields, reason) = match rest.split_once(" reason=") {
-        Some((f, r)) => (f, Some(r.to_owned())),
-        None => (rest, None),
-    };
-    let kv: BTreeMap<&str, &str> = fields
-        .split_whitespace()
-        .filter_map(|f| f.split_once('='))
-        .collect();
+    let (kv, reason) = guest_fields(line, "IMDS-RESULT ")?;
     let result = ModeResult {
         pass: kv.get("result") == Some(&"pass"),
         refused: kv.get("expect") == Some(&"refused"),
