@@ -61,7 +61,12 @@ fn json_lines_follow_the_documented_schema() {
         &ns,
         &[&format!("http://{IMDS_V4}/latest/meta-data/instance-id")],
     );
-    let lines = daemon.wait_lines(|l| l.contains("\"node-a\""), 1, LINE_TIMEOUT);
+    // The call's line, not the daemon's start marker before it (checked below).
+    let lines = daemon.wait_lines(
+        |l| l.contains("\"node-a\"") && l.contains("/latest/meta-data/instance-id"),
+        1,
+        LINE_TIMEOUT,
+    );
     let v: serde_json::Value =
         serde_json::from_str(&lines[0]).unwrap_or_else(|e| panic!("not JSON ({e}): {}", lines[0]));
     assert_eq!(v["schema"], 1, "{v}");
@@ -87,6 +92,12 @@ fn json_lines_follow_the_documented_schema() {
         .output()
         .unwrap();
     assert!(out.status.success(), "python3 -m json.tool: {out:?}");
+    // The log opens with the daemon's start marker, a JSON line of its own class.
+    let text = fs::read_to_string(daemon.log_path()).unwrap();
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("first line not JSON ({e}): {text}"));
+    assert_eq!(first["class"], "started", "{first}");
+    assert_eq!(first["node"], "node-a", "{first}");
     daemon.finish(&[&fake], &[]);
 }
 
@@ -184,9 +195,13 @@ fn full_disk_loses_counted_lines_and_recovers() {
 
     let text = fs::read_to_string(&log).unwrap();
     for line in text.lines() {
+        let marker = (line.contains("imds-snoop started (")
+            || line.contains("imds-snoop stopped ("))
+            && line.ends_with(')');
         let whole = line.contains(" dst:")
             || line.contains("imds-snoop dropped")
-            || line.contains("imds-snoop lost");
+            || line.contains("imds-snoop lost")
+            || marker;
         assert!(line.starts_with('[') && whole, "torn line: {line:?}");
     }
     assert!(
