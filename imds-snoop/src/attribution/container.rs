@@ -276,7 +276,7 @@ impl Resolver {
             return verdict.clone();
         }
         let p = &self.paths;
-        let verdict = shim::validate(&p.proc_root, &p.node_root, p.owner, pid);
+        let verdict = shim::validate(&p.proc_root, &p.node_root, p.owner, pid, &p.containerd_root);
         if let Some(s) = &verdict
             && s.task_root != self.paths.containerd_root
             && !self.task_roots.contains(&s.task_root)

@@ -133,8 +133,16 @@ pub(super) fn read_trusted(file: &Path, owner: u32, max: u64) -> Option<Vec<u8>>
 
 /// Checks the ancestor `pid` as described in the module comment. `proc_root`: the node's
 /// /proc; `node_root`: where the node's `/` is (paths a shim names are the node's);
-/// `owner`: the uid the runtime's state and the shim belong to (root).
-pub(super) fn validate(proc_root: &Path, node_root: &Path, owner: u32, pid: u32) -> Option<Shim> {
+/// `owner`: the uid the runtime's state and the shim belong to (root); `configured_root`:
+/// the task root the flags name (`--containerd-root`), tried after the one next to the
+/// shim's socket, for a containerd whose `state =` is not beside its socket.
+pub(super) fn validate(
+    proc_root: &Path,
+    node_root: &Path,
+    owner: u32,
+    pid: u32,
+    configured_root: &Path,
+) -> Option<Shim> {
     let proc_dir = proc_root.join(pid.to_string());
     let mut cmdline = Vec::new();
     fs::File::open(proc_dir.join("cmdline"))
@@ -151,15 +159,17 @@ pub(super) fn validate(proc_root: &Path, node_root: &Path, owner: u32, pid: u32)
         Ok(m) if !m.file_type().is_socket() || m.uid() != owner => return None,
         _ => {}
     }
-    let task_root = socket.parent()?.join(TASK_DIR);
-    let ns_dir = task_root.join(&claim.namespace);
-    let bundle = ns_dir.join(claim.id.as_str());
-    if ![&task_root, &ns_dir, &bundle]
-        .iter()
-        .all(|d| trusted_dir(d, owner))
-    {
-        return None;
-    }
+    let beside_socket = socket.parent()?.join(TASK_DIR);
+    let (task_root, bundle) = [beside_socket.as_path(), configured_root]
+        .into_iter()
+        .find_map(|task_root| {
+            let ns_dir = task_root.join(&claim.namespace);
+            let bundle = ns_dir.join(claim.id.as_str());
+            [task_root, ns_dir.as_path(), bundle.as_path()]
+                .iter()
+                .all(|d| trusted_dir(d, owner))
+                .then(|| (task_root.to_path_buf(), bundle))
+        })?;
     read_trusted(&bundle.join("config.json"), owner, MAX_CONFIG_BYTES)?;
     let init = read_trusted(&bundle.join("init.pid"), owner, 32)?;
     let init: u32 = std::str::from_utf8(&init).ok()?.trim().parse().ok()?;
