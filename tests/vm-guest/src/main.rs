@@ -827,11 +827,16 @@ fn parse_line(raw: &str) -> LogLine {
     l
 }
 
+/// The daemon's start and stop markers (issue 15): not calls, and no caller to match.
+fn is_marker(raw: &str) -> bool {
+    TextLine::parse(raw).is_some_and(|l| matches!(l.body, TextBody::Started | TextBody::Stopped))
+}
+
 fn read_log(path: &Path) -> Vec<LogLine> {
     fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
-        .filter(|l| !l.trim().is_empty())
+        .filter(|l| !l.trim().is_empty() && !is_marker(l))
         .map(parse_line)
         .collect()
 }
