@@ -107,16 +107,27 @@ impl Request {
     /// A send whose payload the kernel could not read: still a call to IMDS, logged as
     /// malformed (nothing to classify it by).
     pub(crate) fn unreadable() -> Self {
+        Self::malformed_call("payload unreadable".to_string(), false, 0, None)
+    }
+
+    /// A call that could not be parsed (`Class::Malformed`): the error, whether the payload
+    /// was cut, its length in bytes and a redacted snippet of it, if any.
+    pub(crate) fn malformed_call(
+        error: String,
+        truncated: bool,
+        bytes: usize,
+        snippet: Option<String>,
+    ) -> Self {
         Request {
             class: Class::Malformed,
             method: None,
             path: None,
             version: None,
             headers: Vec::new(),
-            truncated: false,
-            error: Some("payload unreadable".to_string()),
-            bytes: 0,
-            snippet: None,
+            truncated,
+            error: Some(error),
+            bytes,
+            snippet,
         }
     }
 

@@ -39,17 +39,12 @@ pub(super) fn malformed(
     truncated: bool,
     redact_first_line: bool,
 ) -> Request {
-    Request {
-        class: Class::Malformed,
-        method: None,
-        path: None,
-        version: None,
-        headers: Vec::new(),
+    Request::malformed_call(
+        error,
         truncated,
-        error: Some(error),
-        bytes: data.len(),
-        snippet: Some(snippet(data, redact_first_line)),
-    }
+        data.len(),
+        Some(snippet(data, redact_first_line)),
+    )
 }
 
 /// What follows a request's headers on the connection.
