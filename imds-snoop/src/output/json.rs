@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 use imds_snoop_line::{
     JsonLine, SCHEMA_VERSION,
-    json::{Caller, Container, Flags, Pod},
+    json::{Caller, Container, Flags, HopDrop, Pod},
 };
 
 use crate::{attribution::Origin, http::Class, record::Record};
@@ -53,6 +53,13 @@ fn line<'a>(r: &'a Record, node: &'a str, timestamp: &'a str) -> JsonLine<'a> {
         class: Cow::Borrowed(class.json()),
         status: r.status(),
         connection: r.connection_end().map(Cow::Borrowed),
+        hop_drop: r.dropped().map(|d| HopDrop {
+            ttl: d.ttl,
+            reason: d.reason.map(Cow::Borrowed),
+            netns: d.netns,
+            to: None,
+            from: None,
+        }),
         method: req.method.as_deref().map(Cow::Borrowed),
         path: req.path.as_deref().map(Cow::Borrowed),
         http_version: req.version.map(http_version),

@@ -57,6 +57,10 @@ pub(super) fn push_line(r: &Record, stamps: &mut Stamps, scratch: &mut String, o
         out.push_str(label::ARROW);
         out.push_str(end);
     }
+    if r.dropped().is_some() {
+        out.push_str(label::ARROW);
+        out.push_str(label::HOP_DROPPED);
+    }
     out.push(' ');
     push_origin(out, &r.origin);
     if let Some(ns_pid) = r.ns_pid {

@@ -22,6 +22,8 @@ pub enum Kind {
     Malformed,
     /// An IMDSv2 token PUT whose response never came back (hop limit?).
     TokenFailure,
+    /// An IMDSv2 token PUT whose response was seen dropped at the hop limit (the drop hook).
+    TokenDropped,
 }
 
 /// Where a call came from, as the line says (the report's JSON writes it with a `kind`
@@ -121,6 +123,9 @@ pub enum DaemonEvent {
     /// Response statuses are not traced from here on (the response program could not be
     /// attached, or sees nothing): why.
     StatusesOff(String),
+    /// A reply dropped at the hop limit that matched no traced request: what the line says
+    /// of it (`to:<address> ...`).
+    HopDrop(String),
     /// Anything else it says.
     Other,
 }
@@ -143,6 +148,7 @@ impl From<Class> for Kind {
             Class::V2Token => Kind::V2Token,
             Class::Malformed => Kind::Malformed,
             Class::V2TokenNoResponse => Kind::TokenFailure,
+            Class::V2TokenDropped => Kind::TokenDropped,
         }
     }
 }
@@ -269,11 +275,15 @@ fn parse_text(line: &str) -> Option<Line> {
                 time: Some(time),
             });
         }
-        TextBody::Started | TextBody::Stopped | TextBody::StatusesOff { .. } => {
+        TextBody::Started
+        | TextBody::Stopped
+        | TextBody::StatusesOff { .. }
+        | TextBody::HopDrop { .. } => {
             let event = match l.body {
                 TextBody::Started => DaemonEvent::Start,
                 TextBody::Stopped => DaemonEvent::Stop,
                 TextBody::StatusesOff { reason } => DaemonEvent::StatusesOff(reason.to_string()),
+                TextBody::HopDrop { details } => DaemonEvent::HopDrop(details.to_string()),
                 _ => DaemonEvent::Other,
             };
             return Some(Line::Daemon {
@@ -287,7 +297,7 @@ fn parse_text(line: &str) -> Option<Line> {
     };
     let kind = Kind::from(c.class?);
     let comm = c.caller().map(|p| p.comm.to_string());
-    if kind != Kind::TokenFailure && comm.is_none() {
+    if !matches!(kind, Kind::TokenFailure | Kind::TokenDropped) && comm.is_none() {
         return None;
     }
     let fields = c.fields();
@@ -353,6 +363,10 @@ fn parse_json(line: &str) -> Option<Line> {
             let event = match m.class.as_ref() {
                 json::STARTED_CLASS => DaemonEvent::Start,
                 json::STOPPED_CLASS => DaemonEvent::Stop,
+                json::HOP_DROP_CLASS => DaemonEvent::HopDrop(
+                    m.reason
+                        .map_or_else(|| "no details".into(), Cow::into_owned),
+                ),
                 _ => DaemonEvent::StatusesOff(
                     m.reason
                         .map_or_else(|| "no reason given".into(), Cow::into_owned),

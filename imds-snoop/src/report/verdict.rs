@@ -69,24 +69,44 @@ impl Verdict {
         // namespace) that need a token, and whoever's token response was seen lost outside
         // the node's namespace. Callers in the node's namespace (host processes, hostNetwork
         // pods) are never listed for calling, and v1-only callers are the IMDSv1 list's.
-        let cut_off: BTreeSet<String> = callers
+        // Each entry says what it rests on: a drop seen (the drop hook), or the caller's
+        // network namespace (and, for a lost token response, silence).
+        let mut cut_off: BTreeSet<String> = callers
             .filter(|c| {
                 (c.in_other_network() && c.needs_token())
                     || (c.counts.token_failures > 0 && !c.in_host_network())
+                    || c.counts.token_dropped > 0
             })
-            .map(|c| match &c.key.origin {
-                Origin::Pod {
-                    namespace, name, ..
-                } => format!("{namespace}/{name}"),
-                Origin::Container { id } => format!("container {id}"),
-                // A host process in its own network namespace (behind a bridge, no
-                // container cgroup), or a line that does not say.
-                Origin::Host { .. } | Origin::Unknown if c.counts.other_network > 0 => {
-                    format!("{} (in its own network namespace)", c.describe())
-                }
-                Origin::Host { .. } | Origin::Unknown => c.describe(),
+            .map(|c| {
+                let who = match &c.key.origin {
+                    Origin::Pod {
+                        namespace, name, ..
+                    } => format!("{namespace}/{name}"),
+                    Origin::Container { id } => format!("container {id}"),
+                    // A host process in its own network namespace (behind a bridge, no
+                    // container cgroup), or a line that does not say.
+                    Origin::Host { .. } | Origin::Unknown if c.counts.other_network > 0 => {
+                        format!("{} (in its own network namespace)", c.describe())
+                    }
+                    Origin::Host { .. } | Origin::Unknown => c.describe(),
+                };
+                let evidence = if c.counts.token_dropped > 0 {
+                    "drop seen"
+                } else if c.counts.token_failures > 0 {
+                    "silence"
+                } else {
+                    "network namespace"
+                };
+                format!("{who} [{evidence}]")
             })
             .collect();
+        cut_off.extend(
+            stats
+                .evidence
+                .hop_drops_unmatched
+                .iter()
+                .map(|d| format!("a caller without a traced request ({d}) [drop seen]")),
+        );
         let inconclusive = reasons(&stats, report.min_window);
         let hop_inconclusive = hop_reasons(&stats);
         let verdict = if !v1_callers.is_empty() {
