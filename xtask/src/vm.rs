@@ -1466,7 +1466,8 @@ fn auto_cell(r: Option<&ModeResult>) -> String {
     }
 }
 
-/// The drop column: the hook vm-guest saw loaded (`attached=`: `kfree_skb`; `none` when the
+/// The drop column: the hook vm-guest saw loaded (`attached=`: `kfree_skb-reason` or
+/// `kfree_skb-route`, see vm-guest's drop_check.rs; `none` when the
 /// daemon said it cannot load it on this kernel) and the lines checked.
 fn drop_cell(r: Option<&ModeResult>) -> String {
     match r {
@@ -1652,12 +1653,12 @@ mod tests {
         assert_eq!((m.as_str(), r.errno), ("fentry", Some(524)));
         assert_eq!(cell(Some(&r)), "refused 524 (ok)");
         let (_, m, r) = parse_result(
-            "IMDS-RESULT kernel=5.10.0-46-cloud-amd64 mode=drop attached=kfree_skb result=pass events=3 secs=31.0",
+            "IMDS-RESULT kernel=5.10.0-46-cloud-amd64 mode=drop attached=kfree_skb-route result=pass events=3 secs=31.0",
         )
         .unwrap();
         assert_eq!(
             (m.as_str(), drop_cell(Some(&r)).as_str()),
-            ("drop", "pass kfree_skb 3ev 31.0s")
+            ("drop", "pass kfree_skb-route 3ev 31.0s")
         );
         let (_, _, r) = parse_result(
             "IMDS-RESULT kernel=5.10 mode=drop attached=none result=fail events=3 secs=31.0 reason=drop hook not loaded",

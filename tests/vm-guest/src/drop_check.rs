@@ -16,8 +16,11 @@
 //!   logged with the drop label, `net:other`, no status.
 //!
 //! The node's ICMP `OutTimeExcds` must have grown (the reply really died at the router).
-//! When the daemon says the drop hook cannot be loaded on this kernel, the result says so
-//! (`attached=none`) and fails: every kernel of the matrix is expected to load it.
+//! The result's `attached=` is the drop program the daemon said it attached
+//! (`kfree_skb-reason`: the kernel's drop reason, 5.19+; `kfree_skb-route`: no owning socket
+//! and a forwarded route, older kernels); when the daemon says the hook cannot be loaded on
+//! this kernel, `none`, and the check fails: every kernel of the matrix is expected to load
+//! it.
 
 use std::{
     collections::BTreeMap,
@@ -117,9 +120,9 @@ pub(crate) fn run(opts: &Options) -> Outcome {
     }
     // Anything extra (a second line for the PUT) has a moment to appear.
     thread::sleep(Duration::from_millis(500));
-    let hook = daemon
-        .stderr_has("kfree_skb")
-        .or_else(|| daemon.stderr_has("drop hook"));
+    // `hop-limit drops: tp_btf/kfree_skb (reason IP_INHDR)`, or `hop-limit drops are not
+    // traced: WHY; ...` (daemon.rs, at start).
+    let hook = daemon.stderr_has("hop-limit drops");
     match daemon.stop(Duration::from_secs(30)) {
         Ok(st) if st.success() => {}
         Ok(st) => failures.push(format!(
@@ -162,12 +165,21 @@ pub(crate) fn run(opts: &Options) -> Outcome {
     }
     // Say what the daemon said about its drop hook, and name a refusal as such.
     let hook_state = match &hook {
-        Some(h) if h.contains("not") || h.contains("cannot") || h.contains("refused") => {
+        Some(h) if h.contains("hop-limit drops are not traced") => {
             failures.insert(0, format!("drop hook not loaded on this kernel: {h}"));
             "none"
         }
+        // Which of the two programs: the drop reason (5.19+), or the route (older kernels).
+        Some(h) if h.contains("reason IP_INHDR") => "kfree_skb-reason",
+        Some(h) if h.contains("forwarded route") => "kfree_skb-route",
         Some(_) => "kfree_skb",
-        None => "?",
+        None => {
+            failures.insert(
+                0,
+                "the daemon did not say whether its drop hook is attached".into(),
+            );
+            "?"
+        }
     };
     if !failures.is_empty() {
         eprintln!(
