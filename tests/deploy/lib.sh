@@ -143,7 +143,7 @@ expect_hop_drop() {
         fail "$tag: the pod's token PUT: curl exit $rc, want 28 (a timeout: its TTL-1 reply dies at the node)"
     line=$(wait_line "$log" "user-agent: $tag," 20) ||
         fail "$tag: the pod's token PUT is not logged: $(tail -3 "$log" 2>/dev/null)"
-    [[ $line == *"[WARNING] $DROPPED_LABEL (pid:"*":curl argv:curl -s -m 3 -o /dev/null -A $tag -X PUT "* ]] ||
+    [[ $line == *"[WARNING] $DROPPED_LABEL (pid:"*":curl argv:"*"curl -s -m 3 -o /dev/null -A $tag -X PUT "* ]] ||
         fail "$tag: the pod's token PUT is not logged as dropped at the node: $line"
     [[ $line == *" net:other "* ]] || fail "$tag: the pod's token PUT is not net:other: $line"
     [ -z "$(status_of "$line")" ] || fail "$tag: the dropped PUT has a status: $line"
@@ -161,7 +161,7 @@ expect_node_put() {
         fail "$tag: the node's token PUT was not answered"
     line=$(wait_line "$log" "user-agent: $tag," 10) ||
         fail "$tag: the node's token PUT is not logged: $(tail -3 "$log" 2>/dev/null)"
-    [[ $line == *"[INFO] imdsv2(token) (pid:"*":curl argv:curl -sf -m 5 -o /dev/null -A $tag -X PUT "* ]] ||
+    [[ $line == *"[INFO] imdsv2(token) (pid:"*":curl argv:"*"curl -sf -m 5 -o /dev/null -A $tag -X PUT "* ]] ||
         fail "$tag: the node's token PUT is not logged as answered: $line"
     [[ $line == *" net:host "* ]] || fail "$tag: the node's token PUT is not net:host: $line"
     expect_status "$line" 200 "$tag: the node's token PUT"
