@@ -232,7 +232,7 @@ assert value("imds_snoop_attached") == 1
 assert value("imds_snoop_statuses_traced") == 1
 assert value("imds_snoop_kernel_drops_total", reason="ring_full") == 0
 EOF
-ok "metrics on the pod's :$port/metrics: 1 v1 call by wget in shop/web-1 (app), attached, no drops"
+ok "metrics on the pod's :$port/metrics: 1 v1 call by wget in shop/web-1 (app), 1 token PUT by curl counted v2_token/dropped, attached, no drops"
 
 # 5. SIGTERM.
 ctr_ task kill -s SIGTERM "$DS"
