@@ -116,7 +116,7 @@ impl RequestLabels {
             status: match record.outcome {
                 Outcome::Status(code) => code.to_string(),
                 Outcome::NoResponse => "none".into(),
-                Outcome::Dropped(_) => "dropped".into(),
+                Outcome::Dropped(_) => imds_snoop_line::label::HOP_DROPPED.into(),
                 Outcome::Reset | Outcome::Closed => {
                     record.connection_end().unwrap_or_default().into()
                 }

@@ -670,7 +670,7 @@ mod tests {
         assert_eq!(
             c.notes(),
             [
-                "token response not received (hop limit?)",
+                "token response not received (hop limit?; evidence: silence, no drop seen)",
                 "1 token PUT refused 403 (X-Forwarded-For: a proxy such as kube2iam?): not the \
                  hop limit",
                 "1 token PUT reset without a response: not the hop limit (a proxy or firewall \

@@ -812,7 +812,7 @@ mod tests {
             output::Format,
             record::Outcome,
         };
-        let requests: [(&[u8], Outcome); 6] = [
+        let requests: [(&[u8], Outcome); 7] = [
             (
                 b"GET /latest/meta-data/ HTTP/1.1\r\nHost: 169.254.169.254\r\nUser-Agent: \
                   curl/8.1\r\nAccept: */*\r\n\r\n",
@@ -833,6 +833,14 @@ mod tests {
             ),
             (b"\x00\x01garbage\xff\r\n", Outcome::Unknown),
             (b"GET /cut-short HTTP/1.1\r\nHost: 169.25", Outcome::Unknown),
+            (
+                b"PUT /latest/api/token HTTP/1.1\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\n\r\n",
+                Outcome::Dropped(crate::record::Dropped {
+                    ttl: 1,
+                    reason: Some("IP_INHDR"),
+                    netns: 4026531840,
+                }),
+            ),
         ];
         let origins = [
             O::Host { unit: None },
