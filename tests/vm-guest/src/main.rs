@@ -10,6 +10,8 @@
 //!                                         (with ERRNO: each refused with that errno)
 //!        | refuse=MODE[:ERRNO]            expect `--attach MODE` to fail cleanly (no hook;
 //!                                         with ERRNO: the kernel's errno, e.g. 524 ENOTSUPP)
+//!        | drop                           the hop-limit drop hook: a routed pod's TTL-1
+//!                                         token reply logged as dropped (drop_check.rs)
 //! vm-guest client KIND                     (internal) one IMDS client, run as our child
 //! vm-guest protos [--btf F] [--kernel R]   only check the hook prototypes (no root needed)
 //! ```
@@ -179,7 +181,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             }
             "-h" | "--help" => {
                 return Err("usage: vm-guest [--daemon PATH] [--workdir DIR] [--ignore-foreign] \
-                            [--attach-timeout SECS] fentry|kprobe|tracepoint|auto=MODE|refuse=MODE..."
+                            [--attach-timeout SECS] fentry|kprobe|tracepoint|auto=MODE|refuse=MODE|drop..."
                     .into());
             }
             DROP => opts.specs.push(Spec::Drop),
