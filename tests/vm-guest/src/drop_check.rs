@@ -145,7 +145,7 @@ pub(crate) fn run(opts: &Options) -> Outcome {
             continue;
         };
         events += 1;
-        if let Err(e) = check_line(kind, l) {
+        if let Err(e) = check_line(kind, l, std::process::id()) {
             failures.push(format!("client {kind}: {e}: {}", short(l)));
         }
     }
@@ -202,15 +202,12 @@ pub(crate) fn run(opts: &Options) -> Outcome {
     }
 }
 
-/// One line of a drop-check client, against what it must say.
-fn check_line(kind: &str, l: &crate::LogLine) -> Result<(), String> {
+/// One line of a drop-check client (a child of `runner`), against what it must say.
+fn check_line(kind: &str, l: &crate::LogLine, runner: u32) -> Result<(), String> {
     let parsed = TextLine::parse(&l.raw).ok_or("not a trace line")?;
     let call = parsed.call().ok_or("not a call")?;
     let fields = call.fields();
-    let argv = format!(
-        "argv:{COMM} client {kind}) called by -> (pid:{}:{COMM} ",
-        std::process::id()
-    );
+    let argv = format!("argv:{COMM} client {kind}) called by -> (pid:{runner}:{COMM} ");
     if !l.raw.contains(&argv) {
         return Err(format!("caller is not `{argv}...`"));
     }
@@ -240,4 +237,64 @@ fn check_line(kind: &str, l: &crate::LogLine) -> Result<(), String> {
         return Err(format!("network {host:?}, want {net}"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse_line;
+
+    /// Lines as the daemon wrote them in a run on 6.18 (the ancestry after the runner cut).
+    fn line(label: &str, kind: &str, request: &str, tail: &str) -> crate::LogLine {
+        parse_line(&format!(
+            "[2026-11-29 15:05:29,256] [{}] {label} (pid:25318:vm-guest argv:vm-guest client \
+             {kind}) called by -> (pid:25275:vm-guest argv:vm-guest drop) req details: \
+             {request} http/1.1, host: 169.254.169.254, user-agent: vm-guest/1 {kind}, \
+             connection: close, {tail} uid:0 dst:169.254.169.254:80",
+            if label == "imdsv2" || label == "imdsv2(token)" {
+                "INFO"
+            } else {
+                "WARNING"
+            }
+        ))
+    }
+
+    #[test]
+    fn the_pods_put_must_be_dropped_and_the_nodes_answered() {
+        let put = "put /latest/api/token";
+        let dropped = line(DROPPED, "pod-put", put, "-> dropped host unit:- net:other");
+        assert_eq!(check_line("pod-put", &dropped, 25275), Ok(()));
+        // Another runner's child, silence instead of the drop, the node's namespace.
+        assert!(check_line("pod-put", &dropped, 1).is_err());
+        let silent = line(
+            "imdsv2 token response not received (hop limit?)",
+            "pod-put",
+            put,
+            "host unit:- net:other",
+        );
+        assert!(
+            check_line("pod-put", &silent, 25275)
+                .unwrap_err()
+                .contains("label")
+        );
+        let in_node = line(DROPPED, "pod-put", put, "-> dropped host unit:- net:host");
+        assert!(
+            check_line("pod-put", &in_node, 25275)
+                .unwrap_err()
+                .contains("network")
+        );
+
+        let answered = line(
+            "imdsv2(token)",
+            "node-v2",
+            put,
+            "-> 200 host unit:- net:host",
+        );
+        assert_eq!(check_line("node-v2", &answered, 25275), Ok(()));
+        let get = "get /latest/meta-data/vm-guest/node-v2";
+        let v2 = line("imdsv2", "node-v2", get, "-> 200 host unit:- net:host");
+        assert_eq!(check_line("node-v2", &v2, 25275), Ok(()));
+        let lost = line(DROPPED, "node-v2", put, "-> dropped host unit:- net:host");
+        assert!(check_line("node-v2", &lost, 25275).is_err());
+    }
 }
