@@ -31,7 +31,7 @@ use std::{
 };
 
 use imds_snoop_line::{
-    TextLine,
+    TextBody, TextLine,
     label::{NET_HOST, NET_OTHER},
 };
 use imds_snoop_test_support::TinyImds;
@@ -139,7 +139,10 @@ pub(crate) fn run(opts: &Options) -> Outcome {
             failures.push(format!("the token value is in the log: {}", short(l)));
         }
         let Some(kind) = l.pid.and_then(|p| pids.get(&p)) else {
-            if !opts.ignore_foreign || l.pid.is_none() {
+            // A drop that matched no request: ours (in our node's namespace) is a failure
+            // always; another test's, on the host, is foreign.
+            let ours = unmatched_drop_netns(&l.raw).is_none_or(|ns| ns == net.node.inode);
+            if !opts.ignore_foreign || (l.pid.is_none() && ours) {
                 failures.push(format!("unexpected log line: {}", l.raw));
             }
             continue;
@@ -200,6 +203,18 @@ pub(crate) fn run(opts: &Options) -> Outcome {
         events,
         reason: (!failures.is_empty()).then(|| crate::summarize(&failures)),
     }
+}
+
+/// The namespace of the daemon's `imds-snoop saw a reply dropped at the hop limit (... netns:N)`
+/// line (a drop no traced request matched); `None` for any other line.
+fn unmatched_drop_netns(raw: &str) -> Option<u64> {
+    let TextBody::HopDrop { details } = TextLine::parse(raw)?.body else {
+        return None;
+    };
+    details
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("netns:"))
+        .and_then(|n| n.parse().ok())
 }
 
 /// One line of a drop-check client (a child of `runner`), against what it must say.
@@ -296,5 +311,17 @@ mod tests {
         assert_eq!(check_line("node-v2", &v2, 25275), Ok(()));
         let lost = line(DROPPED, "node-v2", put, "-> dropped host unit:- net:host");
         assert!(check_line("node-v2", &lost, 25275).is_err());
+    }
+
+    #[test]
+    fn unmatched_drops_name_their_namespace() {
+        let raw = "[2026-11-29 15:05:29,256] [WARNING] imds-snoop saw a reply dropped at the hop \
+                   limit (no traced request: to:10.200.1.2:40000 from:169.254.169.254:80 ttl:1 \
+                   reason:IP_INHDR netns:4026532245)";
+        assert_eq!(unmatched_drop_netns(raw), Some(4026532245));
+        assert_eq!(
+            unmatched_drop_netns("[2026-11-29 15:05:29,256] [INFO] imds-snoop started (x)"),
+            None
+        );
     }
 }
