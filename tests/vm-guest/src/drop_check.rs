@@ -6,9 +6,9 @@
 //! limit)`.
 //!
 //! Here: `routed.rs`'s pod -> node -> imds namespaces, the in-process fake IMDS in "imds"
-//! answering token PUTs with TTL 1, and `imds-snoop --attach auto --host-netns net:[NODE]`
-//! (the node is the host: a file holding `net:[INODE]`, as the unit's ExecStartPre
-//! writes it).
+//! answering token PUTs with TTL 1, and `imds-snoop --attach auto --host-netns FILE`, FILE
+//! holding the node's `net:[INODE]` as the unit's ExecStartPre writes pid 1's (the node is
+//! the host).
 //! Two clients, children of this runner:
 //! - `node-v2` in the node: token PUT and a GET with the token, both ` -> 200` and
 //!   `net:host` (one link away, no forwarding: TTL 1 arrives);
@@ -31,7 +31,7 @@ use std::{
 };
 
 use imds_snoop_line::{
-    TextBody, TextLine,
+    Class, TextBody, TextLine,
     label::{NET_HOST, NET_OTHER},
 };
 use imds_snoop_test_support::TinyImds;
@@ -44,8 +44,9 @@ use crate::{
 /// How long the pod's client waits for its PUT's reply (which must not come).
 pub(crate) const POD_PUT_WAIT: Duration = Duration::from_secs(4);
 
-/// The label of a token PUT whose reply died of its TTL (imds-snoop-line's class table).
-const DROPPED: &str = "imdsv2 token response dropped (hop limit)";
+/// The label of a token PUT whose reply died of its TTL (`imdsv2 token response dropped
+/// (hop limit)`).
+const DROPPED: &str = Class::V2TokenDropped.label();
 
 /// How long the lines may take after the clients are done (the drop line may wait for the
 /// daemon's response timeout).
