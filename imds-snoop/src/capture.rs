@@ -22,8 +22,7 @@ use aya::{
     },
 };
 use imds_snoop_common::{
-    AF_INET, AF_INET6, DROP_KINDS, DropConfig, MAX_PAYLOAD, MAX_TARGETS, Settings, Target,
-    Targets,
+    AF_INET, AF_INET6, DROP_KINDS, DropConfig, MAX_PAYLOAD, MAX_TARGETS, Settings, Target, Targets,
 };
 use tracing::{debug, warn};
 
@@ -199,7 +198,11 @@ impl fmt::Display for HopDrops {
 /// The drop program for this kernel: the reason one where the tracepoint has a `reason`
 /// argument (5.17+), the enum has `SKB_DROP_REASON_IP_INHDR`, and `ip_forward` gives it
 /// (5.19+: on 5.17 and 5.18 it still freed with no reason); else the route one.
-pub(crate) fn hop_drop_program(arity: Option<usize>, ip_inhdr: u32, kernel: (u32, u32)) -> HopDrops {
+pub(crate) fn hop_drop_program(
+    arity: Option<usize>,
+    ip_inhdr: u32,
+    kernel: (u32, u32),
+) -> HopDrops {
     if arity.is_some_and(|n| n >= 3) && ip_inhdr != 0 && kernel >= (5, 19) {
         HopDrops::Reason
     } else {

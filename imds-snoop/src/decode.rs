@@ -11,8 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use imds_snoop_common::{
     AF_INET6, COMM_LEN, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_HOP_DROP, EVENT_RESPONSE,
     EVENT_SEND, ExecEvent, ExitEvent, FLAG_READ_ERROR, FLAG_TRUNCATED, FLAG_UNSUPPORTED_ITER,
-    ForkEvent, HOP_DROP_BY_REASON, HopDropEvent, MAX_ANCESTORS, MAX_ARGV, ResponseEvent,
-    SendEvent,
+    ForkEvent, HOP_DROP_BY_REASON, HopDropEvent, MAX_ANCESTORS, MAX_ARGV, ResponseEvent, SendEvent,
 };
 
 /// Why a ring record is not an event. The daemon counts these and goes on; none is a

@@ -377,7 +377,10 @@ mod tests {
         );
         assert_eq!(r.status(), None);
         assert!(matches!(o.hop_drop(&hop_drop(1000), now), DropJoin::Repeat));
-        assert!(matches!(o.hop_drop(&hop_drop(3000), now), DropJoin::Unmatched));
+        assert!(matches!(
+            o.hop_drop(&hop_drop(3000), now),
+            DropJoin::Unmatched
+        ));
         assert!(matches!(o.hop_drop(&hop_drop(3000), now), DropJoin::Repeat));
         assert_eq!(
             (o.drops_matched, o.drops_unmatched, o.drops_repeated),
