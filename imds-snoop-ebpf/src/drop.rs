@@ -170,13 +170,13 @@ fn on_drop(skb: *const u8, reason: Option<u32>) -> Result<(), i32> {
     // SAFETY: a helper without arguments that reads the clock.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     // SAFETY: the value is copied out at once; an LRU entry may be evicted, not freed under us.
-    if let Some(&last) = unsafe { HOP_DROPS_SEEN.get(&key) }
+    if let Some(&last) = unsafe { HOP_DROPS_SEEN.get(key) }
         && now.wrapping_sub(last) < HOP_DROP_WINDOW_NS
     {
         count_drop(HOP_DROP_DEDUPLICATED);
         return Ok(());
     }
-    let _ = HOP_DROPS_SEEN.insert(&key, &now, 0);
+    let _ = HOP_DROPS_SEEN.insert(key, now, 0);
     let o = offsets();
     let netns = read::<*const u8>(skb, c.skb_dev)
         .and_then(|dev| read::<*const u8>(dev, c.dev_nd_net))

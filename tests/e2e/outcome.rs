@@ -241,10 +241,7 @@ fn token_put_response_dropped_by_hop_limit_is_logged_as_dropped() {
                 .iter()
                 .filter_map(|l| LogLine::parse(l))
                 .collect();
-            let warned = boto_lines
-                .iter()
-                .filter(|l| l.is_token_dropped())
-                .count();
+            let warned = boto_lines.iter().filter(|l| l.is_token_dropped()).count();
             let v1_ok = boto_lines
                 .iter()
                 .filter(|l| l.is_v1() && l.status() == Some(200))

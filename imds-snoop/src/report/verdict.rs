@@ -385,8 +385,9 @@ mod tests {
             .find(|c| c.counts.token_dropped == 1)
             .unwrap();
         assert!(
-            c.notes()
-                .contains(&"1 token response seen dropped at the hop limit (evidence: drop seen)".into()),
+            c.notes().contains(
+                &"1 token response seen dropped at the hop limit (evidence: drop seen)".into()
+            ),
             "{:?}",
             c.notes()
         );
