@@ -4,7 +4,8 @@
 //! whose `payload_len` runs past its end is an error (the daemon counts it); a decoded event
 //! says what the record says (its payload is exactly `payload_len` bytes of the record, at
 //! most `MAX_ANCESTORS` ancestors, at most `MAX_ARGV` bytes of argv; a send's and a
-//! response's addresses and ports, and a response's status, are exactly the record's), so
+//! response's addresses and ports, and a response's status, are exactly the record's, as are
+//! a hop-limit drop's TTL, netns, addresses, ports and reason when it has one), so
 //! output is bounded by the record.
 #![no_main]
 
@@ -15,8 +16,9 @@ use std::{
 
 use imds_snoop::decode::{DecodeError, Event, decode};
 use imds_snoop_common::{
-    AF_INET6, COMM_LEN, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_RESPONSE, EVENT_SEND, ExecEvent,
-    ExitEvent, ForkEvent, MAX_ANCESTORS, MAX_ARGV, ResponseEvent, SendEvent,
+    AF_INET6, COMM_LEN, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_HOP_DROP, EVENT_RESPONSE,
+    EVENT_SEND, ExecEvent, ExitEvent, ForkEvent, HOP_DROP_BY_REASON, HopDropEvent, MAX_ANCESTORS,
+    MAX_ARGV, ResponseEvent, SendEvent,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -32,6 +34,7 @@ fuzz_target!(|record: &[u8]| {
         EVENT_EXIT => size_of::<ExitEvent>(),
         EVENT_FORK => size_of::<ForkEvent>(),
         EVENT_RESPONSE => size_of::<ResponseEvent>(),
+        EVENT_HOP_DROP => size_of::<HopDropEvent>(),
         other => {
             assert_eq!(result, Err(DecodeError::Kind(other)));
             return;
@@ -116,6 +119,36 @@ fuzz_target!(|record: &[u8]| {
                 (
                     addr_at(record, offset_of!(ResponseEvent, raddr), family),
                     u16_at(record, offset_of!(ResponseEvent, rport)).unwrap()
+                )
+            );
+        }
+        Ok(Event::HopDrop(drop)) => {
+            assert_eq!(kind, EVENT_HOP_DROP);
+            // TTL, netns, addresses and ports are the record's; the reason only when the
+            // record says the kernel gave one.
+            assert_eq!(drop.ttl, record[offset_of!(HopDropEvent, ttl)]);
+            assert_eq!(
+                drop.netns,
+                u32_at(record, offset_of!(HopDropEvent, netns)).unwrap()
+            );
+            let by_reason = record[offset_of!(HopDropEvent, how)] == HOP_DROP_BY_REASON;
+            assert_eq!(
+                drop.reason,
+                by_reason.then(|| u32_at(record, offset_of!(HopDropEvent, reason)).unwrap())
+            );
+            let family = u16_at(record, offset_of!(HopDropEvent, family)).unwrap();
+            assert_eq!(
+                drop.local,
+                (
+                    addr_at(record, offset_of!(HopDropEvent, laddr), family),
+                    u16_at(record, offset_of!(HopDropEvent, lport)).unwrap()
+                )
+            );
+            assert_eq!(
+                drop.remote,
+                (
+                    addr_at(record, offset_of!(HopDropEvent, raddr), family),
+                    u16_at(record, offset_of!(HopDropEvent, rport)).unwrap()
                 )
             );
         }

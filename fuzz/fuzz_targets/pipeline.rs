@@ -27,8 +27,9 @@ use std::{
 
 use imds_snoop::fuzzing::{FuzzPipeline, Line};
 use imds_snoop_common::{
-    AF_INET, Ancestor, COMM_LEN, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_RESPONSE, EVENT_SEND,
-    ExecEvent, ExitEvent, ForkEvent, MAX_ANCESTORS, MAX_ARGV, ResponseEvent, SendEvent,
+    AF_INET, Ancestor, COMM_LEN, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_HOP_DROP,
+    EVENT_RESPONSE, EVENT_SEND, ExecEvent, ExitEvent, ForkEvent, HopDropEvent, MAX_ANCESTORS,
+    MAX_ARGV, ResponseEvent, SendEvent,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -270,7 +271,7 @@ fn send(
 
 /// One ring record from the input.
 fn op(input: &mut Input) -> Option<Vec<u8>> {
-    match input.byte() % 7 {
+    match input.byte() % 8 {
         0 | 1 => {
             let sock = u64::from(input.byte() % 8);
             let tgid = pid_of(input.byte());
@@ -328,6 +329,22 @@ fn op(input: &mut Input) -> Option<Vec<u8>> {
             status: u16::from(input.byte()) + 100,
             family: AF_INET,
             ts_ns: 2,
+            laddr: [u32::from_ne_bytes([10, 0, 0, 2]), 0, 0, 0],
+            raddr: [u32::from_ne_bytes([169, 254, 169, 254]), 0, 0, 0],
+            lport: 40000 + u16::from(input.byte() % 8),
+            rport: 80,
+            _pad: 0,
+        })),
+        // A reply dropped at the hop limit: joins a waiting request on its port, or is an
+        // unmatched drop (or a repeat).
+        6 => Some(bytes_of(&HopDropEvent {
+            kind: EVENT_HOP_DROP,
+            ttl: input.byte() % 2,
+            how: input.byte() % 3,
+            family: AF_INET,
+            reason: u32::from(input.byte()),
+            netns: 4026531840,
+            ts_ns: 3,
             laddr: [u32::from_ne_bytes([10, 0, 0, 2]), 0, 0, 0],
             raddr: [u32::from_ne_bytes([169, 254, 169, 254]), 0, 0, 0],
             lport: 40000 + u16::from(input.byte() % 8),

@@ -32,6 +32,14 @@ pub const EVENT_EXIT: u32 = 3;
 pub const EVENT_RESPONSE: u32 = 4;
 /// `kind` tag of a [`ForkEvent`].
 pub const EVENT_FORK: u32 = 5;
+/// `kind` tag of a [`HopDropEvent`].
+pub const EVENT_HOP_DROP: u32 = 6;
+/// [`HopDropEvent::how`]: the kernel said why (`reason` is `SKB_DROP_REASON_IP_INHDR`, the
+/// reason `ip_forward` gives a packet whose TTL ran out; 5.19+).
+pub const HOP_DROP_BY_REASON: u8 = 1;
+/// [`HopDropEvent::how`]: no reason on this kernel (5.10); the packet had no owning socket
+/// and a route that is not local delivery: it was being forwarded (see the eBPF `drop.rs`).
+pub const HOP_DROP_BY_ROUTE: u8 = 2;
 /// [`ResponseEvent::status`] of a reset (RST) from the traced destination (no HTTP status is
 /// below 100): a request waiting on that connection gets no response.
 pub const STATUS_RESET: u16 = 1;
@@ -58,7 +66,18 @@ pub const DROP_PROCESS_EVENT: u32 = 2;
 /// A response status lost (ring full): its call is logged without a status, and a token
 /// PUT among them would look unanswered.
 pub const DROP_RESPONSE: u32 = 3;
-pub const DROP_KINDS: u32 = 4;
+/// A hop-limit drop event lost (ring full): its token PUT falls back to the silence warning.
+pub const DROP_HOP_DROP: u32 = 4;
+/// Not a loss: hop-limit drops of a connection already reported within
+/// [`HOP_DROP_WINDOW_NS`] (the replies' retransmissions, about 16 per lost token PUT).
+pub const HOP_DROP_DEDUPLICATED: u32 = 5;
+pub const DROP_KINDS: u32 = 6;
+
+/// One hop-limit drop per connection (4-tuple) is reported within this window; the
+/// retransmissions of the same reply inside it are counted ([`HOP_DROP_DEDUPLICATED`]).
+/// A client gives up on its token PUT within seconds (botocore: 1 s, curl: its `-m`), and
+/// the server stops retransmitting once the client's reset arrives.
+pub const HOP_DROP_WINDOW_NS: u64 = 60_000_000_000;
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -132,6 +151,26 @@ pub struct Offsets {
     pub sk_num: u32,
     pub sk_rcv_saddr: u32,
     pub sk_v6_rcv_saddr: u32,
+}
+
+/// What the hop-limit drop program (`tp_btf/kfree_skb`) needs of the running kernel,
+/// resolved from its BTF at start: a read-only global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropConfig {
+    /// `sk_buff.head`, `sk_buff.network_header` (u16, from `head`), `sk_buff.sk`,
+    /// `sk_buff.dev`, `sk_buff._skb_refdst` (a `dst_entry *` with flag bit 0).
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    pub skb_sk: u32,
+    pub skb_dev: u32,
+    pub skb_refdst: u32,
+    /// `net_device.nd_net` (a `possible_net_t`: a `struct net *`).
+    pub dev_nd_net: u32,
+    /// `rtable.rt_flags` (the `dst_entry` is `rtable`'s first member).
+    pub rt_flags: u32,
+    /// `SKB_DROP_REASON_IP_INHDR` on this kernel (its value differs between kernels).
+    pub ip_inhdr: u32,
 }
 
 /// The snippet's run-time settings.
@@ -251,6 +290,45 @@ pub struct ResponseEvent {
     pub _pad: u32,
 }
 
+/// A reply from a traced destination dropped in the forwarding path with its TTL (hop
+/// limit) run out (`skb:kfree_skb` in `ip_forward` / `ip6_forward`): a hop limit of 1 cut a
+/// caller behind a routing hop off. One per connection within [`HOP_DROP_WINDOW_NS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HopDropEvent {
+    pub kind: u32,
+    /// The packet's TTL / hop limit as it arrived (0 or 1).
+    pub ttl: u8,
+    /// [`HOP_DROP_BY_REASON`] or [`HOP_DROP_BY_ROUTE`].
+    pub how: u8,
+    pub family: u16,
+    /// The kernel's `enum skb_drop_reason` value; 0 with [`HOP_DROP_BY_ROUTE`].
+    pub reason: u32,
+    /// Inode of the network namespace the packet died in (the node's, behind which the
+    /// caller sits); 0 if unreadable.
+    pub netns: u32,
+    /// `bpf_ktime_get_boot_ns`.
+    pub ts_ns: u64,
+    /// The caller's end: the packet's destination (same form as [`Target::addr`]).
+    pub laddr: [u32; 4],
+    /// The traced destination: the packet's source.
+    pub raddr: [u32; 4],
+    pub lport: u16,
+    pub rport: u16,
+    pub _pad: u32,
+}
+
+/// The key of the in-kernel deduplication of [`HopDropEvent`]s: the connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HopDropKey {
+    pub laddr: [u32; 4],
+    pub raddr: [u32; 4],
+    pub lport: u16,
+    pub rport: u16,
+    pub family: u32,
+}
+
 /// The kernel program's scratch record: the head plus room for a payload written at an
 /// offset that the verifier can only bound by `MAX_PAYLOAD` (so the room is doubled).
 #[repr(C)]
@@ -265,6 +343,9 @@ const _: () = assert!(core::mem::size_of::<Target>() == 20);
 const _: () = assert!(core::mem::size_of::<Ancestor>() == 20);
 const _: () = assert!(core::mem::size_of::<Offsets>() == 31 * 4);
 const _: () = assert!(core::mem::size_of::<ResponseEvent>() == 56);
+const _: () = assert!(core::mem::size_of::<HopDropEvent>() == 64);
+const _: () = assert!(core::mem::size_of::<HopDropKey>() == 40);
+const _: () = assert!(core::mem::size_of::<DropConfig>() == 8 * 4);
 const _: () = assert!(core::mem::size_of::<ExecEvent>() == 48 + MAX_ARGV);
 const _: () = assert!(core::mem::size_of::<ExitEvent>() == 16);
 const _: () = assert!(core::mem::size_of::<ForkEvent>() == 16);
@@ -305,4 +386,8 @@ mod user {
     unsafe impl aya::Pod for super::ForkEvent {}
     // SAFETY: as above; 56 bytes, explicit trailing `_pad`.
     unsafe impl aya::Pod for super::ResponseEvent {}
+    // SAFETY: as above; 64 bytes, explicit trailing `_pad`.
+    unsafe impl aya::Pod for super::HopDropEvent {}
+    // SAFETY: as above; eight u32s.
+    unsafe impl aya::Pod for super::DropConfig {}
 }

@@ -19,6 +19,9 @@
 //! Responses: `cgroup_skb/ingress` on the root cgroup v2 reads the status line of replies
 //! from a traced destination (see `response.rs`).
 //!
+//! Hop-limit drops: `tp_btf/kfree_skb` reports an IMDS reply that died in the node's
+//! forwarding path with its TTL run out (see `drop.rs`).
+//!
 //! Rust eBPF has no CO-RE: struct offsets come from userspace (BTF of the running kernel)
 //! as the read-only global `OFFSETS` (`kernel.rs`).
 //!
@@ -38,6 +41,7 @@
 #![no_main]
 
 mod capture;
+mod drop;
 mod kernel;
 mod process;
 mod response;

@@ -16,6 +16,9 @@ pub enum Class {
     /// A token PUT whose response never came within `--response-timeout`: the hop-limit
     /// warning (a hop limit of 1 drops the reply to pods behind a bridge or veth).
     V2TokenNoResponse,
+    /// A token PUT whose response was seen dropped in the node's forwarding path with its
+    /// TTL run out (the drop hook, `tp_btf/kfree_skb`): the hop limit, proven.
+    V2TokenDropped,
 }
 
 /// The level a line is written at, as the anchor tool (aws-imds-packet-analyzer) spells it.
@@ -54,14 +57,14 @@ pub struct ClassInfo {
     /// The JSON line's `class` (snake_case).
     pub json: &'static str,
     /// The `class` label of `imds_snoop_requests_total`. A token PUT left unanswered is
-    /// counted as `v2_token` (with `status="none"`), so the metric's label set stays the
-    /// four request kinds.
+    /// counted as `v2_token` (with `status="none"`), one seen dropped as `v2_token` with
+    /// `status="dropped"`, so the metric's label set stays the four request kinds.
     pub metric: &'static str,
     pub level: Level,
 }
 
 /// The class table, one row per [`Class`], in declaration order.
-pub const CLASSES: [ClassInfo; 5] = [
+pub const CLASSES: [ClassInfo; 6] = [
     ClassInfo {
         class: Class::V1,
         label: "imdsv1(!)",
@@ -94,6 +97,13 @@ pub const CLASSES: [ClassInfo; 5] = [
         class: Class::V2TokenNoResponse,
         label: "imdsv2 token response not received (hop limit?)",
         json: "v2_token_no_response",
+        metric: "v2_token",
+        level: Level::Warning,
+    },
+    ClassInfo {
+        class: Class::V2TokenDropped,
+        label: "imdsv2 token response dropped (hop limit)",
+        json: "v2_token_dropped",
         metric: "v2_token",
         level: Level::Warning,
     },
@@ -170,6 +180,12 @@ mod tests {
                 (
                     "imdsv2 token response not received (hop limit?)",
                     "v2_token_no_response",
+                    "v2_token",
+                    "WARNING"
+                ),
+                (
+                    "imdsv2 token response dropped (hop limit)",
+                    "v2_token_dropped",
                     "v2_token",
                     "WARNING"
                 ),

@@ -29,8 +29,16 @@ pub const STARTED_CLASS: &str = "started";
 pub const STOPPED_CLASS: &str = "stopped";
 /// `class` of the line saying response statuses are not traced from then on (`reason`).
 pub const STATUSES_OFF_CLASS: &str = "statuses_off";
+/// `class` of the line for a reply dropped at the hop limit that matched no traced request
+/// (its `hop_drop` and `reason` say which).
+pub const HOP_DROP_CLASS: &str = "hop_limit_drop";
 /// The marker classes.
-pub const MARKER_CLASSES: [&str; 3] = [STARTED_CLASS, STOPPED_CLASS, STATUSES_OFF_CLASS];
+pub const MARKER_CLASSES: [&str; 4] = [
+    STARTED_CLASS,
+    STOPPED_CLASS,
+    STATUSES_OFF_CLASS,
+    HOP_DROP_CLASS,
+];
 
 /// One request line. Strings borrow from the line read (or from the daemon's record)
 /// where they can.
@@ -59,6 +67,10 @@ pub struct JsonLine<'a> {
     /// the hop limit). Left out otherwise.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub connection: Option<Cow<'a, str>>,
+    /// The response was seen dropped at the hop limit in the node's forwarding path (the
+    /// drop hook): its details. Left out otherwise.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub hop_drop: Option<HopDrop<'a>>,
     /// From the request line; null when malformed.
     #[serde(borrow)]
     pub method: Option<Cow<'a, str>>,
@@ -106,6 +118,28 @@ pub struct JsonLine<'a> {
     pub bytes: u64,
     #[serde(default)]
     pub flags: Flags,
+}
+
+/// `hop_drop`: a reply from IMDS that died in the node's forwarding path, its TTL run out.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HopDrop<'a> {
+    /// The packet's TTL / hop limit as it reached the node (0 or 1).
+    #[serde(default)]
+    pub ttl: u8,
+    /// The kernel's drop reason (`IP_INHDR`, 5.19+); null where the kernel gives none and
+    /// forwarding was told apart by the packet's route.
+    #[serde(borrow, default)]
+    pub reason: Option<Cow<'a, str>>,
+    /// Inode of the network namespace the packet died in (the node's).
+    #[serde(default)]
+    pub netns: u32,
+    /// The caller's address and port the reply was for (`10.1.0.2:41000`); written on the
+    /// line of a drop that matched no request (a request line names its caller).
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<Cow<'a, str>>,
+    /// The traced destination the reply came from; as `to`.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Cow<'a, str>>,
 }
 
 /// `caller`: the process that made the request.
@@ -256,12 +290,16 @@ pub struct MarkerLine<'a> {
     /// One of [`MARKER_CLASSES`].
     #[serde(borrow)]
     pub class: Cow<'a, str>,
-    /// `INFO`, `WARNING` for [`STATUSES_OFF_CLASS`].
+    /// [`HOP_DROP_CLASS`]: the drop.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub hop_drop: Option<HopDrop<'a>>,
+    /// `INFO`, `WARNING` for [`STATUSES_OFF_CLASS`] and [`HOP_DROP_CLASS`].
     #[serde(borrow, default)]
     pub level: Cow<'a, str>,
     #[serde(borrow)]
     pub node: Option<Cow<'a, str>>,
-    /// [`STATUSES_OFF_CLASS`]: why; [`STARTED_CLASS`]: what was attached.
+    /// [`STATUSES_OFF_CLASS`]: why; [`STARTED_CLASS`]: what was attached (and whether the
+    /// drop hook is); [`HOP_DROP_CLASS`]: what the drop was and that no request matched.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<Cow<'a, str>>,
     pub schema: u32,

@@ -36,6 +36,12 @@ pub const USER_AGENT: &str = "user-agent: ";
 pub const RESET: &str = "reset";
 /// After [`ARROW`] in place of a status: the connection was closed before a response.
 pub const CLOSED: &str = "closed";
+/// After [`ARROW`] in place of a status: the response was seen dropped at the hop limit
+/// in the node's forwarding path (the drop hook).
+pub const HOP_DROPPED: &str = "dropped";
+/// The daemon's line for a hop-limit drop that matched no traced request:
+/// `imds-snoop saw a reply dropped at the hop limit (...)`.
+pub const HOP_DROP_UNMATCHED: &str = "imds-snoop saw a reply dropped at the hop limit";
 /// Origin of a containerized caller: the container id's first 12 characters.
 pub const CONTAINER: &str = "container:";
 /// `pod:<namespace>/<name>`, after [`CONTAINER`].
@@ -87,7 +93,7 @@ pub const STATUSES_OFF: &str = "imds-snoop statuses not traced from now";
 pub const ORIGIN_STARTS: [&str; 3] = [" container:", " host unit:", " origin:unknown"];
 
 /// Every separator and field label above.
-pub const ALL: [&str; 31] = [
+pub const ALL: [&str; 33] = [
     PID,
     ARGV,
     EXITED,
@@ -98,6 +104,8 @@ pub const ALL: [&str; 31] = [
     USER_AGENT,
     RESET,
     CLOSED,
+    HOP_DROPPED,
+    HOP_DROP_UNMATCHED,
     CONTAINER,
     POD,
     CONTAINER_NAME,

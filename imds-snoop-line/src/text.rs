@@ -42,6 +42,9 @@ pub enum TextBody<'a> {
     Stopped,
     /// `imds-snoop statuses not traced from now (<reason>)`.
     StatusesOff { reason: &'a str },
+    /// `imds-snoop saw a reply dropped at the hop limit (<details>)`: a reply dropped in
+    /// the node's forwarding path that matched no traced request.
+    HopDrop { details: &'a str },
     /// Anything else (the text after `] `).
     Other(&'a str),
 }
@@ -93,7 +96,7 @@ pub struct TextDetails<'a> {
     /// ` -> <status>` after the request.
     pub status: Option<u16>,
     /// ` -> reset` or ` -> closed` after the request: the connection ended without a
-    /// response.
+    /// response; ` -> dropped`: the response was seen dropped at the hop limit.
     pub connection_end: Option<&'a str>,
     pub origin: TextOrigin<'a>,
     /// `dst:`; `None` when the line has no origin fields.
@@ -138,6 +141,13 @@ impl<'a> TextBody<'a> {
                 .and_then(|r| r.strip_suffix(')'))
                 .unwrap_or(after.trim());
             return TextBody::StatusesOff { reason };
+        }
+        if let Some(after) = rest.strip_prefix(label::HOP_DROP_UNMATCHED) {
+            let details = after
+                .strip_prefix(" (")
+                .and_then(|r| r.strip_suffix(')'))
+                .unwrap_or(after.trim());
+            return TextBody::HopDrop { details };
         }
         if rest == label::STARTED || rest.starts_with(&[label::STARTED, " ("].concat()) {
             return TextBody::Started;
@@ -312,7 +322,7 @@ fn split_status(request: &str) -> (&str, Option<u16>, Option<&str>) {
         if code.len() == 3 && code.bytes().all(|b| b.is_ascii_digit()) {
             return (req, code.parse().ok(), None);
         }
-        if code == label::RESET || code == label::CLOSED {
+        if code == label::RESET || code == label::CLOSED || code == label::HOP_DROPPED {
             return (req, None, Some(code));
         }
     }
@@ -361,7 +371,8 @@ mod tests {
             | TextBody::Degraded
             | TextBody::Started
             | TextBody::Stopped
-            | TextBody::StatusesOff { .. } => return,
+            | TextBody::StatusesOff { .. }
+            | TextBody::HopDrop { .. } => return,
         };
         assert_eq!(format!("[{}] [{}] {body}", l.time, l.level), line);
         if let TextBody::Call(c) = l.body

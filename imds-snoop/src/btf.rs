@@ -13,7 +13,7 @@ use std::{
 };
 
 use btf_rs::{Backend, Btf, Type};
-use imds_snoop_common::Offsets;
+use imds_snoop_common::{DropConfig, Offsets};
 use tracing::debug;
 
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +157,41 @@ impl KernelBtf {
             sk_num: sk("skc_num")?,
             sk_rcv_saddr: sk("skc_rcv_saddr")?,
             sk_v6_rcv_saddr: sk("skc_v6_rcv_saddr")?,
+        })
+    }
+
+    /// What the hop-limit drop program reads (`DropConfig`): sk_buff, net_device and rtable
+    /// members, and `SKB_DROP_REASON_IP_INHDR` (0 where this kernel's enum has none: the
+    /// daemon then loads the program that needs no reason).
+    pub(crate) fn drop_config(&self) -> Result<DropConfig, BtfError> {
+        let skb = |paths: &[&[&str]]| self.offset("sk_buff", paths);
+        Ok(DropConfig {
+            skb_head: skb(&[&["head"]])?,
+            skb_network_header: skb(&[&["network_header"]])?,
+            skb_sk: skb(&[&["sk"]])?,
+            skb_dev: skb(&[&["dev"]])?,
+            skb_refdst: skb(&[&["_skb_refdst"]])?,
+            dev_nd_net: self.offset("net_device", &[&["nd_net"]])?,
+            rt_flags: self.offset("rtable", &[&["rt_flags"]])?,
+            ip_inhdr: self
+                .enum_value("skb_drop_reason", "SKB_DROP_REASON_IP_INHDR")
+                .unwrap_or(0),
+        })
+    }
+
+    /// Arguments of BTF tracepoint `name` (its `btf_trace_<name>` typedef, a pointer to
+    /// `void (*)(void *__data, TP_PROTO...)`), `__data` left out; None without it.
+    pub(crate) fn tracepoint_arity(&self, name: &str) -> Option<usize> {
+        let types = self.types_named(&format!("btf_trace_{name}")).ok()?;
+        types.into_iter().find_map(|ty| {
+            let Type::Typedef(td) = ty else { return None };
+            let Type::Ptr(ptr) = self.btf.resolve_chained_type(&td).ok()? else {
+                return None;
+            };
+            let Type::FuncProto(proto) = self.btf.resolve_chained_type(&ptr).ok()? else {
+                return None;
+            };
+            proto.parameters.len().checked_sub(1)
         })
     }
 

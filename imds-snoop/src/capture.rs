@@ -22,7 +22,7 @@ use aya::{
     },
 };
 use imds_snoop_common::{
-    AF_INET, AF_INET6, DROP_KINDS, MAX_PAYLOAD, MAX_TARGETS, Settings, Target, Targets,
+    AF_INET, AF_INET6, DROP_KINDS, DropConfig, MAX_PAYLOAD, MAX_TARGETS, Settings, Target, Targets,
 };
 use tracing::{debug, warn};
 
@@ -33,6 +33,8 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 const SEND_FUNCTION: &str = "tcp_sendmsg";
 const SEND_TRACEPOINT: &str = "tcp_sendmsg_locked";
+/// The hop-limit drop hook's tracepoint (`skb:kfree_skb`).
+const DROP_TRACEPOINT: &str = "kfree_skb";
 /// The perf PMU aya creates kprobes through (kernels 4.17+).
 const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
 
@@ -171,6 +173,49 @@ pub(crate) struct Capture {
     pub attached: AttachMode,
     /// The empty benchmark programs are attached (`--empty-program`).
     empty: bool,
+    /// The hop-limit drop hook: which program is attached (`Ok`), or why none is.
+    pub hop_drops: Result<HopDrops, String>,
+}
+
+/// Which hop-limit drop program is attached (see imds-snoop-ebpf's `drop.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HopDrops {
+    /// `imds_hop_drop`: the kernel's drop reason `SKB_DROP_REASON_IP_INHDR` (5.19+).
+    Reason,
+    /// `imds_hop_drop_route`: no owning socket and a route that is not local (IPv4 only).
+    Route,
+}
+
+impl fmt::Display for HopDrops {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HopDrops::Reason => "tp_btf/kfree_skb (reason IP_INHDR)",
+            HopDrops::Route => "tp_btf/kfree_skb (forwarded route, IPv4)",
+        })
+    }
+}
+
+/// The drop program for this kernel: the reason one where the tracepoint has a `reason`
+/// argument (5.17+), the enum has `SKB_DROP_REASON_IP_INHDR`, and `ip_forward` gives it
+/// (5.19+: on 5.17 and 5.18 it still freed with no reason); else the route one.
+pub(crate) fn hop_drop_program(
+    arity: Option<usize>,
+    ip_inhdr: u32,
+    kernel: (u32, u32),
+) -> HopDrops {
+    if arity.is_some_and(|n| n >= 3) && ip_inhdr != 0 && kernel >= (5, 19) {
+        HopDrops::Reason
+    } else {
+        HopDrops::Route
+    }
+}
+
+/// `6.12.117+deb12-cloud-amd64` -> (6, 12); (0, 0) when unreadable.
+fn kernel_version(release: &str) -> (u32, u32) {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
 impl Capture {
@@ -187,18 +232,26 @@ impl Capture {
         }
         // Offsets from a mapped BTF, dropped before aya parses BTF of its own: the two
         // never sit in memory together.
-        let (offsets, has_tracepoint, kernel) = {
+        let (offsets, has_tracepoint, kernel, drop_config, drop_arity) = {
             let kbtf = KernelBtf::load(opts.btf_path)?;
             (
                 kbtf.offsets()?,
                 kbtf.has_btf_tracepoint(SEND_TRACEPOINT),
                 kbtf.kernel().to_owned(),
+                kbtf.drop_config(),
+                kbtf.tracepoint_arity(DROP_TRACEPOINT),
             )
         };
         let targets = targets_table(opts.targets)?;
         let settings = Settings {
             payload_bytes: opts.payload_bytes,
             _pad: 0,
+        };
+        // Missing members are not fatal: the drop hook is evidence on top of the silence
+        // warning, which stays where the hook is unavailable.
+        let (drop_globals, drop_config) = match drop_config {
+            Ok(c) => (c, Ok(c)),
+            Err(e) => (DropConfig::default(), Err(one_line(&e))),
         };
         raise_memlock_limit();
 
@@ -211,6 +264,7 @@ impl Capture {
                 .override_global("OFFSETS", &offsets, true)
                 .override_global("TARGETS", &targets, true)
                 .override_global("SETTINGS", &settings, true)
+                .override_global("DROP_CONFIG", &drop_globals, true)
                 .map_max_entries("EVENTS", opts.ring_bytes)
                 .load(EBPF_OBJECT)
                 .map_err(|e| {
@@ -237,6 +291,17 @@ impl Capture {
             }),
         };
         attach_process_tracking(&mut ebpf, &btf);
+        let hop_drops = if opts.empty {
+            Err("not attached with --empty-program".to_owned())
+        } else {
+            drop_config.and_then(|c| {
+                attach_hop_drops(
+                    &mut ebpf,
+                    &btf,
+                    hop_drop_program(drop_arity, c.ip_inhdr, kernel_version(&kernel)),
+                )
+            })
+        };
         let mut tried = Vec::new();
         for &mode in order {
             match attach(&mut ebpf, mode, &btf, has_tracepoint, opts.empty) {
@@ -245,6 +310,7 @@ impl Capture {
                         ebpf,
                         attached: mode,
                         empty: opts.empty,
+                        hop_drops,
                     });
                 }
                 Err(e) => {
@@ -408,6 +474,20 @@ fn attach_process_tracking(ebpf: &mut Ebpf, btf: &Btf) {
     }
 }
 
+/// The hop-limit drop hook (`tp_btf/kfree_skb`). Not fatal: without it a token PUT left
+/// unanswered is still the silence-based warning. Returns which program is attached, or why
+/// none is, in one line.
+fn attach_hop_drops(ebpf: &mut Ebpf, btf: &Btf, which: HopDrops) -> Result<HopDrops, String> {
+    let name = match which {
+        HopDrops::Reason => "imds_hop_drop",
+        HopDrops::Route => "imds_hop_drop_route",
+    };
+    let p: &mut BtfTracePoint = program(ebpf, name).map_err(|e| one_line(&e))?;
+    p.load(DROP_TRACEPOINT, btf).map_err(|e| one_line(&e))?;
+    attach_or_unload(p.attach().map(drop), || p.unload()).map_err(|e| one_line(&e))?;
+    Ok(which)
+}
+
 /// Unloads a program whose attach failed, so a fallback leaves nothing behind.
 fn attach_or_unload(
     attached: Result<(), ProgramError>,
@@ -536,6 +616,20 @@ mod tests {
         let sys_admin = responses_diagnosis("CapEff:\t000000c000200000\n").unwrap();
         assert!(sys_admin.contains("6.9 and later"), "{sys_admin}");
         assert_eq!(responses_diagnosis("no caps here"), None);
+    }
+
+    #[test]
+    fn the_drop_program_follows_the_kernel() {
+        // 6.18 / 6.12 / 6.1: four or three arguments, IP_INHDR in the enum.
+        assert_eq!(hop_drop_program(Some(4), 7, (6, 18)), HopDrops::Reason);
+        assert_eq!(hop_drop_program(Some(3), 5, (6, 1)), HopDrops::Reason);
+        // 5.10: two arguments, no enum.
+        assert_eq!(hop_drop_program(Some(2), 0, (5, 10)), HopDrops::Route);
+        // 5.17/5.18: the reason exists, ip_forward does not give it yet.
+        assert_eq!(hop_drop_program(Some(3), 3, (5, 18)), HopDrops::Route);
+        assert_eq!(hop_drop_program(None, 7, (6, 18)), HopDrops::Route);
+        assert_eq!(kernel_version("6.12.117+deb12-cloud-amd64"), (6, 12));
+        assert_eq!(kernel_version("x"), (0, 0));
     }
 
     #[test]

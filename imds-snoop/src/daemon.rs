@@ -10,7 +10,10 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use imds_snoop_common::{DROP_NO_SCRATCH, DROP_PROCESS_EVENT, DROP_RESPONSE, DROP_RINGBUF_FULL};
+use imds_snoop_common::{
+    DROP_HOP_DROP, DROP_NO_SCRATCH, DROP_PROCESS_EVENT, DROP_RESPONSE, DROP_RINGBUF_FULL,
+    HOP_DROP_DEDUPLICATED,
+};
 use imds_snoop_line::{Level, json, label};
 use tokio::{
     io::unix::AsyncFd,
@@ -128,6 +131,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         }
     };
+    match &capture.hop_drops {
+        Ok(how) => info!("hop-limit drops: {how}"),
+        Err(why) => warn!(
+            "hop-limit drops are not traced: {why}; an unanswered token PUT is still the \
+             silence-based warning"
+        ),
+    }
     let ring = capture.take_events()?;
     metrics.set_attached(capture.attached, true);
     metrics.set_statuses_traced(responses);
@@ -181,10 +191,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         &tracer.node,
         json::STARTED_CLASS,
         Some(&format!(
-            "version {}, attached {}, statuses {}traced{}",
+            "version {}, attached {}, statuses {}traced, {}{}",
             env!("CARGO_PKG_VERSION"),
             capture.attached,
             if responses { "" } else { "not " },
+            match &capture.hop_drops {
+                Ok(how) => format!("drop hook {how}"),
+                Err(why) => format!("no drop hook ({why}): hop-limit warnings rest on silence"),
+            },
             match &host_netns {
                 Some((inode, path)) => format!(", host network namespace {inode} ({path})"),
                 None => ", host network namespace unknown".into(),
@@ -232,7 +246,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                         ),
                     ));
                 }
-                report_losses(&capture, &writer, &mut losses, tracer.format, &tracer.node, &tracer.metrics);
+                report_losses(&capture, &writer, &mut losses, &tracer);
             }
         }
     }
@@ -240,14 +254,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Whatever reached the ring before the signal is still logged.
     tracer.drain_ring(ring.get_mut(), &writer);
     tracer.finish(&writer);
-    report_losses(
-        &capture,
-        &writer,
-        &mut losses,
-        tracer.format,
-        &tracer.node,
-        &tracer.metrics,
-    );
+    report_losses(&capture, &writer, &mut losses, &tracer);
     drop(ring);
     drop(capture); // detaches
     writer.send(marker_line(
@@ -275,14 +282,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 /// Reads the loss totals (kernel drop counters, writer stats) into the metrics, and writes
 /// a line for each kind that grew since the last call (see [`Reported::update`]).
-fn report_losses(
-    capture: &Capture,
-    writer: &LineSender,
-    seen: &mut Reported,
-    format: Format,
-    node: &str,
-    metrics: &Metrics,
-) {
+fn report_losses(capture: &Capture, writer: &LineSender, seen: &mut Reported, tracer: &Tracer) {
+    let (format, node, metrics) = (tracer.format, tracer.node.as_str(), &tracer.metrics);
+    let hop_drops = tracer.pipeline.hop_drops();
     let stats = writer.stats();
     let drops = capture.drops().unwrap_or_default();
     let now = Losses {
@@ -293,9 +295,16 @@ fn report_losses(
     };
     let degraded = DegradedEvents {
         process_events: drops[DROP_PROCESS_EVENT as usize],
-        responses: drops[DROP_RESPONSE as usize],
+        responses: drops[DROP_RESPONSE as usize] + drops[DROP_HOP_DROP as usize],
     };
     metrics.set_totals(&now, &degraded, stats.written.load(Ordering::Relaxed));
+    let (matched, unmatched, repeated) = hop_drops;
+    metrics.set_hop_drops([
+        matched,
+        unmatched,
+        repeated,
+        drops[HOP_DROP_DEDUPLICATED as usize],
+    ]);
     for line in seen.update(now, degraded, format, node) {
         writer.send(line);
     }
@@ -346,6 +355,10 @@ impl Tracer {
             self.read_at = Instant::now();
             self.pipeline.push(&item, now, &mut self.records);
             self.write_records();
+            for d in self.pipeline.take_unmatched_drops() {
+                self.pending
+                    .push_with(|out| out.push_str(&hop_drop_line(self.format, &self.node, &d)));
+            }
             // A drain lasts as long as events keep coming faster than we take them (sends
             // and responses both let lines out): hand lines on as we go, or they would pile
             // up here unbounded.
@@ -436,10 +449,43 @@ fn host_netns(arg: Option<&std::path::Path>) -> Option<(u32, String)> {
 /// One of the daemon's markers in the trace log: `class` one of
 /// [`json::MARKER_CLASSES`], with its reason (text: in parentheses after the label).
 fn marker_line(format: Format, node: &str, class: &str, reason: Option<&str>) -> String {
+    marker_line_with(format, node, class, reason, None)
+}
+
+/// The line for a hop-limit drop that matched no traced request: its details in text
+/// (`to:`, `from:`, `ttl:`, `reason:`, `netns:` in the parentheses) and in JSON `hop_drop`.
+fn hop_drop_line(format: Format, node: &str, d: &crate::decode::HopDrop) -> String {
+    let to = std::net::SocketAddr::new(d.local.0, d.local.1).to_string();
+    let from = std::net::SocketAddr::new(d.remote.0, d.remote.1).to_string();
+    let reason = d.reason.map(|_| "IP_INHDR");
+    let text = format!(
+        "no traced request: to:{to} from:{from} ttl:{} reason:{} netns:{}",
+        d.ttl,
+        reason.unwrap_or("-"),
+        d.netns
+    );
+    let hop = json::HopDrop {
+        ttl: d.ttl,
+        reason: reason.map(Into::into),
+        netns: d.netns,
+        to: Some(to.into()),
+        from: Some(from.into()),
+    };
+    marker_line_with(format, node, json::HOP_DROP_CLASS, Some(&text), Some(hop))
+}
+
+fn marker_line_with(
+    format: Format,
+    node: &str,
+    class: &str,
+    reason: Option<&str>,
+    hop_drop: Option<json::HopDrop<'_>>,
+) -> String {
     let now = chrono::Local::now();
     let (text_label, level) = match class {
         json::STARTED_CLASS => (label::STARTED, Level::Info),
         json::STOPPED_CLASS => (label::STOPPED, Level::Info),
+        json::HOP_DROP_CLASS => (label::HOP_DROP_UNMATCHED, Level::Warning),
         _ => (label::STATUSES_OFF, Level::Warning),
     };
     match format {
@@ -458,6 +504,7 @@ fn marker_line(format: Format, node: &str, class: &str, reason: Option<&str>) ->
         }
         Format::Json => serde_json::to_string(&json::MarkerLine {
             class: class.into(),
+            hop_drop,
             level: level.as_str().into(),
             node: Some(node.into()),
             reason: reason.map(Into::into),

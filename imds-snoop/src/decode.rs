@@ -9,9 +9,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use imds_snoop_common::{
-    AF_INET6, COMM_LEN, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_RESPONSE, EVENT_SEND, ExecEvent,
-    ExitEvent, FLAG_READ_ERROR, FLAG_TRUNCATED, FLAG_UNSUPPORTED_ITER, ForkEvent, MAX_ANCESTORS,
-    MAX_ARGV, ResponseEvent, SendEvent,
+    AF_INET6, COMM_LEN, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_HOP_DROP, EVENT_RESPONSE,
+    EVENT_SEND, ExecEvent, ExitEvent, FLAG_READ_ERROR, FLAG_TRUNCATED, FLAG_UNSUPPORTED_ITER,
+    ForkEvent, HOP_DROP_BY_REASON, HopDropEvent, MAX_ANCESTORS, MAX_ARGV, ResponseEvent, SendEvent,
 };
 
 /// Why a ring record is not an event. The daemon counts these and goes on; none is a
@@ -111,6 +111,24 @@ pub struct Response {
     pub remote: (IpAddr, u16),
 }
 
+/// A reply from a traced destination dropped in the node's forwarding path with its TTL
+/// run out (tp_btf `kfree_skb`, imds-snoop-ebpf's `drop.rs`; the record is
+/// imds-snoop-common's `HopDropEvent`): the hop limit cut the caller at `local` off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HopDrop {
+    /// The packet's TTL / hop limit as it arrived at the node (0 or 1).
+    pub ttl: u8,
+    /// The kernel's drop reason (`SKB_DROP_REASON_IP_INHDR`'s value on that kernel) when the
+    /// kernel gave one; None where the program told forwarding apart by the route (5.10).
+    pub reason: Option<u32>,
+    /// Inode of the network namespace the packet died in (the node's); 0 if unknown.
+    pub netns: u32,
+    /// The caller's end (the packet's destination).
+    pub local: (IpAddr, u16),
+    /// The traced destination (the packet's source).
+    pub remote: (IpAddr, u16),
+}
+
 /// One ring-buffer record, decoded: what the kernel program reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -134,6 +152,8 @@ pub enum Event {
     },
     /// A response's status line (`EVENT_RESPONSE`).
     Response(Response),
+    /// A reply dropped at the hop limit (`EVENT_HOP_DROP`).
+    HopDrop(HopDrop),
 }
 
 /// Decodes one record of the `EVENTS` ring buffer: the first 4 bytes (native endian) are
@@ -183,6 +203,16 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
             let ev: ResponseEvent = head(record)?;
             Ok(Event::Response(Response {
                 status: ev.status,
+                local: (address(ev.family, &ev.laddr), ev.lport),
+                remote: (address(ev.family, &ev.raddr), ev.rport),
+            }))
+        }
+        EVENT_HOP_DROP => {
+            let ev: HopDropEvent = head(record)?;
+            Ok(Event::HopDrop(HopDrop {
+                ttl: ev.ttl,
+                reason: (ev.how == HOP_DROP_BY_REASON).then_some(ev.reason),
+                netns: ev.netns,
                 local: (address(ev.family, &ev.laddr), ev.lport),
                 remote: (address(ev.family, &ev.raddr), ev.rport),
             }))
@@ -374,6 +404,47 @@ mod tests {
         assert_eq!(
             decode(&bytes[..20]),
             Err(DecodeError::Short(20, std::mem::size_of::<ResponseEvent>()))
+        );
+    }
+
+    #[test]
+    fn decodes_a_hop_drop() {
+        let ev = HopDropEvent {
+            kind: EVENT_HOP_DROP,
+            ttl: 1,
+            how: HOP_DROP_BY_REASON,
+            family: AF_INET,
+            reason: 7,
+            netns: 4026532000,
+            ts_ns: 9,
+            laddr: [u32::from_ne_bytes([10, 1, 0, 2]), 0, 0, 0],
+            raddr: [u32::from_ne_bytes([169, 254, 169, 254]), 0, 0, 0],
+            lport: 41000,
+            rport: 80,
+            _pad: 0,
+        };
+        // SAFETY: bytes of a repr(C) integer-only struct.
+        let mut bytes: [u8; std::mem::size_of::<HopDropEvent>()] =
+            unsafe { std::mem::transmute(ev) };
+        assert_eq!(
+            decode(&bytes),
+            Ok(Event::HopDrop(HopDrop {
+                ttl: 1,
+                reason: Some(7),
+                netns: 4026532000,
+                local: ("10.1.0.2".parse().unwrap(), 41000),
+                remote: ("169.254.169.254".parse().unwrap(), 80),
+            }))
+        );
+        // Told apart by the route (5.10): no reason.
+        bytes[5] = imds_snoop_common::HOP_DROP_BY_ROUTE;
+        let Ok(Event::HopDrop(d)) = decode(&bytes) else {
+            panic!("not a drop");
+        };
+        assert_eq!(d.reason, None);
+        assert_eq!(
+            decode(&bytes[..63]),
+            Err(DecodeError::Short(63, std::mem::size_of::<HopDropEvent>()))
         );
     }
 

@@ -116,6 +116,7 @@ impl RequestLabels {
             status: match record.outcome {
                 Outcome::Status(code) => code.to_string(),
                 Outcome::NoResponse => "none".into(),
+                Outcome::Dropped(_) => imds_snoop_line::label::HOP_DROPPED.into(),
                 Outcome::Reset | Outcome::Closed => {
                     record.connection_end().unwrap_or_default().into()
                 }
@@ -170,6 +171,7 @@ struct Enabled {
     processing: Histogram,
     attached: Family<ModeLabels, Gauge>,
     statuses_traced: Gauge,
+    hop_drops: Family<ReasonLabels, Counter>,
 }
 
 impl Metrics {
@@ -245,6 +247,15 @@ impl Metrics {
              seen unanswered (the trace log says why, in a `statuses not traced` line)",
             statuses_traced.clone(),
         );
+        let hop_drops = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "hop_limit_drops",
+            "IMDS replies seen dropped in the node's forwarding path with their TTL run out \
+             (the drop hook, tp_btf/kfree_skb), by what they joined: request (a token PUT \
+             logged as dropped), none (no traced request: its own line), repeat (the same \
+             connection again) and deduplicated (retransmissions counted in the kernel)",
+            hop_drops.clone(),
+        );
         Self(Some(Enabled {
             registry: Arc::new(registry),
             max_label_sets,
@@ -257,6 +268,7 @@ impl Metrics {
             processing,
             attached,
             statuses_traced,
+            hop_drops,
         }))
     }
 
@@ -312,6 +324,21 @@ impl Metrics {
         set(&m.writer_queue_drops, losses.writer_queue_full);
         set(&m.lines_lost, losses.log_write_failed);
         set(&m.lines_written, lines_written);
+    }
+
+    /// The hop-limit drop totals: joined to a request, matching none, repeats, and
+    /// retransmissions deduplicated in the kernel.
+    pub(crate) fn set_hop_drops(&self, totals: [u64; 4]) {
+        let Some(m) = &self.0 else { return };
+        for (reason, v) in ["request", "none", "repeat", "deduplicated"]
+            .into_iter()
+            .zip(totals)
+        {
+            m.hop_drops
+                .get_or_create(&ReasonLabels { reason })
+                .inner()
+                .store(v, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn set_attached(&self, mode: AttachMode, attached: bool) {

@@ -23,9 +23,27 @@ use std::{
 use imds_snoop_common::{STATUS_CLOSED, STATUS_RESET};
 
 use crate::{
-    decode::Response,
-    record::{Outcome, Record},
+    decode::{HopDrop, Response},
+    record::{Dropped, Outcome, Record},
 };
+
+/// How long a connection whose reply was seen dropped is remembered, so a later report of
+/// the same loss (past the kernel's deduplication window) is not taken for a new one.
+const DROP_MEMORY: Duration = Duration::from_secs(600);
+/// Connections remembered at most (a few dozen bytes each).
+const MAX_DROPS_REMEMBERED: usize = 4096;
+
+/// What a hop-limit drop joined to.
+#[derive(Debug)]
+pub(crate) enum DropJoin {
+    /// The request waiting on that connection: its response died at the hop limit.
+    Matched(Box<Record>),
+    /// A connection already reported: counted, not written again.
+    Repeat,
+    /// No request waits on it (not traced, already written, or behind NAT): written as its
+    /// own line, so no drop is lost silently.
+    Unmatched,
+}
 
 /// (local end, remote end).
 pub(crate) type Key = ((IpAddr, u16), (IpAddr, u16));
@@ -48,6 +66,14 @@ pub(crate) struct Outcomes {
     matched: u64,
     expired: u64,
     warned_blind: bool,
+    /// Connections whose reply was seen dropped, and when (see [`DROP_MEMORY`]).
+    drops_seen: HashMap<Key, Instant>,
+    /// Hop-limit drops joined to their request.
+    pub drops_matched: u64,
+    /// Hop-limit drops that matched no waiting request.
+    pub drops_unmatched: u64,
+    /// Reports of a connection's drop already reported.
+    pub drops_repeated: u64,
 }
 
 /// Unanswered requests, with not one answered since start, after which the response path
@@ -67,6 +93,10 @@ impl Outcomes {
             matched: 0,
             expired: 0,
             warned_blind: false,
+            drops_seen: HashMap::new(),
+            drops_matched: 0,
+            drops_unmatched: 0,
+            drops_repeated: 0,
         }
     }
 
@@ -129,9 +159,50 @@ impl Outcomes {
         Some(record)
     }
 
+    /// A reply seen dropped at the hop limit (the drop hook): the oldest request waiting on
+    /// its connection (the 4-tuple as the caller's socket sees it, the packet's destination
+    /// and source) gets it as its outcome, at once: the reply will not come.
+    pub(crate) fn hop_drop(&mut self, drop: &HopDrop, now: Instant) -> DropJoin {
+        let key = (drop.local, drop.remote);
+        if self.drops_seen.len() >= MAX_DROPS_REMEMBERED {
+            self.drops_seen
+                .retain(|_, at| now.duration_since(*at) < DROP_MEMORY);
+            if self.drops_seen.len() >= MAX_DROPS_REMEMBERED {
+                self.drops_seen.clear();
+            }
+        }
+        let repeat = self
+            .drops_seen
+            .insert(key, now)
+            .is_some_and(|at| now.duration_since(at) < DROP_MEMORY);
+        let Some(p) = self.pending.get_mut(&key).and_then(VecDeque::pop_front) else {
+            if repeat {
+                self.drops_repeated += 1;
+                return DropJoin::Repeat;
+            }
+            self.drops_unmatched += 1;
+            return DropJoin::Unmatched;
+        };
+        if self.pending.get(&key).is_some_and(VecDeque::is_empty) {
+            self.pending.remove(&key);
+        }
+        self.len -= 1;
+        self.drops_matched += 1;
+        let mut record = p.record;
+        record.outcome = Outcome::Dropped(Dropped {
+            ttl: drop.ttl,
+            // The program reports one reason only, the forwarding TTL check's.
+            reason: drop.reason.map(|_| "IP_INHDR"),
+            netns: drop.netns,
+        });
+        DropJoin::Matched(Box::new(record))
+    }
+
     /// Requests whose wait is over, without a status, oldest first.
     pub(crate) fn expire(&mut self, now: Instant) -> Vec<Record> {
         let mut out = Vec::new();
+        self.drops_seen
+            .retain(|_, at| now.duration_since(*at) < DROP_MEMORY);
         self.pending.retain(|_, queue| {
             while queue.front().is_some_and(|p| p.deadline <= now) {
                 if let Some(p) = queue.pop_front() {
@@ -174,7 +245,7 @@ mod tests {
     use super::*;
     use crate::{
         attribution::{Origin, Proc},
-        http::Request,
+        http::{Class, Request},
     };
 
     fn parse(raw: &[u8]) -> Request {
@@ -260,6 +331,83 @@ mod tests {
         assert!(o.response(&response(2000, STATUS_CLOSED)).is_none());
         assert_eq!(o.unmatched, 0);
         assert!(!b.token_not_received());
+    }
+
+    fn hop_drop(port: u16) -> HopDrop {
+        let (local, remote) = key(port);
+        HopDrop {
+            ttl: 1,
+            reason: Some(7),
+            netns: 4026532001,
+            local,
+            remote,
+        }
+    }
+
+    fn token_put() -> Record {
+        let mut put = record("/");
+        put.request = parse(
+            b"PUT /latest/api/token HTTP/1.1\r\nX-aws-ec2-metadata-token-ttl-seconds: 1\r\n\r\n",
+        );
+        put
+    }
+
+    /// A drop releases the token PUT waiting on its connection at once, as the drop class;
+    /// the same loss reported again is counted, not written; a drop with no request is
+    /// written on its own (Unmatched), once.
+    #[test]
+    fn a_drop_joins_its_token_put() {
+        let mut o = Outcomes::new(Some(Duration::from_secs(2)), 10);
+        let now = Instant::now();
+        o.request(key(1000), token_put(), now);
+        o.request(key(2000), token_put(), now);
+        let DropJoin::Matched(r) = o.hop_drop(&hop_drop(1000), now) else {
+            panic!("not matched");
+        };
+        assert!(r.token_dropped() && !r.token_not_received());
+        assert_eq!(r.class(), Class::V2TokenDropped);
+        assert_eq!(r.level(), "WARNING");
+        assert_eq!(
+            r.dropped(),
+            Some(&Dropped {
+                ttl: 1,
+                reason: Some("IP_INHDR"),
+                netns: 4026532001
+            })
+        );
+        assert_eq!(r.status(), None);
+        assert!(matches!(o.hop_drop(&hop_drop(1000), now), DropJoin::Repeat));
+        assert!(matches!(
+            o.hop_drop(&hop_drop(3000), now),
+            DropJoin::Unmatched
+        ));
+        assert!(matches!(o.hop_drop(&hop_drop(3000), now), DropJoin::Repeat));
+        assert_eq!(
+            (o.drops_matched, o.drops_unmatched, o.drops_repeated),
+            (1, 1, 2)
+        );
+        // The other connection still waits, and its silence is the old warning.
+        let out = o.expire(now + Duration::from_secs(2));
+        assert_eq!(out.len(), 1);
+        assert!(out[0].token_not_received());
+        // Long after, the same connection is news again.
+        assert!(matches!(
+            o.hop_drop(&hop_drop(1000), now + DROP_MEMORY + Duration::from_secs(1)),
+            DropJoin::Unmatched
+        ));
+        let line = r.format(crate::output::Format::Text, "n");
+        assert!(
+            line.contains("[WARNING] imdsv2 token response dropped (hop limit) (pid:1:"),
+            "{line}"
+        );
+        assert!(line.contains(" -> dropped "), "{line}");
+        let json: serde_json::Value =
+            serde_json::from_str(&r.format(crate::output::Format::Json, "n")).unwrap();
+        assert_eq!(json["class"], "v2_token_dropped");
+        assert_eq!(json["hop_drop"]["ttl"], 1);
+        assert_eq!(json["hop_drop"]["reason"], "IP_INHDR");
+        assert_eq!(json["hop_drop"]["netns"], 4026532001u32);
+        assert!(json["status"].is_null() && json.get("connection").is_none());
     }
 
     #[test]

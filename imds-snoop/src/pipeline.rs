@@ -15,9 +15,9 @@ use tracing::warn;
 use crate::{
     attribution::{Attribution, Paths},
     clock::BootClock,
-    decode::{self, Event, Send},
+    decode::{self, Event, HopDrop, Send},
     http::{Reassembler, Request},
-    outcome::Outcomes,
+    outcome::{DropJoin, Outcomes},
     record::{Outcome, Record},
     redact::SeenTokens,
 };
@@ -43,7 +43,14 @@ pub(crate) struct Pipeline {
     blind: bool,
     /// Inode of the node's network namespace, to say whether each caller is in it.
     host_netns: Option<u32>,
+    /// Hop-limit drops that matched no waiting request, to be written on their own
+    /// ([`Self::take_unmatched_drops`]); bounded by [`MAX_UNMATCHED_DROPS`] between takes.
+    unmatched_drops: Vec<HopDrop>,
 }
+
+/// Unmatched drops held between two takes by the daemon (it takes them after every drain);
+/// past this they are only counted (`Outcomes::drops_unmatched`).
+const MAX_UNMATCHED_DROPS: usize = 256;
 
 impl Pipeline {
     /// `paths`: where `/proc`, the cgroup tree and the runtimes' state are read.
@@ -59,6 +66,7 @@ impl Pipeline {
             tokens: SeenTokens::new(),
             blind: false,
             host_netns: None,
+            unmatched_drops: Vec::new(),
         }
     }
 
@@ -82,6 +90,15 @@ impl Pipeline {
             Ok(Event::Exit { tgid }) => self.attribution.on_exit(tgid, now),
             Ok(Event::Fork { tgid, ppid }) => self.attribution.on_fork(tgid, ppid, now),
             Ok(Event::Response(response)) => out.extend(self.outcomes.response(&response)),
+            Ok(Event::HopDrop(drop)) => match self.outcomes.hop_drop(&drop, now) {
+                DropJoin::Matched(record) => out.push(*record),
+                DropJoin::Repeat => {}
+                DropJoin::Unmatched => {
+                    if self.unmatched_drops.len() < MAX_UNMATCHED_DROPS {
+                        self.unmatched_drops.push(drop);
+                    }
+                }
+            },
             Err(e) => {
                 self.decode_errors += 1;
                 if self.decode_errors.is_power_of_two() {
@@ -127,6 +144,21 @@ impl Pipeline {
         }
         out.extend(self.outcomes.expire(now));
         out.extend(self.outcomes.drain());
+    }
+
+    /// Hop-limit drops that matched no waiting request since the last call: the daemon
+    /// writes a line for each (a drop is never lost silently).
+    pub(crate) fn take_unmatched_drops(&mut self) -> Vec<HopDrop> {
+        std::mem::take(&mut self.unmatched_drops)
+    }
+
+    /// Hop-limit drops since start: (joined to their request, matching none, repeats).
+    pub(crate) fn hop_drops(&self) -> (u64, u64, u64) {
+        (
+            self.outcomes.drops_matched,
+            self.outcomes.drops_unmatched,
+            self.outcomes.drops_repeated,
+        )
     }
 
     /// Ring records that could not be decoded, since start.

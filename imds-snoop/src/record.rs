@@ -50,6 +50,21 @@ pub(crate) enum Outcome {
     Reset,
     /// The connection was closed (FIN) before a response.
     Closed,
+    /// The response was seen dropped in the node's forwarding path with its TTL run out
+    /// (the drop hook): the hop limit cut the caller off.
+    Dropped(Dropped),
+}
+
+/// What the drop hook saw of a response dropped at the hop limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Dropped {
+    /// The reply's TTL / hop limit as it reached the node (0 or 1).
+    pub ttl: u8,
+    /// The kernel's drop reason by name (`IP_INHDR`, the only one the program reports);
+    /// None where the kernel gives none (5.10: told apart by the route).
+    pub reason: Option<&'static str>,
+    /// Inode of the network namespace the reply died in (the node's).
+    pub netns: u32,
 }
 
 impl Record {
@@ -60,6 +75,8 @@ impl Record {
     pub(crate) fn class(&self) -> Class {
         if self.token_not_received() {
             Class::V2TokenNoResponse
+        } else if self.token_dropped() {
+            Class::V2TokenDropped
         } else {
             self.request.class
         }
@@ -74,6 +91,19 @@ impl Record {
     /// A token PUT that got no answer: the hop-limit warning.
     pub(crate) fn token_not_received(&self) -> bool {
         self.request.class == Class::V2Token && self.outcome == Outcome::NoResponse
+    }
+
+    /// A token PUT whose response was seen dropped at the hop limit (the drop hook).
+    pub(crate) fn token_dropped(&self) -> bool {
+        self.request.class == Class::V2Token && matches!(self.outcome, Outcome::Dropped(_))
+    }
+
+    /// The drop, when the response was seen dropped at the hop limit.
+    pub(crate) fn dropped(&self) -> Option<&Dropped> {
+        match &self.outcome {
+            Outcome::Dropped(d) => Some(d),
+            _ => None,
+        }
     }
 
     /// `reset` or `closed` when the connection ended without a response (text ` -> reset`,

@@ -10,7 +10,12 @@
 # the file) as an unprivileged user with no-new-privs, as systemd runs it (capsh gives the
 # same uid, ambient set and no-new-privs):
 #   1. the full set attaches and attributes both calls, pod and container names included,
-#      each with its response status (` -> 200`);
+#      each with its response status (` -> 200`); and hop-limit evidence: with the fake
+#      IMDS behind the node answering token PUTs with TTL 1 and a "pod" namespace routed
+#      through the node (lib.sh's routed_up; --host-netns names the node's namespace), the
+#      node's token PUT is answered (` -> 200`, net:host) and the pod's is logged
+#      `imdsv2 token response dropped (hop limit)` (net:other): the drop hook works under
+#      exactly these privileges;
 #   2. each capability taken away breaks something: CAP_BPF and CAP_PERFMON -> no attach
 #      (the daemon exits non-zero and never becomes ready); CAP_NET_ADMIN -> attached, but
 #      no line has a status (the cgroup_skb response program cannot be attached), and
@@ -21,7 +26,8 @@
 # file; it runs as uid 0 with every other capability dropped; SYS_RESOURCE, there only for
 # pre-5.11 kernels, is left out: this machine's bounding set lacks it):
 #   4. with the fake IMDS enforcing IMDSv2 (http_tokens=required), uid 0 with exactly that
-#      set attributes both calls, pod names included, each logged ` -> 401`;
+#      set attributes both calls, pod names included, each logged ` -> 401`, and logs the
+#      pod's token PUT dropped at the node, as in 1;
 #   5. the same without NET_ADMIN: the calls are logged without a status.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -38,6 +44,7 @@ chmod 0755 "$dir"
 install -m 0755 "$binary" "$dir/imds-snoop"
 binary=$dir/imds-snoop
 netns_up "$dir"
+routed_up --ttl 1
 mkdir -m 0755 "$dir/containerd"
 containerd_start "$dir/containerd"
 pod_container shop web-1 app
@@ -69,7 +76,8 @@ run_daemon() {
     local tag=$1 user=$2 caps=$3 d=$dir/$1 iab
     mkdir -p "$d"
     [ "$user" = root ] || chown nobody:nogroup "$d"
-    local args=(--log-file "$d/trace.log" --ready-file "$d/ready" --containerd-root "$CTRD_TASKS")
+    local args=(--log-file "$d/trace.log" --ready-file "$d/ready" --containerd-root "$CTRD_TASKS"
+        --host-netns "/var/run/netns/$NETNS")
     if [ "$user" = nobody ]; then
         iab=$(tr ',' '\n' <<<"$caps" | grep . | sed 's/^/^/' | paste -sd, -)
         capsh --no-new-privs --gid=65534 --groups=65534 --cap-uid=65534 ${iab:+--iab="$iab"} \
@@ -125,8 +133,11 @@ run_daemon unit nobody "$UNIT_CAPS" || fail "unit set: daemon exited ($DAEMON_RC
 line=$(calls_attributed unit 200)
 [[ $line == *"pod:shop/web-1 container-name:app"* ]] || fail "unit set: no pod name: $line"
 ! grep -q 'statuses are not traced' "$dir/unit/stderr" || fail "unit set: $(grep statuses "$dir/unit/stderr")"
-stop_daemon
 ok "unit set ($UNIT_CAPS) as an unprivileged user: attached, host and pod calls attributed with pod names and -> 200"
+expect_node_put unit-node-put "$dir/unit/trace.log" ip netns exec "$NETNS"
+expect_hop_drop unit-pod-put "$dir/unit/trace.log" ip netns exec "$POD_NETNS" >/dev/null
+stop_daemon
+ok "unit set: hop limit 1: the node's token PUT -> 200 (net:host), the routed pod's logged '$DROPPED_LABEL' (net:other)"
 
 # 2. Each one taken away.
 for cap in $(tr ',' ' ' <<<"$UNIT_CAPS"); do
@@ -170,13 +181,16 @@ DS_CAPS=$(sed -n '/^ *add:$/,/^ *[a-z][a-zA-Z]*:/p' "$REPO/deploy/kubernetes/dae
     sed -n 's/^ *- \([A-Z_]*\)$/cap_\1/p' | tr 'A-Z' 'a-z' | grep -vx cap_sys_resource | paste -sd, -)
 case ",$DS_CAPS," in *,cap_bpf,*cap_perfmon,*cap_net_admin,*) ;; *) fail "DaemonSet capabilities.add: $DS_CAPS" ;; esac
 note "DaemonSet capabilities (without sys_resource): $DS_CAPS"
-fake_imds_start --require-v2
+fake_imds_start --require-v2 --ttl 1
 run_daemon daemonset root "$DS_CAPS" ||
     fail "daemonset set: daemon exited ($DAEMON_RC): $(tail -5 "$dir/daemonset/stderr")"
 line=$(calls_attributed daemonset 401)
 [[ $line == *"pod:shop/web-1 container-name:app"* ]] || fail "daemonset set: no pod name: $line"
-stop_daemon
 ok "uid 0 with only $DS_CAPS, IMDSv2 enforced: host and pod calls attributed with pod names and -> 401"
+expect_node_put daemonset-node-put "$dir/daemonset/trace.log" ip netns exec "$NETNS"
+expect_hop_drop daemonset-pod-put "$dir/daemonset/trace.log" ip netns exec "$POD_NETNS" >/dev/null
+stop_daemon
+ok "daemonset set: hop limit 1: the node's token PUT -> 200 (net:host), the routed pod's logged '$DROPPED_LABEL' (net:other)"
 
 # 5. The DaemonSet's set without NET_ADMIN: the statuses are gone.
 run_daemon daemonset-no-net-admin root "$(tr ',' '\n' <<<"$DS_CAPS" | grep -vx cap_net_admin | paste -sd, -)" ||

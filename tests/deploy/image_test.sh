@@ -24,9 +24,14 @@
 #   4. a v1 call from another pod's container is logged as JSON, on stdout and in the
 #      node's /var/log/imds/imds-trace.log, with the node name, pod, container, caller and
 #      response status (200: the response program attached under these capabilities);
+#   4a. hop limit 1: IMDS behind the node answering token PUTs with TTL 1 and a "pod"
+#      namespace routed through the node (lib.sh's routed_up): the pod's token PUT gets no
+#      reply, and the DaemonSet logs it as dropped at the node (class v2_token_dropped,
+#      host_network false, no status): the drop hook works under the DaemonSet's settings;
 #   4b. its metrics endpoint (port from --metrics-addr, as the scrape annotations say),
 #      scraped inside the container's own network namespace with the real Prometheus
-#      parsers (tests/e2e/scrape_metrics.py), counts that call under its pod and comm;
+#      parsers (tests/e2e/scrape_metrics.py), counts that call under its pod and comm, and
+#      the dropped token PUT as class v2_token, status dropped;
 #   5. SIGTERM stops it cleanly (exit status 0, "detached, log flushed").
 # (CAP_SYS_RESOURCE of the DaemonSet is left out here: this machine's own bounding set lacks
 # it, and kernels from 5.11 on do not use it.)
@@ -100,6 +105,7 @@ ok "image: one reference, an OCI index of linux/amd64 and linux/arm64; each one 
 
 # 2. containerd, a pod to be traced, the image imported.
 netns_up "$dir"
+routed_up --ttl 1
 mkdir -m 0755 "$dir/containerd"
 containerd_start "$dir/containerd"
 pod_container shop web-1 app
@@ -182,6 +188,25 @@ assert r["host_network"] is False, r.get("host_network")
 EOF
 ok "pod call logged (stdout and /var/log/imds/imds-trace.log): node test-node-1, pod shop/web-1, container app, caller wget, status 200, host_network false"
 
+# 4a. Hop limit 1: the routed pod's token PUT dies at the node, and the DaemonSet says so.
+rc=0
+ip netns exec "$POD_NETNS" curl -s -m 3 -o /dev/null -A image-pod-put -X PUT \
+    -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' "http://$IMDS/latest/api/token" || rc=$?
+[ "$rc" = 28 ] || fail "the pod's token PUT: curl exit $rc, want 28 (its TTL-1 reply dies at the node)"
+json=$(wait_line "$dir/imds-log/imds-trace.log" '"image-pod-put"' 20) ||
+    fail "the pod's token PUT is not in the node's trace log: $(tail -3 "$dir/imds-log/imds-trace.log")"
+python3 - "$json" <<'EOF' || fail "dropped token PUT's JSON line: $json"
+import json, sys
+r = json.loads(sys.argv[1])
+assert r["class"] == "v2_token_dropped", r["class"]
+assert (r["method"], r["path"]) == ("PUT", "/latest/api/token"), (r["method"], r["path"])
+assert r["caller"]["comm"] == "curl", r["caller"]
+assert r["caller"]["argv"].startswith("curl -s -m 3 -o /dev/null -A image-pod-put -X PUT "), r["caller"]
+assert r.get("status") is None, r.get("status")
+assert r["host_network"] is False, r.get("host_network")
+EOF
+ok "hop limit 1: the routed pod's token PUT logged as v2_token_dropped (host_network false, no status)"
+
 # 4b. Metrics, scraped where Prometheus would reach them: the pod's own network namespace
 # (a new one: the DaemonSet has no hostNetwork; its loopback is brought up for the scrape).
 port=$(sed -n 's/^ *- --metrics-addr=.*:\([0-9]*\)$/\1/p' "$daemonset")
@@ -201,11 +226,13 @@ def value(name, **labels):
     return found[0]
 assert value("imds_snoop_requests_total", **{"class": "v1"}, namespace="shop", pod="web-1",
              container="app", comm="wget") == 1
+assert value("imds_snoop_requests_total", **{"class": "v2_token"}, status="dropped",
+             comm="curl") == 1
 assert value("imds_snoop_attached") == 1
 assert value("imds_snoop_statuses_traced") == 1
 assert value("imds_snoop_kernel_drops_total", reason="ring_full") == 0
 EOF
-ok "metrics on the pod's :$port/metrics: 1 v1 call by wget in shop/web-1 (app), attached, no drops"
+ok "metrics on the pod's :$port/metrics: 1 v1 call by wget in shop/web-1 (app), 1 token PUT by curl counted v2_token/dropped, attached, no drops"
 
 # 5. SIGTERM.
 ctr_ task kill -s SIGTERM "$DS"

@@ -73,19 +73,98 @@ netns_up() {
     fake_imds_start
 }
 
-# fake_imds_start [FAKE_IMDS_ARGS...]: (re)starts the fake IMDS in $NETNS, e.g. with
-# --require-v2 (http_tokens=required: v1 calls get 401).
+# fake_imds_start [FAKE_IMDS_ARGS...]: (re)starts the fake IMDS in $NETNS ($FAKE_NETNS once
+# routed_up moved IMDS behind the node), e.g. with --require-v2 (http_tokens=required: v1
+# calls get 401) or --ttl 1 (PUT response hop limit 1).
 fake_imds_start() {
     if [ -n "${FAKE_PID:-}" ]; then
         kill "$FAKE_PID" 2>/dev/null || true
         wait "$FAKE_PID" 2>/dev/null || true
     fi
     rm -f "$FAKE_DIR/fake_imds.ready"
-    ip netns exec "$NETNS" python3 "$REPO/tests/fake_imds.py" --bind "$IMDS" --port 80 \
+    ip netns exec "${FAKE_NETNS:-$NETNS}" python3 "$REPO/tests/fake_imds.py" --bind "$IMDS" --port 80 \
         --ready-file "$FAKE_DIR/fake_imds.ready" "$@" >>"$FAKE_DIR/fake_imds.log" 2>&1 &
     FAKE_PID=$!
     wait_until 10 test -s "$FAKE_DIR/fake_imds.ready" ||
         fail "fake IMDS did not start: $(cat "$FAKE_DIR/fake_imds.log")"
+}
+
+# routed_up [FAKE_IMDS_ARGS...]: makes $NETNS a Kubernetes node's network namespace, as
+# tests/support's Routed does for the e2e tests: IMDS moves from its loopback to a namespace
+# of its own, $IMDS_NETNS, behind a veth (the node's processes reach it over one link, no
+# routing hop), and a "pod" namespace $POD_NETNS sits behind another veth, the node
+# forwarding between them (ip_forward=1 in the node's namespace only): the pod's replies
+# cross the node's forwarding path, where a TTL-1 reply dies. The fake IMDS restarts in
+# $IMDS_NETNS with FAKE_IMDS_ARGS (e.g. --ttl 1). Addresses: 10.200.1.0/24 pod<->node,
+# 10.200.2.0/24 node<->imds; nothing is added to the machine's own namespace.
+routed_up() {
+    local ns
+    POD_NETNS=$NETNS-pod
+    IMDS_NETNS=$NETNS-imds
+    for ns in "$POD_NETNS" "$IMDS_NETNS"; do
+        ip netns add "$ns"
+        on_exit "ip netns pids '$ns' | xargs -r kill -9; ip netns delete '$ns'"
+        ip -n "$ns" link set lo up
+    done
+    ip -n "$POD_NETNS" link add eth0 type veth peer name veth-pod netns "$NETNS"
+    ip -n "$NETNS" link add veth-imds type veth peer name eth0 netns "$IMDS_NETNS"
+    ip -n "$POD_NETNS" addr add 10.200.1.2/24 dev eth0
+    ip -n "$NETNS" addr add 10.200.1.1/24 dev veth-pod
+    ip -n "$NETNS" addr add 10.200.2.1/24 dev veth-imds
+    ip -n "$IMDS_NETNS" addr add 10.200.2.2/24 dev eth0
+    ip -n "$IMDS_NETNS" addr add "$IMDS/32" dev lo
+    ip -n "$NETNS" addr del "$IMDS/32" dev lo
+    ip -n "$POD_NETNS" link set eth0 up
+    ip -n "$NETNS" link set veth-pod up
+    ip -n "$NETNS" link set veth-imds up
+    ip -n "$IMDS_NETNS" link set eth0 up
+    ip -n "$POD_NETNS" route add default via 10.200.1.1
+    ip -n "$NETNS" route add "$IMDS/32" via 10.200.2.2
+    ip -n "$IMDS_NETNS" route add 10.200.1.0/24 via 10.200.2.1
+    ip netns exec "$NETNS" sysctl -qw net.ipv4.ip_forward=1
+    FAKE_NETNS=$IMDS_NETNS
+    fake_imds_start "$@"
+}
+
+# The label of a token PUT whose reply died of its TTL at the node (imds-snoop-line's class
+# table) and the one of a token PUT answered.
+DROPPED_LABEL='imdsv2 token response dropped (hop limit)'
+
+# expect_hop_drop TAG LOG RUN...: with the fake IMDS answering token PUTs with TTL 1
+# (routed_up --ttl 1), a token PUT by curl, run through RUN... in $POD_NETNS, gets no reply
+# (curl times out, exit 28: the reply died in the node's forwarding path), and LOG gets its
+# line: the drop label, the pod's curl as caller, net:other, no status. Prints the line.
+expect_hop_drop() {
+    local tag=$1 log=$2 rc=0 line
+    shift 2
+    "$@" curl -s -m 3 -o /dev/null -A "$tag" -X PUT \
+        -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' "http://$IMDS/latest/api/token" || rc=$?
+    [ "$rc" = 28 ] ||
+        fail "$tag: the pod's token PUT: curl exit $rc, want 28 (a timeout: its TTL-1 reply dies at the node)"
+    line=$(wait_line "$log" "user-agent: $tag," 20) ||
+        fail "$tag: the pod's token PUT is not logged: $(tail -3 "$log" 2>/dev/null)"
+    [[ $line == *"[WARNING] $DROPPED_LABEL (pid:"*":curl argv:"*"curl -s -m 3 -o /dev/null -A $tag -X PUT "* ]] ||
+        fail "$tag: the pod's token PUT is not logged as dropped at the node: $line"
+    [[ $line == *" net:other "* ]] || fail "$tag: the pod's token PUT is not net:other: $line"
+    [ -z "$(status_of "$line")" ] || fail "$tag: the dropped PUT has a status: $line"
+    echo "$line"
+}
+
+# expect_node_put TAG LOG RUN...: a token PUT by curl, run through RUN... in the node's
+# namespace, is answered although the fake IMDS sends TTL 1 (one link, no routing hop), and
+# LOG has it as `imdsv2(token)` with ` -> 200` and net:host.
+expect_node_put() {
+    local tag=$1 log=$2 line
+    shift 2
+    "$@" curl -sf -m 5 -o /dev/null -A "$tag" -X PUT \
+        -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' "http://$IMDS/latest/api/token" ||
+        fail "$tag: the node's token PUT was not answered"
+    line=$(wait_line "$log" "user-agent: $tag," 10) ||
+        fail "$tag: the node's token PUT is not logged: $(tail -3 "$log" 2>/dev/null)"
+    [[ $line == *"[INFO] imdsv2(token) (pid:"*":curl argv:"*"curl -sf -m 5 -o /dev/null -A $tag -X PUT "* ]] ||
+        fail "$tag: the node's token PUT is not logged as answered: $line"
+    [[ $line == *" net:host "* ]] || fail "$tag: the node's token PUT is not net:host: $line"
+    expect_status "$line" 200 "$tag: the node's token PUT"
 }
 
 # status_of LINE: the response status a trace line shows (` -> 200 ` in text, "status":200

@@ -17,7 +17,11 @@
 # capabilities, no-new-privs and a seccomp filter; `imds-snoop check` sees the ready file;
 # a v1 call is logged to /var/log/imds/imds-trace.log with its caller and ` -> 200`, and
 # with the fake IMDS enforcing IMDSv2 a v1 call with ` -> 401` and a token flow with
-# ` -> 200` (the statuses need the unit's CAP_NET_ADMIN); a second install
+# ` -> 200` (the statuses need the unit's CAP_NET_ADMIN); hop-limit evidence: with IMDS
+# moved behind the node (the manager's namespace) answering token PUTs with TTL 1 and a
+# "pod" namespace routed through the node, the node's token PUT is answered (` -> 200`,
+# net:host) and the pod's is logged `imdsv2 token response dropped (hop limit)` (net:other:
+# the unit learnt the node's namespace from pid 1); a second install
 # restarts nothing; Restart=on-failure brings it back after SIGKILL; a start that cannot
 # attach (CAP_BPF taken away) fails `systemctl start` instead of reporting active; stop is
 # clean (exit 0, ready file gone); metrics are off in the unit and the drop-in its header
@@ -175,9 +179,9 @@ node_netns=$(stat -L -c %i "/var/run/netns/$NETNS")
 grep -qF "host network namespace: $node_netns (/run/imds-snoop/host-netns)" "$dir/service.err" ||
     fail "the daemon did not get the node's network namespace ($node_netns): $(grep -i 'network namespace' "$dir/service.err")"
 first=$(in_ns head -1 /var/log/imds/imds-trace.log)
-[[ $first == *"] [INFO] imds-snoop started (version "*", statuses traced, host network namespace $node_netns (/run/imds-snoop/host-netns))" ]] ||
-    fail "the trace log does not start with the start marker: $first"
-ok "node network namespace $node_netns known to the daemon (ExecStartPre=+ wrote it down); trace log starts with the start marker"
+[[ $first == *"] [INFO] imds-snoop started (version "*", statuses traced, drop hook tp_btf/kfree_skb ("*"), host network namespace $node_netns (/run/imds-snoop/host-netns))" ]] ||
+    fail "the trace log does not start with the start marker (statuses traced, drop hook, node namespace): $first"
+ok "node network namespace $node_netns known to the daemon (ExecStartPre=+ wrote it down); trace log starts with the start marker (statuses traced, drop hook attached)"
 
 # 2b. http_tokens=required (the fake IMDS refuses v1): the same unit logs the refusal as
 #     ` -> 401`, and a token flow as ` -> 200`, under exactly the unit's privileges.
@@ -200,6 +204,25 @@ v2=$(in_ns grep -F 'req details: get /latest/meta-data/instance-id?systemd-v2 ht
 expect_status "$v2" 200 "v2 call under enforcement"
 fake_imds_start
 ok "http_tokens=required: v1 call logged -> 401, token PUT and v2 call -> 200"
+
+# 2c. Hop limit 1, under the unit's privileges: IMDS behind the node answers token PUTs with
+#     TTL 1 (lib.sh's routed_up). The node's own PUT crosses one link and is answered; the
+#     pod's reply dies in the node's forwarding path, and the unit's drop hook logs it. The
+#     pod's curl runs in the manager's pid and mount namespaces (so the daemon's /proc shows
+#     it) with the pod's network namespace (nsenter opens it before entering the others).
+routed_up --ttl 1
+trace=/proc/$SD/root/var/log/imds/imds-trace.log
+in_pod() {
+    nsenter -t "$SD" -m -p -u -i -C --net="/var/run/netns/$POD_NETNS" -- \
+        systemd-run --scope --quiet --collect -- "$@"
+}
+expect_node_put systemd-node-put "$trace" in_unit
+line=$(expect_hop_drop systemd-pod-put "$trace" in_pod)
+if grep -q 'hop-limit drops are not traced' "$dir/service.err"; then
+    fail "the unit cannot trace hop-limit drops: $(grep 'hop-limit drops' "$dir/service.err")"
+fi
+fake_imds_start
+ok "hop limit 1: the node's token PUT -> 200 (net:host), the routed pod's logged '$DROPPED_LABEL' (net:other): $(cut -c1-80 <<<"$line")..."
 
 # 3. A second install: nothing changes, nothing restarts.
 in_ns "$REPO/deploy/install.sh" --binary "$binary" >"$dir/install2.out" 2>&1 ||

@@ -324,3 +324,106 @@ fn pod_named_on_a_non_default_state_directory_without_flags() {
     );
     daemon.finish(&[&imds], &[]);
 }
+
+/// The hop limit with a real runtime: pod -> node (router) -> imds, the fake IMDS's replies
+/// with TTL 1, `--host-netns` naming the node namespace. A container in its own namespace
+/// behind the router (a pod) and one sharing the node's namespace (a hostNetwork pod) each
+/// run a token flow (busybox `nc` PUT, then `wget` with the token). The pod's PUT is logged
+/// as dropped at the hop limit with its pod and container; the hostNetwork one is answered,
+/// never dropped; the report cuts off only the pod, on the drop's evidence.
+#[test]
+fn token_drop_at_the_hop_limit_names_the_pod_not_the_host_network_one() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    let net = crate::harness::Routed::new("ctr-drop");
+    let imds = FakeImds::start(
+        &net.imds,
+        FakeOpts {
+            binds: vec![IMDS_V4],
+            ttl: Some(1),
+            ..FakeOpts::default()
+        },
+    );
+    let mut containerd = Containerd::start();
+    let (pod_id, _) = containerd.run_pod_container(&net.pod, "shop", "web-1", "app");
+    let (host_id, _) = containerd.run_pod_container(&net.node, "kube-system", "agent-1", "agent");
+    let task_root = containerd.task_root();
+    let node_netns = format!("/var/run/netns/{}", net.node.name());
+    let mut daemon = Daemon::start(&[
+        "--containerd-root",
+        task_root.to_str().unwrap(),
+        "--response-timeout",
+        "1500ms",
+        "--host-netns",
+        &node_netns,
+    ]);
+    // The token PUT with nc (busybox wget cannot PUT), then a v2 GET with the token.
+    let flow = format!(
+        "T=$(printf 'PUT /latest/api/token HTTP/1.1\\r\\nHost: {IMDS_V4}\\r\\n\
+         X-aws-ec2-metadata-token-ttl-seconds: 60\\r\\nConnection: close\\r\\n\\r\\n' \
+         | nc -w 2 {IMDS_V4} 80 | tail -n 1); \
+         [ -n \"$T\" ] && wget -q -O /dev/null --header \"X-aws-ec2-metadata-token: $T\" \
+         http://{IMDS_V4}/latest/meta-data/instance-id; echo \"got:${{#T}}\""
+    );
+    let host_out = containerd.exec(&host_id, "flow", &["/bin/sh", "-c", &flow]);
+    let host_said = String::from_utf8_lossy(&host_out.stdout).to_string();
+    assert!(
+        host_said.contains("got:") && !host_said.contains("got:0"),
+        "the hostNetwork container gets its token: {host_out:?}"
+    );
+    let pod_out = containerd.exec(&pod_id, "flow", &["/bin/sh", "-c", &flow]);
+    assert!(
+        String::from_utf8_lossy(&pod_out.stdout).contains("got:0"),
+        "ttl 1: the pod's token response dies at the router: {pod_out:?}"
+    );
+
+    let pod_tag = format!("container:{}", &pod_id[..12]);
+    let host_tag = format!("container:{}", &host_id[..12]);
+    // The hostNetwork container: its PUT and its v2 GET; the pod: its PUT.
+    let lines = daemon.wait_lines(
+        |l| l.contains(&pod_tag) || l.contains(&host_tag),
+        3,
+        LINE_TIMEOUT,
+    );
+    let pod_lines: Vec<&String> = lines.iter().filter(|l| l.contains(&pod_tag)).collect();
+    let host_lines: Vec<&String> = lines.iter().filter(|l| l.contains(&host_tag)).collect();
+    assert_eq!(pod_lines.len(), 1, "the pod's PUT only\n{}", daemon.dump());
+    let pod_put = pod_lines[0];
+    assert!(
+        pod_put.contains(" [WARNING] imdsv2 token response dropped (hop limit) (pid:")
+            && pod_put.contains(":nc argv:nc -w 2 ")
+            && pod_put.contains(", -> dropped ")
+            && pod_put.contains(&format!("{pod_tag} pod:shop/web-1 container-name:app"))
+            && pod_put.contains(" net:other "),
+        "the pod's PUT, dropped, with its pod and container: {pod_put}"
+    );
+    assert_eq!(host_lines.len(), 2, "{}", daemon.dump());
+    for line in &host_lines {
+        assert!(
+            line.contains(" -> 200 ")
+                && line.contains(" net:host ")
+                && !line.contains("dropped")
+                && line.contains(&format!("{host_tag} pod:kube-system/agent-1")),
+            "the hostNetwork container: answered, never dropped: {line}"
+        );
+    }
+    daemon.stop();
+    let report = crate::harness::report_json(daemon.log_path());
+    // Other IMDS traffic on the machine (other sessions' namespaces) may add callers: ours
+    // are the two pods.
+    let cut_off: Vec<String> = report["verdicts"][0]["hop_limit_1_cut_off"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no cut-off list: {report}"))
+        .iter()
+        .map(|v| v.as_str().unwrap_or_default().to_owned())
+        .filter(|c| c.starts_with("shop/") || c.starts_with("kube-system/"))
+        .collect();
+    assert_eq!(
+        cut_off,
+        ["shop/web-1 [drop seen]"],
+        "only the pod, on the drop's evidence, not the hostNetwork one\n{report}"
+    );
+    daemon.assert_clean(&[&imds], &[]);
+}

@@ -7,6 +7,7 @@
 mod capture;
 mod containers;
 mod harness;
+mod hop_drop;
 mod metrics;
 mod outcome;
 mod output;

@@ -162,11 +162,12 @@ fn json_lines_carry_the_status() {
 }
 
 /// The migration's hop-limit question, reproduced: a pod one router hop away from IMDS.
-/// With the PUT response's TTL 1 the reply dies at the router, the token PUT times out and
-/// is logged as the hop-limit warning; the v1 call the SDK falls back to still works.
+/// With the PUT response's TTL 1 the reply dies at the router, and the drop hook
+/// (`tp_btf/kfree_skb`, which loads on this kernel) sees it die: the token PUT is logged as
+/// dropped at once (not after its wait); the v1 call the SDK falls back to still works.
 /// With TTL 2 the reply arrives: `-> 200`, no warning.
 #[test]
-fn token_put_response_dropped_by_hop_limit_is_a_warning() {
+fn token_put_response_dropped_by_hop_limit_is_logged_as_dropped() {
     if !require_root() {
         return;
     }
@@ -214,8 +215,8 @@ fn token_put_response_dropped_by_hop_limit_is_a_warning() {
                 "ttl 1: the PUT's response must not reach the pod (curl got {code})"
             );
             assert!(
-                put[0].is_token_not_received() && put[0].status().is_none(),
-                "ttl 1: the PUT must be the hop-limit warning\n{}",
+                put[0].is_token_dropped() && put[0].status().is_none(),
+                "ttl 1: the PUT must be logged as dropped at the hop limit\n{}",
                 daemon.dump()
             );
             assert!(put[0].has("put /latest/api/token"), "{}", put[0].raw);
@@ -240,10 +241,7 @@ fn token_put_response_dropped_by_hop_limit_is_a_warning() {
                 .iter()
                 .filter_map(|l| LogLine::parse(l))
                 .collect();
-            let warned = boto_lines
-                .iter()
-                .filter(|l| l.is_token_not_received())
-                .count();
+            let warned = boto_lines.iter().filter(|l| l.is_token_dropped()).count();
             let v1_ok = boto_lines
                 .iter()
                 .filter(|l| l.is_v1() && l.status() == Some(200))
@@ -251,7 +249,7 @@ fn token_put_response_dropped_by_hop_limit_is_a_warning() {
             assert_eq!(
                 (warned, v1_ok, boto_lines.len()),
                 (1, 2, 3),
-                "botocore: the hop-limit warning, then two v1 GETs answered 200\n{}",
+                "botocore: its PUT dropped at the hop limit, then two v1 GETs answered 200\n{}",
                 daemon.dump()
             );
         } else {
@@ -271,23 +269,23 @@ fn token_put_response_dropped_by_hop_limit_is_a_warning() {
         drop(fake);
         drop(net);
     }
-    // curl's and botocore's, and no other hop-limit warning from our clients.
-    let warnings = daemon
-        .our_lines()
-        .into_iter()
-        .filter(LogLine::is_token_not_received)
-        .count();
-    assert_eq!(warnings, 2, "{}", daemon.dump());
+    // curl's and botocore's, and no silence-based warning from our clients: the drop
+    // evidence replaced it.
+    let ours = daemon.our_lines();
+    let dropped = ours.iter().filter(|l| l.is_token_dropped()).count();
+    let silent = ours.iter().filter(|l| l.is_token_not_received()).count();
+    assert_eq!((dropped, silent), (2, 0), "{}", daemon.dump());
     daemon.stop();
-    // `report` reads the warning the daemon wrote: the PUT's curl is cut off by hop limit 1.
+    // `report` reads the drop lines the daemon wrote: the PUT's curl is cut off by hop
+    // limit 1, on the drop's evidence.
     let report = report_json(daemon.log_path());
     let curl = report["callers"]
         .as_array()
         .and_then(|c| {
             c.iter()
-                .find(|c| c["process"] == "curl" && c["token_failures"] == 1)
+                .find(|c| c["process"] == "curl" && c["token_dropped"] == 1)
         })
-        .unwrap_or_else(|| panic!("no curl with a token failure in the report: {report}"));
+        .unwrap_or_else(|| panic!("no curl with a dropped token response in the report: {report}"));
     let python = report["callers"]
         .as_array()
         .and_then(|c| {
@@ -298,7 +296,7 @@ fn token_put_response_dropped_by_hop_limit_is_a_warning() {
         })
         .unwrap_or_else(|| panic!("no python3 (botocore) caller in the report: {report}"));
     assert_eq!(
-        (&python["token_failures"], &python["v1"]),
+        (&python["token_dropped"], &python["v1"]),
         (&serde_json::json!(1), &serde_json::json!(2)),
         "{report}"
     );
@@ -452,7 +450,7 @@ fn hop_limit_verdict_lists_only_token_callers_behind_the_hop() {
         );
     }
     assert_eq!(one(put.pid, "node PUT").status(), Some(200));
-    assert!(one(pod_put, "pod PUT").is_token_not_received());
+    assert!(one(pod_put, "pod PUT").is_token_dropped());
     daemon.stop();
 
     let report = report_json(daemon.log_path());
@@ -476,7 +474,7 @@ fn hop_limit_verdict_lists_only_token_callers_behind_the_hop() {
     assert_eq!(caller("pod-v1-only/1.0")["network"], "other", "{report}");
     assert!(
         cut_off.iter().any(|c| c.contains("[pod-sdk 1.0] on host")
-            && c.ends_with("(in its own network namespace)")),
+            && c.ends_with("(in its own network namespace) [drop seen]")),
         "the pod's token caller is cut off: {cut_off:?}\n{report}"
     );
     assert_eq!(

@@ -10,6 +10,10 @@
 //!   install again, update, uninstall, uninstall again: the root is back byte for byte).
 //! - `systemd` (root): tests/deploy/systemd_test.sh, a real systemd as PID 1 of private
 //!   namespaces runs install.sh and the unit.
+//!   The `systemd`, `caps` and `image` steps each prove hop-limit evidence under their
+//!   privileges too: a "pod" namespace routed through the "node" to a fake IMDS answering
+//!   token PUTs with TTL 1 (tests/deploy/lib.sh's `routed_up`), the pod's PUT logged
+//!   `imdsv2 token response dropped (hop limit)`.
 //! - `caps` (root): tests/deploy/caps_test.sh, the unit's capabilities are each needed and
 //!   together enough; the DaemonSet's set is enough.
 //! - `manifests`: kubernetes-validate (PyPI, pinned, in a venv under target/) `--strict`

@@ -10,12 +10,16 @@
 //! kernel did not report. Each run (guest or host) also checks the kernel program's hook
 //! prototypes (the `// proto:` lines of imds-snoop-ebpf) against that kernel's own
 //! `/sys/kernel/btf/vmlinux` (vm-guest's `protos.rs`): the `protos` column, and a drift fails
-//! the kernel's row.
+//! the kernel's row. The `drop` column is vm-guest's drop check: inside each guest a "pod"
+//! namespace routed through a "node" namespace (veth pairs: each kernel's own `veth.ko`,
+//! from its package, is in the initramfs and loaded by /init) to the fake IMDS answering token
+//! PUTs with TTL 1; the daemon's hop-limit drop hook must log the pod's PUT as dropped.
 //!
 //! Everything downloaded is a Debian package (kernels, and a foreign architecture's
 //! busybox-static, with a private apt state under `target/vm/apt/<dist>-<debian arch>/` so
 //! the system's apt lists and dpkg are not changed) or a crate. Cached under `target/vm/`:
-//! `kernels/<uname -r>/` (unpacked package), `apt/`, `busybox/<debian arch>/`,
+//! `kernels/<uname -r>/` (unpacked package; its `veth.ko[.xz]` goes into the initramfs,
+//! decompressed: busybox's insmod reads plain ELF), `apt/`, `busybox/<debian arch>/`,
 //! `initramfs-<arch>.cpio`, `logs/<kernel>.console.log` (each guest's console), `matrix.md`
 //! (the last matrix).
 // Reads guest consoles (any bytes a kernel or a broken guest prints): no string slice that
@@ -112,17 +116,35 @@ const PLAN_X86_64: &[KernelPlan] = &[
     KernelPlan {
         series: "5.10",
         dist: Dist::Bullseye,
-        specs: &["fentry", "kprobe", "refuse=tracepoint", "auto=fentry"],
+        specs: &[
+            "fentry",
+            "kprobe",
+            "refuse=tracepoint",
+            "auto=fentry",
+            "drop",
+        ],
     },
     KernelPlan {
         series: "6.1",
         dist: Dist::Bookworm,
-        specs: &["fentry", "kprobe", "refuse=tracepoint", "auto=fentry"],
+        specs: &[
+            "fentry",
+            "kprobe",
+            "refuse=tracepoint",
+            "auto=fentry",
+            "drop",
+        ],
     },
     KernelPlan {
         series: "6.12",
         dist: Dist::Bookworm,
-        specs: &["fentry", "kprobe", "refuse=tracepoint", "auto=fentry"],
+        specs: &[
+            "fentry",
+            "kprobe",
+            "refuse=tracepoint",
+            "auto=fentry",
+            "drop",
+        ],
     },
 ];
 
@@ -138,6 +160,7 @@ const PLAN_AARCH64: &[KernelPlan] = &[
             "kprobe",
             "refuse=tracepoint",
             "auto=kprobe:524",
+            "drop",
         ],
     },
     KernelPlan {
@@ -148,12 +171,19 @@ const PLAN_AARCH64: &[KernelPlan] = &[
             "kprobe",
             "refuse=tracepoint",
             "auto=kprobe:524",
+            "drop",
         ],
     },
     KernelPlan {
         series: "6.12",
         dist: Dist::Bookworm,
-        specs: &["fentry", "kprobe", "refuse=tracepoint", "auto=fentry"],
+        specs: &[
+            "fentry",
+            "kprobe",
+            "refuse=tracepoint",
+            "auto=fentry",
+            "drop",
+        ],
     },
 ];
 
@@ -199,13 +229,16 @@ fn machine(arch: Arch) -> &'static Machine {
 
 /// The host kernel (this project's CI machine, 6.18 under Firecracker) refuses fentry and has
 /// no kprobes: only the tracepoint path runs there.
-const HOST_SPECS: &[&str] = &["tracepoint", "auto=tracepoint"];
+const HOST_SPECS: &[&str] = &["tracepoint", "auto=tracepoint", "drop"];
 
 /// Besides each architecture's qemu.
-const DEB_PACKAGES: &[&str] = &["busybox-static", "musl-tools", "iproute2"];
+const DEB_PACKAGES: &[&str] = &["busybox-static", "musl-tools", "iproute2", "xz-utils"];
 /// The host's static busybox (package busybox-static), for guests of the host's architecture.
 const BUSYBOX: &str = "/bin/busybox";
 const MATRIX_MODES: [&str; 4] = ["fentry", "kprobe", "tracepoint", "auto"];
+/// The column of vm-guest's `drop` spec: the hop-limit drop hook (`skb:kfree_skb`) loaded,
+/// and a TTL-1 token reply dying in a routed "node" namespace logged as dropped.
+const DROP: &str = "drop";
 
 pub(crate) fn vm_test(opts: VmTestOptions) -> Result<()> {
     let started = Instant::now();
@@ -300,7 +333,7 @@ pub(crate) fn vm_test(opts: VmTestOptions) -> Result<()> {
     // (d) one initramfs per architecture, shared by its kernels (the specs come on the
     // kernel command line)
     let mut initrds = BTreeMap::new();
-    for (m, _, busybox) in &kernels {
+    for (m, ks, busybox) in &kernels {
         let (daemon, guest) = &binaries[m.arch.name()];
         let initrd = vm_dir.join(format!("initramfs-{}.cpio", m.arch.name()));
         write_initramfs(
@@ -309,6 +342,7 @@ pub(crate) fn vm_test(opts: VmTestOptions) -> Result<()> {
             busybox,
             daemon,
             guest,
+            &ks.iter().map(|(_, k)| k).collect::<Vec<_>>(),
         )?;
         initrds.insert(m.arch.name(), initrd);
     }
@@ -504,6 +538,11 @@ struct Kernel {
     /// `uname -r` of the kernel, e.g. `6.1.0-56-cloud-amd64`.
     version: String,
     vmlinuz: PathBuf,
+    /// The kernel's own veth module from its package (`veth.ko`, or `veth.ko.xz` where the
+    /// package compresses its modules: Debian's 6.12 does, 5.10 and 6.1 do not). Debian's
+    /// cloud kernels build veth as a module (`CONFIG_VETH=m`), and the guests' routed
+    /// pod -> node -> imds topology needs it.
+    veth: PathBuf,
 }
 
 /// Sort key of a kernel package of `series` for Debian architecture `debian_arch`, e.g.
@@ -694,10 +733,54 @@ fn load_kernel(dir: &Path, version: &str) -> Result<Kernel> {
             dir.display()
         );
     }
+    let net = dir
+        .join("lib/modules")
+        .join(version)
+        .join("kernel/drivers/net");
+    let Some(veth) = ["veth.ko", "veth.ko.xz"]
+        .iter()
+        .map(|f| net.join(f))
+        .find(|p| p.is_file())
+    else {
+        bail!(
+            "no veth.ko or veth.ko.xz under {} (the guests need veth: delete {} to fetch the \
+             kernel again)",
+            net.display(),
+            dir.display()
+        );
+    };
     Ok(Kernel {
         version: version.to_owned(),
         vmlinuz,
+        veth,
     })
+}
+
+/// A kernel module's bytes as `insmod` takes them: busybox's insmod reads plain ELF only,
+/// so an `.xz` module is decompressed here (by `xz -dc`, xz-utils) and checked to be ELF.
+fn module_bytes(path: &Path) -> Result<Vec<u8>> {
+    let bytes = if path.extension().is_some_and(|e| e == "xz") {
+        let mut xz = cmd::command("xz");
+        xz.arg("-dc").arg(path);
+        let out = xz
+            .output()
+            .with_context(|| format!("running {}", cmd::display(&xz)))?;
+        if !out.status.success() {
+            bail!(
+                "{} failed ({}): {}",
+                cmd::display(&xz),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        out.stdout
+    } else {
+        fs::read(path).with_context(|| format!("reading {}", path.display()))?
+    };
+    if !bytes.starts_with(b"\x7fELF") {
+        bail!("{} is not an ELF kernel module", path.display());
+    }
+    Ok(bytes)
 }
 
 /// apt with its own sources list, lists and cache under target/vm/apt/<dist>-<debian arch>/,
@@ -868,12 +951,16 @@ impl Cpio {
     }
 }
 
+/// The initramfs of one architecture: busybox, /init, the daemon, vm-guest, and each of
+/// `kernels`' veth module at `lib/modules/<uname -r>/veth.ko` (init.sh loads the running
+/// kernel's).
 fn write_initramfs(
     out: &Path,
     init: &Path,
     busybox: &Path,
     daemon: &Path,
     guest: &Path,
+    kernels: &[&Kernel],
 ) -> Result<()> {
     let read = |p: &Path| fs::read(p).with_context(|| format!("reading {}", p.display()));
     if is_dynamic(busybox)? {
@@ -896,6 +983,13 @@ fn write_initramfs(
     c.file("init", &read(init)?);
     c.file("imds-snoop", &read(daemon)?);
     c.file("vm-guest", &read(guest)?);
+    c.dir("lib");
+    c.dir("lib/modules");
+    for k in kernels {
+        let dir = format!("lib/modules/{}", k.version);
+        c.dir(&dir);
+        c.file(&format!("{dir}/veth.ko"), &module_bytes(&k.veth)?);
+    }
     let bytes = c.finish();
     fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
     eprintln!(
@@ -1372,12 +1466,30 @@ fn auto_cell(r: Option<&ModeResult>) -> String {
     }
 }
 
+/// The drop column: the hook vm-guest saw loaded (`attached=`: `kfree_skb-reason` or
+/// `kfree_skb-route`, see vm-guest's drop_check.rs; `none` when the
+/// daemon said it cannot load it on this kernel) and the lines checked.
+fn drop_cell(r: Option<&ModeResult>) -> String {
+    match r {
+        None => "-".into(),
+        Some(r) if r.attached == "none" => "FAIL (no hook)".into(),
+        Some(r) => format!(
+            "{} {} {}ev {:.1}s",
+            if r.pass { "pass" } else { "FAIL" },
+            r.attached,
+            r.events,
+            r.secs
+        ),
+    }
+}
+
 fn row_cells(row: &Row) -> Vec<String> {
     let mut cells = vec![row.label.clone()];
     for m in MATRIX_MODES {
         let r = row.results.get(m);
         cells.push(if m == "auto" { auto_cell(r) } else { cell(r) });
     }
+    cells.push(drop_cell(row.results.get(DROP)));
     cells.push(match row.results.get(PROTOS) {
         None => "-".into(),
         Some(r) if r.pass => format!("ok {} hooks", r.events),
@@ -1392,12 +1504,13 @@ fn row_cells(row: &Row) -> Vec<String> {
     cells
 }
 
-const HEADER: [&str; 8] = [
+const HEADER: [&str; 9] = [
     "kernel",
     "fentry",
     "kprobe",
     "tracepoint",
     "auto",
+    DROP,
     PROTOS,
     "kernel result",
     "time",
@@ -1511,7 +1624,7 @@ mod tests {
             assert_eq!(series, ["5.10", "6.1", "6.12"], "{}", m.arch.name());
             for p in m.plan {
                 let columns: Vec<&str> = p.specs.iter().map(|s| spec_column(s)).collect();
-                assert_eq!(columns, ["fentry", "kprobe", "tracepoint", "auto"]);
+                assert_eq!(columns, ["fentry", "kprobe", "tracepoint", "auto", "drop"]);
             }
         }
         assert_eq!(spec_column("refuse=fentry:524"), "fentry");
@@ -1539,6 +1652,19 @@ mod tests {
         .unwrap();
         assert_eq!((m.as_str(), r.errno), ("fentry", Some(524)));
         assert_eq!(cell(Some(&r)), "refused 524 (ok)");
+        let (_, m, r) = parse_result(
+            "IMDS-RESULT kernel=5.10.0-46-cloud-amd64 mode=drop attached=kfree_skb-route result=pass events=3 secs=31.0",
+        )
+        .unwrap();
+        assert_eq!(
+            (m.as_str(), drop_cell(Some(&r)).as_str()),
+            ("drop", "pass kfree_skb-route 3ev 31.0s")
+        );
+        let (_, _, r) = parse_result(
+            "IMDS-RESULT kernel=5.10 mode=drop attached=none result=fail events=3 secs=31.0 reason=drop hook not loaded",
+        )
+        .unwrap();
+        assert_eq!(drop_cell(Some(&r)), "FAIL (no hook)");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 use imds_snoop_line::{
     JsonLine, SCHEMA_VERSION,
-    json::{Caller, Container, Flags, Pod},
+    json::{Caller, Container, Flags, HopDrop, Pod},
 };
 
 use crate::{attribution::Origin, http::Class, record::Record};
@@ -53,6 +53,13 @@ fn line<'a>(r: &'a Record, node: &'a str, timestamp: &'a str) -> JsonLine<'a> {
         class: Cow::Borrowed(class.json()),
         status: r.status(),
         connection: r.connection_end().map(Cow::Borrowed),
+        hop_drop: r.dropped().map(|d| HopDrop {
+            ttl: d.ttl,
+            reason: d.reason.map(Cow::Borrowed),
+            netns: d.netns,
+            to: None,
+            from: None,
+        }),
         method: req.method.as_deref().map(Cow::Borrowed),
         path: req.path.as_deref().map(Cow::Borrowed),
         http_version: req.version.map(http_version),
@@ -117,6 +124,8 @@ mod tests {
         level: &'static str,
         class: &'static str,
         status: Option<u16>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        hop_drop: Option<RefHopDrop>,
         method: Option<&'a str>,
         path: Option<&'a str>,
         http_version: Option<String>,
@@ -131,6 +140,13 @@ mod tests {
         destination: String,
         bytes: u64,
         flags: RefFlags,
+    }
+
+    #[derive(Serialize)]
+    struct RefHopDrop {
+        ttl: u8,
+        reason: Option<&'static str>,
+        netns: u32,
     }
 
     #[derive(Serialize)]
@@ -194,13 +210,20 @@ mod tests {
         let req = &r.request;
         let no_response =
             req.class == Class::V2Token && r.outcome == crate::record::Outcome::NoResponse;
+        let dropped = match r.outcome {
+            crate::record::Outcome::Dropped(d) => Some(d),
+            _ => None,
+        };
         let (class, level) = match req.class {
             _ if no_response => ("v2_token_no_response", "WARNING"),
+            Class::V2Token if dropped.is_some() => ("v2_token_dropped", "WARNING"),
             Class::V1 => ("v1", "WARNING"),
             Class::V2 => ("v2", "INFO"),
             Class::V2Token => ("v2_token", "INFO"),
             Class::Malformed => ("malformed", "WARNING"),
-            Class::V2TokenNoResponse => unreachable!("not a request's class"),
+            Class::V2TokenNoResponse | Class::V2TokenDropped => {
+                unreachable!("not a request's class")
+            }
         };
         let ancestors: Vec<RefProc<'_>> = r
             .ancestors
@@ -218,6 +241,11 @@ mod tests {
             level,
             class,
             status: r.status(),
+            hop_drop: dropped.map(|d| RefHopDrop {
+                ttl: d.ttl,
+                reason: d.reason,
+                netns: d.netns,
+            }),
             method: req.method.as_deref(),
             path: req.path.as_deref(),
             http_version: req.version.map(|v| format!("1.{v}")),

@@ -57,6 +57,10 @@ pub(super) fn push_line(r: &Record, stamps: &mut Stamps, scratch: &mut String, o
         out.push_str(label::ARROW);
         out.push_str(end);
     }
+    if r.dropped().is_some() {
+        out.push_str(label::ARROW);
+        out.push_str(label::HOP_DROPPED);
+    }
     out.push(' ');
     push_origin(out, &r.origin);
     if let Some(ns_pid) = r.ns_pid {
@@ -179,13 +183,17 @@ pub(crate) mod tests {
             r.level(),
             if r.token_not_received() {
                 "imdsv2 token response not received (hop limit?)"
+            } else if r.token_dropped() {
+                "imdsv2 token response dropped (hop limit)"
             } else {
                 match r.request.class {
                     Class::V1 => "imdsv1(!)",
                     Class::V2 => "imdsv2",
                     Class::V2Token => "imdsv2(token)",
                     Class::Malformed => "malformed(!)",
-                    Class::V2TokenNoResponse => unreachable!("not a request's class"),
+                    Class::V2TokenNoResponse | Class::V2TokenDropped => {
+                        unreachable!("not a request's class")
+                    }
                 }
             },
             proc(&r.caller)
@@ -201,6 +209,9 @@ pub(crate) mod tests {
         line.push_str(&escape_reference(&r.request.details()));
         if let Some(status) = r.status() {
             let _ = write!(line, " -> {status}");
+        }
+        if matches!(r.outcome, Outcome::Dropped(_)) {
+            line.push_str(" -> dropped");
         }
         line.push(' ');
         line.push_str(&origin(&r.origin));
@@ -340,6 +351,12 @@ pub(crate) mod tests {
             r.outcome = match i % 3 {
                 0 => Outcome::Unknown,
                 1 => Outcome::Status(200 + i as u16 % 300),
+                // Every 30th from 11: a token PUT (i % 5 == 1) seen dropped.
+                _ if i % 10 == 1 => Outcome::Dropped(crate::record::Dropped {
+                    ttl: (i % 2) as u8,
+                    reason: (i % 4 == 3).then_some("IP_INHDR"),
+                    netns: i as u32,
+                }),
                 _ => Outcome::NoResponse,
             };
             out.push(r);

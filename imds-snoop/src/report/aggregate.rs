@@ -36,6 +36,8 @@ pub(super) struct Counts {
     pub v2: u64,
     pub token: u64,
     pub token_failures: u64,
+    /// Token PUTs whose response was seen dropped at the hop limit (the drop hook).
+    pub token_dropped: u64,
     pub malformed: u64,
     /// IMDSv1 calls made by a process shortly after its own token PUT: the SDK fell back,
     /// typically because the PUT's response was lost (hop limit) or refused.
@@ -66,6 +68,7 @@ impl Counts {
             Kind::V2 => &mut self.v2,
             Kind::V2Token => &mut self.token,
             Kind::TokenFailure => &mut self.token_failures,
+            Kind::TokenDropped => &mut self.token_dropped,
             Kind::Malformed => &mut self.malformed,
         } += 1;
         if let Some(t) = time {
@@ -105,13 +108,19 @@ impl Caller {
                 self.counts.v1_refused
             ));
         }
+        if self.counts.token_dropped > 0 {
+            notes.push(format!(
+                "{} seen dropped at the hop limit (evidence: drop seen)",
+                plural(self.counts.token_dropped, "token response")
+            ));
+        }
         if self.counts.token_failures > 0 {
             notes.push(if self.in_host_network() {
                 "token response not received, in the node's network namespace: not the hop \
                  limit (a firewall, IMDS down?)"
                     .into()
             } else {
-                "token response not received (hop limit?)".into()
+                "token response not received (hop limit?; evidence: silence, no drop seen)".into()
             });
         }
         for (status, n) in &self.counts.token_refused {
@@ -171,7 +180,10 @@ impl Caller {
     /// Makes token PUTs or IMDSv2 calls: needs a token, which hop limit 1 takes away
     /// one hop off.
     pub(super) fn needs_token(&self) -> bool {
-        self.counts.token > 0 || self.counts.v2 > 0 || self.counts.token_failures > 0
+        self.counts.token > 0
+            || self.counts.v2 > 0
+            || self.counts.token_failures > 0
+            || self.counts.token_dropped > 0
     }
 
     /// `wget in pod shop/web-1 (app)`, `python3 [botocore 1.43.11] on host`.
@@ -231,6 +243,9 @@ pub(super) struct Evidence {
     /// From when, and why, response statuses were not traced.
     #[serde(skip)]
     pub statuses_not_traced: Vec<(Option<NaiveDateTime>, String)>,
+    /// Replies seen dropped at the hop limit that matched no traced request (what the line
+    /// said of each): someone behind a routing hop was cut off.
+    pub hop_drops_unmatched: Vec<String>,
     /// Times the daemon started without a clean stop before it (killed, crashed): calls in
     /// between were not traced.
     #[serde(skip)]
@@ -251,6 +266,7 @@ impl Evidence {
         self.lines_not_understood += other.lines_not_understood;
         self.responses_lost = self.responses_lost.max(other.responses_lost);
         self.statuses_not_traced.extend(other.statuses_not_traced);
+        self.hop_drops_unmatched.extend(other.hop_drops_unmatched);
         self.gaps.extend(other.gaps);
     }
 
@@ -380,6 +396,9 @@ impl<'a> Aggregator<'a> {
                     DaemonEvent::StatusesOff(why) => {
                         lane.evidence.statuses_not_traced.push((*time, why.clone()));
                     }
+                    DaemonEvent::HopDrop(what) => {
+                        lane.evidence.hop_drops_unmatched.push(what.clone());
+                    }
                     DaemonEvent::Other => {}
                 }
                 return;
@@ -422,7 +441,7 @@ impl<'a> Aggregator<'a> {
             }
             Line::Call(call) => {
                 stats.evidence.saw(call.time);
-                if call.kind != Kind::TokenFailure {
+                if !matches!(call.kind, Kind::TokenFailure | Kind::TokenDropped) {
                     stats.calls += 1;
                 }
                 let fallback = self.fallback(&node, &call);
@@ -466,12 +485,13 @@ impl<'a> Aggregator<'a> {
         let key = (node.to_string(), pid);
         let failed = match (call.kind, call.status, &call.connection_end) {
             (Kind::TokenFailure, ..) => Some("no response".to_string()),
+            (Kind::TokenDropped, ..) => Some("dropped at the hop limit".to_string()),
             (Kind::V2Token, Some(s), _) if s >= 400 => Some(format!("refused {s}")),
             (Kind::V2Token, _, Some(end)) => Some(end.clone()),
             _ => None,
         };
         match call.kind {
-            Kind::V2Token | Kind::TokenFailure => {
+            Kind::V2Token | Kind::TokenFailure | Kind::TokenDropped => {
                 if let Some(why) = &failed
                     && let Some((v1, caller)) = self.v1_calls.remove(&key)
                     && time <= v1
@@ -650,7 +670,7 @@ mod tests {
         assert_eq!(
             c.notes(),
             [
-                "token response not received (hop limit?)",
+                "token response not received (hop limit?; evidence: silence, no drop seen)",
                 "1 token PUT refused 403 (X-Forwarded-For: a proxy such as kube2iam?): not the \
                  hop limit",
                 "1 token PUT reset without a response: not the hop limit (a proxy or firewall \

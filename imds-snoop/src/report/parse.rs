@@ -22,6 +22,8 @@ pub enum Kind {
     Malformed,
     /// An IMDSv2 token PUT whose response never came back (hop limit?).
     TokenFailure,
+    /// An IMDSv2 token PUT whose response was seen dropped at the hop limit (the drop hook).
+    TokenDropped,
 }
 
 /// Where a call came from, as the line says (the report's JSON writes it with a `kind`
@@ -121,6 +123,9 @@ pub enum DaemonEvent {
     /// Response statuses are not traced from here on (the response program could not be
     /// attached, or sees nothing): why.
     StatusesOff(String),
+    /// A reply dropped at the hop limit that matched no traced request: what the line says
+    /// of it (`to:<address> ...`).
+    HopDrop(String),
     /// Anything else it says.
     Other,
 }
@@ -143,6 +148,7 @@ impl From<Class> for Kind {
             Class::V2Token => Kind::V2Token,
             Class::Malformed => Kind::Malformed,
             Class::V2TokenNoResponse => Kind::TokenFailure,
+            Class::V2TokenDropped => Kind::TokenDropped,
         }
     }
 }
@@ -269,11 +275,15 @@ fn parse_text(line: &str) -> Option<Line> {
                 time: Some(time),
             });
         }
-        TextBody::Started | TextBody::Stopped | TextBody::StatusesOff { .. } => {
+        TextBody::Started
+        | TextBody::Stopped
+        | TextBody::StatusesOff { .. }
+        | TextBody::HopDrop { .. } => {
             let event = match l.body {
                 TextBody::Started => DaemonEvent::Start,
                 TextBody::Stopped => DaemonEvent::Stop,
                 TextBody::StatusesOff { reason } => DaemonEvent::StatusesOff(reason.to_string()),
+                TextBody::HopDrop { details } => DaemonEvent::HopDrop(details.to_string()),
                 _ => DaemonEvent::Other,
             };
             return Some(Line::Daemon {
@@ -287,7 +297,7 @@ fn parse_text(line: &str) -> Option<Line> {
     };
     let kind = Kind::from(c.class?);
     let comm = c.caller().map(|p| p.comm.to_string());
-    if kind != Kind::TokenFailure && comm.is_none() {
+    if !matches!(kind, Kind::TokenFailure | Kind::TokenDropped) && comm.is_none() {
         return None;
     }
     let fields = c.fields();
@@ -353,6 +363,10 @@ fn parse_json(line: &str) -> Option<Line> {
             let event = match m.class.as_ref() {
                 json::STARTED_CLASS => DaemonEvent::Start,
                 json::STOPPED_CLASS => DaemonEvent::Stop,
+                json::HOP_DROP_CLASS => DaemonEvent::HopDrop(
+                    m.reason
+                        .map_or_else(|| "no details".into(), Cow::into_owned),
+                ),
                 _ => DaemonEvent::StatusesOff(
                     m.reason
                         .map_or_else(|| "no reason given".into(), Cow::into_owned),
@@ -798,7 +812,7 @@ mod tests {
             output::Format,
             record::Outcome,
         };
-        let requests: [(&[u8], Outcome); 6] = [
+        let requests: [(&[u8], Outcome); 7] = [
             (
                 b"GET /latest/meta-data/ HTTP/1.1\r\nHost: 169.254.169.254\r\nUser-Agent: \
                   curl/8.1\r\nAccept: */*\r\n\r\n",
@@ -819,6 +833,14 @@ mod tests {
             ),
             (b"\x00\x01garbage\xff\r\n", Outcome::Unknown),
             (b"GET /cut-short HTTP/1.1\r\nHost: 169.25", Outcome::Unknown),
+            (
+                b"PUT /latest/api/token HTTP/1.1\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\n\r\n",
+                Outcome::Dropped(crate::record::Dropped {
+                    ttl: 1,
+                    reason: Some("IP_INHDR"),
+                    netns: 4026531840,
+                }),
+            ),
         ];
         let origins = [
             O::Host { unit: None },

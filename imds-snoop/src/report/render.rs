@@ -218,6 +218,8 @@ struct JsonCaller<'a> {
     v2: u64,
     token: u64,
     token_failures: u64,
+    /// Token PUTs whose response was seen dropped at the hop limit (the drop hook).
+    token_dropped: u64,
     malformed: u64,
     fallbacks: u64,
     /// v1 calls answered 401 (IMDSv2 already required there).
@@ -258,6 +260,7 @@ pub(super) fn json(out: &mut impl Write, report: &Report, table: &SdkTable) -> i
                 v2: c.counts.v2,
                 token: c.counts.token,
                 token_failures: c.counts.token_failures,
+                token_dropped: c.counts.token_dropped,
                 malformed: c.counts.malformed,
                 fallbacks: c.counts.fallbacks,
                 v1_refused: c.counts.v1_refused,

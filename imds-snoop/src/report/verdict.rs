@@ -69,24 +69,46 @@ impl Verdict {
         // namespace) that need a token, and whoever's token response was seen lost outside
         // the node's namespace. Callers in the node's namespace (host processes, hostNetwork
         // pods) are never listed for calling, and v1-only callers are the IMDSv1 list's.
-        let cut_off: BTreeSet<String> = callers
+        // Each entry whose token response was lost says what that rests on: `[drop seen]`
+        // (the drop hook) or `[silence]` (no response, and no drop seen: the drop hook is
+        // unavailable, or an eBPF datapath forwards without `ip_forward`).
+        let mut cut_off: BTreeSet<String> = callers
             .filter(|c| {
                 (c.in_other_network() && c.needs_token())
                     || (c.counts.token_failures > 0 && !c.in_host_network())
+                    || c.counts.token_dropped > 0
             })
-            .map(|c| match &c.key.origin {
-                Origin::Pod {
-                    namespace, name, ..
-                } => format!("{namespace}/{name}"),
-                Origin::Container { id } => format!("container {id}"),
-                // A host process in its own network namespace (behind a bridge, no
-                // container cgroup), or a line that does not say.
-                Origin::Host { .. } | Origin::Unknown if c.counts.other_network > 0 => {
-                    format!("{} (in its own network namespace)", c.describe())
+            .map(|c| {
+                let who = match &c.key.origin {
+                    Origin::Pod {
+                        namespace, name, ..
+                    } => format!("{namespace}/{name}"),
+                    Origin::Container { id } => format!("container {id}"),
+                    // A host process in its own network namespace (behind a bridge, no
+                    // container cgroup), or a line that does not say.
+                    Origin::Host { .. } | Origin::Unknown if c.counts.other_network > 0 => {
+                        format!("{} (in its own network namespace)", c.describe())
+                    }
+                    Origin::Host { .. } | Origin::Unknown => c.describe(),
+                };
+                // Listed for its network namespace alone: no suffix (it made token calls
+                // from behind a routing hop, and nothing was lost yet).
+                if c.counts.token_dropped > 0 {
+                    format!("{who} [drop seen]")
+                } else if c.counts.token_failures > 0 && !c.in_host_network() {
+                    format!("{who} [silence]")
+                } else {
+                    who
                 }
-                Origin::Host { .. } | Origin::Unknown => c.describe(),
             })
             .collect();
+        cut_off.extend(
+            stats
+                .evidence
+                .hop_drops_unmatched
+                .iter()
+                .map(|d| format!("a caller without a traced request ({d}) [drop seen]")),
+        );
         let inconclusive = reasons(&stats, report.min_window);
         let hop_inconclusive = hop_reasons(&stats);
         let verdict = if !v1_callers.is_empty() {
@@ -329,8 +351,47 @@ mod tests {
         let r = report(None, &[warning, V2_HOST]);
         let v = Verdict::for_node(&r, DEFAULT_NODE);
         assert!(!v.hop_limit_1_safe, "{}", v.line());
-        assert_eq!(v.hop_limit_1_cut_off, ["curl on host"]);
+        // Silence is all this rests on: said so.
+        assert_eq!(v.hop_limit_1_cut_off, ["curl on host [silence]"]);
         assert_eq!(r.callers[0].counts.token_failures, 1);
+    }
+
+    /// A token response seen dropped cuts its caller off whatever its namespace says, on
+    /// the drop's evidence; a drop that matched no request is listed too; a host caller
+    /// that only called is not.
+    #[test]
+    fn a_dropped_token_response_is_listed_with_its_evidence() {
+        let dropped = "[2026-11-23 11:14:49,782] [WARNING] imdsv2 token response dropped \
+            (hop limit) (pid:5:curl argv:curl) req details: put /latest/api/token http/1.1, \
+            user-agent: curl/7.88.1, -> dropped container:0123456789ab pod:shop/web-1 \
+            net:other uid:0 dst:169.254.169.254:80";
+        let unmatched = "[2026-11-23 11:14:50,000] [WARNING] imds-snoop saw a reply dropped at \
+            the hop limit (no traced request: to:10.1.0.9:41000 from:169.254.169.254:80 ttl:1 \
+            reason:IP_INHDR netns:4026532000)";
+        let r = report(None, &[dropped, unmatched, V2_HOST]);
+        let v = Verdict::for_node(&r, DEFAULT_NODE);
+        assert!(!v.hop_limit_1_safe, "{}", v.line());
+        assert_eq!(
+            v.hop_limit_1_cut_off,
+            [
+                "a caller without a traced request (no traced request: to:10.1.0.9:41000 \
+                 from:169.254.169.254:80 ttl:1 reason:IP_INHDR netns:4026532000) [drop seen]",
+                "shop/web-1 [drop seen]",
+            ]
+        );
+        let c = r
+            .callers
+            .iter()
+            .find(|c| c.counts.token_dropped == 1)
+            .unwrap();
+        assert!(
+            c.notes().contains(
+                &"1 token response seen dropped at the hop limit (evidence: drop seen)".into()
+            ),
+            "{:?}",
+            c.notes()
+        );
+        assert_eq!(v.stats.evidence.lines_not_understood, 0);
     }
 
     #[test]

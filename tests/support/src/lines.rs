@@ -68,6 +68,14 @@ impl LogLine {
         self.label == "imdsv2 token response not received (hop limit?)" && self.level == "WARNING"
     }
 
+    /// A token PUT whose response the drop hook saw die at the hop limit: its class label,
+    /// and ` -> dropped` where the status would be.
+    pub fn is_token_dropped(&self) -> bool {
+        self.label == "imdsv2 token response dropped (hop limit)"
+            && self.level == "WARNING"
+            && split_details(&self.details).connection_end == Some("dropped")
+    }
+
     /// `details` contains `needle`, compared case-insensitively (the daemon lowercases).
     pub fn has(&self, needle: &str) -> bool {
         self.details.to_lowercase().contains(&needle.to_lowercase())

@@ -8,10 +8,16 @@
 //! - anything else -> 405.
 //!
 //! It checks no token: every GET is answered (the daemon, not the fake, is under test).
+//!
+//! `put_ttl` is IMDS's PUT response hop limit (tests/fake_imds.py's `--ttl`): the IP TTL
+//! (`IP_TTL`; `IPV6_UNICAST_HOPS` on IPv6) set on the connection before a token PUT's reply
+//! and kept, so retransmissions of that reply carry it too. The handshake before it goes out
+//! with the default TTL, as with fake_imds.py.
 
 use std::{
     io::{self, Read as _, Write as _},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
     thread,
     time::Duration,
 };
@@ -23,6 +29,8 @@ pub struct TinyImds {
     pub token: &'static str,
     /// The (lowercase) path answered 404.
     pub missing: &'static str,
+    /// TTL / hop limit of token PUT responses; `None`: the system default (64).
+    pub put_ttl: Option<u8>,
 }
 
 impl TinyImds {
@@ -62,6 +70,9 @@ impl TinyImds {
         let mut first = text.lines().next().unwrap_or("").split(' ');
         let (method, path) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
         let (status, body) = if method == "put" && path == "/latest/api/token" {
+            if let Some(ttl) = self.put_ttl {
+                set_ttl(&conn, ttl)?;
+            }
             if text.contains("x-aws-ec2-metadata-token-ttl-seconds:") {
                 ("200 OK", self.token.to_owned())
             } else {
@@ -81,6 +92,29 @@ impl TinyImds {
         conn.write_all(resp.as_bytes())?;
         let _ = conn.shutdown(Shutdown::Write);
         Ok(())
+    }
+}
+
+/// The IPv4 TTL or IPv6 hop limit of every packet `conn` sends from now on.
+fn set_ttl(conn: &TcpStream, ttl: u8) -> io::Result<()> {
+    if conn.local_addr()?.is_ipv4() {
+        return conn.set_ttl(u32::from(ttl));
+    }
+    let hops = libc::c_int::from(ttl);
+    // SAFETY: setsockopt on a socket this stream owns, with a c_int option value and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            conn.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_UNICAST_HOPS,
+            (&raw const hops).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

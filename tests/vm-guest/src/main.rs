@@ -10,6 +10,8 @@
 //!                                         (with ERRNO: each refused with that errno)
 //!        | refuse=MODE[:ERRNO]            expect `--attach MODE` to fail cleanly (no hook;
 //!                                         with ERRNO: the kernel's errno, e.g. 524 ENOTSUPP)
+//!        | drop                           the hop-limit drop hook: a routed pod's TTL-1
+//!                                         token reply logged as dropped (drop_check.rs)
 //! vm-guest client KIND                     (internal) one IMDS client, run as our child
 //! vm-guest protos [--btf F] [--kernel R]   only check the hook prototypes (no root needed)
 //! ```
@@ -38,7 +40,9 @@
 //! 169.254.169.254:80, [fd00:ec2::254]:80 and 169.254.169.254:8080 (a port that must not be
 //! traced); those addresses must already be on `lo` (the VM's /init, or the host's netns).
 
+mod drop_check;
 mod protos;
+mod routed;
 
 use std::{
     collections::BTreeMap,
@@ -137,17 +141,23 @@ enum Spec {
     /// Expect `--attach mode` to be refused: non-zero exit and no `attached` line (with
     /// `errno`: its error names that errno).
     Refuse { mode: String, errno: Option<i32> },
+    /// The hop-limit drop hook (`drop.rs`): a token PUT from a routed "pod" whose TTL-1
+    /// reply dies in the "node"'s forwarding path must be logged as dropped.
+    Drop,
 }
 
 impl Spec {
     fn mode(&self) -> &str {
         match self {
             Spec::Attach { mode, .. } | Spec::Refuse { mode, .. } => mode,
+            Spec::Drop => DROP,
         }
     }
 }
 
 const MODES: [&str; 3] = ["fentry", "kprobe", "tracepoint"];
+/// The spec (and matrix column) of the drop-hook check.
+const DROP: &str = "drop";
 
 fn parse_args(args: &[String]) -> Result<Options, String> {
     let mut opts = Options {
@@ -171,9 +181,10 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             }
             "-h" | "--help" => {
                 return Err("usage: vm-guest [--daemon PATH] [--workdir DIR] [--ignore-foreign] \
-                            [--attach-timeout SECS] fentry|kprobe|tracepoint|auto=MODE|refuse=MODE..."
+                            [--attach-timeout SECS] fentry|kprobe|tracepoint|auto=MODE|refuse=MODE|drop..."
                     .into());
             }
+            DROP => opts.specs.push(Spec::Drop),
             spec => {
                 // `MODE:ERRNO`
                 let with_errno = |v: &str| -> Result<(String, Option<i32>), String> {
@@ -203,10 +214,11 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
                     }
                 };
                 let checked = match &parsed {
-                    Spec::Attach { expect, .. } => expect,
-                    Spec::Refuse { mode, .. } => mode,
+                    Spec::Attach { expect, .. } => expect.as_str(),
+                    Spec::Refuse { mode, .. } => mode.as_str(),
+                    Spec::Drop => DROP,
                 };
-                if !MODES.contains(&checked.as_str()) {
+                if !MODES.contains(&checked) {
                     return Err(format!("unknown spec {spec:?}"));
                 }
                 opts.specs.push(parsed);
@@ -246,6 +258,7 @@ fn runner(args: &[String]) -> Result<bool, String> {
                     errno,
                 } => run_suite(&opts, mode, expect, *errno),
                 Spec::Refuse { mode, errno } => run_refused(&opts, mode, *errno),
+                Spec::Drop => drop_check::run(&opts),
             },
         };
         all_ok &= outcome.ok;
@@ -258,7 +271,7 @@ fn runner(args: &[String]) -> Result<bool, String> {
                 } => format!("{mode} expect=refused errno={e}"),
                 Spec::Refuse { mode, errno: None } => format!("{mode} expect=refused"),
                 Spec::Attach { errno: Some(e), .. } => format!("{} errno={e}", spec.mode()),
-                Spec::Attach { .. } => spec.mode().to_owned(),
+                Spec::Attach { .. } | Spec::Drop => spec.mode().to_owned(),
             }
         );
         line.push_str(&format!(
@@ -335,9 +348,15 @@ struct Daemon {
 
 impl Daemon {
     fn spawn(opts: &Options, mode: &str, log: &Path) -> Result<Self, String> {
+        Self::spawn_with(opts, mode, log, &[])
+    }
+
+    /// With more daemon flags (`--host-netns ...`).
+    fn spawn_with(opts: &Options, mode: &str, log: &Path, extra: &[&str]) -> Result<Self, String> {
         let mut child = Command::new(&opts.daemon)
             .args(["--attach", mode, "--log-file"])
             .arg(log)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -779,13 +798,20 @@ fn short(l: &LogLine) -> String {
 }
 
 fn run_client(kind: &str) -> Result<u32, String> {
+    run_client_in(kind, None)
+}
+
+/// A client, in network namespace `netns` when given (joined between fork and exec, so the
+/// client's pid, comm and parent are as for the others).
+fn run_client_in(kind: &str, netns: Option<&routed::Netns>) -> Result<u32, String> {
     let exe = env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-    let mut child = Command::new(exe)
-        .arg0(COMM)
-        .args(["client", kind])
-        .stdin(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("spawn: {e}"))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg0(COMM).args(["client", kind]).stdin(Stdio::null());
+    if let Some(ns) = netns {
+        // SAFETY: the hook only calls setns(2), which is async-signal-safe.
+        unsafe { cmd.pre_exec(ns.enter_in_child()) };
+    }
+    let mut child = cmd.spawn().map_err(|e| format!("spawn: {e}"))?;
     let pid = child.id();
     match wait_timeout(&mut child, Duration::from_secs(30)) {
         Some(st) if st.success() => Ok(pid),
@@ -952,6 +978,7 @@ fn start_fake_imds() -> Result<(), String> {
     TinyImds {
         token: TOKEN,
         missing: MISSING,
+        put_ttl: None,
     }
     .start(&addrs)
 }
@@ -1046,6 +1073,29 @@ fn client(kind: &str) -> Result<(), String> {
             }
             Ok(())
         }
+        // The drop check's clients: a token flow (PUT, then a GET with the token), and a
+        // token PUT whose reply must never arrive (it dies at the router before us).
+        "node-v2" => {
+            let token = request(v4, &[&token_put("node-v2")], Send::Whole)?;
+            if token != TOKEN {
+                return Err(format!("token PUT returned {token:?}"));
+            }
+            get(
+                v4,
+                "/latest/meta-data/vm-guest/node-v2",
+                Some(&token),
+                Send::Whole,
+            )
+            .map(drop)
+        }
+        "pod-put" => match request_within(v4, &[&token_put("pod-put")], drop_check::POD_PUT_WAIT) {
+            Err(e) if e.contains(TIMED_OUT) => Ok(()),
+            Err(e) => Err(e),
+            Ok(body) => Err(format!(
+                "the token PUT's reply reached the pod (TTL 1 did not die at the router): \
+                 {body:?}"
+            )),
+        },
         "missing" => match get(v4, MISSING, None, Send::Whole) {
             Err(e) if e.contains(" 404 ") => Ok(()),
             Err(e) => Err(e),
@@ -1074,11 +1124,39 @@ fn get(addr: SocketAddr, path: &str, token: Option<&str>, how: Send) -> Result<S
     request(addr, &[&line, &headers, &token, "\r\n"], how)
 }
 
+/// A token PUT, its User-Agent naming the client (`vm-guest/1 KIND`).
+fn token_put(kind: &str) -> String {
+    format!(
+        "PUT /latest/api/token HTTP/1.1\r\nHost: 169.254.169.254\r\n\
+         User-Agent: vm-guest/1 {kind}\r\n\
+         X-aws-ec2-metadata-token-ttl-seconds: 21600\r\nContent-Length: 0\r\n\
+         Connection: close\r\n\r\n"
+    )
+}
+
+/// What [`request_within`] says when no response came in time.
+const TIMED_OUT: &str = "no response within";
+
+/// One whole request; the response must come within `wait` (else an error holding
+/// [`TIMED_OUT`]).
+fn request_within(addr: SocketAddr, parts: &[&str], wait: Duration) -> Result<String, String> {
+    request_timeout(addr, parts, Send::Whole, wait)
+}
+
 fn request(addr: SocketAddr, parts: &[&str], how: Send) -> Result<String, String> {
+    request_timeout(addr, parts, how, Duration::from_secs(10))
+}
+
+fn request_timeout(
+    addr: SocketAddr,
+    parts: &[&str],
+    how: Send,
+    wait: Duration,
+) -> Result<String, String> {
     let err = |what: &str, e: io::Error| format!("{what} {addr}: {e}");
     let mut s =
         TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| err("connect", e))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
+    s.set_read_timeout(Some(wait))
         .map_err(|e| err("timeout", e))?;
     s.set_nodelay(true).map_err(|e| err("nodelay", e))?;
     let parts: Vec<&[u8]> = parts
@@ -1109,7 +1187,13 @@ fn request(addr: SocketAddr, parts: &[&str], how: Send) -> Result<String, String
         }
     }
     let mut resp = Vec::new();
-    s.read_to_end(&mut resp).map_err(|e| err("read", e))?;
+    s.read_to_end(&mut resp).map_err(|e| match e.kind() {
+        // What a read timeout gives (EAGAIN on Linux).
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut if resp.is_empty() => {
+            format!("{addr}: {TIMED_OUT} {}s", wait.as_secs_f64())
+        }
+        _ => err("read", e),
+    })?;
     let resp = String::from_utf8_lossy(&resp);
     let (head, body) = resp
         .split_once("\r\n\r\n")

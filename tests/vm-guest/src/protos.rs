@@ -35,6 +35,10 @@ pub(crate) const SOURCES: &[(&str, &str)] = &[
         include_str!("../../../imds-snoop-ebpf/src/capture.rs"),
     ),
     (
+        "drop.rs",
+        include_str!("../../../imds-snoop-ebpf/src/drop.rs"),
+    ),
+    (
         "kernel.rs",
         include_str!("../../../imds-snoop-ebpf/src/kernel.rs"),
     ),
@@ -622,6 +626,9 @@ mod tests {
                 "fentry/tcp_sendmsg",
                 "kprobe/tcp_sendmsg",
                 "tp_btf/tcp_sendmsg_locked",
+                "tp_btf/kfree_skb",
+                "tp_btf/kfree_skb",
+                "tp_btf/kfree_skb",
                 "tp_btf/sched_process_exec",
                 "tp_btf/sched_process_exit",
                 "tp_btf/sched_process_exit",
