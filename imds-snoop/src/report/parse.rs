@@ -95,6 +95,10 @@ pub struct Call {
 
 /// A trace line the report understands.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per line read, consumed at once: a Box would be an allocation per call line"
+)]
 pub enum Line {
     /// A request line (any class of the table).
     Call(Call),
