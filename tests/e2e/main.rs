@@ -10,5 +10,6 @@ mod harness;
 mod metrics;
 mod outcome;
 mod output;
+mod prometheus;
 mod reliability;
 mod trust;
