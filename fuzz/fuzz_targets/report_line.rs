@@ -59,10 +59,16 @@ fuzz_target!(|data: &[u8]| {
                     namespace,
                     name,
                     container,
+                    image,
+                    workload,
                 } => {
-                    fields.extend([namespace.as_str(), name.as_str()]);
+                    // The workload is the line's own field, or a guess that is a prefix of
+                    // the name: in the line either way.
+                    fields.extend([namespace.as_str(), name.as_str(), workload.as_str()]);
                     fields.extend(container.as_deref());
+                    fields.extend(image.as_deref());
                 }
+                Origin::Workload { .. } => panic!("a line never reads as a workload row"),
                 Origin::Container { id } => fields.push(id),
                 Origin::Host { unit } => fields.extend(unit.as_deref()),
                 Origin::Unknown => {}

@@ -197,6 +197,20 @@ pub struct Pod<'a> {
     /// The container's name in the pod.
     #[serde(borrow, default)]
     pub container: Option<Cow<'a, str>>,
+    /// The container's image, from the runtime's annotations (containerd's
+    /// `io.kubernetes.cri.image-name`, CRI-O's `io.kubernetes.cri-o.ImageName`), only as an
+    /// image reference's grammar allows (`docker.io/library/nginx:1.25`, `...@sha256:...`).
+    /// Left out when unknown (docker and cri-dockerd write none; lines before the field).
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub container_image: Option<Cow<'a, str>>,
+    /// The workload guessed from the pod's name ([`crate::workload::guess`]): `web` for
+    /// `web-7d9f8b6c5-x2k4p` and `web-0`. Never a controller kind. Left out with the name.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Cow<'a, str>>,
+    /// `true` whenever `workload` is written: it is guessed from the name, not read from
+    /// the pod's owner (the node has no API server). Left out with `workload`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_guess: Option<bool>,
 }
 
 /// `flags`.
@@ -487,6 +501,30 @@ mod tests {
             panic!("not a call");
         };
         assert_eq!(c.host_network, Some(false));
+    }
+
+    /// The image and the workload guess: written after the container when known, left
+    /// out otherwise (so lines without them are the bytes they were), read back either way.
+    #[test]
+    fn image_and_workload_round_trip() {
+        let line = r#"{"namespace":"shop","name":"web-0","uid":null,"container":"app","container_image":"docker.io/library/nginx:1.25","workload":"web","workload_guess":true}"#;
+        let pod: Pod<'_> = serde_json::from_str(line).unwrap();
+        assert_eq!(
+            pod.container_image.as_deref(),
+            Some("docker.io/library/nginx:1.25")
+        );
+        assert_eq!(
+            (pod.workload.as_deref(), pod.workload_guess),
+            (Some("web"), Some(true))
+        );
+        assert_eq!(serde_json::to_string(&pod).unwrap(), line);
+        let old = r#"{"namespace":"shop","name":"web-0","uid":null,"container":"app"}"#;
+        let pod: Pod<'_> = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            (&pod.container_image, &pod.workload, pod.workload_guess),
+            (&None, &None, None)
+        );
+        assert_eq!(serde_json::to_string(&pod).unwrap(), old);
     }
 
     #[test]

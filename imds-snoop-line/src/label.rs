@@ -3,11 +3,12 @@
 //! ```text
 //! [<time>] [<LEVEL>] <label> (pid:<pid>:<comm> argv:<argv>) called by -> (pid:...) -> ...
 //!  req details: <request>, -> <status> container:<id12> pod:<ns>/<name>
-//!  container-name:<name> container-pid:<pid> net:host|net:other uid:<uid> dst:<addr>
-//!  truncated payload-unreadable
+//!  container-name:<name> image:<ref> workload~:<name> container-pid:<pid>
+//!  net:host|net:other uid:<uid> dst:<addr> truncated payload-unreadable
 //! ```
 //!
-//! (one line; the origin is `container:... [pod:... [container-name:...] | pod-uid:...]`,
+//! (one line; the origin is `container:... [pod:... [container-name:...] [image:...]
+//! workload~:... | pod-uid:...]`,
 //! `host unit:<unit>`, `host unit:-` or `origin:unknown`). Values the caller controls (argv,
 //! comm, headers, unit and pod names) are escaped for control characters only, so a value
 //! can hold any of these strings: readers take the *last* ` req details: ` and the last
@@ -48,6 +49,13 @@ pub const CONTAINER: &str = "container:";
 pub const POD: &str = "pod:";
 /// The container's name in its pod.
 pub const CONTAINER_NAME: &str = "container-name:";
+/// The container's image as the runtime's annotations name it (containerd's
+/// `io.kubernetes.cri.image-name`, CRI-O's `io.kubernetes.cri-o.ImageName`): a validated
+/// image reference, `docker.io/library/nginx:1.25`; left out when unknown (docker).
+pub const IMAGE: &str = "image:";
+/// The pod's workload, guessed from its name ([`crate::workload::guess`]): the `~` says
+/// it is a guess (`workload~:web` for pods `web-7d9f8b6c5-x2k4p`, `web-0`, ...).
+pub const WORKLOAD: &str = "workload~:";
 /// The pod's uid when its names are unknown.
 pub const POD_UID: &str = "pod-uid:";
 /// Origin of a host caller: `host unit:<systemd unit>`, [`NO_UNIT`] when none.
@@ -93,7 +101,7 @@ pub const STATUSES_OFF: &str = "imds-snoop statuses not traced from now";
 pub const ORIGIN_STARTS: [&str; 3] = [" container:", " host unit:", " origin:unknown"];
 
 /// Every separator and field label above.
-pub const ALL: [&str; 33] = [
+pub const ALL: [&str; 35] = [
     PID,
     ARGV,
     EXITED,
@@ -109,6 +117,8 @@ pub const ALL: [&str; 33] = [
     CONTAINER,
     POD,
     CONTAINER_NAME,
+    IMAGE,
+    WORKLOAD,
     POD_UID,
     HOST_UNIT,
     NO_UNIT,

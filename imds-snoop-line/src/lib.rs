@@ -8,6 +8,7 @@
 //!   bytes the daemon writes and deserialize them back; [`SCHEMA_VERSION`].
 //! - [`text`]: the text line's reader ([`TextLine::parse`]).
 //! - [`label`]: the separators and field labels of the text line.
+//! - [`workload`]: a pod's workload guessed from its name.
 //!
 //! Dependencies: serde and serde_json only, so a static musl test binary can use it.
 
@@ -15,6 +16,7 @@ pub mod class;
 pub mod json;
 pub mod label;
 pub mod text;
+pub mod workload;
 
 pub use class::{CLASSES, Class, ClassInfo, Level};
 pub use json::{JsonLine, JsonRecord, LossLine, ReadError, SCHEMA_VERSION};

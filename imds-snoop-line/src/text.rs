@@ -77,6 +77,11 @@ pub enum TextOrigin<'a> {
         namespace: &'a str,
         name: &'a str,
         container: Option<&'a str>,
+        /// `image:`, when the line has it.
+        image: Option<&'a str>,
+        /// `workload~:` (a guess from the name), when the line has it (lines before the
+        /// field do not: [`crate::workload::guess`] of `name` is the same guess).
+        workload: Option<&'a str>,
     },
     /// A container whose pod names are unknown: its id's first 12 characters.
     Container { id: &'a str },
@@ -272,6 +277,8 @@ pub fn split_details(details: &str) -> TextDetails<'_> {
     let mut container_id = None;
     let mut pod = None;
     let mut container_name = None;
+    let mut image = None;
+    let mut workload = None;
     let mut unit = None;
     let mut host = false;
     let mut destination = None;
@@ -283,6 +290,10 @@ pub fn split_details(details: &str) -> TextDetails<'_> {
             pod = v.split_once('/');
         } else if let Some(v) = token.strip_prefix(label::CONTAINER_NAME) {
             container_name = Some(v);
+        } else if let Some(v) = token.strip_prefix(label::IMAGE) {
+            image = Some(v);
+        } else if let Some(v) = token.strip_prefix(label::WORKLOAD) {
+            workload = Some(v);
         } else if token == label::HOST {
             host = true;
         } else if let Some(v) = token.strip_prefix(label::UNIT) {
@@ -300,6 +311,8 @@ pub fn split_details(details: &str) -> TextDetails<'_> {
             namespace,
             name,
             container: container_name,
+            image,
+            workload,
         },
         (None, Some(id)) => TextOrigin::Container { id },
         (None, None) if host => TextOrigin::Host { unit },
@@ -410,7 +423,9 @@ mod tests {
             TextOrigin::Pod {
                 namespace: "shop",
                 name: "web-1",
-                container: Some("app")
+                container: Some("app"),
+                image: None,
+                workload: None,
             }
         );
         assert_eq!(f.destination, Some("169.254.169.254:80"));
@@ -463,7 +478,9 @@ mod tests {
             TextOrigin::Pod {
                 namespace: "shop",
                 name: "web-1",
-                container: Some("app")
+                container: Some("app"),
+                image: None,
+                workload: None,
             }
         );
 
@@ -507,6 +524,34 @@ mod tests {
             }
         );
         assert_eq!(f.destination, Some("[fd00:ec2::254]:80"));
+    }
+
+    /// The image and the workload guess after the container name; an image reference holds
+    /// `:` and `/` (a registry port, a tag, a digest) and may spell another label inside:
+    /// the reader takes each field from the start of its own token.
+    #[test]
+    fn image_and_workload() {
+        let f = split_details(
+            "get / http/1.1, -> 200 container:0123456789ab pod:shop/web-7d9f8b6c5-x2k4p \
+             container-name:app image:registry.example.com:5000/team/pod:uid-1@sha256:\
+             0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef workload~:web \
+             container-pid:7 net:other uid:0 dst:169.254.169.254:80",
+        );
+        assert_eq!(
+            f.origin,
+            TextOrigin::Pod {
+                namespace: "shop",
+                name: "web-7d9f8b6c5-x2k4p",
+                container: Some("app"),
+                image: Some(
+                    "registry.example.com:5000/team/pod:uid-1@sha256:\
+                     0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+                ),
+                workload: Some("web"),
+            }
+        );
+        assert_eq!(f.destination, Some("169.254.169.254:80"));
+        assert_eq!(f.host_network, Some(false));
     }
 
     #[test]

@@ -141,6 +141,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ring = capture.take_events()?;
     metrics.set_attached(capture.attached, true);
     metrics.set_statuses_traced(responses);
+    metrics.set_window_start(std::time::SystemTime::now());
     // SAFETY: the AsyncFd owns the RingBuf, so the fd stays open for as long as it is
     // registered.
     let mut ring = unsafe { AsyncFd::register(ring) }

@@ -54,8 +54,8 @@ use crate::{
 /// runs at most a few hundred pods, each with a handful of commands calling IMDS; this
 /// leaves room for that and bounds what a caller that keeps renaming itself can cost.
 pub(crate) const MAX_REQUEST_LABEL_SETS: usize = 1000;
-/// The namespace, pod, container and comm of label sets past the bound (not a valid pod or
-/// namespace name, so it cannot be confused with a real one).
+/// The namespace, workload, container, image and comm of label sets past the bound (not a
+/// valid pod or namespace name, so it cannot be confused with a real one).
 pub(crate) const OVERFLOW: &str = "_overflow";
 /// Scrapes served at once; more connections are closed at once.
 const MAX_CONNECTIONS: usize = 8;
@@ -88,24 +88,36 @@ pub(crate) struct RequestLabels {
     /// --response-timeout (a lost token PUT response: the hop limit), empty when responses
     /// are not traced. A handful of values: kept in the overflow set too.
     pub status: String,
+    /// `true`: the socket is in the node's network namespace (`net:host`); `false`: in
+    /// another (`net:other`, one routing hop away: hop limit 1 cuts its token responses
+    /// off); empty when the daemon does not know the node's namespace. Kept in the overflow
+    /// set too.
+    pub host_network: &'static str,
     /// Empty for a caller outside a pod (a host process, or a container without a pod).
     pub namespace: String,
-    pub pod: String,
+    /// The workload guessed from the pod's name (`web` for `web-7d9f8b6c5-x2k4p`). No `pod`
+    /// label: a CronJob makes a new pod name every run, which would fill the label-set
+    /// bound with one-off names and push every later caller into the overflow set; the
+    /// workload stays the same across runs and rollouts.
+    pub workload: String,
     pub container: String,
+    /// The container's image (`pod.container_image`), empty when unknown.
+    pub image: String,
     pub comm: String,
 }
 
 impl RequestLabels {
     pub(crate) fn of(record: &Record) -> Self {
-        let (namespace, pod, container) = match &record.origin {
+        let (namespace, workload, container, image) = match &record.origin {
             Origin::Container(c) => match &c.pod {
                 Some(p) => (
                     escape_controls(&p.namespace),
-                    escape_controls(&p.name),
+                    escape_controls(p.workload()),
                     p.container
                         .as_deref()
                         .map(escape_controls)
                         .unwrap_or_default(),
+                    p.image.as_deref().map(escape_controls).unwrap_or_default(),
                 ),
                 None => Default::default(),
             },
@@ -122,23 +134,32 @@ impl RequestLabels {
                 }
                 Outcome::Unknown => String::new(),
             },
+            host_network: match record.host_network {
+                Some(true) => "true",
+                Some(false) => "false",
+                None => "",
+            },
             namespace,
-            pod,
+            workload,
             container,
+            image,
             // As the log prints it: a comm is whatever the caller set (prctl), newlines too.
             comm: escape_controls(&record.caller.comm),
         }
     }
 
-    /// The one label set (per class) that counts requests past the bound: the class is
-    /// kept, so v1 totals stay exact however many callers there are.
+    /// The one label set (per class, status and host_network) that counts requests past
+    /// the bound: those are kept, so v1 totals and hop-limit sums stay exact however many
+    /// callers there are.
     pub(crate) fn overflow(&self) -> Self {
         Self {
             class: self.class,
             status: self.status.clone(),
+            host_network: self.host_network,
             namespace: OVERFLOW.into(),
-            pod: OVERFLOW.into(),
+            workload: OVERFLOW.into(),
             container: OVERFLOW.into(),
+            image: OVERFLOW.into(),
             comm: OVERFLOW.into(),
         }
     }
@@ -172,6 +193,7 @@ struct Enabled {
     attached: Family<ModeLabels, Gauge>,
     statuses_traced: Gauge,
     hop_drops: Family<ReasonLabels, Counter>,
+    window_start: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Metrics {
@@ -189,10 +211,11 @@ impl Metrics {
         registry.register(
             "requests",
             format!(
-                "IMDS requests seen, by class (v1, v2, v2_token, malformed), response status and \
-                 caller. At most \
-                 {max_label_sets} label sets; requests of later callers are counted with \
-                 namespace, pod, container and comm \"{OVERFLOW}\""
+                "IMDS requests seen, by class (v1, v2, v2_token, malformed), response status, \
+                 network namespace (host_network) and caller (namespace, workload guessed from \
+                 the pod name, container, image, comm). At most {max_label_sets} label sets; \
+                 requests of later callers are counted with namespace, workload, container, \
+                 image and comm \"{OVERFLOW}\""
             ),
             requests.clone(),
         );
@@ -256,6 +279,14 @@ impl Metrics {
              connection again) and deduplicated (retransmissions counted in the kernel)",
             hop_drops.clone(),
         );
+        let window_start = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register_with_unit(
+            "window_start",
+            "Unix time at which this daemon process started tracing: its counters cover \
+             time() - this (a restart starts them again from 0)",
+            Unit::Seconds,
+            window_start.clone(),
+        );
         Self(Some(Enabled {
             registry: Arc::new(registry),
             max_label_sets,
@@ -269,6 +300,7 @@ impl Metrics {
             attached,
             statuses_traced,
             hop_drops,
+            window_start,
         }))
     }
 
@@ -350,6 +382,16 @@ impl Metrics {
                     .map_or_else(|| mode.to_string(), |v| v.get_name().to_owned()),
             })
             .set(attached.into());
+    }
+
+    /// When tracing started (`imds_snoop_window_start_seconds`): the start of the window
+    /// the counters cover.
+    pub(crate) fn set_window_start(&self, at: std::time::SystemTime) {
+        let Some(m) = &self.0 else { return };
+        let secs = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        m.window_start.set(secs);
     }
 
     /// Whether response statuses are traced (`imds_snoop_statuses_traced`).
@@ -491,6 +533,7 @@ mod tests {
                         namespace: namespace.into(),
                         name: name.into(),
                         container: Some(container.into()),
+                        image: Some("docker.io/library/app:1".into()),
                     }),
                 }),
                 None => Origin::Host { unit: None },
@@ -529,18 +572,24 @@ mod tests {
         // ... while admitted ones keep counting under their own labels.
         m.observe(&record(Class::V1, "curl", None), US);
         let text = m.encode().unwrap();
-        let series = |class: &str, ns: &str, pod: &str, container: &str, comm: &str| {
+        let series = |class: &str, ns: &str, workload: &str, container: &str, comm: &str| {
+            let image = if ns == "prod" {
+                "docker.io/library/app:1"
+            } else {
+                ns
+            };
             sample(
                 &text,
                 &format!(
-                    "imds_snoop_requests_total{{class=\"{class}\",status=\"200\",namespace=\"{ns}\",\
-                     pod=\"{pod}\",container=\"{container}\",comm=\"{comm}\"}}"
+                    "imds_snoop_requests_total{{class=\"{class}\",status=\"200\",host_network=\"\",\
+                     namespace=\"{ns}\",workload=\"{workload}\",container=\"{container}\",\
+                     image=\"{image}\",comm=\"{comm}\"}}"
                 ),
             )
         };
         assert_eq!(series("v1", "", "", "", "curl"), Some(2.0), "{text}");
         assert_eq!(
-            series("v2", "prod", "web-1", "app", "aws"),
+            series("v2", "prod", "web", "app", "aws"),
             Some(1.0),
             "{text}"
         );
@@ -583,11 +632,12 @@ mod tests {
         );
         m.set_attached(AttachMode::Tracepoint, true);
         m.set_statuses_traced(true);
+        m.set_window_start(std::time::UNIX_EPOCH + Duration::from_millis(1_764_000_000_500));
         let text = m.encode().unwrap();
         assert_eq!(
             sample(
                 &text,
-                r#"imds_snoop_requests_total{class="malformed",status="200",namespace="",pod="",container="",comm="a\"b\\c\\x0ad"}"#
+                r#"imds_snoop_requests_total{class="malformed",status="200",host_network="",namespace="",workload="",container="",image="",comm="a\"b\\c\\x0ad"}"#
             ),
             Some(1.0),
             "{text}"
@@ -606,6 +656,7 @@ mod tests {
             ("imds_snoop_log_lines_written_total", 40.0),
             (r#"imds_snoop_attached{mode="tracepoint"}"#, 1.0),
             ("imds_snoop_statuses_traced", 1.0),
+            ("imds_snoop_window_start_seconds", 1_764_000_000.5),
             ("imds_snoop_processing_seconds_count", 2.0),
             (r#"imds_snoop_processing_seconds_bucket{le="0.00004"}"#, 1.0),
             (r#"imds_snoop_processing_seconds_bucket{le="+Inf"}"#, 2.0),
@@ -620,6 +671,10 @@ mod tests {
         );
         assert!(
             text.contains("# UNIT imds_snoop_processing_seconds seconds"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE imds_snoop_window_start_seconds gauge"),
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
@@ -637,9 +692,21 @@ mod tests {
         let r = record(Class::V1, "curl", Some(("prod", "web-1", "app")));
         let l = RequestLabels::of(&r);
         assert_eq!(
-            (l.class, &l.namespace[..], &l.pod[..], &l.container[..]),
-            ("v1", "prod", "web-1", "app")
+            (
+                l.class,
+                &l.namespace[..],
+                &l.workload[..],
+                &l.container[..],
+                &l.image[..]
+            ),
+            ("v1", "prod", "web", "app", "docker.io/library/app:1")
         );
+        assert_eq!(l.host_network, "");
+        let mut r = record(Class::V2, "curl", Some(("prod", "web-1", "app")));
+        r.host_network = Some(false);
+        assert_eq!(RequestLabels::of(&r).host_network, "false");
+        r.host_network = Some(true);
+        assert_eq!(RequestLabels::of(&r).host_network, "true");
         // A container with no pod (plain containerd, docker): no pod labels, and no
         // container id either (ids would make a label set per container restart).
         let mut r = record(Class::V2, "curl", Some(("prod", "web-1", "app")));
@@ -648,8 +715,43 @@ mod tests {
         }
         let l = RequestLabels::of(&r);
         assert_eq!(
-            (&l.namespace[..], &l.pod[..], &l.container[..], &l.comm[..]),
-            ("", "", "", "curl")
+            (
+                &l.namespace[..],
+                &l.workload[..],
+                &l.container[..],
+                &l.image[..],
+                &l.comm[..]
+            ),
+            ("", "", "", "", "curl")
+        );
+    }
+
+    /// A CronJob's pods (a new name each run) are one label set, not one per run: the
+    /// bound is spent on workloads, not on pod names.
+    #[test]
+    fn cronjob_pods_share_one_label_set() {
+        let m = Metrics::with_limit(3);
+        for run in 0..50 {
+            let pod = format!("backup-{}-x2k4p", 29_412_345 + run);
+            m.observe(&record(Class::V1, "curl", Some(("ops", &pod, "job"))), US);
+        }
+        let text = m.encode().unwrap();
+        assert_eq!(
+            sample(
+                &text,
+                r#"imds_snoop_requests_total{class="v1",status="200",host_network="",namespace="ops",workload="backup",container="job",image="docker.io/library/app:1",comm="curl"}"#
+            ),
+            Some(50.0),
+            "{text}"
+        );
+        assert!(
+            !text.contains(&format!("namespace=\"{OVERFLOW}\"")),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("imds_snoop_requests_total{").count(),
+            1,
+            "{text}"
         );
     }
 

@@ -531,7 +531,7 @@ mod tests {
                  http://169.254.169.254/latest/meta-data/) called by -> (pid:4200:sh \
                  argv:/bin/sh -c curl) req details: get /latest/meta-data/ http/1.1, \
                  host: 169.254.169.254, user-agent: curl/8.5.0, accept: */*, \
-                 container:abc123def456 pod:shop/web-1 container-name:app container-pid:7 \
+                 container:abc123def456 pod:shop/web-1 container-name:app workload~:web container-pid:7 \
                  uid:0 dst:169.254.169.254:80"
             )
         );
@@ -565,7 +565,9 @@ mod tests {
                     "namespace": "shop",
                     "name": "web-1",
                     "uid": POD_UID,
-                    "container": "app"
+                    "container": "app",
+                    "workload": "web",
+                    "workload_guess": true
                 },
                 "host_unit": null,
                 "cgroup_id": 0,
@@ -732,7 +734,7 @@ mod tests {
                  argv:/usr/bin/containerd-shim-runc-v2 -namespace k8s.io -id {ID} -address \
                  /run/containerd/containerd.sock) req details: get /latest/meta-data/ \
                  http/1.1, host: 169.254.169.254, user-agent: curl/8.5.0, accept: */*, \
-                 container:abc123def456 pod:shop/web-1 container-name:app container-pid:7 \
+                 container:abc123def456 pod:shop/web-1 container-name:app workload~:web container-pid:7 \
                  uid:0 dst:169.254.169.254:80"
             )
         );

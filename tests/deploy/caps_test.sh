@@ -47,7 +47,7 @@ netns_up "$dir"
 routed_up --ttl 1
 mkdir -m 0755 "$dir/containerd"
 containerd_start "$dir/containerd"
-pod_container shop web-1 app
+pod_container shop web-1 app docker.io/library/busybox:1.36
 
 UNIT_CAPS=$(unit_caps)
 [ -n "$UNIT_CAPS" ] || fail "no AmbientCapabilities= in the unit"
@@ -131,9 +131,10 @@ without() { tr ',' '\n' <<<"$UNIT_CAPS" | grep -vx "$1" | paste -sd, -; }
 # 1. The unit's set.
 run_daemon unit nobody "$UNIT_CAPS" || fail "unit set: daemon exited ($DAEMON_RC): $(tail -5 "$dir/unit/stderr")"
 line=$(calls_attributed unit 200)
-[[ $line == *"pod:shop/web-1 container-name:app"* ]] || fail "unit set: no pod name: $line"
+[[ $line == *"pod:shop/web-1 container-name:app image:docker.io/library/busybox:1.36 workload~:web "* ]] ||
+    fail "unit set: no pod name, image or workload: $line"
 ! grep -q 'statuses are not traced' "$dir/unit/stderr" || fail "unit set: $(grep statuses "$dir/unit/stderr")"
-ok "unit set ($UNIT_CAPS) as an unprivileged user: attached, host and pod calls attributed with pod names and -> 200"
+ok "unit set ($UNIT_CAPS) as an unprivileged user: attached, host and pod calls attributed with pod names, image and workload, and -> 200"
 expect_node_put unit-node-put "$dir/unit/trace.log" ip netns exec "$NETNS"
 expect_hop_drop unit-pod-put "$dir/unit/trace.log" ip netns exec "$POD_NETNS" >/dev/null
 stop_daemon

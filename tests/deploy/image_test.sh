@@ -108,7 +108,8 @@ netns_up "$dir"
 routed_up --ttl 1
 mkdir -m 0755 "$dir/containerd"
 containerd_start "$dir/containerd"
-pod_container shop web-1 app
+# A Deployment's pod (<name>-<pod-template-hash>-<5>), with its image annotation.
+pod_container shop web-7d9f8b6c5-x2k4p app docker.io/library/busybox:1.36
 ctr_ images import --all-platforms "$archive" >"$dir/import.out" 2>&1 ||
     fail "ctr images import: $(cat "$dir/import.out")"
 image=$(ctr_ images ls -q | grep -m1 imds-snoop) || fail "imported image not listed: $(ctr_ images ls)"
@@ -180,13 +181,15 @@ assert r["class"] == "v1", r["class"]
 assert r["caller"]["comm"] == "wget", r["caller"]
 assert r["caller"]["argv"].startswith("/bin/wget -q -O /dev/null http://169.254.169.254/"), r["caller"]
 assert r["container"]["id"] == pod_id, r["container"]
-assert r["pod"]["namespace"] == "shop" and r["pod"]["name"] == "web-1", r["pod"]
+assert r["pod"]["namespace"] == "shop" and r["pod"]["name"] == "web-7d9f8b6c5-x2k4p", r["pod"]
 assert r["pod"]["container"] == "app", r["pod"]
+assert r["pod"]["container_image"] == "docker.io/library/busybox:1.36", r["pod"]
+assert r["pod"]["workload"] == "web" and r["pod"]["workload_guess"] is True, r["pod"]
 assert r["status"] == 200, r["status"]
 # The pod is in its own network namespace, not the node's (--host-netns, the hostPath).
 assert r["host_network"] is False, r.get("host_network")
 EOF
-ok "pod call logged (stdout and /var/log/imds/imds-trace.log): node test-node-1, pod shop/web-1, container app, caller wget, status 200, host_network false"
+ok "pod call logged (stdout and /var/log/imds/imds-trace.log): node test-node-1, pod shop/web-7d9f8b6c5-x2k4p (workload web), container app, image busybox:1.36, caller wget, status 200, host_network false"
 
 # 4a. Hop limit 1: the routed pod's token PUT dies at the node, and the DaemonSet says so.
 rc=0
@@ -224,15 +227,18 @@ def value(name, **labels):
     found = [v for n, l, v in samples if n == name and all(l.get(k) == w for k, w in labels.items())]
     assert len(found) == 1, (name, labels, found)
     return found[0]
-assert value("imds_snoop_requests_total", **{"class": "v1"}, namespace="shop", pod="web-1",
-             container="app", comm="wget") == 1
+assert value("imds_snoop_requests_total", **{"class": "v1"}, host_network="false",
+             namespace="shop", workload="web", container="app",
+             image="docker.io/library/busybox:1.36", comm="wget") == 1
 assert value("imds_snoop_requests_total", **{"class": "v2_token"}, status="dropped",
              comm="curl") == 1
+assert all("pod" not in l for n, l, v in samples if n == "imds_snoop_requests_total"), samples
+assert value("imds_snoop_window_start_seconds") > 1.7e9
 assert value("imds_snoop_attached") == 1
 assert value("imds_snoop_statuses_traced") == 1
 assert value("imds_snoop_kernel_drops_total", reason="ring_full") == 0
 EOF
-ok "metrics on the pod's :$port/metrics: 1 v1 call by wget in shop/web-1 (app), 1 token PUT by curl counted v2_token/dropped, attached, no drops"
+ok "metrics on the pod's :$port/metrics: 1 v1 call by wget in workload shop/web (app, busybox:1.36, host_network false), no pod label, 1 token PUT by curl counted v2_token/dropped, attached, window start, no drops"
 
 # 5. SIGTERM.
 ctr_ task kill -s SIGTERM "$DS"

@@ -243,16 +243,18 @@ busybox_rootfs() {
     chroot "$1" /bin/busybox --install -s /bin
 }
 
-# pod_container NAMESPACE POD NAME: runs `sleep` as container NAME of pod NAMESPACE/POD in
-# $NETNS with the CRI annotations kubelet would set, in a kubepods cgroup (cgroupfs driver
-# naming). Sets POD_ID.
+# pod_container NAMESPACE POD NAME [IMAGE]: runs `sleep` as container NAME of pod
+# NAMESPACE/POD in $NETNS with the CRI annotations kubelet would set (and IMAGE as
+# containerd's CRI plugin annotates it, io.kubernetes.cri.image-name), in a kubepods cgroup
+# (cgroupfs driver naming). Sets POD_ID.
 pod_container() {
-    local rootfs=$CTRD_DIR/rootfs h uid
+    local rootfs=$CTRD_DIR/rootfs h uid image=()
     [ -d "$rootfs/bin" ] || busybox_rootfs "$rootfs"
     POD_ID=$(hex 64)
     h=$(hex 32)
     uid=${h:0:8}-${h:8:4}-${h:12:4}-${h:16:4}-${h:20:12}
-    ctr_ run -d --null-io --with-ns "network:/var/run/netns/$NETNS" \
+    [ -z "${4:-}" ] || image=(--annotation "io.kubernetes.cri.image-name=$4")
+    ctr_ run -d --null-io --with-ns "network:/var/run/netns/$NETNS" "${image[@]}" \
         --annotation "io.kubernetes.cri.sandbox-name=$2" \
         --annotation "io.kubernetes.cri.sandbox-namespace=$1" \
         --annotation "io.kubernetes.cri.container-name=$3" \

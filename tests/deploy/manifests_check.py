@@ -22,6 +22,8 @@ check = problems.check
 def main():
     kdir = Path(sys.argv[1])
     kust = yaml.safe_load((kdir / "kustomization.yaml").read_text())
+    # Components (components/, e.g. the PrometheusRule) are not resources of the default
+    # kustomization: it must apply on a cluster without the Prometheus Operator's CRD.
     files = sorted(p.name for p in kdir.glob("*.yaml") if p.name != "kustomization.yaml")
     check(sorted(kust.get("resources", [])) == files,
           f"kustomization resources {kust.get('resources')} != the manifests {files}")
@@ -31,7 +33,7 @@ def main():
     else:
         docs = [d for f in files for d in yaml.safe_load_all((kdir / f).read_text()) if d]
     by_kind = {d["kind"]: d for d in docs}
-    check(sorted(by_kind) == ["DaemonSet", "Namespace", "ServiceAccount"],
+    check(sorted(by_kind) == ["DaemonSet", "Namespace", "NetworkPolicy", "ServiceAccount"],
           f"kinds: {sorted(by_kind)}")
     check(not any(k in by_kind for k in ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")),
           "RBAC objects present: the tool needs none")
@@ -102,6 +104,29 @@ def main():
               f"no containerPort named metrics = {port}")
         check(not addr.startswith("127.") and not addr.startswith("[::1]"),
               f"--metrics-addr {addr} is loopback: Prometheus cannot reach it")
+
+    # The metrics port is open only to the Prometheus namespace (one namespaceSelector).
+    np = by_kind.get("NetworkPolicy")
+    if np is not None:
+        nps = np["spec"]
+        pod_labels = ds["spec"]["template"]["metadata"].get("labels", {})
+        sel = nps.get("podSelector", {}).get("matchLabels", {})
+        check(sel and all(pod_labels.get(k) == v for k, v in sel.items()),
+              f"NetworkPolicy podSelector {sel} does not select the DaemonSet's pods")
+        check(nps.get("policyTypes") == ["Ingress"], f"policyTypes {nps.get('policyTypes')}")
+        ingress = nps.get("ingress", [])
+        check(len(ingress) == 1, f"{len(ingress)} ingress rules, not 1")
+        if ingress:
+            peers = ingress[0].get("from", [])
+            check(len(peers) == 1 and list(peers[0]) == ["namespaceSelector"]
+                  and list(peers[0]["namespaceSelector"].get("matchLabels", {}))
+                  == ["kubernetes.io/metadata.name"],
+                  f"ingress from {peers}: not one namespace by kubernetes.io/metadata.name")
+            want = {"metrics", int(addr.rsplit(":", 1)[1]) if addr else None}
+            nports = ingress[0].get("ports", [])
+            check(len(nports) == 1 and nports[0].get("port") in want
+                  and nports[0].get("protocol", "TCP") == "TCP",
+                  f"ingress ports {nports}: not the metrics port alone")
 
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
     mounts = {m["name"]: m for m in c.get("volumeMounts", [])}

@@ -288,6 +288,14 @@ samples = json.loads(sys.argv[1])["samples"]
 got = sum(v for n, l, v in samples
           if n == "imds_snoop_requests_total" and l["class"] == "v1" and l["comm"] == "curl")
 assert got == int(sys.argv[2]), (got, sys.argv[2])
+# The labels a fleet aggregates by; no pod label (bounded by workload instead).
+want = {"class", "status", "host_network", "namespace", "workload", "container", "image", "comm"}
+for n, l, v in samples:
+    if n == "imds_snoop_requests_total":
+        assert set(l) == want, l
+starts = [v for n, l, v in samples if n == "imds_snoop_window_start_seconds"]
+import time
+assert len(starts) == 1 and 1.7e9 < starts[0] <= time.time(), starts
 EOF
 in_ns rm /run/systemd/system/imds-snoop.service.d/70-metrics.conf
 in_ns systemctl daemon-reload

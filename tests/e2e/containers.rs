@@ -105,13 +105,16 @@ impl Containerd {
     }
 
     /// Runs `sleep` as container `name` of pod `namespace/pod` in network namespace `ns`,
-    /// in a kubepods cgroup as kubelet's cgroupfs driver names it. Returns (id, pod uid).
+    /// in a kubepods cgroup as kubelet's cgroupfs driver names it, with the image annotation
+    /// containerd's CRI plugin writes (`io.kubernetes.cri.image-name`) when `image` is
+    /// given. Returns (id, pod uid).
     fn run_pod_container(
         &mut self,
         ns: &Netns,
         namespace: &str,
         pod: &str,
         name: &str,
+        image: Option<&str>,
     ) -> (String, String) {
         let id = random_hex(64);
         let h = random_hex(32);
@@ -124,30 +127,39 @@ impl Containerd {
             &h[20..]
         );
         let rootfs = self.dir.path().join("rootfs");
-        let out = self.ctr(&[
-            "run",
-            "-d",
-            "--null-io",
-            "--with-ns",
-            &format!("network:/var/run/netns/{}", ns.name()),
-            "--annotation",
-            &format!("io.kubernetes.cri.sandbox-name={pod}"),
-            "--annotation",
-            &format!("io.kubernetes.cri.sandbox-namespace={namespace}"),
-            "--annotation",
-            &format!("io.kubernetes.cri.container-name={name}"),
-            "--annotation",
-            &format!("io.kubernetes.cri.sandbox-id={id}"),
-            "--annotation",
-            "io.kubernetes.cri.container-type=container",
-            "--cgroup",
-            &format!("/kubepods/besteffort/pod{uid}/{id}"),
-            "--rootfs",
-            rootfs.to_str().unwrap(),
-            &id,
-            "/bin/sleep",
-            "3600",
-        ]);
+        let image_annotation = image.map(|i| format!("io.kubernetes.cri.image-name={i}"));
+        let image_args: Vec<&str> = image_annotation
+            .iter()
+            .flat_map(|a| ["--annotation", a.as_str()])
+            .collect();
+        let ns_arg = format!("network:/var/run/netns/{}", ns.name());
+        let mut args = vec!["run", "-d", "--null-io", "--with-ns", &ns_arg];
+        args.extend(image_args);
+        let out = self.ctr(
+            &[
+                &args[..],
+                &[
+                    "--annotation",
+                    &format!("io.kubernetes.cri.sandbox-name={pod}"),
+                    "--annotation",
+                    &format!("io.kubernetes.cri.sandbox-namespace={namespace}"),
+                    "--annotation",
+                    &format!("io.kubernetes.cri.container-name={name}"),
+                    "--annotation",
+                    &format!("io.kubernetes.cri.sandbox-id={id}"),
+                    "--annotation",
+                    "io.kubernetes.cri.container-type=container",
+                    "--cgroup",
+                    &format!("/kubepods/besteffort/pod{uid}/{id}"),
+                    "--rootfs",
+                    rootfs.to_str().unwrap(),
+                    &id,
+                    "/bin/sleep",
+                    "3600",
+                ][..],
+            ]
+            .concat(),
+        );
         assert!(
             out.status.success(),
             "ctr run failed: {}",
@@ -240,9 +252,22 @@ fn call_from_a_pod_names_container_and_pod() {
     let ns = Netns::new("pod");
     let imds = FakeImds::start(&ns, FakeOpts::default());
     let mut containerd = Containerd::start();
-    let (id, _uid) = containerd.run_pod_container(&ns, "shop", "web-1", "app");
+    // A Deployment's pod (`<name>-<pod-template-hash>-<5>`), its image as containerd's CRI
+    // plugin annotates it.
+    let (pod, image) = ("web-7d9f8b6c5-x2k4p", "docker.io/library/busybox:1.36");
+    let (id, _uid) = containerd.run_pod_container(&ns, "shop", pod, "app", Some(image));
     let task_root = containerd.task_root();
-    let daemon = Daemon::start(&["--containerd-root", task_root.to_str().unwrap()]);
+    let url = format!("http://127.0.0.1:{}/metrics", crate::metrics::free_port());
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .to_owned();
+    let daemon = Daemon::start(&[
+        "--containerd-root",
+        task_root.to_str().unwrap(),
+        "--metrics-addr",
+        &addr,
+    ]);
 
     let url = format!("http://{IMDS_V4}/latest/meta-data/instance-id");
     let out = containerd.exec(&id, "v1", &["/bin/wget", "-q", "-O", "-", &url]);
@@ -277,8 +302,10 @@ fn call_from_a_pod_names_container_and_pod() {
             "shim with the container id among the ancestors: {line}"
         );
         assert!(
-            line.contains(&format!("{tag} pod:shop/web-1 container-name:app")),
-            "pod and container names: {line}"
+            line.contains(&format!(
+                "{tag} pod:shop/{pod} container-name:app image:{image} workload~:web "
+            )),
+            "pod and container names, image, workload: {line}"
         );
         // In its own pid namespace the exec'd wget is never pid 1 (sleep is), nor its host pid.
         let ns_pid: u32 = line
@@ -293,6 +320,26 @@ fn call_from_a_pod_names_container_and_pod() {
         );
     }
     assert!(lines[1].contains("?short"), "{}", lines[1]);
+    // The metric counts both calls under the workload and image, not the pod.
+    let labels = [
+        ("class", "v1"),
+        ("host_network", "false"),
+        ("namespace", "shop"),
+        ("workload", "web"),
+        ("container", "app"),
+        ("image", image),
+        ("comm", "wget"),
+    ];
+    let deadline = std::time::Instant::now() + LINE_TIMEOUT;
+    let count = loop {
+        let scrape = crate::metrics::Scrape::get(&url);
+        let n = scrape.value("imds_snoop_requests_total", &labels);
+        if n == Some(2.0) || std::time::Instant::now() > deadline {
+            break n;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(count, Some(2.0), "imds_snoop_requests_total{labels:?}");
     daemon.finish(&[&imds], &[]);
 }
 
@@ -309,7 +356,8 @@ fn pod_named_on_a_non_default_state_directory_without_flags() {
     let ns = Netns::new("pod-k3s");
     let imds = FakeImds::start(&ns, FakeOpts::default());
     let mut containerd = Containerd::start_with(true);
-    let (id, _uid) = containerd.run_pod_container(&ns, "shop", "web-2", "app");
+    // A StatefulSet's pod, no image annotation (as docker and cri-dockerd have it).
+    let (id, _uid) = containerd.run_pod_container(&ns, "shop", "web-2", "app", None);
     let daemon = Daemon::start(&[]);
 
     let url = format!("http://{IMDS_V4}/latest/meta-data/instance-id");
@@ -318,8 +366,10 @@ fn pod_named_on_a_non_default_state_directory_without_flags() {
     let tag = format!("container:{}", &id[..12]);
     let lines = daemon.wait_lines(|l| l.contains(&tag), 1, LINE_TIMEOUT);
     assert!(
-        lines[0].contains(&format!("{tag} pod:shop/web-2 container-name:app")),
-        "pod and container names: {}",
+        lines[0].contains(&format!(
+            "{tag} pod:shop/web-2 container-name:app workload~:web "
+        )),
+        "pod and container names, no image: {}",
         lines[0]
     );
     daemon.finish(&[&imds], &[]);
@@ -347,8 +397,9 @@ fn token_drop_at_the_hop_limit_names_the_pod_not_the_host_network_one() {
         },
     );
     let mut containerd = Containerd::start();
-    let (pod_id, _) = containerd.run_pod_container(&net.pod, "shop", "web-1", "app");
-    let (host_id, _) = containerd.run_pod_container(&net.node, "kube-system", "agent-1", "agent");
+    let (pod_id, _) = containerd.run_pod_container(&net.pod, "shop", "web-1", "app", None);
+    let (host_id, _) =
+        containerd.run_pod_container(&net.node, "kube-system", "agent-1", "agent", None);
     let task_root = containerd.task_root();
     let node_netns = format!("/var/run/netns/{}", net.node.name());
     let mut daemon = Daemon::start(&[

@@ -11,5 +11,6 @@ mod hop_drop;
 mod metrics;
 mod outcome;
 mod output;
+mod prometheus;
 mod reliability;
 mod trust;

@@ -24,20 +24,20 @@ const DAEMON: &str = env!("CARGO_BIN_EXE_imds-snoop");
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A loopback port nobody listens on right now.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral loopback port");
     l.local_addr().unwrap().port()
 }
 
 /// A scrape, as the real Prometheus parsers read it (tests/e2e/scrape_metrics.py).
-struct Scrape {
+pub(crate) struct Scrape {
     content_type: String,
     /// (name, labels, value)
     samples: Vec<(String, BTreeMap<String, String>, f64)>,
 }
 
 impl Scrape {
-    fn get(url: &str) -> Self {
+    pub(crate) fn get(url: &str) -> Self {
         let out = Command::new("python3")
             .arg(client_script("scrape_metrics.py"))
             .arg(url)
@@ -81,7 +81,7 @@ impl Scrape {
     }
 
     /// The value of the single sample `name` whose labels include `labels`.
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    pub(crate) fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let found: Vec<f64> = self
             .series(name)
             .filter(|s| {
@@ -148,6 +148,7 @@ fn metrics_counters_match_the_trace_log() {
         .trim_start_matches("http://")
         .trim_end_matches("/metrics")
         .to_owned();
+    let before_start = std::time::SystemTime::now();
     let daemon = Daemon::start(&["--metrics-addr", &addr]);
 
     // v1 from curl; a v2 session (token PUT, GETs with it) and some v1 GETs from python3.
@@ -231,20 +232,38 @@ fn metrics_counters_match_the_trace_log() {
             ours_of(class, comm)
         );
     }
-    // Callers in no pod: empty pod labels.
+    // Callers in no pod: empty pod labels; no `pod` label at all (the workload bounds the
+    // label sets); the test's namespace is not the node's (the daemon read pid 1's).
     for (_, labels, _) in scrape.series("imds_snoop_requests_total") {
+        assert!(!labels.contains_key("pod"), "{labels:?}");
         if ["curl", "python3"].contains(&labels["comm"].as_str()) {
             assert_eq!(
                 (
                     &labels["namespace"][..],
-                    &labels["pod"][..],
-                    &labels["container"][..]
+                    &labels["workload"][..],
+                    &labels["container"][..],
+                    &labels["image"][..],
+                    &labels["host_network"][..],
                 ),
-                ("", "", ""),
+                ("", "", "", "", "false"),
                 "{labels:?}"
             );
         }
     }
+    // The window the counters cover starts when this daemon started tracing.
+    let unix = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    let start = scrape
+        .value("imds_snoop_window_start_seconds", &[])
+        .expect("imds_snoop_window_start_seconds");
+    assert!(
+        unix(before_start) <= start && start <= unix(std::time::SystemTime::now()),
+        "window start {start} not between the daemon's start {} and now",
+        unix(before_start)
+    );
     // One latency observation per request; nothing lost; attached in the mode it logged.
     let requests: u64 = log_counts.values().sum();
     assert_eq!(

@@ -20,6 +20,12 @@
 //!   against several Kubernetes versions, of each file and of `kubectl kustomize` output
 //!   (when kubectl is installed), plus tests/deploy/manifests_check.py on the parsed YAML;
 //!   a deliberately broken copy must be rejected, so the validator is known to bite.
+//! - `prometheus`: tests/deploy/prometheus_check.py with Debian's promtool: `promtool check
+//!   rules` and `promtool test rules` (tests/prometheus/rules_test.yaml) of
+//!   deploy/prometheus/, the PrometheusRule component generated from it and, rendered by
+//!   `kubectl kustomize` (when installed), checked with promtool in the operator overlay;
+//!   the NetworkPolicy's namespace set by an overlay patch; every dashboard query parses.
+//!   Without promtool the step fails (installed when root; `cargo xtask setup` installs it).
 //! - `al2023`: tests/deploy/al2023_check.py (MIME parts, NodeConfig, `bash -n`) and
 //!   `terraform fmt -check` of the launch template.
 //! - `image` (root): tests/deploy/image_test.sh, the Containerfile built by buildah for both
@@ -65,6 +71,7 @@ const DEB_TOOLS: &[(&str, &str)] = &[
     ("busybox", "busybox-static"),
     ("curl", "curl"),
     ("ip", "iproute2"),
+    ("promtool", "prometheus"),
 ];
 
 struct Ctx {
@@ -104,13 +111,14 @@ pub(crate) fn deploy_check() -> Result<ExitCode> {
     }
 
     type StepFn = fn(&mut Ctx) -> Result<Outcome>;
-    let steps: [(&str, StepFn); 8] = [
+    let steps: [(&str, StepFn); 9] = [
         ("binary", step_binary),
         ("unit", step_unit),
         ("install", step_install),
         ("systemd", |c| root_script(c, "systemd_test.sh")),
         ("caps", |c| root_script(c, "caps_test.sh")),
         ("manifests", step_manifests),
+        ("prometheus", step_prometheus),
         ("al2023", step_al2023),
         ("image", step_image),
     ];
@@ -443,6 +451,31 @@ fn step_manifests(ctx: &mut Ctx) -> Result<Outcome> {
             cmd::run(Command::new(&python).arg(&checker).arg(&kdir))?;
         }
     }
+    Ok(Outcome::Passed)
+}
+
+fn step_prometheus(ctx: &mut Ctx) -> Result<Outcome> {
+    let promtool = require("promtool", "prometheus")?;
+    let venv = validator_venv(ctx)?;
+    let mut c = Command::new(venv.join("bin/python"));
+    c.arg(script("prometheus_check.py"))
+        .arg("--promtool")
+        .arg(&promtool)
+        .arg("--workdir")
+        .arg(ctx.workdir.join("prometheus"));
+    match cmd::find_program("kubectl") {
+        Some(kubectl) => {
+            c.arg("--kubectl").arg(kubectl);
+        }
+        // As the manifests step: the PrometheusRule is still compared with the rules file
+        // promtool checks, byte for byte; only its rendering is not seen.
+        None => eprintln!(
+            "xtask deploy-check: kubectl not installed: the operator overlay and the \
+             NetworkPolicy patch are not rendered"
+        ),
+    }
+    eprintln!("xtask deploy-check: {}", cmd::display(&c));
+    cmd::run(&mut c)?;
     Ok(Outcome::Passed)
 }
 

@@ -51,6 +51,12 @@ pub(crate) const DEB_PACKAGES: &[DebPackage] = &[
         why: "pgrep and sysctl in the deploy checks and the hop-limit topology",
     },
     DebPackage {
+        name: "prometheus",
+        satisfied_by_program: Some("promtool"),
+        why: "promtool (rules checks and unit tests) and the Prometheus server the live \
+              rules test scrapes the daemon with",
+    },
+    DebPackage {
         name: "busybox-static",
         satisfied_by_program: None,
         why: "the test containers' root filesystem",

@@ -36,7 +36,7 @@ use std::{
 use serde::Serialize;
 
 use super::{
-    container_id::{ContainerId, is_identifier, is_k8s_name, is_pod_uid},
+    container_id::{ContainerId, is_identifier, is_image_ref, is_k8s_name, is_pod_uid},
     shim::{self, MAX_CONFIG_BYTES, Shim, read_trusted, trusted_dir},
 };
 
@@ -65,6 +65,17 @@ pub(crate) struct Pod {
     pub namespace: String,
     pub name: String,
     pub container: Option<String>,
+    /// The container's image, from the bundle's annotations (see [`pod_from_config`]):
+    /// a validated image reference.
+    pub image: Option<String>,
+}
+
+impl Pod {
+    /// The workload guessed from the pod's name (`imds_snoop_line::workload`): a prefix of
+    /// the validated name, so itself a name Kubernetes could make.
+    pub(crate) fn workload(&self) -> &str {
+        imds_snoop_line::workload::guess(&self.name)
+    }
 }
 
 /// What a cgroup path says.
@@ -494,6 +505,7 @@ impl Resolver {
                     namespace: ns.to_owned(),
                     name: pod.to_owned(),
                     container: None,
+                    image: None,
                 })
             })
     }
@@ -534,7 +546,22 @@ fn find_inode(dir: &Path, ino: u64, depth: u32) -> Option<PathBuf> {
         .find_map(|e| find_inode(&e.path(), ino, depth - 1))
 }
 
-/// Pod identity from an OCI bundle's annotations (containerd CRI or CRI-O).
+/// The annotations that name a container's image: containerd's CRI plugin (since 1.5; the
+/// reference the pod spec wrote from 2.0, containerd's image name before), CRI-O's.
+/// Docker and cri-dockerd write none.
+const IMAGE_ANNOTATIONS: [&str; 2] = [
+    "io.kubernetes.cri.image-name",
+    "io.kubernetes.cri-o.ImageName",
+];
+/// A pod's sandbox (pause) container says so: its image is not the workload's.
+const SANDBOX_IMAGE_ANNOTATION: &str = "io.kubernetes.cri.podsandbox.image-name";
+const CONTAINER_TYPE_ANNOTATIONS: [&str; 2] = [
+    "io.kubernetes.cri.container-type",
+    "io.kubernetes.cri-o.ContainerType",
+];
+
+/// Pod identity from an OCI bundle's annotations (containerd CRI or CRI-O), with the
+/// container's image when the runtime names it and the bundle is not a sandbox's.
 pub(super) fn pod_from_config(bytes: &[u8]) -> Option<Pod> {
     #[derive(serde::Deserialize)]
     struct Spec {
@@ -560,7 +587,25 @@ pub(super) fn pod_from_config(bytes: &[u8]) -> Option<Pod> {
             "io.kubernetes.cri.container-name",
             "io.kubernetes.container.name",
         ]),
+        image: image_from_annotations(a),
     })
+}
+
+/// The image of a workload container (not a sandbox), if its annotation holds an image
+/// reference ([`is_image_ref`]); a hostile or broken value is no image.
+fn image_from_annotations(a: &HashMap<String, String>) -> Option<String> {
+    let sandbox = a.contains_key(SANDBOX_IMAGE_ANNOTATION)
+        || CONTAINER_TYPE_ANNOTATIONS
+            .iter()
+            .any(|k| a.get(*k).is_some_and(|t| t == "sandbox"));
+    if sandbox {
+        return None;
+    }
+    IMAGE_ANNOTATIONS
+        .iter()
+        .find_map(|k| a.get(*k))
+        .filter(|v| is_image_ref(v))
+        .cloned()
 }
 
 #[cfg(test)]
@@ -679,7 +724,8 @@ mod tests {
             Some(Pod {
                 namespace: "shop".into(),
                 name: "web-1".into(),
-                container: Some("app".into())
+                container: Some("app".into()),
+                image: None,
             })
         );
     }
@@ -721,13 +767,82 @@ mod tests {
             Some(Pod {
                 namespace: "shop".into(),
                 name: "web-7d9f".into(),
-                container: Some("app".into())
+                container: Some("app".into()),
+                image: None,
             })
         );
         let crio = br#"{"annotations":{"io.kubernetes.pod.name":"p","io.kubernetes.pod.namespace":"n","io.kubernetes.container.name":"c"}}"#;
         assert_eq!(pod_from_config(crio).unwrap().name, "p");
         assert_eq!(pod_from_config(br#"{"annotations":{}}"#), None);
         assert_eq!(pod_from_config(b"not json"), None);
+    }
+
+    /// The image: containerd's and CRI-O's annotation, validated; none for a sandbox
+    /// (pause) container, for docker's bundles, or for what is not an image reference.
+    #[test]
+    fn image_from_the_runtimes_annotations() {
+        let bundle = |extra: &str| {
+            format!(
+                r#"{{"annotations":{{"io.kubernetes.cri.sandbox-name":"web-7d9f8b6c5-x2k4p","io.kubernetes.cri.sandbox-namespace":"shop","io.kubernetes.cri.container-name":"app"{extra}}}}}"#
+            )
+        };
+        let image = |extra: &str| pod_from_config(bundle(extra).as_bytes()).unwrap().image;
+        assert_eq!(
+            image(r#","io.kubernetes.cri.container-type":"container","io.kubernetes.cri.image-name":"docker.io/library/nginx:1.25""#)
+                .as_deref(),
+            Some("docker.io/library/nginx:1.25")
+        );
+        let pod = pod_from_config(
+            bundle(r#","io.kubernetes.cri.image-name":"registry.k8s.io/app:v1""#).as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(pod.workload(), "web");
+        // The sandbox: its pause image is no workload's.
+        assert_eq!(
+            image(
+                r#","io.kubernetes.cri.container-type":"sandbox","io.kubernetes.cri.podsandbox.image-name":"registry.k8s.io/pause:3.9""#
+            ),
+            None
+        );
+        assert_eq!(
+            image(
+                r#","io.kubernetes.cri.podsandbox.image-name":"registry.k8s.io/pause:3.9","io.kubernetes.cri.image-name":"registry.k8s.io/pause:3.9""#
+            ),
+            None
+        );
+        // CRI-O.
+        let crio = br#"{"annotations":{"io.kubernetes.pod.name":"db-0","io.kubernetes.pod.namespace":"n","io.kubernetes.container.name":"c","io.kubernetes.cri-o.ContainerType":"container","io.kubernetes.cri-o.ImageName":"quay.io/org/db:15"}}"#;
+        let pod = pod_from_config(crio).unwrap();
+        assert_eq!(
+            (pod.image.as_deref(), pod.workload()),
+            (Some("quay.io/org/db:15"), "db")
+        );
+        let crio_infra = br#"{"annotations":{"io.kubernetes.pod.name":"db-0","io.kubernetes.pod.namespace":"n","io.kubernetes.cri-o.ContainerType":"sandbox","io.kubernetes.cri-o.ImageName":"registry.k8s.io/pause:3.9"}}"#;
+        assert_eq!(pod_from_config(crio_infra).unwrap().image, None);
+        // Hostile values: no image, the pod still named.
+        for hostile in [
+            "nginx\n[WARNING] imdsv1(!) (pid:1:x",
+            "nginx pod:kube-system/x",
+            "../../x",
+            "ngïnx:1",
+            "",
+        ] {
+            let v = serde_json::to_string(hostile).unwrap();
+            let extra = format!(r#","io.kubernetes.cri.image-name":{v}"#);
+            let pod = pod_from_config(bundle(&extra).as_bytes()).unwrap();
+            assert_eq!(
+                (pod.image, pod.name.as_str()),
+                (None, "web-7d9f8b6c5-x2k4p"),
+                "{hostile:?}"
+            );
+        }
+        let long = format!(
+            r#","io.kubernetes.cri.image-name":"{}""#,
+            "a".repeat(100_000)
+        );
+        assert_eq!(image(&long), None);
+        // Docker / cri-dockerd: no annotation.
+        assert_eq!(image(""), None);
     }
 
     /// An origin is cached under the kernel's cgroup id only once /proc's path is proven to

@@ -105,6 +105,127 @@ pub(super) fn is_k8s_name(s: &str) -> bool {
         && b.last().is_some_and(u8::is_ascii_alphanumeric)
 }
 
+/// Longest image reference taken: a name of at most 255 characters (the distribution
+/// grammar's `NameTotalLengthMax`), a tag of at most 128, and a sha512 digest.
+const MAX_IMAGE_REF_LEN: usize = 255 + 1 + 128 + 1 + 7 + 128;
+
+/// An image reference as the distribution grammar (`github.com/distribution/reference`,
+/// `regexp.go`) writes it: `[domain[:port]/]path[:tag][@algorithm:hex]`, e.g.
+/// `docker.io/library/nginx:1.25`, `123456789012.dkr.ecr.eu-west-1.amazonaws.com/app@sha256:
+/// <64 hex>`, `localhost:5000/a/b`. The runtime writes it into the bundle's annotations
+/// from the pod spec a cluster user wrote (or containerd's own image name): only that
+/// grammar passes, ASCII without spaces, controls or `..`, at most [`MAX_IMAGE_REF_LEN`]
+/// bytes; an IPv6 registry (`[::1]:5000/x`) does not. Anything else is no image.
+pub(super) fn is_image_ref(s: &str) -> bool {
+    if s.is_empty() || s.len() > MAX_IMAGE_REF_LEN || !s.is_ascii() {
+        return false;
+    }
+    let (rest, digest) = match s.split_once('@') {
+        Some((r, d)) => (r, Some(d)),
+        None => (s, None),
+    };
+    if !digest.is_none_or(is_digest) {
+        return false;
+    }
+    // A tag is after the last `:` that follows the last `/` (a `:` before it is a port).
+    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match rest.rfind(':') {
+        Some(i) if i >= last_slash => (rest.get(..i), rest.get(i + 1..)),
+        _ => (Some(rest), None),
+    };
+    let Some(name) = name else { return false };
+    if name.len() > 255 || !tag.is_none_or(is_tag) {
+        return false;
+    }
+    let mut parts: Vec<&str> = name.split('/').collect();
+    // The first of several components is a registry when it looks like a host (the
+    // grammar's rule: a `.` or `:`, or `localhost`, or an upper-case letter).
+    if parts.len() > 1
+        && parts.first().is_some_and(|d| {
+            d.contains(['.', ':']) || *d == "localhost" || d.bytes().any(|b| b.is_ascii_uppercase())
+        })
+    {
+        let domain = parts.remove(0);
+        if !is_domain(domain) {
+            return false;
+        }
+    }
+    parts.iter().all(|p| is_path_component(p))
+}
+
+/// `host[:port]`: host components `[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?` joined by `.`.
+fn is_domain(d: &str) -> bool {
+    let (host, port) = match d.split_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (d, None),
+    };
+    let label_ok = |l: &str| {
+        let b = l.as_bytes();
+        !b.is_empty()
+            && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+            && b.first().is_some_and(u8::is_ascii_alphanumeric)
+            && b.last().is_some_and(u8::is_ascii_alphanumeric)
+    };
+    host.split('.').all(label_ok)
+        && port
+            .is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|c| c.is_ascii_digit()))
+}
+
+/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`.
+fn is_path_component(p: &str) -> bool {
+    let b = p.as_bytes();
+    if !(b
+        .first()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && b.last()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit()))
+    {
+        return false;
+    }
+    // Separators between alphanumeric runs: `.`, `_`, `__`, or any run of `-`.
+    let mut sep = String::new();
+    for &c in b {
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            if !matches!(sep.as_str(), "" | "." | "_" | "__") && !sep.bytes().all(|s| s == b'-') {
+                return false;
+            }
+            sep.clear();
+        } else if matches!(c, b'.' | b'_' | b'-') {
+            sep.push(char::from(c));
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
+/// `[\w][\w.-]{0,127}`.
+fn is_tag(t: &str) -> bool {
+    let b = t.as_bytes();
+    let word = |c: &u8| c.is_ascii_alphanumeric() || *c == b'_';
+    b.len() <= 128
+        && b.first().is_some_and(word)
+        && b.iter().all(|c| word(c) || matches!(c, b'.' | b'-'))
+}
+
+/// `algorithm:encoded`: `[a-z0-9]+([+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}` (bounded by the
+/// reference's length).
+fn is_digest(d: &str) -> bool {
+    let Some((alg, hex)) = d.split_once(':') else {
+        return false;
+    };
+    let alg_ok = alg.split(['+', '.', '_', '-']).all(|p| {
+        !p.is_empty()
+            && p.bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    });
+    alg_ok
+        && hex.len() >= 32
+        && hex
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'=' | b'_' | b'-'))
+}
+
 /// A pod's uid as kubelet names it: 36 characters of hex digits and dashes.
 pub(super) fn is_pod_uid(s: &str) -> bool {
     s.len() == 36 && s.bytes().all(|c| c.is_ascii_hexdigit() || c == b'-')
@@ -150,6 +271,55 @@ mod tests {
             "ＡＢＣ",
         ] {
             assert_eq!(ContainerId::new(id), None, "{id:?}");
+        }
+    }
+
+    #[test]
+    fn image_refs() {
+        let sha = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        for ok in [
+            "nginx".to_string(),
+            "nginx:1.25".into(),
+            "docker.io/library/nginx:1.25.3-alpine".into(),
+            "registry.k8s.io/pause:3.9".into(),
+            "602401143452.dkr.ecr.us-west-2.amazonaws.com/amazon-k8s-cni:v1.18.1-eksbuild.1".into(),
+            "public.ecr.aws/eks-distro/kubernetes/kube-proxy:v1.29.0-eks-1-29-1".into(),
+            "localhost:5000/team/app".into(),
+            "ghcr.io/org/my__app/sub.dir/x--y:TAG_1".into(),
+            format!("docker.io/library/busybox@{sha}"),
+            format!("quay.io/org/app:v1@{sha}"),
+            // containerd 1.x writes its image name, which may be the image's digest id.
+            sha.into(),
+            "busybox:latest".into(),
+        ] {
+            assert!(is_image_ref(&ok), "{ok}");
+        }
+        for bad in [
+            "".to_string(),
+            " nginx".into(),
+            "nginx latest".into(),
+            "nginx\n:1".into(),
+            "Nginx".into(),
+            "docker.io/Library/nginx".into(),
+            "../../etc/passwd".into(),
+            "a//b".into(),
+            "a/b/".into(),
+            "-a".into(),
+            "a.-b".into(),
+            "nginx:".into(),
+            "nginx:-x".into(),
+            format!("nginx:{}", "t".repeat(129)),
+            "nginx@sha256:short".into(),
+            "nginx@:0123456789abcdef0123456789abcdef".into(),
+            "[::1]:5000/x".into(),
+            "host:99999999/x".into(),
+            "é/nginx".into(),
+            "ngïnx".into(),
+            "pod:x container:y".into(),
+            "x".repeat(MAX_IMAGE_REF_LEN + 1),
+            format!("{}/a", "a".repeat(256)),
+        ] {
+            assert!(!is_image_ref(&bad), "{bad:?}");
         }
     }
 

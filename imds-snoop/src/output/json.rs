@@ -37,6 +37,13 @@ fn line<'a>(r: &'a Record, node: &'a str, timestamp: &'a str) -> JsonLine<'a> {
                     .as_ref()
                     .and_then(|p| p.container.as_deref())
                     .map(Cow::Borrowed),
+                container_image: c
+                    .pod
+                    .as_ref()
+                    .and_then(|p| p.image.as_deref())
+                    .map(Cow::Borrowed),
+                workload: c.pod.as_ref().map(|p| Cow::Borrowed(p.workload())),
+                workload_guess: c.pod.as_ref().map(|_| true),
             }),
             None,
         ),
@@ -177,6 +184,12 @@ mod tests {
         name: Option<&'a str>,
         uid: Option<&'a str>,
         container: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        container_image: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        workload: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        workload_guess: Option<bool>,
     }
 
     #[derive(Serialize)]
@@ -201,6 +214,12 @@ mod tests {
                     name: c.pod.as_ref().map(|p| p.name.as_str()),
                     uid: c.pod_uid.as_deref(),
                     container: c.pod.as_ref().and_then(|p| p.container.as_deref()),
+                    container_image: c.pod.as_ref().and_then(|p| p.image.as_deref()),
+                    workload: c
+                        .pod
+                        .as_ref()
+                        .map(|p| imds_snoop_line::workload::guess(&p.name)),
+                    workload_guess: c.pod.as_ref().map(|_| true),
                 }),
                 None,
             ),

@@ -99,7 +99,8 @@ pub(super) fn push_line(r: &Record, stamps: &mut Stamps, scratch: &mut String, o
     }
 }
 
-/// `container:<id12> pod:<namespace>/<name> container-name:<name>`, or `host unit:<unit>`.
+/// `container:<id12> pod:<namespace>/<name> container-name:<name> image:<ref>
+/// workload~:<guess>`, or `host unit:<unit>`.
 fn push_origin(out: &mut String, o: &Origin) {
     match o {
         Origin::Container(c) => {
@@ -118,6 +119,16 @@ fn push_origin(out: &mut String, o: &Origin) {
                         out.push_str(label::CONTAINER_NAME);
                         push_escaped(out, name);
                     }
+                    // A validated image reference: no space or control, one token (it may
+                    // hold `:` and `/`; readers take each field from its token's start).
+                    if let Some(image) = &pod.image {
+                        out.push(' ');
+                        out.push_str(label::IMAGE);
+                        push_escaped(out, image);
+                    }
+                    out.push(' ');
+                    out.push_str(label::WORKLOAD);
+                    push_escaped(out, pod.workload());
                 }
                 None => {
                     if let Some(uid) = &c.pod_uid {
@@ -251,6 +262,14 @@ pub(crate) mod tests {
                         if let Some(name) = &pod.container {
                             let _ = write!(s, " container-name:{}", escape_reference(name));
                         }
+                        if let Some(image) = &pod.image {
+                            let _ = write!(s, " image:{}", escape_reference(image));
+                        }
+                        let _ = write!(
+                            s,
+                            " workload~:{}",
+                            escape_reference(imds_snoop_line::workload::guess(&pod.name))
+                        );
                     }
                     None => {
                         if let Some(uid) = &c.pod_uid {
@@ -341,6 +360,7 @@ pub(crate) mod tests {
                         namespace: s.clone(),
                         name: strings[(i + 2) % strings.len()].clone(),
                         container: (i % 6 == 5).then(|| s.clone()),
+                        image: (i % 12 == 4).then(|| "docker.io/library/nginx:1.25".into()),
                     }),
                 }),
             };

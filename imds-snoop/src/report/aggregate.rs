@@ -57,6 +57,9 @@ pub(super) struct Counts {
     pub token_ended: BTreeMap<String, u64>,
     /// Why the token PUT before a fallback failed (`no response`, `403`, ...), each once.
     pub fallback_after: std::collections::BTreeSet<String>,
+    /// The pods (names) whose calls the row counts: one per row with `--per-pod`, all the
+    /// workload's pods otherwise (a CronJob's runs).
+    pub pods: std::collections::BTreeSet<String>,
     pub first_seen: Option<NaiveDateTime>,
     pub last_seen: Option<NaiveDateTime>,
 }
@@ -173,7 +176,7 @@ impl Caller {
             || (self.counts.host_network == 0
                 && matches!(
                     self.key.origin,
-                    Origin::Pod { .. } | Origin::Container { .. }
+                    Origin::Pod { .. } | Origin::Workload { .. } | Origin::Container { .. }
                 ))
     }
 
@@ -186,7 +189,8 @@ impl Caller {
             || self.counts.token_dropped > 0
     }
 
-    /// `wget in pod shop/web-1 (app)`, `python3 [botocore 1.43.11] on host`.
+    /// `wget in shop/web~ (app, 3 pods)` (a workload: its guessed name), `wget in pod
+    /// shop/web-1 (app)` (`--per-pod`), `python3 [botocore 1.43.11] on host`.
     pub(super) fn describe(&self) -> String {
         let mut s = self.key.process.clone();
         if let Some(sdk) = &self.sdk
@@ -199,11 +203,25 @@ impl Caller {
                 namespace,
                 name,
                 container,
+                ..
             } => {
                 s.push_str(&format!(" in pod {namespace}/{name}"));
                 if let Some(c) = container {
                     s.push_str(&format!(" ({c})"));
                 }
+            }
+            Origin::Workload {
+                namespace,
+                workload,
+                container,
+                ..
+            } => {
+                let pods = plural(self.counts.pods.len() as u64, "pod");
+                s.push_str(&format!(" in {namespace}/{workload}~ ("));
+                if let Some(c) = container {
+                    s.push_str(&format!("{c}, "));
+                }
+                s.push_str(&format!("{pods})"));
             }
             Origin::Container { id } => s.push_str(&format!(" in container {id}")),
             Origin::Host { unit: Some(u) } => s.push_str(&format!(" on host ({u})")),
@@ -312,6 +330,8 @@ const FALLBACK_WINDOW: TimeDelta = TimeDelta::seconds(10);
 /// lines.
 pub(super) struct Aggregator<'a> {
     node: Option<&'a str>,
+    /// `--per-pod`: a row per pod, not per workload.
+    per_pod: bool,
     table: &'a SdkTable,
     callers: BTreeMap<CallerKey, Counts>,
     /// Last token PUT per (node, pid) not yet followed by a v1 call, and why it failed.
@@ -329,6 +349,7 @@ impl<'a> Aggregator<'a> {
     pub(super) fn new(node: Option<&'a str>, table: &'a SdkTable) -> Self {
         Aggregator {
             node,
+            per_pod: false,
             table,
             callers: BTreeMap::new(),
             token_puts: HashMap::new(),
@@ -336,6 +357,12 @@ impl<'a> Aggregator<'a> {
             streams: BTreeMap::new(),
             report: Report::default(),
         }
+    }
+
+    /// `--per-pod`: one row per pod instead of one per workload, container and image.
+    pub(super) fn per_pod(mut self, per_pod: bool) -> Self {
+        self.per_pod = per_pod;
+        self
     }
 
     /// `--min-window`.
@@ -448,6 +475,11 @@ impl<'a> Aggregator<'a> {
                 let key = self.caller_key(&node, &call);
                 let counts = self.callers.entry(key).or_default();
                 counts.add(call.kind, call.time);
+                if let Origin::Pod { name, .. } = &call.origin
+                    && !counts.pods.contains(name)
+                {
+                    counts.pods.insert(name.clone());
+                }
                 if let Some(why) = fallback {
                     counts.fallbacks += 1;
                     counts.fallback_after.extend(why);
@@ -517,10 +549,28 @@ impl<'a> Aggregator<'a> {
         }
     }
 
+    /// The row a call counts in: its pod's workload, container and image (the pods of a
+    /// Deployment across rollouts, or a CronJob's runs, are one thing to fix), or with
+    /// `--per-pod` its pod.
     fn caller_key(&self, node: &str, call: &Call) -> CallerKey {
+        let origin = match &call.origin {
+            Origin::Pod {
+                namespace,
+                container,
+                image,
+                workload,
+                ..
+            } if !self.per_pod => Origin::Workload {
+                namespace: namespace.clone(),
+                workload: workload.clone(),
+                container: container.clone(),
+                image: image.clone(),
+            },
+            o => o.clone(),
+        };
         CallerKey {
             node: node.to_string(),
-            origin: call.origin.clone(),
+            origin,
             process: call.comm.clone(),
             user_agent: call.user_agent.clone(),
             host_network: call.host_network,
@@ -612,6 +662,46 @@ mod tests {
         let r = report(None, &[a, b, b]);
         assert_eq!(r.nodes.len(), 2);
         assert_eq!(r.callers[0].key.node, "b");
+    }
+
+    /// A CronJob's runs (a new pod name each) are one row, with its pod count and image;
+    /// `--per-pod` gives a row per pod.
+    #[test]
+    fn rows_are_workloads_by_default() {
+        let line = |minutes: u32, image: &str| {
+            format!(
+                "[2026-11-23 09:00:00,000] [WARNING] imdsv1(!) (pid:4:curl argv:curl) req \
+                 details: get / http/1.1, user-agent: curl/8.1, container:0123456789ab \
+                 pod:ops/backup-{minutes}-x2k4p container-name:job{image} net:other uid:0 \
+                 dst:169.254.169.254:80"
+            )
+        };
+        let mut lines: Vec<String> = (0..30)
+            .map(|i| line(29_412_345 + i * 60, " image:registry.k8s.io/ops/backup:v2"))
+            .collect();
+        // A line of an older daemon: no image, no workload field (the same guess is made).
+        lines.push(line(29_412_100, ""));
+        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let r = report(None, &lines);
+        assert_eq!(r.callers.len(), 2, "{:?}", r.callers);
+        let c = &r.callers[0];
+        assert_eq!((c.counts.v1, c.counts.pods.len()), (30, 30));
+        assert_eq!(c.describe(), "curl in ops/backup~ (job, 30 pods)");
+        assert!(
+            matches!(&c.key.origin, super::Origin::Workload { image: Some(i), .. } if i == "registry.k8s.io/ops/backup:v2")
+        );
+        assert_eq!(r.callers[1].describe(), "curl in ops/backup~ (job, 1 pod)");
+        let table = crate::report::sdk::SdkTable::builtin().unwrap();
+        let mut agg = super::Aggregator::new(None, &table).per_pod(true);
+        for l in &lines {
+            agg.add(crate::report::parse::read_line(l));
+        }
+        let r = agg.finish();
+        assert_eq!(r.callers.len(), 31);
+        assert_eq!(
+            r.callers[0].describe(),
+            "curl in pod ops/backup-29412100-x2k4p (job)"
+        );
     }
 
     #[test]

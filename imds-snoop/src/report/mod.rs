@@ -47,6 +47,12 @@ pub struct ReportArgs {
     /// cron jobs by default. `0` to judge any window (tests, examples). E.g. 24h, 90m, 7d.
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_window)]
     pub min_window: chrono::TimeDelta,
+
+    /// One row per pod. By default a row is a workload (guessed from its pods' names: a
+    /// Deployment's pods across rollouts, a CronJob's runs), container and image, with a
+    /// pod count: one thing to fix, and the image to rebuild.
+    #[arg(long)]
+    pub per_pod: bool,
 }
 
 /// `24h`, `90m`, `7d`, `30s`, `0`.
@@ -139,7 +145,9 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<ExitCode> {
 
 fn build(args: &ReportArgs, table: &SdkTable, stdin: &mut dyn BufRead) -> Result<Report, Error> {
     let sources = input::expand(&args.files)?;
-    let mut agg = Aggregator::new(args.node.as_deref(), table).min_window(args.min_window);
+    let mut agg = Aggregator::new(args.node.as_deref(), table)
+        .min_window(args.min_window)
+        .per_pod(args.per_pod);
     let mut stdin_read = false;
     for source in &sources {
         // `- -` reads stdin once.
@@ -178,6 +186,7 @@ mod tests {
             format: ReportFormat::Table,
             node: node.map(str::to_string),
             min_window: chrono::TimeDelta::zero(),
+            per_pod: false,
         }
     }
 
@@ -207,7 +216,7 @@ mod tests {
         );
         let curl = row("curl/7.88.1");
         assert!(curl.contains("this node  host"), "{curl}");
-        let wget = row("shop/web-1");
+        let wget = row("shop/web~");
         assert!(wget.contains(" app ") && wget.contains(" wget "), "{wget}");
         let boto = row("botocore 1.43.11");
         assert!(boto.ends_with("2026-11-23 09:28:58"), "{boto}");
@@ -220,8 +229,8 @@ mod tests {
         );
         assert!(
             text.contains(
-                "this node: NOT SAFE: 2 callers use IMDSv1: curl on host, wget in pod shop/web-1 \
-             (app); hop limit 1: INCONCLUSIVE (incomplete: 1 line not understood (not a trace \
+                "this node: NOT SAFE: 2 callers use IMDSv1: curl on host, wget in shop/web~ \
+             (app, 1 pod); hop limit 1: INCONCLUSIVE (incomplete: 1 line not understood (not a trace \
              line of this version, nor the daemon's own)) [window 2026-11-23 09:28:58 .. \
              2026-11-23 09:33:16 (4m 18s)]"
             ),
@@ -246,6 +255,7 @@ mod tests {
             format: ReportFormat::Table,
             node: Some("ip-10-0-1-5".into()),
             min_window: chrono::TimeDelta::zero(),
+            per_pod: false,
         };
         let text = table_text(&a, &stdin);
         assert!(
@@ -254,7 +264,7 @@ mod tests {
         );
         assert!(
             text.contains(
-                "ip-10-0-1-5: NOT SAFE: 1 caller uses IMDSv1: wget in pod shop/web-1 (app)"
+                "ip-10-0-1-5: NOT SAFE: 1 caller uses IMDSv1: wget in shop/web~ (app, 1 pod)"
             ),
             "{text}"
         );
@@ -275,7 +285,7 @@ mod tests {
         assert_eq!(
             v[0].line(),
             "node-b: SAFE: no IMDSv1 calls; http_tokens=required is safe; hop limit 1 would \
-             cut off: payments/api-7d9f (keep hop limit 2, or move them to IRSA/Pod Identity) \
+             cut off: payments/api-7d9f~ (1 pod) (keep hop limit 2, or move them to IRSA/Pod Identity) \
              [window 2026-11-24 08:00:01 .. 2026-11-24 08:00:01 (0s)]"
         );
     }

@@ -37,6 +37,20 @@ pub enum Origin {
         name: String,
         /// The container's name in the pod, when the line has it.
         container: Option<String>,
+        /// The container's image (`image:`, JSON `pod.container_image`), when the line has it.
+        image: Option<String>,
+        /// The workload guessed from the pod's name (`workload~:`, JSON `pod.workload`; for
+        /// lines without it, the same guess made here).
+        workload: String,
+    },
+    /// The pods of one workload (guessed from their names), one container name and image:
+    /// the report's rows unless `--per-pod`. Made by the aggregation, never by a line.
+    Workload {
+        namespace: String,
+        /// The guessed base name.
+        workload: String,
+        container: Option<String>,
+        image: Option<String>,
     },
     /// A container whose pod is unknown (plain Docker, or names not found).
     Container {
@@ -83,6 +97,10 @@ pub struct Call {
 
 /// A trace line the report understands.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per line read, consumed at once: a Box would be an allocation per call line"
+)]
 pub enum Line {
     /// A request line (any class of the table).
     Call(Call),
@@ -306,10 +324,16 @@ fn parse_text(line: &str) -> Option<Line> {
             namespace,
             name,
             container,
+            image,
+            workload,
         } => Origin::Pod {
             namespace: namespace.into(),
+            workload: workload
+                .unwrap_or_else(|| imds_snoop_line::workload::guess(name))
+                .into(),
             name: name.into(),
             container: container.map(str::to_string),
+            image: image.map(str::to_string),
         },
         TextOrigin::Container { id } => Origin::Container { id: id.into() },
         TextOrigin::Host { unit } => Origin::Host {
@@ -394,13 +418,20 @@ fn parse_json(line: &str) -> Option<Line> {
                 namespace: Some(namespace),
                 name: Some(name),
                 container,
+                container_image,
+                workload,
                 ..
             }),
             _,
         ) => Origin::Pod {
             namespace: namespace.into_owned(),
+            workload: workload.map_or_else(
+                || imds_snoop_line::workload::guess(&name).to_owned(),
+                Cow::into_owned,
+            ),
             name: name.into_owned(),
             container: container.map(Cow::into_owned),
+            image: container_image.map(Cow::into_owned),
         },
         (_, Some(c)) => Origin::Container {
             id: c.id.chars().take(12).collect(),
@@ -490,7 +521,9 @@ mod tests {
             Origin::Pod {
                 namespace: "shop".into(),
                 name: "web-1".into(),
-                container: Some("app".into())
+                container: Some("app".into()),
+                image: None,
+                workload: "web".into(),
             }
         );
         assert_eq!(c.user_agent.as_deref(), Some("wget"));
@@ -511,6 +544,55 @@ mod tests {
             }
         );
         assert_eq!(c.destination.as_deref(), Some("[fd00:ec2::254]:80"));
+    }
+
+    /// The image and the workload guess, from text and JSON lines; lines of older daemons
+    /// (without the fields) get the same guess from the pod's name.
+    #[test]
+    fn image_and_workload() {
+        let text = |fields: &str| {
+            call(&format!(
+                "[2026-11-23 09:29:10,467] [WARNING] imdsv1(!) (pid:7:curl argv:x) req details: \
+                 get / http/1.1, user-agent: curl/8.1, container:0123456789ab \
+                 pod:ops/backup-29412345-x2k4p container-name:job{fields} uid:0 \
+                 dst:169.254.169.254:80"
+            ))
+            .origin
+        };
+        let Origin::Pod {
+            image, workload, ..
+        } = text(" image:registry.k8s.io/ops/backup:v2 workload~:backup")
+        else {
+            panic!("not a pod");
+        };
+        assert_eq!(
+            (image.as_deref(), workload.as_str()),
+            (Some("registry.k8s.io/ops/backup:v2"), "backup")
+        );
+        let Origin::Pod {
+            image, workload, ..
+        } = text("")
+        else {
+            panic!("not a pod");
+        };
+        assert_eq!((image, workload.as_str()), (None, "backup"));
+        let json = call(
+            r#"{"schema":1,"class":"v2","caller":{"comm":"aws"},"pod":{"namespace":"n","name":"web-7d9f8b6c5-x2k4p","container":"c","container_image":"nginx:1","workload":"web","workload_guess":true}}"#,
+        );
+        let Origin::Pod {
+            image, workload, ..
+        } = json.origin
+        else {
+            panic!("not a pod");
+        };
+        assert_eq!(
+            (image.as_deref(), workload.as_str()),
+            (Some("nginx:1"), "web")
+        );
+        let old = call(
+            r#"{"schema":1,"class":"v2","caller":{"comm":"aws"},"pod":{"namespace":"n","name":"db-0"}}"#,
+        );
+        assert!(matches!(old.origin, Origin::Pod { ref workload, .. } if workload == "db"));
     }
 
     #[test]
@@ -856,6 +938,7 @@ mod tests {
                     namespace: "shop".into(),
                     name: "web-1".into(),
                     container: Some("app".into()),
+                    image: Some("docker.io/library/nginx:1.25".into()),
                 }),
             }),
             O::Container(Container {

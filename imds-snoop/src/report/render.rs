@@ -23,6 +23,8 @@ fn row(c: &Caller, seen: fn(Option<NaiveDateTime>) -> String) -> Vec<String> {
         c.key.node.clone(),
         place,
         container,
+        image(&c.key.origin).unwrap_or_default().to_string(),
+        pods(c),
         c.key.process.clone(),
         c.key.user_agent.clone().unwrap_or_default(),
         c.sdk.as_ref().map(Sdk::label).unwrap_or_default(),
@@ -36,10 +38,12 @@ fn row(c: &Caller, seen: fn(Option<NaiveDateTime>) -> String) -> Vec<String> {
     ]
 }
 
-const HEADER: [&str; 13] = [
+const HEADER: [&str; 15] = [
     "NODE",
     "POD / HOST",
     "CONTAINER",
+    "IMAGE",
+    "PODS",
     "PROCESS",
     "USER AGENT",
     "SDK",
@@ -52,25 +56,53 @@ const HEADER: [&str; 13] = [
     "NOTE",
 ];
 const NODE_COL: usize = 0;
-const UA_COL: usize = 4;
+const PODS_COL: usize = 4;
+const UA_COL: usize = 6;
 /// Counts are right-aligned.
-const NUMERIC: std::ops::Range<usize> = 6..10;
+const NUMERIC: std::ops::Range<usize> = 8..12;
 
-/// (`shop/web-1`, `app`), (`host`, ``), (`host cron.service`, ``), (`-`, `0123456789ab`).
+/// (`shop/web~`, `app`) for a workload (its guessed name), (`shop/web-1`, `app`) for a
+/// pod, (`host`, ``), (`host cron.service`, ``), (`-`, `0123456789ab`).
 fn place(o: &Origin) -> (String, String) {
     match o {
         Origin::Pod {
             namespace,
             name,
             container,
+            ..
         } => (
             format!("{namespace}/{name}"),
+            container.clone().unwrap_or_default(),
+        ),
+        Origin::Workload {
+            namespace,
+            workload,
+            container,
+            ..
+        } => (
+            format!("{namespace}/{workload}~"),
             container.clone().unwrap_or_default(),
         ),
         Origin::Container { id } => ("-".into(), id.clone()),
         Origin::Host { unit: Some(u) } => (format!("host {u}"), String::new()),
         Origin::Host { unit: None } => ("host".into(), String::new()),
         Origin::Unknown => ("?".into(), String::new()),
+    }
+}
+
+/// The image the row's container runs: the one to rebuild.
+fn image(o: &Origin) -> Option<&str> {
+    match o {
+        Origin::Pod { image, .. } | Origin::Workload { image, .. } => image.as_deref(),
+        _ => None,
+    }
+}
+
+/// How many pods the row's calls came from; empty for host processes.
+fn pods(c: &Caller) -> String {
+    match c.key.origin {
+        Origin::Pod { .. } | Origin::Workload { .. } => c.counts.pods.len().to_string(),
+        _ => String::new(),
     }
 }
 
@@ -133,7 +165,7 @@ pub(super) fn table(out: &mut impl Write, report: &Report, sdks: &SdkTable) -> i
             if i > 0 {
                 line.push_str("  ");
             }
-            if NUMERIC.contains(&(i + offset)) {
+            if NUMERIC.contains(&(i + offset)) || i + offset == PODS_COL {
                 line.push_str(&format!("{cell:>w$}"));
             } else {
                 line.push_str(&format!("{cell:<w$}"));
@@ -211,6 +243,10 @@ struct JsonReport<'a> {
 struct JsonCaller<'a> {
     node: &'a str,
     origin: &'a Origin,
+    /// The container's image, when the lines name it.
+    image: Option<&'a str>,
+    /// The pods whose calls the row counts (a workload's, or the one with `--per-pod`).
+    pods: Vec<&'a str>,
     process: &'a str,
     user_agent: Option<&'a str>,
     sdk: Option<&'a Sdk>,
@@ -253,6 +289,8 @@ pub(super) fn json(out: &mut impl Write, report: &Report, table: &SdkTable) -> i
             .map(|c| JsonCaller {
                 node: &c.key.node,
                 origin: &c.key.origin,
+                image: image(&c.key.origin),
+                pods: c.counts.pods.iter().map(String::as_str).collect(),
                 process: &c.key.process,
                 user_agent: c.key.user_agent.as_deref(),
                 sdk: c.sdk.as_ref(),
@@ -310,7 +348,8 @@ mod tests {
 
     const LINE: &str = "[2026-11-23 09:33:16,511] [WARNING] imdsv1(!) (pid:1:wget argv:wget) \
         req details: get / http/1.1, user-agent: my \"odd\", agent, container:ce29cd2af76a \
-        pod:shop/web-1 container-name:app uid:0 dst:169.254.169.254:80";
+        pod:shop/web-1 container-name:app image:nginx:1 workload~:web uid:0 \
+        dst:169.254.169.254:80";
 
     #[test]
     fn table_is_aligned() {
@@ -319,8 +358,14 @@ mod tests {
         table(&mut out, &r, &t).unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        assert!(lines[0].starts_with("POD / HOST  CONTAINER  PROCESS  USER AGENT"));
-        assert!(lines[1].starts_with("shop/web-1  app        wget     my \"odd\""));
+        assert!(
+            lines[0].starts_with("POD / HOST  CONTAINER  IMAGE    PODS  PROCESS  USER AGENT"),
+            "{text}"
+        );
+        assert!(
+            lines[1].starts_with("shop/web~   app        nginx:1     1  wget     my \"odd\""),
+            "{text}"
+        );
         let v1_col = lines[0].find("  V1").unwrap() + 2;
         assert_eq!(&lines[1][v1_col..v1_col + 2], " 2", "counts right-aligned");
         assert!(text.contains("2 lines read: 2 calls to IMDS from 1 caller; 0 lines not"));
@@ -336,12 +381,12 @@ mod tests {
         let mut lines = text.lines();
         assert_eq!(
             lines.next().unwrap(),
-            "node,pod_host,container,process,user_agent,sdk,v1,v2,token,token_fail,\
+            "node,pod_host,container,image,pods,process,user_agent,sdk,v1,v2,token,token_fail,\
              first_seen,last_seen,note"
         );
         assert_eq!(
             lines.next().unwrap(),
-            "this node,shop/web-1,app,wget,\"my \"\"odd\"\"\",my,1,0,0,0,\
+            "this node,shop/web~,app,nginx:1,1,wget,\"my \"\"odd\"\"\",my,1,0,0,0,\
              2026-11-23T09:33:16.511,2026-11-23T09:33:16.511,"
         );
     }
@@ -353,8 +398,10 @@ mod tests {
         json(&mut out, &r, &t).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["lines_not_understood"], 1);
-        assert_eq!(v["callers"][0]["origin"]["kind"], "pod");
-        assert_eq!(v["callers"][0]["origin"]["name"], "web-1");
+        assert_eq!(v["callers"][0]["origin"]["kind"], "workload");
+        assert_eq!(v["callers"][0]["origin"]["workload"], "web");
+        assert_eq!(v["callers"][0]["image"], "nginx:1");
+        assert_eq!(v["callers"][0]["pods"], serde_json::json!(["web-1"]));
         assert_eq!(v["callers"][0]["v1"], 1);
         assert_eq!(v["verdicts"][0]["imdsv2_required_safe"], false);
         // A v1-only pod is the IMDSv1 list's, not the hop limit's; the junk line leaves the

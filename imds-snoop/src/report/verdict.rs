@@ -28,7 +28,9 @@ pub(super) struct Verdict {
     /// No caller would be cut off, and evidence enough: a PUT response hop limit of 1 cuts
     /// nobody off.
     pub hop_limit_1_safe: bool,
-    /// Pods (`namespace/name`) and pod-less containers that used IMDS.
+    /// Workloads (`namespace/<guessed name>~ (N pods)`; pods, `namespace/name`, with
+    /// `--per-pod`), pod-less containers and host processes in their own network namespace
+    /// that hop limit 1 cuts off.
     pub hop_limit_1_cut_off: Vec<String>,
     /// Why the evidence is not enough for SAFE (empty when it is).
     pub inconclusive: Vec<String>,
@@ -83,6 +85,14 @@ impl Verdict {
                     Origin::Pod {
                         namespace, name, ..
                     } => format!("{namespace}/{name}"),
+                    Origin::Workload {
+                        namespace,
+                        workload,
+                        ..
+                    } => format!(
+                        "{namespace}/{workload}~ ({})",
+                        plural(c.counts.pods.len() as u64, "pod")
+                    ),
                     Origin::Container { id } => format!("container {id}"),
                     // A host process in its own network namespace (behind a bridge, no
                     // container cgroup), or a line that does not say.
@@ -140,8 +150,8 @@ impl Verdict {
         }
     }
 
-    /// `node-a: NOT SAFE: 2 callers use IMDSv1: ...; hop limit 1 would cut off: shop/web-1
-    /// [window ...]`.
+    /// `node-a: NOT SAFE: 2 callers use IMDSv1: ...; hop limit 1 would cut off: shop/web~
+    /// (3 pods) [window ...]`.
     pub(super) fn line(&self) -> String {
         let mut s = format!("{}: ", self.node);
         match self.verdict {
@@ -322,8 +332,8 @@ mod tests {
         let v = Verdict::for_node(&r, DEFAULT_NODE);
         assert_eq!(
             v.line(),
-            "this node: NOT SAFE: 1 caller uses IMDSv1: wget in pod shop/web-1 (app); hop \
-             limit 1 would cut off: shop/api-1 (keep hop limit 2, or move them to \
+            "this node: NOT SAFE: 1 caller uses IMDSv1: wget in shop/web~ (app, 1 pod); hop \
+             limit 1 would cut off: shop/api~ (1 pod) (keep hop limit 2, or move them to \
              IRSA/Pod Identity) (incomplete: 1 line not understood (not a trace line of this \
              version, nor the daemon's own)) [window 2026-11-23 09:33:16 .. 2026-11-23 09:33:18 \
              (1s)]"
@@ -376,7 +386,7 @@ mod tests {
             [
                 "a caller without a traced request (no traced request: to:10.1.0.9:41000 \
                  from:169.254.169.254:80 ttl:1 reason:IP_INHDR netns:4026532000) [drop seen]",
-                "shop/web-1 [drop seen]",
+                "shop/web~ (1 pod) [drop seen]",
             ]
         );
         let c = r
@@ -470,15 +480,15 @@ mod tests {
             v.hop_limit_1_cut_off,
             [
                 "curl [botocore 1.43.11] on host (in its own network namespace)",
-                "shop/api-1",
-                "shop/legacy-1"
+                "shop/api~ (1 pod)",
+                "shop/legacy~ (1 pod)"
             ],
             "{}",
             v.line()
         );
         assert_eq!(
             v.v1_callers,
-            ["wget [botocore 1.43.11] in pod shop/web-1 (c)"]
+            ["wget [botocore 1.43.11] in shop/web~ (c, 1 pod)"]
         );
         let aws = r.callers.iter().find(|c| c.key.process == "aws").unwrap();
         assert_eq!(
@@ -579,8 +589,8 @@ mod tests {
         );
         assert!(
             lines[0].starts_with(
-                "ip-10-0-1-5.ec2.internal: NOT SAFE: 1 caller uses IMDSv1: wget in pod \
-                 shop/web-1 (app)"
+                "ip-10-0-1-5.ec2.internal: NOT SAFE: 1 caller uses IMDSv1: wget in \
+                 shop/web~ (app, 1 pod)"
             ),
             "{lines:#?}"
         );
