@@ -141,7 +141,7 @@ pub(crate) fn measure(
                 r.show(),
                 String::new(),
                 if r.resolved() {
-                    "interval excludes 0".into()
+                    "interval excludes 0%".into()
                 } else {
                     "not resolved".into()
                 },
