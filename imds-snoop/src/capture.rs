@@ -527,10 +527,19 @@ mod tests {
     fn port_bits_keep_every_target_port() {
         let bits = Settings::port_bits_of([80, 80]);
         assert_eq!(bits, 1 << 16);
-        for (port, maybe) in [(80u16, true), (8080, true), (443, false), (5201, false), (7000, false)] {
+        for (port, maybe) in [
+            (80u16, true),
+            (8080, true),
+            (443, false),
+            (5201, false),
+            (7000, false),
+        ] {
             assert_eq!((bits >> (port % 32)) & 1 == 1, maybe, "port {port}");
         }
-        assert_eq!(Settings::port_bits_of([80, 8081, 31]), 1 << 16 | 1 << 17 | 1 << 31);
+        assert_eq!(
+            Settings::port_bits_of([80, 8081, 31]),
+            1 << 16 | 1 << 17 | 1 << 31
+        );
         assert_eq!(Settings::port_bits_of([]), 0);
     }
 
