@@ -74,7 +74,8 @@ pub(crate) struct BenchOptions {
     /// kernel refuses are reported and skipped).
     #[arg(long = "attach", value_name = "MODE")]
     pub attach: Vec<String>,
-    /// Sections to run; repeatable: invocations, pods, burst, startup (default all).
+    /// Sections to run; repeatable: invocations, imds (per invocation on IMDS traffic),
+    /// pods, burst, startup (default all). Only imds and burst send IMDS requests.
     #[arg(long = "only", value_name = "SECTION")]
     pub only: Vec<String>,
     /// Use the existing target/release/imds-snoop instead of building it.
@@ -137,7 +138,7 @@ impl Plan {
 /// Paced rate of the per-invocation IMDS traffic, requests/s: well inside what the daemon
 /// handles, so the figure is the programs', not a full ring's.
 const IMDS_INV_RATE: f64 = 2000.0;
-const SECTIONS: [&str; 4] = ["invocations", "pods", "burst", "startup"];
+const SECTIONS: [&str; 5] = ["invocations", "imds", "pods", "burst", "startup"];
 
 const KEEPALIVE_CLIENTS: u32 = 8;
 const NEWCONN_CLIENTS: u32 = 4;
@@ -240,6 +241,9 @@ pub(crate) fn bench(opts: BenchOptions) -> Result<()> {
     for (mode, hooks) in &modes {
         if run("invocations") {
             per_invocation(&env, &pods, &plan, mode, hooks, &mut report)?;
+        }
+        if run("imds") {
+            per_invocation_imds(&env, &plan, mode, hooks, &mut report)?;
         }
         if run("pods") {
             let p = wallclock::Plan {
@@ -369,6 +373,20 @@ fn per_invocation(
             r.difference(),
         );
     }
+    println!();
+    Ok(())
+}
+
+/// The same programs on IMDS traffic (the burst client against the fake IMDS, paced): a
+/// section of its own, as it sends IMDS requests other sessions' daemons on the machine
+/// see too (run it under the e2e lock).
+fn per_invocation_imds(
+    env: &Env,
+    plan: &Plan,
+    mode: &str,
+    hooks: &invocations::Hooks,
+    report: &mut Report,
+) -> Result<()> {
     println!(
         "## 1b. per invocation on IMDS traffic, attach {mode}: burst client -> fake IMDS at {IMDS_INV_RATE}/s for {} s, {} reps",
         plan.imds_secs, plan.imds_reps
