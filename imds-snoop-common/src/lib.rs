@@ -179,7 +179,17 @@ pub struct DropConfig {
 pub struct Settings {
     /// Bytes of payload to copy per send, at most [`MAX_PAYLOAD`].
     pub payload_bytes: u32,
-    pub _pad: u32,
+    /// Bit `port % 32` set for every target's port (host order): the first test of both
+    /// hooks, one load and a shift for every TCP send and every packet received on the
+    /// node. A set bit only means "maybe": the target table decides.
+    pub port_bits: u32,
+}
+
+impl Settings {
+    /// The [`Settings::port_bits`] of these target ports.
+    pub fn port_bits_of(ports: impl IntoIterator<Item = u16>) -> u32 {
+        ports.into_iter().fold(0, |bits, p| bits | 1 << (p % 32))
+    }
 }
 
 #[repr(C)]

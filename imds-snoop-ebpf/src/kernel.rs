@@ -53,7 +53,7 @@ static TARGETS: Targets = Targets {
 #[unsafe(no_mangle)]
 static SETTINGS: Settings = Settings {
     payload_bytes: 0,
-    _pad: 0,
+    port_bits: 0,
 };
 
 #[inline(always)]
@@ -76,10 +76,17 @@ pub(crate) fn targets() -> &'static Targets {
     &TARGETS
 }
 
-/// Whether any target has this port: the first, cheap test (targets are few, and the
-/// loop stops at the configured count and at the first hit).
+/// Whether any target has this port: the first, cheap test, on every TCP send and every
+/// packet the node receives. First one load and a shift (`Settings::port_bits`: bit
+/// `port % 32` of every target port), which rejects all but 1 in 32 ports, then the exact
+/// loop over the targets (few; it stops at the configured count and at the first hit).
 #[inline(always)]
 pub(crate) fn port_is_target(dport: u16) -> bool {
+    // SAFETY: a plain read of our own static (volatile: its real value is patched in at load).
+    let bits = unsafe { core::ptr::read_volatile(&SETTINGS.port_bits) };
+    if (bits >> (dport as u32 & 31)) & 1 == 0 {
+        return false;
+    }
     let t = targets();
     // SAFETY: plain reads of our own static (volatile: its real value is patched in at load).
     let count = unsafe { core::ptr::read_volatile(&t.count) } as usize;

@@ -53,17 +53,14 @@ fn on_ingress(ctx: &SkBuffContext) {
 #[inline(always)]
 fn try_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
     // Cheapest test first, for every packet the node receives: the receiving socket's
-    // remote port, a context field (the verifier turns it into a load from the socket: no
-    // helper call, no packet read). On little-endian kernels `__sk_buff.remote_port` holds
-    // the network-order port in its upper 16 bits (a historical quirk), elsewhere in the
-    // lower ones: take whichever half is set.
+    // remote port, a context field (the verifier turns it into two loads, the skb's socket
+    // and its port: no helper call, no packet read), against the target ports' bit set
+    // (one more load). On little-endian kernels `__sk_buff.remote_port` holds the
+    // network-order port in its upper 16 bits (a historical quirk), elsewhere in the lower
+    // ones, the other half zero: OR-ing the halves takes whichever is set, without a branch.
     // SAFETY: the context pointer the kernel passed in.
     let remote_port = unsafe { (*ctx.skb.skb).remote_port };
-    let port_be = if remote_port >> 16 != 0 {
-        (remote_port >> 16) as u16
-    } else {
-        remote_port as u16
-    };
+    let port_be = (remote_port | remote_port >> 16) as u16;
     if !port_is_target(u16::from_be(port_be)) {
         return Ok(());
     }

@@ -245,7 +245,7 @@ impl Capture {
         let targets = targets_table(opts.targets)?;
         let settings = Settings {
             payload_bytes: opts.payload_bytes,
-            _pad: 0,
+            port_bits: Settings::port_bits_of(opts.targets.iter().map(|&(_, port)| port)),
         };
         // Missing members are not fatal: the drop hook is evidence on top of the silence
         // warning, which stays where the hook is unavailable.
@@ -598,6 +598,29 @@ mod tests {
         // A v4-mapped target is matched as IPv4, as the kernel side reports mapped sockets.
         assert_eq!(t.targets[2].family, AF_INET);
         assert_eq!(t.targets[2].addr[0].to_ne_bytes(), [169, 254, 170, 23]);
+    }
+
+    /// The kernel's first test keeps every target port (bit `port % 32`) and rejects the
+    /// ports whose bit is clear: with IMDS alone (port 80, bit 16) 443 (bit 27), 5201
+    /// (bit 17) and 7000 (bit 24) leave after one load; 8080 (bit 16) goes on to the table.
+    #[test]
+    fn port_bits_keep_every_target_port() {
+        let bits = Settings::port_bits_of([80, 80]);
+        assert_eq!(bits, 1 << 16);
+        for (port, maybe) in [
+            (80u16, true),
+            (8080, true),
+            (443, false),
+            (5201, false),
+            (7000, false),
+        ] {
+            assert_eq!((bits >> (port % 32)) & 1 == 1, maybe, "port {port}");
+        }
+        assert_eq!(
+            Settings::port_bits_of([80, 8081, 31]),
+            1 << 16 | 1 << 17 | 1 << 31
+        );
+        assert_eq!(Settings::port_bits_of([]), 0);
     }
 
     #[test]

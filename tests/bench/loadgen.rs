@@ -18,13 +18,23 @@
 //!   for `--seconds`, paced to `--rate` requests/s in total (0: as fast as they can). Each
 //!   request (IMDSv1 GET, token PUT, IMDSv2 GET, in turn) is written with one `write()`, so
 //!   one request is one kernel send event. Prints what was sent, by kind.
+//! - `rr-server` / `rr-client`: request/response across namespaces (the pod -> node -> pod
+//!   workload): the server (`--addr`, one connection, `--seconds` at most) answers every
+//!   `--bytes` request with `--bytes`; the client connects to `--addr` and times `--rounds`
+//!   round trips one by one (wall clock: the pods' scheduler wake-ups are part of latency).
+//!   Prints the mean, median and 99th percentile, µs.
+//! - `udp-drop`: `--count` datagrams to `--addr`, a port nobody listens on: each one is
+//!   freed by the receiving kernel as a drop (`kfree_skb`, reason NO_SOCKET), for the drop
+//!   hook's per-invocation figure. Paced by `--rate` datagrams/s (ICMP replies are
+//!   rate-limited, the datagrams are not).
 //!
-//! Every command prints one line of `key=value` pairs on stdout.
+//! Every command prints one line of `key=value` pairs on stdout. Every loop is bounded in
+//! count and time.
 
 use std::{
     env,
     io::{ErrorKind, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     process,
     sync::{
         Arc, Mutex,
@@ -89,6 +99,9 @@ fn main() {
         "stream" => stream(&args),
         "pingpong" => pingpong(&args),
         "burst" => burst(&args),
+        "rr-server" => rr_server(&args),
+        "rr-client" => rr_client(&args),
+        "udp-drop" => udp_drop(&args),
         other => die(&format!("unknown command {other}")),
     }
 }
@@ -390,5 +403,130 @@ fn burst(args: &Args) {
         counts.newconn.load(Ordering::Relaxed),
         counts.errors.load(Ordering::Relaxed),
         total as f64 / elapsed
+    );
+}
+
+/// Refuses the IMDS port: these commands are for non-IMDS traffic between test namespaces.
+fn non_imds(addr: SocketAddr) -> SocketAddr {
+    if matches!(addr.port(), 0 | 80) {
+        die(&format!("{addr}: refusing port 80 (IMDS) and port 0"));
+    }
+    addr
+}
+
+fn rr_server(args: &Args) {
+    let addr = non_imds(args.get("addr", "0.0.0.0:7000".parse().unwrap()));
+    let bytes: usize = args.get("bytes", 64);
+    let seconds: f64 = args.get("seconds", 60.0);
+    let listener = TcpListener::bind(addr).unwrap_or_else(|e| die(&format!("bind {addr}: {e}")));
+    println!("rr-server listening={addr}");
+    let _ = std::io::stdout().flush();
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds.clamp(1.0, 600.0));
+    listener.set_nonblocking(true).unwrap();
+    // One connection at a time, until the deadline.
+    while Instant::now() < deadline {
+        let conn = match listener.accept() {
+            Ok((c, _)) => c,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+            Err(e) => die(&format!("accept: {e}")),
+        };
+        let mut conn = conn;
+        conn.set_nonblocking(false).unwrap();
+        conn.set_nodelay(true).unwrap();
+        let left = deadline.saturating_duration_since(Instant::now());
+        let _ = conn.set_read_timeout(Some(left.max(Duration::from_millis(10))));
+        let resp = vec![0x52u8; bytes];
+        let mut buf = vec![0u8; bytes];
+        while conn.read_exact(&mut buf).is_ok() {
+            if conn.write_all(&resp).is_err() {
+                break;
+            }
+        }
+    }
+}
+
+fn rr_client(args: &Args) {
+    let addr = non_imds(args.get("addr", "127.0.0.1:7000".parse().unwrap()));
+    let rounds: u64 = args.get("rounds", 10_000).clamp(1, 10_000_000);
+    let bytes: usize = args.get("bytes", 64);
+    let mut conn = None;
+    // The server may still be starting: retry for a second.
+    for _ in 0..100 {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            Ok(c) => {
+                conn = Some(c);
+                break;
+            }
+            Err(_) => thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    let mut conn = conn.unwrap_or_else(|| die(&format!("connect {addr}: no server")));
+    conn.set_nodelay(true).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let req = vec![0x51u8; bytes];
+    let mut buf = vec![0u8; bytes];
+    let mut one = |conn: &mut TcpStream| {
+        conn.write_all(&req)
+            .unwrap_or_else(|e| die(&format!("send: {e}")));
+        conn.read_exact(&mut buf)
+            .unwrap_or_else(|e| die(&format!("recv: {e}")));
+    };
+    for _ in 0..rounds.min(1000) {
+        one(&mut conn);
+    }
+    let mut ns: Vec<u64> = Vec::with_capacity(rounds as usize);
+    let cpu0 = thread_cpu_ns();
+    let t0 = Instant::now();
+    for _ in 0..rounds {
+        let t = Instant::now();
+        one(&mut conn);
+        ns.push(t.elapsed().as_nanos() as u64);
+    }
+    let wall = t0.elapsed().as_nanos() as f64;
+    let cpu = (thread_cpu_ns() - cpu0) as f64;
+    ns.sort_unstable();
+    let at = |q: f64| ns[((ns.len() - 1) as f64 * q) as usize] as f64 / 1e3;
+    println!(
+        "rr rounds={rounds} sends={} mean_us={:.3} p50_us={:.3} p99_us={:.3} cpu_us_per_rt={:.3}",
+        // Warm-up rounds included: every send the kernel saw.
+        2 * (rounds + rounds.min(1000)),
+        wall / rounds as f64 / 1e3,
+        at(0.5),
+        at(0.99),
+        cpu / rounds as f64 / 1e3
+    );
+}
+
+fn udp_drop(args: &Args) {
+    let addr = non_imds(args.get("addr", "127.0.0.1:9".parse().unwrap()));
+    let count: u64 = args.get("count", 10_000).clamp(1, 1_000_000);
+    let rate: f64 = args.get::<f64>("rate", 20_000.0).clamp(1.0, 1_000_000.0);
+    let sock = UdpSocket::bind(if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })
+        .unwrap_or_else(|e| die(&format!("bind: {e}")));
+    let msg = [0x55u8; 32];
+    let start = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let mut sent = 0u64;
+    for i in 0..count {
+        let due = start + interval.mul_f64(i as f64);
+        let now = Instant::now();
+        if due > now {
+            thread::sleep(due - now);
+        }
+        // ICMP port-unreachable replies make later sends fail with ECONNREFUSED on a
+        // connected socket; this one is not connected, so errors are only local ones.
+        if sock.send_to(&msg, addr).is_ok() {
+            sent += 1;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+    }
+    println!(
+        "udp-drop sent={sent} elapsed_s={:.3}",
+        start.elapsed().as_secs_f64()
     );
 }

@@ -57,6 +57,11 @@ pub(crate) const DEB_PACKAGES: &[DebPackage] = &[
               rules test scrapes the daemon with",
     },
     DebPackage {
+        name: "iperf3",
+        satisfied_by_program: None,
+        why: "bulk throughput of the pod -> node -> pod workload in `cargo xtask bench`",
+    },
+    DebPackage {
         name: "busybox-static",
         satisfied_by_program: None,
         why: "the test containers' root filesystem",

@@ -5,18 +5,21 @@
 //! end), driven by `tests/bench/loadgen.rs`, a std-only program this builds with plain
 //! `rustc` into `target/bench/`. The daemon is the real release binary.
 //!
-//! 1. **Hot path** on non-IMDS TCP, for each attach mode the kernel accepts: a loopback
-//!    64-byte send loop and a 64-byte request/response loop (`loadgen stream|pingpong`)
-//!    with (a) nothing attached, (b) `--empty-program` (same hooks, empty programs: the
-//!    floor), (c) imds-snoop. The three run interleaved, in a rotating order, for several
-//!    rounds; figures are medians over rounds of each run's best chunk (thread CPU time per
-//!    operation), ratios are medians of the per-round ratios. Then the kernel's own BPF run
-//!    time statistics (`BPF_ENABLE_STATS`, held only for that step) give the program's cost
-//!    per send directly, for (b) and (c): a figure that host noise does not swamp.
-//! 2. **IMDS burst**: keep-alive and new-connection clients against the fast responder in
+//! 1. **Per invocation** (`invocations.rs`), for each attach mode the kernel accepts: the
+//!    kernel's BPF run-time statistics of every program the daemon attaches (found from
+//!    its link descriptors, `bpf.rs`: a hook added to the daemon is measured with no change
+//!    here), side by side with an empty program on the same hook, median and min..max over
+//!    `--reps` repetitions of a bounded non-IMDS workload on the pod topology below, then
+//!    on IMDS traffic (the burst client against the fake IMDS, paced). Fails if a program
+//!    never ran (no figure), never on a figure's size.
+//! 2. **Pod -> node -> pod** (`pods.rs`, `wallclock.rs`): iperf3 throughput and 64-byte
+//!    request/response latency between two pod namespaces routed by a node namespace,
+//!    detached / empty programs / imds-snoop interleaved for `--rounds` rounds; each ratio
+//!    with a 95% interval over paired rounds.
+//! 3. **IMDS burst**: keep-alive and new-connection clients against the fast responder in
 //!    `loadgen burst` at 169.254.169.254:80, paced to `--rate` (default 20,000/s), then
 //!    unpaced, then at 2,000/s, then unpaced with a 4 KiB ring: requests sent vs lines written vs drops.
-//! 3. **Daemon cost** during the paced burst: user+sys CPU per logged event, peak RSS.
+//!    **Daemon cost** during the paced burst: user+sys CPU per logged event, peak RSS.
 //! 4. **Start-up**: spawn to `attached` with default flags, median of 5; binary size.
 //!
 //! Prints the kernel and date first, a row per measurement as it goes, and a closing
@@ -27,7 +30,6 @@ use std::{
     fmt::Write as _,
     fs,
     io::{BufRead as _, BufReader},
-    os::fd::{FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex, mpsc},
@@ -41,15 +43,27 @@ use imds_snoop_test_support::netns::{self, Namespace};
 
 use crate::cmd;
 
+mod bpf;
+mod invocations;
+mod pods;
+mod stats;
+mod wallclock;
+
+use stats::median;
+
 /// Options of `cargo xtask bench` (its command line); `Default` is a full run.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub(crate) struct BenchOptions {
-    /// Short run: fewer rounds, shorter bursts (a smoke test, not figures).
+    /// Short run: fewer rounds and repetitions, shorter bursts (for iteration, not figures).
     #[arg(long)]
     pub quick: bool,
-    /// Hot-path rounds of detached / empty program / imds-snoop (default 9; 3 with --quick).
+    /// Pod -> node -> pod rounds of detached / empty programs / imds-snoop (default 12; 3
+    /// with --quick).
     #[arg(long, value_name = "N")]
     pub rounds: Option<usize>,
+    /// Repetitions of the per-invocation workload, each arm (default 7; 2 with --quick).
+    #[arg(long, value_name = "N")]
+    pub reps: Option<usize>,
     /// Seconds per IMDS burst (default 5; 2 with --quick).
     #[arg(long, value_name = "SECONDS")]
     pub seconds: Option<f64>,
@@ -60,9 +74,17 @@ pub(crate) struct BenchOptions {
     /// kernel refuses are reported and skipped).
     #[arg(long = "attach", value_name = "MODE")]
     pub attach: Vec<String>,
+    /// Sections to run; repeatable: invocations, imds (per invocation on IMDS traffic),
+    /// pods, burst, startup (default all). Only imds and burst send IMDS requests.
+    #[arg(long = "only", value_name = "SECTION")]
+    pub only: Vec<String>,
     /// Use the existing target/release/imds-snoop instead of building it.
     #[arg(long)]
     pub no_build: bool,
+    /// Measure this imds-snoop binary instead (e.g. an older build, for a before/after);
+    /// implies --no-build.
+    #[arg(long, value_name = "PATH")]
+    pub daemon_bin: Option<PathBuf>,
     /// Leave out the closing `cargo xtask fuzz` step.
     #[arg(long)]
     pub skip_fuzz: bool,
@@ -71,10 +93,15 @@ pub(crate) struct BenchOptions {
 /// What one run does, from the options.
 struct Plan {
     rounds: usize,
-    stream_msgs: u64,
-    pingpong_rounds: u64,
-    chunks: u64,
-    stats_reps: usize,
+    reps: usize,
+    iperf_secs: u32,
+    rr_rounds: u64,
+    /// Per-invocation workload: request/response rounds, processes, dropped datagrams.
+    inv_rr_rounds: u64,
+    inv_processes: u32,
+    inv_drops: u64,
+    imds_reps: usize,
+    imds_secs: f64,
     burst_secs: f64,
     rate: f64,
     /// Also the unpaced and the low-rate bursts.
@@ -87,11 +114,15 @@ impl Plan {
     fn new(o: &BenchOptions) -> Self {
         let q = o.quick;
         Self {
-            rounds: o.rounds.unwrap_or(if q { 3 } else { 9 }).max(1),
-            stream_msgs: if q { 50_000 } else { 100_000 },
-            pingpong_rounds: if q { 15_000 } else { 30_000 },
-            chunks: if q { 10 } else { 20 },
-            stats_reps: if q { 1 } else { 3 },
+            rounds: o.rounds.unwrap_or(if q { 3 } else { 12 }).max(2),
+            reps: o.reps.unwrap_or(if q { 2 } else { 7 }).max(1),
+            iperf_secs: if q { 1 } else { 3 },
+            rr_rounds: if q { 5_000 } else { 20_000 },
+            inv_rr_rounds: if q { 5_000 } else { 20_000 },
+            inv_processes: if q { 50 } else { 200 },
+            inv_drops: if q { 2_000 } else { 10_000 },
+            imds_reps: if q { 2 } else { 5 },
+            imds_secs: if q { 1.0 } else { 2.0 },
             burst_secs: o
                 .seconds
                 .unwrap_or(if q { 2.0 } else { 5.0 })
@@ -103,6 +134,11 @@ impl Plan {
         }
     }
 }
+
+/// Paced rate of the per-invocation IMDS traffic, requests/s: well inside what the daemon
+/// handles, so the figure is the programs', not a full ring's.
+const IMDS_INV_RATE: f64 = 2000.0;
+const SECTIONS: [&str; 5] = ["invocations", "imds", "pods", "burst", "startup"];
 
 const KEEPALIVE_CLIENTS: u32 = 8;
 const NEWCONN_CLIENTS: u32 = 4;
@@ -118,15 +154,24 @@ pub(crate) fn bench(opts: BenchOptions) -> Result<()> {
              (sudo -E cargo xtask bench)"
         );
     }
-    for tool in ["ip", "rustc", "sh"] {
+    for tool in ["ip", "rustc", "sh", "iperf3", "taskset", "ss"] {
         if cmd::find_program(tool).is_none() {
-            bail!("`{tool}` is needed and not on PATH");
+            bail!("`{tool}` is needed and not on PATH (`cargo xtask setup` installs it)");
         }
     }
     let plan = Plan::new(&opts);
     let root = cmd::workspace_root();
-    let daemon_bin = root.join("target/release/imds-snoop");
-    if !opts.no_build {
+    for s in &opts.only {
+        if !SECTIONS.contains(&s.as_str()) {
+            bail!("--only {s}: not one of {}", SECTIONS.join(", "));
+        }
+    }
+    let run = |s: &str| opts.only.is_empty() || opts.only.iter().any(|o| o == s);
+    let daemon_bin = opts
+        .daemon_bin
+        .clone()
+        .unwrap_or_else(|| root.join("target/release/imds-snoop"));
+    if !opts.no_build && opts.daemon_bin.is_none() {
         let mut cargo = cmd::command("cargo");
         cargo.args(["build", "--release", "--package", "imds-snoop"]);
         eprintln!("xtask: {}", cmd::display(&cargo));
@@ -166,9 +211,15 @@ pub(crate) fn bench(opts: BenchOptions) -> Result<()> {
         match Daemon::start(&env, &["--attach", mode], &format!("probe-{mode}")) {
             Ok(mut d) => {
                 let line = d.attached_line.clone();
+                // Its programs and hooks: what the empty twins copy.
+                let hooks = invocations::Hooks::of(d.pid);
                 d.stop()?;
-                println!("attach {mode}: ok ({line})");
-                modes.push(mode.clone());
+                let hooks = hooks?;
+                println!("attach {mode}: ok ({line}); programs:");
+                for (name, hook, info, _) in &hooks.progs {
+                    println!("  {name}: {hook} (prog id {})", info.id);
+                }
+                modes.push((mode.clone(), hooks));
             }
             Err(e) => {
                 println!(
@@ -183,12 +234,34 @@ pub(crate) fn bench(opts: BenchOptions) -> Result<()> {
         bail!("no attach mode worked on this kernel: nothing to measure");
     }
 
-    for mode in &modes {
-        hot_path(&env, &plan, mode, &mut report)?;
-        bpf_run_time(&env, &plan, mode, &mut report)?;
+    println!();
+
+    // Servers in pod-b live at most as long as the pod sections can take.
+    let pods = pods::Pods::new(env.ns.name(), &env.loadgen, 3600)?;
+    for (mode, hooks) in &modes {
+        if run("invocations") {
+            per_invocation(&env, &pods, &plan, mode, hooks, &mut report)?;
+        }
+        if run("imds") {
+            per_invocation_imds(&env, &plan, mode, hooks, &mut report)?;
+        }
+        if run("pods") {
+            let p = wallclock::Plan {
+                rounds: plan.rounds,
+                iperf_secs: plan.iperf_secs,
+                rr_rounds: plan.rr_rounds,
+            };
+            wallclock::measure(&env, &pods, hooks, mode, &p, &mut report)?;
+        }
     }
-    burst(&env, &plan, &modes[0], &mut report)?;
-    startup(&env, &plan, &modes[0], &mut report)?;
+    drop(pods);
+    let first = &modes[0].0;
+    if run("burst") {
+        burst(&env, &plan, first, &mut report)?;
+    }
+    if run("startup") {
+        startup(&env, &plan, first, &mut report)?;
+    }
 
     report.print();
     drop(env); // deletes the namespace
@@ -252,11 +325,16 @@ fn print_header(opts: &BenchOptions, plan: &Plan) {
     println!("load:   {}", read_trim("/proc/loadavg"));
     println!("commit: {commit}");
     println!(
-        "plan:   hot path {} rounds ({} sends, {} round trips per run, {} chunks); burst {} s at {} req/s",
+        "plan:   per invocation {} reps ({} rr rounds, {} processes, {} drops each; IMDS {} reps of {} s at {IMDS_INV_RATE}/s); pods {} rounds (iperf3 {} s, {} rr rounds); burst {} s at {} req/s",
+        plan.reps,
+        plan.inv_rr_rounds,
+        plan.inv_processes,
+        plan.inv_drops,
+        plan.imds_reps,
+        plan.imds_secs,
         plan.rounds,
-        plan.stream_msgs,
-        plan.pingpong_rounds,
-        plan.chunks,
+        plan.iperf_secs,
+        plan.rr_rounds,
         plan.burst_secs,
         plan.rate
     );
@@ -264,272 +342,74 @@ fn print_header(opts: &BenchOptions, plan: &Plan) {
 }
 
 // ---------------------------------------------------------------------------------------
-// 1. Hot path
+// 1. Per invocation
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Variant {
-    Detached,
-    Empty,
-    Imds,
-}
-
-impl Variant {
-    const ALL: [Variant; 3] = [Variant::Detached, Variant::Empty, Variant::Imds];
-
-    fn label(self) -> &'static str {
-        match self {
-            Variant::Detached => "detached",
-            Variant::Empty => "empty",
-            Variant::Imds => "imds-snoop",
-        }
-    }
-
-    fn daemon_args(self, mode: &str) -> Option<Vec<&str>> {
-        match self {
-            Variant::Detached => None,
-            Variant::Empty => Some(vec!["--attach", mode, "--empty-program"]),
-            Variant::Imds => Some(vec!["--attach", mode]),
-        }
-    }
-}
-
-/// One run's figures: best chunk and median chunk, thread CPU ns per operation.
-#[derive(Clone, Copy, Default)]
-struct HotRun {
-    stream_best: f64,
-    stream_median: f64,
-    pp_best: f64,
-    pp_median: f64,
-}
-
-fn hot_path(env: &Env, plan: &Plan, mode: &str, report: &mut Report) -> Result<()> {
-    println!("## 1. hot path, attach {mode}: loopback 64-byte sends, thread CPU ns per op");
+fn per_invocation(
+    env: &Env,
+    pods: &pods::Pods,
+    plan: &Plan,
+    mode: &str,
+    hooks: &invocations::Hooks,
+    report: &mut Report,
+) -> Result<()> {
     println!(
-        "   (best chunk of {} per run; median chunk in brackets)",
-        plan.chunks
+        "## 1. per invocation, attach {mode}: kernel BPF stats, empty twin vs imds-snoop, {} reps; non-IMDS workload: {} request/response rounds pod-a -> pod-b, {} processes, {} dropped datagrams",
+        plan.reps, plan.inv_rr_rounds, plan.inv_processes, plan.inv_drops
     );
-    let mut runs: HashMap<&'static str, Vec<HotRun>> = HashMap::new();
-    let mut round_ratios: Vec<[f64; 4]> = Vec::new(); // stream c/b, c/a, pp c/b, pp c/a
-    for r in 0..plan.rounds {
-        let mut this: HashMap<&'static str, HotRun> = HashMap::new();
-        let mut order = Vec::new();
-        for k in 0..3 {
-            let v = Variant::ALL[(r + k) % 3];
-            order.push(v.label());
-            let run = hot_run(env, plan, mode, v, &format!("hot-{mode}-{r}-{}", v.label()))?;
-            this.insert(v.label(), run);
-            runs.entry(v.label()).or_default().push(run);
-        }
-        let (a, b, c) = (this["detached"], this["empty"], this["imds-snoop"]);
-        round_ratios.push([
-            c.stream_best / b.stream_best,
-            c.stream_best / a.stream_best,
-            c.pp_best / b.pp_best,
-            c.pp_best / a.pp_best,
-        ]);
-        println!(
-            "round {} [{}]: stream {:.0} [{:.0}] / {:.0} [{:.0}] / {:.0} [{:.0}]   pingpong {:.0} [{:.0}] / {:.0} [{:.0}] / {:.0} [{:.0}]   (detached / empty / imds-snoop)",
-            r + 1,
-            order.join(" "),
-            a.stream_best,
-            a.stream_median,
-            b.stream_best,
-            b.stream_median,
-            c.stream_best,
-            c.stream_median,
-            a.pp_best,
-            a.pp_median,
-            b.pp_best,
-            b.pp_median,
-            c.pp_best,
-            c.pp_median,
+    let w = invocations::Workload {
+        rr_rounds: plan.inv_rr_rounds,
+        processes: plan.inv_processes,
+        drops: plan.inv_drops,
+    };
+    let rows = invocations::measure(env, pods, hooks, mode, plan.reps, &w, mode)?;
+    for r in &rows {
+        report.row(
+            format!(
+                "Per run `{mode}`, non-IMDS traffic: {} ns, empty / imds-snoop, median [min .. max] of {}",
+                r.program, r.ours.n
+            ),
+            format!("{} / {}", r.empty.show(), r.ours.show()),
+            format!("{:.3} per RR send, {:.3} per TCP segment received", r.per_send, r.per_seg),
+            r.difference(),
         );
     }
-    let col = |i: usize| round_ratios.iter().map(|r| r[i]).collect::<Vec<_>>();
-    let n = plan.rounds;
-    for (what, best, idx, unit) in [
-        (
-            "64-byte send (stream)",
-            (|r: &HotRun| r.stream_best) as fn(&HotRun) -> f64,
-            0,
-            "ns/send",
-        ),
-        (
-            "64-byte request/response",
-            |r: &HotRun| r.pp_best,
-            2,
-            "ns/round trip",
-        ),
-    ] {
-        let of = |v: &str| runs[v].iter().map(best).collect::<Vec<_>>();
-        let low = |v: &str| of(v).into_iter().fold(f64::INFINITY, f64::min);
-        let (a, b, c) = (low("detached"), low("empty"), low("imds-snoop"));
-        let (ma, mb, mc) = (
-            median(&of("detached")),
-            median(&of("empty")),
-            median(&of("imds-snoop")),
-        );
-        let (cb, ca) = (col(idx), col(idx + 1));
-        println!(
-            "=> {what}, best of {n} runs: detached {a:.0}, empty {b:.0}, imds-snoop {c:.0} {unit}: imds-snoop/empty {}, imds-snoop/detached {}",
-            pct(c / b),
-            pct(c / a),
-        );
-        println!(
-            "   medians of runs: {ma:.0} / {mb:.0} / {mc:.0}; paired per round: imds-snoop/empty {} ({}), imds-snoop/detached {} ({})",
-            pct(median(&cb)),
-            spread(&cb),
-            pct(median(&ca)),
-            spread(&ca)
-        );
-        report.row(
-            format!(
-                "Hot path `{mode}`: {what}, {unit}, detached / empty / imds-snoop: best of {n} runs [median]"
-            ),
-            format!("{a:.0} / {b:.0} / {c:.0} [{ma:.0} / {mb:.0} / {mc:.0}]"),
-            String::new(),
-            String::new(),
-        );
-        report.row(
-            format!("Hot path `{mode}`: {what}, imds-snoop vs empty program"),
-            format!(
-                "{} (paired rounds: median {}, {})",
-                pct(c / b),
-                pct(median(&cb)),
-                spread(&cb)
-            ),
-            "≤ +1%".into(),
-            verdict(c / b <= 1.01),
-        );
-        report.row(
-            format!("Hot path `{mode}`: {what}, imds-snoop vs detached"),
-            format!(
-                "{} (paired rounds: median {}, {})",
-                pct(c / a),
-                pct(median(&ca)),
-                spread(&ca)
-            ),
-            "≤ +3%".into(),
-            verdict(c / a <= 1.03),
-        );
-    }
-    *report.detached_send.entry(mode.to_owned()).or_default() = runs["detached"]
-        .iter()
-        .map(|r| r.stream_best)
-        .fold(f64::INFINITY, f64::min);
     println!();
     Ok(())
 }
 
-fn hot_run(env: &Env, plan: &Plan, mode: &str, v: Variant, tag: &str) -> Result<HotRun> {
-    let mut daemon = match v.daemon_args(mode) {
-        Some(args) => Some(Daemon::start(env, &args, tag)?),
-        None => None,
-    };
-    let stream = env.loadgen_run(&[
-        "stream",
-        "--msgs",
-        &plan.stream_msgs.to_string(),
-        "--chunks",
-        &plan.chunks.to_string(),
-    ])?;
-    let pp = env.loadgen_run(&[
-        "pingpong",
-        "--rounds",
-        &plan.pingpong_rounds.to_string(),
-        "--chunks",
-        &plan.chunks.to_string(),
-    ])?;
-    if let Some(d) = daemon.as_mut() {
-        d.stop()?;
-        let lines = count_lines(&d.log, Ours::Loadgen)?;
-        if lines.ours != 0 {
-            bail!(
-                "the hot-path load is not IMDS traffic, yet the daemon logged {} lines for it ({})",
-                lines.ours,
-                d.log.display()
-            );
-        }
-    }
-    Ok(HotRun {
-        stream_best: num(&stream, "cpu_ns_min")?,
-        stream_median: num(&stream, "cpu_ns_median")?,
-        pp_best: num(&pp, "cpu_ns_min")?,
-        pp_median: num(&pp, "cpu_ns_median")?,
-    })
-}
-
-/// The programs' own run time per call, from the kernel's BPF statistics.
-fn bpf_run_time(env: &Env, plan: &Plan, mode: &str, report: &mut Report) -> Result<()> {
-    println!("## 1b. BPF program run time per send, attach {mode} (kernel BPF stats)");
-    let stats = match enable_bpf_stats() {
-        Ok(fd) => fd,
-        Err(e) => {
-            println!("skipped: BPF_ENABLE_STATS refused ({e})\n");
-            report.note(format!("BPF run-time statistics unavailable ({e})"));
-            return Ok(());
-        }
-    };
-    let mut per: HashMap<&'static str, Vec<f64>> = HashMap::new();
-    for rep in 0..plan.stats_reps {
-        for v in [Variant::Empty, Variant::Imds] {
-            let args = v.daemon_args(mode).unwrap_or_default();
-            let mut d = Daemon::start(env, &args, &format!("stats-{mode}-{rep}-{}", v.label()))?;
-            let before = prog_stats(d.pid)?;
-            let out = env.loadgen_run(&[
-                "stream",
-                "--msgs",
-                &plan.stream_msgs.to_string(),
-                "--chunks",
-                "10",
-            ])?;
-            let after = prog_stats(d.pid)?;
-            d.stop()?;
-            // The send hook's program is the one that ran most (the others are exec/exit).
-            let best = after
-                .iter()
-                .filter_map(|(id, &(t1, n1))| {
-                    let (t0, n0) = before.get(id).copied().unwrap_or((0, 0));
-                    (n1 > n0).then(|| (n1 - n0, t1.saturating_sub(t0)))
-                })
-                .max_by_key(|&(n, _)| n);
-            let Some((n, t)) = best else {
-                bail!("no BPF program of the daemon ran during the send loop");
-            };
-            if n < plan.stream_msgs {
-                bail!(
-                    "the send program ran {n} times for {} sends",
-                    plan.stream_msgs
-                );
-            }
-            let ns = t as f64 / n as f64;
-            println!(
-                "rep {} {}: {ns:.1} ns/call over {n} calls (send loop {:.0} ns/send)",
-                rep + 1,
-                v.label(),
-                num(&out, "cpu_ns_min")?
-            );
-            per.entry(v.label()).or_default().push(ns);
-        }
-    }
-    drop(stats);
-    let (e, i) = (median(&per["empty"]), median(&per["imds-snoop"]));
-    // The fastest detached send seen in the hot-path runs: the largest percentage.
-    let send = report.detached_send.get(mode).copied().unwrap_or(f64::NAN);
-    let extra = i - e;
+/// The same programs on IMDS traffic (the burst client against the fake IMDS, paced): a
+/// section of its own, as it sends IMDS requests other sessions' daemons on the machine
+/// see too (run it under the e2e lock).
+fn per_invocation_imds(
+    env: &Env,
+    plan: &Plan,
+    mode: &str,
+    hooks: &invocations::Hooks,
+    report: &mut Report,
+) -> Result<()> {
     println!(
-        "=> empty {e:.1} ns, imds-snoop {i:.1} ns per call: +{extra:.1} ns = {:.2}% of the best detached send ({send:.0} ns)\n",
-        100.0 * extra / send
+        "## 1b. per invocation on IMDS traffic, attach {mode}: burst client -> fake IMDS at {IMDS_INV_RATE}/s for {} s, {} reps",
+        plan.imds_secs, plan.imds_reps
     );
-    report.row(
-        format!("BPF run time per send `{mode}` (empty / imds-snoop; kernel stats, incl. ~2 clock reads each)"),
-        format!(
-            "{e:.0} / {i:.0} ns: imds-snoop +{extra:.0} ns = {:+.2}% of the best detached send ({send:.0} ns)",
-            100.0 * extra / send
-        ),
-        "≤ +1%".into(),
-        verdict(extra / send <= 0.01),
-    );
+    let rows = invocations::imds_traffic(
+        env,
+        hooks,
+        mode,
+        plan.imds_reps,
+        plan.imds_secs,
+        IMDS_INV_RATE,
+    )?;
+    for (k, e, o, per) in rows {
+        report.row(
+            format!(
+                "Per run `{mode}`, IMDS traffic ({IMDS_INV_RATE}/s): {k} ns, empty / imds-snoop"
+            ),
+            format!("{} / {}", e.show(), o.show()),
+            format!("{per:.2} runs per IMDS request"),
+            String::new(),
+        );
+    }
+    println!();
     Ok(())
 }
 
@@ -903,25 +783,6 @@ struct Env {
 }
 
 impl Env {
-    /// Runs the load generator in the namespace; its `key=value` line.
-    fn loadgen_run(&self, args: &[&str]) -> Result<HashMap<String, String>> {
-        let mut c = self.ns.exec(&self.loadgen);
-        c.args(args);
-        let out = c
-            .stderr(Stdio::piped())
-            .output()
-            .with_context(|| format!("running {}", cmd::display(&c)))?;
-        if !out.status.success() {
-            bail!(
-                "`{}` failed ({}): {}",
-                cmd::display(&c),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(parse_kv(&String::from_utf8_lossy(&out.stdout)))
-    }
-
     /// Runs the load generator in the namespace *detached* from this process (its parent
     /// exits at once, so it is re-parented): the callers' ancestry in the daemon's lines is
     /// then `loadgen -> init` whatever launched the benchmark (a CI runner's deep chain of
@@ -1285,8 +1146,6 @@ fn count_lines(log: &Path, ours: Ours) -> Result<LineCounts> {
 struct Report {
     rows: Vec<[String; 4]>,
     notes: Vec<String>,
-    /// Best detached send, ns, by attach mode's run (the denominator for BPF run time).
-    detached_send: HashMap<String, f64>,
 }
 
 impl Report {
@@ -1344,30 +1203,6 @@ fn num(m: &HashMap<String, String>, k: &str) -> Result<f64> {
     m.get(k)
         .and_then(|v| v.parse().ok())
         .with_context(|| format!("no number {k}= in {m:?}"))
-}
-
-fn median(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
-}
-
-fn pct(ratio: f64) -> String {
-    format!("{:+.1}%", (ratio - 1.0) * 100.0)
-}
-
-fn spread(ratios: &[f64]) -> String {
-    let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{} .. {}", pct(lo), pct(hi))
 }
 
 fn spread_ms(v: &[f64]) -> String {
@@ -1438,48 +1273,6 @@ fn clock_ticks() -> f64 {
     if t > 0 { t as f64 } else { 100.0 }
 }
 
-/// `bpf(BPF_ENABLE_STATS, {type: BPF_STATS_RUN_TIME})`: run-time statistics for every BPF
-/// program for as long as the returned descriptor is open (so a crash cannot leave them on).
-fn enable_bpf_stats() -> Result<OwnedFd, String> {
-    #[cfg(target_arch = "x86_64")]
-    const SYS_BPF: i64 = 321;
-    #[cfg(target_arch = "aarch64")]
-    const SYS_BPF: i64 = 280;
-    const BPF_ENABLE_STATS: i64 = 32;
-    let attr = [0u32; 2]; // enable_stats.type = BPF_STATS_RUN_TIME (0)
-    // SAFETY: bpf(2) reads `size` bytes of `attr`, which lives across the call.
-    let fd = unsafe { syscall(SYS_BPF, BPF_ENABLE_STATS, attr.as_ptr(), 8u32) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error().to_string());
-    }
-    // SAFETY: a new descriptor the kernel just returned, owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// `prog_id -> (run_time_ns, run_cnt)` of the BPF programs `pid` holds open.
-fn prog_stats(pid: i32) -> Result<HashMap<u64, (u64, u64)>> {
-    let mut out = HashMap::new();
-    for e in fs::read_dir(format!("/proc/{pid}/fdinfo"))?.flatten() {
-        let Ok(text) = fs::read_to_string(e.path()) else {
-            continue;
-        };
-        if !text.contains("prog_type:") {
-            continue;
-        }
-        let field = |k: &str| -> Option<u64> {
-            text.lines()
-                .find_map(|l| l.strip_prefix(k)?.strip_prefix(':'))
-                .and_then(|v| v.trim().parse().ok())
-        };
-        if let (Some(id), Some(t), Some(n)) =
-            (field("prog_id"), field("run_time_ns"), field("run_cnt"))
-        {
-            out.insert(id, (t, n));
-        }
-    }
-    Ok(out)
-}
-
 const SIGKILL: i32 = 9;
 const SIGTERM: i32 = 15;
 const SC_CLK_TCK: i32 = 2;
@@ -1487,7 +1280,36 @@ const SC_CLK_TCK: i32 = 2;
 unsafe extern "C" {
     fn kill(pid: i32, sig: i32) -> i32;
     fn sysconf(name: i32) -> i64;
-    fn syscall(num: i64, ...) -> i64;
+}
+
+/// Runs `c`; its stdout (`None` when empty), or an error with its stderr when it fails.
+fn cmd_output(c: &mut Command) -> Result<Option<String>> {
+    let out = c
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", cmd::display(c)))?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed ({}): {}",
+            cmd::display(c),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    Ok((!text.trim().is_empty()).then_some(text))
+}
+
+/// The cgroup v2 directories a cgroup link may be on: the root of a unified host, or the
+/// `unified/` of a hybrid one (where the daemon attaches its response program).
+fn cgroup_dirs() -> Vec<PathBuf> {
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .into_iter()
+        .map(PathBuf::from)
+        // A cgroup v2 directory has `cgroup.controllers`; a hybrid host's tmpfs root has
+        // not (and its root inode may carry the same number as the v2 root's cgroup id).
+        .filter(|p| p.join("cgroup.controllers").is_file())
+        .collect()
 }
 
 #[cfg(test)]
