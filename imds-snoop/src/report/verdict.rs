@@ -59,7 +59,7 @@ const INCONCLUSIVE: &str = "INCONCLUSIVE";
 impl Verdict {
     pub(super) fn for_node(report: &Report, node: &str) -> Verdict {
         let stats = report.nodes.get(node).cloned().unwrap_or_default();
-        let callers = report.callers.iter().filter(|c| c.key.node == node);
+        let callers = callers_of(report, node);
         let v1_callers: Vec<String> = callers
             .clone()
             .filter(|c| c.counts.v1 > 0)
@@ -87,7 +87,23 @@ impl Verdict {
                 Origin::Host { .. } | Origin::Unknown => c.describe(),
             })
             .collect();
-        let inconclusive = reasons(&stats, report.min_window);
+        let mut inconclusive = reasons(&stats, report.min_window);
+        // A call the tracer could not classify (a payload the kernel could not read, bytes
+        // that are not HTTP to it) is no evidence of IMDSv2: a local user makes an IMDSv1
+        // call look so on purpose (sendfile, an unfaulted mmap page), and IMDS answers it.
+        let unclassified: Vec<String> = callers_of(report, node)
+            .filter(|c| c.counts.malformed > 0)
+            .map(Caller::describe)
+            .collect();
+        if !unclassified.is_empty() {
+            let n: u64 = callers_of(report, node).map(|c| c.counts.malformed).sum();
+            inconclusive.push(format!(
+                "{} to IMDS not classified (malformed or unreadable: an IMDSv1 call can hide \
+                 so) by {}",
+                plural(n, "call"),
+                list(&unclassified)
+            ));
+        }
         let hop_inconclusive = hop_reasons(&stats);
         let verdict = if !v1_callers.is_empty() {
             NOT_SAFE
@@ -162,6 +178,11 @@ impl Verdict {
         s.push_str(&format!(" [window {}]", self.window));
         s
     }
+}
+
+/// The report's callers on `node`.
+fn callers_of<'r>(report: &'r Report, node: &'r str) -> impl Iterator<Item = &'r Caller> + Clone {
+    report.callers.iter().filter(move |c| c.key.node == node)
 }
 
 /// Why the node's lines are not evidence enough for SAFE.
@@ -439,6 +460,37 @@ mod tests {
             v.line().starts_with(
                 "this node: INCONCLUSIVE: no IMDSv1 calls seen, but 2 lines not understood"
             ),
+            "{}",
+            v.line()
+        );
+    }
+
+    /// A call the tracer could not read (sendfile, an unfaulted mmap page: issue 16's attack
+    /// round) or parse is no evidence of IMDSv2: a node whose only calls are such is not
+    /// SAFE, and the reason names the caller.
+    #[test]
+    fn unclassified_calls_are_never_safe() {
+        let unreadable = "[2026-11-23 09:33:20,000] [WARNING] malformed(!) (pid:5:python3 \
+            argv:python3 x.py) req details:  -> 200 host unit:- uid:65534 \
+            dst:169.254.169.254:80 payload-unreadable";
+        let r = report(None, &[V2_HOST, unreadable]);
+        let v = Verdict::for_node(&r, DEFAULT_NODE);
+        assert_eq!((v.verdict, v.hop_limit_1), ("INCONCLUSIVE", "INCONCLUSIVE"));
+        assert!(
+            v.line().contains(
+                "1 call to IMDS not classified (malformed or unreadable: an IMDSv1 call can \
+                 hide so) by python3 on host"
+            ),
+            "{}",
+            v.line()
+        );
+        // With a v1 call besides, NOT SAFE stands, and says what else is missing.
+        let r = report(None, &[V1_POD, unreadable]);
+        let v = Verdict::for_node(&r, DEFAULT_NODE);
+        assert_eq!(v.verdict, "NOT SAFE");
+        assert!(
+            v.line()
+                .contains("(incomplete: 1 call to IMDS not classified"),
             "{}",
             v.line()
         );
