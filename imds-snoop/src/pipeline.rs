@@ -157,7 +157,14 @@ impl Pipeline {
         self.tokens.observe(send.sock_id, &payload, now);
         let key = send.sock_id;
         let truncated = send.truncated;
-        for (ctx, request) in self.reassembler.push(key, send, &payload, truncated, now) {
+        // What the kernel did not copy of this send (its size is the send's whole length).
+        let unseen = usize::try_from(send.size)
+            .ok()
+            .map(|size| size.saturating_sub(payload.len()));
+        for (ctx, request) in self
+            .reassembler
+            .push_send(key, send, &payload, truncated, unseen, now)
+        {
             self.emit(ctx, request, out);
         }
     }

@@ -292,6 +292,25 @@ impl<T: Clone> Reassembler<T> {
         snippet_truncated: bool,
         now: Instant,
     ) -> Vec<(T, Request)> {
+        self.push_send(key, ctx, bytes, snippet_truncated, None, now)
+    }
+
+    /// [`Self::push`], knowing how many bytes of the send the kernel did not copy
+    /// (`unseen`: the send's size less the snippet's). When the snippet ended between
+    /// requests, or inside a body shorter than what was not copied, the bytes past it start
+    /// another request that nobody sees: a caller pipelines a request behind a long one
+    /// (`GET` with a body, a token `PUT` with a body) to hide it, and IMDS answers both. That
+    /// part is then logged as a malformed call (nothing to classify it by), so it is never
+    /// evidence of IMDSv2 (issue 16's attack round).
+    pub fn push_send(
+        &mut self,
+        key: u64,
+        ctx: T,
+        bytes: &[u8],
+        snippet_truncated: bool,
+        unseen: Option<usize>,
+        now: Instant,
+    ) -> Vec<(T, Request)> {
         let mut out = Vec::new();
         if !self.sockets.contains_key(&key) && self.sockets.len() >= self.max_sockets {
             self.make_room(now, &mut out);
@@ -302,6 +321,9 @@ impl<T: Clone> Reassembler<T> {
         let (mut carried, data) = sock.join_pending(bytes);
 
         let mut off = 0;
+        // Whether the snippet ended between requests or inside a known body (not inside a
+        // head, a skipped head or a chunked body, whose ends are unknown).
+        let mut at_boundary = true;
         while off < data.len() {
             // `off < data.len()`: the rest is never empty.
             let rest = data.get(off..).unwrap_or_default();
@@ -311,7 +333,10 @@ impl<T: Clone> Reassembler<T> {
                     off += n;
                     continue;
                 }
-                Passed::Rest => break,
+                Passed::Rest => {
+                    at_boundary = false;
+                    break;
+                }
             }
             // Blank lines between requests (after a body, say) are no request.
             if rest.iter().all(|&b| b == b'\r' || b == b'\n') {
@@ -326,8 +351,27 @@ impl<T: Clone> Reassembler<T> {
             };
             match sock.take_request(rest, start, max, snippet_truncated, &mut out) {
                 Some(n) => off += n,
-                None => break,
+                None => {
+                    at_boundary = false;
+                    break;
+                }
             }
+        }
+        if snippet_truncated
+            && at_boundary
+            && sock.skip.is_none()
+            && let Some(unseen) = unseen
+            && unseen > sock.body_left
+        {
+            out.push((
+                ctx,
+                Request::malformed_call(
+                    "a request past the part of the send the kernel copied".to_string(),
+                    true,
+                    unseen - sock.body_left,
+                    None,
+                ),
+            ));
         }
 
         sock.end_send(snippet_truncated);
@@ -546,6 +590,70 @@ mod tests {
         for (n, v) in &req.headers {
             assert!(!v.contains(TOKEN), "{n}: {v}");
         }
+    }
+
+    /// Issue 16's attack round: one send holds a v2 request (or a token PUT) with a body
+    /// longer than the kernel copies, then a v1 request. The snippet ends inside the body;
+    /// the v1 request lies past it. IMDS answers both: the part not seen must be a call of
+    /// its own (malformed: nothing to classify it by), never nothing.
+    #[test]
+    fn a_request_past_the_copied_snippet_is_a_call_not_nothing() {
+        let hidden = b"GET /latest/meta-data/iam/security-credentials/r HTTP/1.1\r\n\r\n";
+        for head in [
+            &b"GET /latest/meta-data/ HTTP/1.1\r\nX-aws-ec2-metadata-token: x\r\n"[..],
+            &b"PUT /latest/api/token HTTP/1.1\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\n"[..],
+        ] {
+            let body = 3000;
+            let mut send = head.to_vec();
+            send.extend_from_slice(format!("Content-Length: {body}\r\n\r\n").as_bytes());
+            send.resize(send.len() + body, b'x');
+            send.extend_from_slice(hidden);
+            let copied = 2048;
+            let snippet = &send[..copied];
+            let out = reassembler().push_send(
+                1,
+                0,
+                snippet,
+                true,
+                Some(send.len() - copied),
+                Instant::now(),
+            );
+            assert_eq!(out.len(), 2, "{out:?}");
+            assert_ne!(out[0].1.class, Class::V1, "{out:?}");
+            assert_eq!(out[1].1.class, Class::Malformed, "{out:?}");
+            assert_eq!(out[1].1.bytes, hidden.len(), "{out:?}");
+            assert!(out[1].1.truncated, "{out:?}");
+        }
+    }
+
+    /// A send cut inside a body that goes on past its end, or inside a head, is no hidden
+    /// request: nothing is added (a long head is already logged truncated).
+    #[test]
+    fn a_snippet_cut_inside_a_body_or_head_adds_nothing() {
+        let mut send = b"PUT /latest/api/token HTTP/1.1\r\nContent-Length: 5000\r\n\r\n".to_vec();
+        send.resize(send.len() + 5000, b'x');
+        let out = reassembler().push_send(
+            1,
+            0,
+            &send[..2048],
+            true,
+            Some(send.len() - 2048),
+            Instant::now(),
+        );
+        assert_eq!(out.len(), 1, "{out:?}");
+        let mut head = b"GET / HTTP/1.1\r\nX-Pad: ".to_vec();
+        head.resize(3000, b'p');
+        head.extend_from_slice(b"\r\n\r\n");
+        let out = reassembler().push_send(
+            1,
+            0,
+            &head[..2048],
+            true,
+            Some(head.len() - 2048),
+            Instant::now(),
+        );
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(out[0].1.truncated, "{out:?}");
     }
 
     #[test]
