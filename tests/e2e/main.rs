@@ -6,6 +6,7 @@
 
 mod capture;
 mod containers;
+mod evasion;
 mod harness;
 mod metrics;
 mod outcome;
