@@ -5,7 +5,10 @@ kernel copies of a send, then a v1 GET in the same send), `sendfile` (the reques
 a file with sendfile(2): the kernel program cannot read the page-backed iterator), `mmap`
 (the request in a file page mapped but never touched: bpf_probe_read_user cannot fault it
 in, the kernel's own copy can), `fastopen` (TCP Fast Open without a cookie: the request
-rides in the SYN, and no tcp_sendmsg_locked copy-loop pass ever runs for it).
+rides in the SYN, and no tcp_sendmsg_locked copy-loop pass ever runs for it), `mptcp` (a
+Multipath TCP socket, unprivileged where net.mptcp.enabled=1, the default: mptcp_sendmsg
+builds the subflow's segments itself and never calls tcp_sendmsg, even when IMDS does not
+speak MPTCP and the connection falls back to plain TCP).
 
 Prints one line per mode: the mode and the status of each response received, e.g.
 `pipelined 200 200`. Every v1 GET asks for `...?hidden-<mode>`. Standard library only.
@@ -20,6 +23,7 @@ import tempfile
 IMDS = ("169.254.169.254", 80)
 TCP_FASTOPEN_CONNECT = 30
 TCP_FASTOPEN_NO_COOKIE = 34
+IPPROTO_MPTCP = 262
 
 
 def v1(mode):
@@ -88,7 +92,20 @@ def fastopen():
     return statuses(s)
 
 
-MODES = {"pipelined": pipelined, "sendfile": sendfile, "mmap": mmap_, "fastopen": fastopen}
+def mptcp():
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_MPTCP)
+    s.connect(IMDS)
+    s.sendall(v1("mptcp"))
+    return statuses(s)
+
+
+MODES = {
+    "pipelined": pipelined,
+    "sendfile": sendfile,
+    "mmap": mmap_,
+    "fastopen": fastopen,
+    "mptcp": mptcp,
+}
 
 if __name__ == "__main__":
     for mode in sys.argv[1:]:
