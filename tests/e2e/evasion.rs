@@ -153,3 +153,34 @@ fn an_mptcp_v1_call_is_traced() {
     assert!(lines[0].raw.contains("?hidden-mptcp"), "{}", lines[0].raw);
     daemon.finish(&[&imds], &[]);
 }
+
+/// OPEN FINDING (no fix here): a token handed to a script on its command line
+/// (`sh fetch.sh <token>`), whose first call is a v1 call and whose second carries the token
+/// header. The first line is written before the token is seen in any header, so the
+/// script's argv (an ancestor of the first call) carries the token in clear. The token is
+/// known earlier, in the token PUT's response body, which the response program sees but
+/// does not read: remembering the token there (its first 20 bytes) would close this.
+#[test]
+#[ignore = "open finding: a token in argv leaks from lines written before it is seen in a header"]
+fn a_token_in_argv_before_its_first_header_is_absent() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new("argv-first");
+    let imds = FakeImds::start(&ns, FakeOpts::default());
+    let daemon = Daemon::start(&[]);
+    let script = "T=$(curl -sS -f --max-time 5 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' \
+        http://169.254.169.254/latest/api/token) && sh -c \"$0\" fetch \"$T\"";
+    let fetch = "curl -s -o /dev/null --max-time 5 http://169.254.169.254/latest/meta-data/?first; \
+        curl -s -o /dev/null --max-time 5 -H \"X-aws-ec2-metadata-token: $1\" \
+        http://169.254.169.254/latest/meta-data/?second";
+    run_ok(as_nobody(&ns, "sh").args(["-c", script, fetch]));
+    let lines = daemon.expect_our_lines(3, "the token PUT, the v1 GET, the v2 GET");
+    let tokens = imds.tokens();
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
+    for l in &lines {
+        assert!(!l.raw.contains(&tokens[0]), "the token in clear: {}", l.raw);
+    }
+    daemon.finish(&[&imds], &[]);
+}
