@@ -129,6 +129,16 @@ impl RequestLabels {
         }
     }
 
+    /// A pod's label set past the bound: its namespace, pod and container kept (names from
+    /// root-owned runtime state, bounded by the node's pods), only the comm (the caller's to
+    /// choose) counted as [`OVERFLOW`]. `None` for a caller outside a pod.
+    pub(crate) fn pod_overflow(&self) -> Option<Self> {
+        (!self.pod.is_empty()).then(|| Self {
+            comm: OVERFLOW.into(),
+            ..self.clone()
+        })
+    }
+
     /// The one label set (per class) that counts requests past the bound: the class is
     /// kept, so v1 totals stay exact however many callers there are.
     pub(crate) fn overflow(&self) -> Self {
@@ -162,6 +172,8 @@ struct Enabled {
     max_label_sets: usize,
     /// Caller label sets in `requests`, overflow sets not included.
     label_sets: AtomicUsize,
+    /// Pods' overflow sets (comm `_overflow`) in `requests`, bounded by `max_label_sets` too.
+    pod_overflow_sets: AtomicUsize,
     requests: Family<RequestLabels, Counter>,
     kernel_drops: Family<ReasonLabels, Counter>,
     writer_queue_drops: Counter,
@@ -190,7 +202,9 @@ impl Metrics {
                 "IMDS requests seen, by class (v1, v2, v2_token, malformed), response status and \
                  caller. At most \
                  {max_label_sets} label sets; requests of later callers are counted with \
-                 namespace, pod, container and comm \"{OVERFLOW}\""
+                 comm \"{OVERFLOW}\" (in a pod: its namespace, pod and container kept, for up \
+                 to {max_label_sets} more), else namespace, pod, container and comm \
+                 \"{OVERFLOW}\""
             ),
             requests.clone(),
         );
@@ -249,6 +263,7 @@ impl Metrics {
             registry: Arc::new(registry),
             max_label_sets,
             label_sets: AtomicUsize::new(0),
+            pod_overflow_sets: AtomicUsize::new(0),
             requests,
             kernel_drops,
             writer_queue_drops,
@@ -270,6 +285,13 @@ impl Metrics {
             // One writer (the event loop), so checking then adding cannot overshoot.
             m.label_sets.fetch_add(1, Ordering::Relaxed);
             m.requests.get_or_create(&labels).inc();
+        } else if let Some(pod) = labels.pod_overflow().filter(|pod| {
+            // A local user renaming itself (prctl) fills the bound with host comms: pods stay
+            // named, with their comms counted together (issue 16's attack round).
+            m.requests.get(pod).is_some()
+                || m.pod_overflow_sets.fetch_add(1, Ordering::Relaxed) < m.max_label_sets
+        }) {
+            m.requests.get_or_create(&pod).inc();
         } else {
             m.requests.get_or_create(&labels.overflow()).inc();
         }
@@ -486,6 +508,49 @@ mod tests {
     }
 
     const US: Duration = Duration::from_micros(1);
+
+    /// Issue 16's attack round: a local user renaming itself (prctl) 1,500 times filled the
+    /// bound, and every pod's later calls were counted as `_overflow`: the dashboard's "which
+    /// pods use IMDSv1" lost them. A pod keeps its namespace, pod and container then.
+    #[test]
+    fn a_renaming_host_caller_cannot_hide_pods_in_the_overflow() {
+        let m = Metrics::with_limit(2);
+        for comm in ["a", "b", "c", "d"] {
+            m.observe(&record(Class::V1, comm, None), US);
+        }
+        m.observe(
+            &record(Class::V1, "wget", Some(("shop", "web-1", "app"))),
+            US,
+        );
+        m.observe(
+            &record(Class::V1, "curl", Some(("shop", "web-1", "app"))),
+            US,
+        );
+        m.observe(
+            &record(Class::V1, "wget", Some(("shop", "web-2", "app"))),
+            US,
+        );
+        // Past the pods' own bound too: the full overflow set.
+        m.observe(
+            &record(Class::V1, "wget", Some(("shop", "web-3", "app"))),
+            US,
+        );
+        let text = m.encode().unwrap();
+        let o = OVERFLOW;
+        let series = |ns: &str, pod: &str, container: &str, comm: &str| {
+            sample(
+                &text,
+                &format!(
+                    "imds_snoop_requests_total{{class=\"v1\",status=\"200\",namespace=\"{ns}\",\
+                     pod=\"{pod}\",container=\"{container}\",comm=\"{comm}\"}}"
+                ),
+            )
+        };
+        assert_eq!(series("shop", "web-1", "app", o), Some(2.0), "{text}");
+        assert_eq!(series("shop", "web-2", "app", o), Some(1.0), "{text}");
+        assert_eq!(series(o, o, o, o), Some(3.0), "c, d and web-3: {text}");
+        assert_eq!(series("shop", "web-3", "app", o), None, "{text}");
+    }
 
     #[test]
     fn label_sets_past_the_bound_count_under_overflow_keeping_the_class() {
