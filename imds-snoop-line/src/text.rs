@@ -42,6 +42,9 @@ pub enum TextBody<'a> {
     Stopped,
     /// `imds-snoop statuses not traced from now (<reason>)`.
     StatusesOff { reason: &'a str },
+    /// `imds-snoop IMDS answered a call it did not see traced (<detail>)`: a call was made
+    /// that no request line shows.
+    Untraced { detail: &'a str },
     /// Anything else (the text after `] `).
     Other(&'a str),
 }
@@ -138,6 +141,13 @@ impl<'a> TextBody<'a> {
                 .and_then(|r| r.strip_suffix(')'))
                 .unwrap_or(after.trim());
             return TextBody::StatusesOff { reason };
+        }
+        if let Some(after) = rest.strip_prefix(label::UNTRACED) {
+            let detail = after
+                .strip_prefix(" (")
+                .and_then(|r| r.strip_suffix(')'))
+                .unwrap_or(after.trim());
+            return TextBody::Untraced { detail };
         }
         if rest == label::STARTED || rest.starts_with(&[label::STARTED, " ("].concat()) {
             return TextBody::Started;
@@ -361,7 +371,8 @@ mod tests {
             | TextBody::Degraded
             | TextBody::Started
             | TextBody::Stopped
-            | TextBody::StatusesOff { .. } => return,
+            | TextBody::StatusesOff { .. }
+            | TextBody::Untraced { .. } => return,
         };
         assert_eq!(format!("[{}] [{}] {body}", l.time, l.level), line);
         if let TextBody::Call(c) = l.body
@@ -523,6 +534,16 @@ mod tests {
             ),
             TextBody::StatusesOff {
                 reason: "this process lacks CAP_NET_ADMIN (CapEff 0)"
+            }
+        );
+        assert_eq!(
+            body(
+                "[t] [WARNING] imds-snoop IMDS answered a call it did not see traced (-> 200 \
+                 to 10.0.0.5:41234 from 169.254.169.254:80; receiving process unknown)"
+            ),
+            TextBody::Untraced {
+                detail: "-> 200 to 10.0.0.5:41234 from 169.254.169.254:80; receiving process \
+                         unknown"
             }
         );
         assert_eq!(
