@@ -502,7 +502,11 @@ mod tests {
         };
         assert_eq!(
             (u.status, u.local.as_deref(), u.dst.as_deref()),
-            (Some(200), Some("10.0.0.5:41234"), Some("169.254.169.254:80"))
+            (
+                Some(200),
+                Some("10.0.0.5:41234"),
+                Some("169.254.169.254:80")
+            )
         );
         assert_eq!(serde_json::to_string(&u).unwrap(), line);
     }

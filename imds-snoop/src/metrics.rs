@@ -179,6 +179,7 @@ struct Enabled {
     writer_queue_drops: Counter,
     lines_lost: Counter,
     lines_written: Counter,
+    untraced_responses: Counter,
     processing: Histogram,
     attached: Family<ModeLabels, Gauge>,
     statuses_traced: Gauge,
@@ -234,6 +235,14 @@ impl Metrics {
             "Lines written to the trace log (requests and loss reports), all rotations",
             lines_written.clone(),
         );
+        let untraced_responses = Counter::default();
+        registry.register(
+            "untraced_responses",
+            "Connections on which IMDS answered a call that no send hook traced (MPTCP, TCP \
+             Fast Open with the tracepoint attach, a send the hooks miss): one per connection, \
+             each an `IMDS answered a call it did not see traced` line in the trace log",
+            untraced_responses.clone(),
+        );
         // 10 us .. ~80 ms: the pipeline takes microseconds; the top buckets catch a stall
         // (a slow /proc read).
         let processing = Histogram::new(exponential_buckets(1e-5, 2.0, 14));
@@ -269,6 +278,7 @@ impl Metrics {
             writer_queue_drops,
             lines_lost,
             lines_written,
+            untraced_responses,
             processing,
             attached,
             statuses_traced,
@@ -334,6 +344,12 @@ impl Metrics {
         set(&m.writer_queue_drops, losses.writer_queue_full);
         set(&m.lines_lost, losses.log_write_failed);
         set(&m.lines_written, lines_written);
+    }
+
+    /// Counts one answer to an untraced call (its line was just queued).
+    pub(crate) fn observe_untraced(&self) {
+        let Some(m) = &self.0 else { return };
+        m.untraced_responses.inc();
     }
 
     pub(crate) fn set_attached(&self, mode: AttachMode, attached: bool) {
@@ -621,6 +637,7 @@ mod tests {
         );
         m.set_attached(AttachMode::Tracepoint, true);
         m.set_statuses_traced(true);
+        m.observe_untraced();
         let text = m.encode().unwrap();
         assert_eq!(
             sample(
@@ -642,6 +659,7 @@ mod tests {
             ("imds_snoop_writer_queue_drops_total", 7.0),
             ("imds_snoop_log_lines_lost_total", 2.0),
             ("imds_snoop_log_lines_written_total", 40.0),
+            ("imds_snoop_untraced_responses_total", 1.0),
             (r#"imds_snoop_attached{mode="tracepoint"}"#, 1.0),
             ("imds_snoop_statuses_traced", 1.0),
             ("imds_snoop_processing_seconds_count", 2.0),

@@ -17,8 +17,8 @@ use crate::{
     clock::BootClock,
     decode::{self, Event, Send},
     http::{Reassembler, Request},
-    outcome::Outcomes,
-    record::{Outcome, Record},
+    outcome::{Answer, Outcomes},
+    record::{Outcome, Record, Untraced},
     redact::SeenTokens,
 };
 
@@ -43,6 +43,8 @@ pub(crate) struct Pipeline {
     blind: bool,
     /// Inode of the node's network namespace, to say whether each caller is in it.
     host_netns: Option<u32>,
+    /// Answers to calls that were not traced, for [`Self::take_untraced`].
+    untraced: Vec<Untraced>,
 }
 
 impl Pipeline {
@@ -53,12 +55,13 @@ impl Pipeline {
         Self {
             reassembler: Reassembler::new(MAX_REQUEST_BYTES, REASSEMBLY_TTL),
             attribution: Attribution::new(paths),
-            outcomes: Outcomes::new(response_timeout, MAX_WAITING_FOR_RESPONSE),
+            outcomes: Outcomes::new(response_timeout, MAX_WAITING_FOR_RESPONSE, Instant::now()),
             clock: BootClock::now(),
             decode_errors: 0,
             tokens: SeenTokens::new(),
             blind: false,
             host_netns: None,
+            untraced: Vec::new(),
         }
     }
 
@@ -81,7 +84,16 @@ impl Pipeline {
             Ok(Event::Exec(exec)) => self.attribution.on_exec(exec, now),
             Ok(Event::Exit { tgid }) => self.attribution.on_exit(tgid, now),
             Ok(Event::Fork { tgid, ppid }) => self.attribution.on_fork(tgid, ppid, now),
-            Ok(Event::Response(response)) => out.extend(self.outcomes.response(&response)),
+            Ok(Event::Response(response)) => match self.outcomes.response(&response, now) {
+                Answer::Request(record) => out.push(record),
+                Answer::Untraced(r) => self.untraced.push(Untraced {
+                    time: self.clock.wall(r.ts_ns),
+                    status: r.status,
+                    local: r.local,
+                    remote: r.remote,
+                }),
+                Answer::Nothing => {}
+            },
             Err(e) => {
                 self.decode_errors += 1;
                 if self.decode_errors.is_power_of_two() {
@@ -98,6 +110,7 @@ impl Pipeline {
         self.clock = BootClock::now();
         self.attribution.sweep(now);
         self.tokens.sweep(now);
+        self.outcomes.sweep(now);
         for (ctx, request) in self.reassembler.expire(now) {
             self.emit(ctx, request, out);
         }
@@ -139,12 +152,27 @@ impl Pipeline {
         self.outcomes.unmatched
     }
 
+    /// IMDS answers on connections where no call was traced, since start (one per
+    /// connection).
+    pub(crate) fn responses_untraced(&self) -> u64 {
+        self.outcomes.untraced
+    }
+
+    /// The answers to untraced calls found since the last call (see `Outcomes::response`),
+    /// each to be written as a line of its own.
+    pub(crate) fn take_untraced(&mut self) -> std::vec::Drain<'_, Untraced> {
+        self.untraced.drain(..)
+    }
+
     /// Requests written without waiting for their status (too many were waiting).
     pub(crate) fn logged_without_waiting(&self) -> u64 {
         self.outcomes.overflowed
     }
 
     fn on_send(&mut self, mut send: Send, now: Instant, out: &mut Vec<Record>) {
+        // Before reassembly: a head still incomplete is answered too (`400` to bytes that
+        // are not HTTP), and that answer is not to an untraced call.
+        self.outcomes.sent((send.src, send.dst), now);
         if send.payload.is_empty() && send.unreadable {
             // Still a call to IMDS by someone: log it, with what the kernel knows.
             let request = Request::unreadable();

@@ -213,6 +213,20 @@ fn reasons(stats: &NodeStats, min_window: TimeDelta) -> Vec<String> {
             plural(stats.dropped_events, "event")
         ));
     }
+    // A call the send hooks missed (MPTCP, TCP Fast Open with the tracepoint attach) that
+    // IMDS answered: it may have been an IMDSv1 call, and no line says whose.
+    if stats.untraced_responses > 0 {
+        out.push(format!(
+            "IMDS answered {} that {} not traced (MPTCP, TCP Fast Open or a send the hooks \
+             miss: an IMDSv1 call can hide so)",
+            plural(stats.untraced_responses, "call"),
+            if stats.untraced_responses == 1 {
+                "was"
+            } else {
+                "were"
+            }
+        ));
+    }
     for gap in &e.gaps {
         out.push(format!(
             "a gap in the log: the daemon started again{} without having stopped (killed or \
@@ -491,6 +505,47 @@ mod tests {
         assert!(
             v.line()
                 .contains("(incomplete: 1 call to IMDS not classified"),
+            "{}",
+            v.line()
+        );
+    }
+
+    /// IMDS answered calls no line shows (an MPTCP socket, TCP Fast Open with the
+    /// tracepoint attach: issue 16's attack round): both answers are INCONCLUSIVE, with the
+    /// count as the reason, in text and in JSON lines alike; a v1 call besides is NOT SAFE.
+    #[test]
+    fn untraced_answers_are_never_safe() {
+        let text = "[2026-11-23 09:33:20,000] [WARNING] imds-snoop IMDS answered a call it did \
+            not see traced (-> 200 to 10.0.0.5:41234 from 169.254.169.254:80; receiving \
+            process unknown; MPTCP, TCP Fast Open or a send the hooks miss)";
+        let json = r#"{"class":"untraced_response","dst":"169.254.169.254:80","level":"WARNING","local":"10.0.0.5:41235","node":"this node","schema":1,"status":200,"timestamp":"2026-11-23T09:33:21.000+00:00"}"#;
+        for lines in [
+            &[V2_HOST, text][..],
+            &[V2_HOST, text, text][..],
+            &[V2_HOST, json][..],
+        ] {
+            let r = report(None, lines);
+            let v = Verdict::for_node(&r, DEFAULT_NODE);
+            assert_eq!(
+                (v.verdict, v.hop_limit_1),
+                ("INCONCLUSIVE", "INCONCLUSIVE"),
+                "{}",
+                v.line()
+            );
+            let n = lines.len() - 1;
+            let want = if n == 1 {
+                "IMDS answered 1 call that was not traced".to_string()
+            } else {
+                format!("IMDS answered {n} calls that were not traced")
+            };
+            assert!(v.line().contains(&want), "{}", v.line());
+        }
+        let r = report(None, &[V1_POD, text]);
+        let v = Verdict::for_node(&r, DEFAULT_NODE);
+        assert_eq!(v.verdict, "NOT SAFE");
+        assert!(
+            v.line()
+                .contains("(incomplete: IMDS answered 1 call that was not traced"),
             "{}",
             v.line()
         );
