@@ -642,6 +642,34 @@ mod tests {
         assert_eq!(p.responses_unmatched(), 1);
     }
 
+    /// An answer on a connection with no traced send, past the start's grace, comes out
+    /// once as an untraced answer with its time (the response's boot-clock stamp, on the
+    /// wall clock) and both ends; an answer to a traced send does not.
+    #[test]
+    fn an_answer_to_an_untraced_call_comes_out_once() {
+        let root = Root::new("untraced");
+        let mut p = root.pipeline(Some(Duration::from_secs(2)));
+        let later = Instant::now() + Duration::from_secs(5);
+        let mut out = Vec::new();
+        p.push(&response(40100, 200), later, &mut out);
+        p.push(&response(40100, 200), later, &mut out);
+        let get = b"GET /latest/meta-data/ HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n";
+        p.push(&send(9, 40101, 300, "curl", &[], get), later, &mut out);
+        p.push(&response(40101, 200), later, &mut out);
+        assert_eq!(out.len(), 1, "the traced GET, answered");
+        let untraced: Vec<Untraced> = p.take_untraced().collect();
+        assert_eq!(
+            untraced,
+            [Untraced {
+                time: Local.timestamp_nanos(WALL_NS + 1_000_000),
+                status: 200,
+                local: ("10.0.0.2".parse().unwrap(), 40100),
+                remote: ("169.254.169.254".parse().unwrap(), 80),
+            }]
+        );
+        assert_eq!((p.responses_untraced(), p.responses_unmatched()), (1, 2));
+    }
+
     #[test]
     fn head_split_across_sends_with_tokens_in_argv_and_header() {
         let root = Root::new("split");
