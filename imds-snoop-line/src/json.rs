@@ -32,6 +32,8 @@ pub const STATUSES_OFF_CLASS: &str = "statuses_off";
 /// `class` of the line for a reply dropped at the hop limit that matched no traced request
 /// (its `hop_drop` and `reason` say which).
 pub const HOP_DROP_CLASS: &str = "hop_limit_drop";
+/// `class` of the line saying IMDS answered a call that was not traced ([`UntracedLine`]).
+pub const UNTRACED_CLASS: &str = "untraced_response";
 /// The marker classes.
 pub const MARKER_CLASSES: [&str; 4] = [
     STARTED_CLASS,
@@ -321,6 +323,36 @@ pub struct MarkerLine<'a> {
     pub timestamp: Option<Cow<'a, str>>,
 }
 
+/// IMDS answered a call on a connection where no call was traced (MPTCP, TCP Fast Open
+/// with the tracepoint attach, a send the hooks miss): the call was made, and no request
+/// line says by whom. One per connection. Built as a JSON map like [`LossLine`]: fields in
+/// alphabetical order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UntracedLine<'a> {
+    /// [`UNTRACED_CLASS`].
+    #[serde(borrow)]
+    pub class: Cow<'a, str>,
+    /// The IMDS end that answered: `169.254.169.254:80`, `[fd00:ec2::254]:80`.
+    #[serde(borrow, default)]
+    pub dst: Option<Cow<'a, str>>,
+    /// `WARNING`.
+    #[serde(borrow, default)]
+    pub level: Cow<'a, str>,
+    /// The caller's end of the connection (`10.0.0.5:41234`): the response path knows no
+    /// process, only this.
+    #[serde(borrow, default)]
+    pub local: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub node: Option<Cow<'a, str>>,
+    pub schema: u32,
+    /// The response's status code.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// When the response arrived (as [`JsonLine::timestamp`]).
+    #[serde(borrow)]
+    pub timestamp: Option<Cow<'a, str>>,
+}
+
 /// A JSON line read back.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[expect(
@@ -335,6 +367,8 @@ pub enum JsonRecord<'a> {
     Loss(LossLine<'a>),
     /// `class` one of [`MARKER_CLASSES`].
     Marker(MarkerLine<'a>),
+    /// `class` [`UNTRACED_CLASS`].
+    Untraced(UntracedLine<'a>),
 }
 
 /// Why a line is not a JSON line of this schema.
@@ -380,6 +414,11 @@ impl<'a> JsonRecord<'a> {
                 .map(JsonRecord::Loss)
                 .map_err(ReadError::Json);
         }
+        if call.class == UNTRACED_CLASS {
+            return serde_json::from_str(line)
+                .map(JsonRecord::Untraced)
+                .map_err(ReadError::Json);
+        }
         if MARKER_CLASSES.contains(&call.class.as_ref()) {
             return serde_json::from_str(line)
                 .map(JsonRecord::Marker)
@@ -420,6 +459,10 @@ mod tests {
                 JsonRecord::Marker(m) => {
                     kinds.insert(m.class.to_string());
                     serde_json::to_string(m)
+                }
+                JsonRecord::Untraced(u) => {
+                    kinds.insert(u.class.to_string());
+                    serde_json::to_string(u)
                 }
             }
             .unwrap();
@@ -525,6 +568,23 @@ mod tests {
             (&None, &None, None)
         );
         assert_eq!(serde_json::to_string(&pod).unwrap(), old);
+    }
+
+    #[test]
+    fn untraced_response() {
+        let line = r#"{"class":"untraced_response","dst":"169.254.169.254:80","level":"WARNING","local":"10.0.0.5:41234","node":"n","schema":1,"status":200,"timestamp":"2026-11-23T09:00:00.000+00:00"}"#;
+        let JsonRecord::Untraced(u) = JsonRecord::parse(line).unwrap() else {
+            panic!("not an untraced line: {line}");
+        };
+        assert_eq!(
+            (u.status, u.local.as_deref(), u.dst.as_deref()),
+            (
+                Some(200),
+                Some("10.0.0.5:41234"),
+                Some("169.254.169.254:80")
+            )
+        );
+        assert_eq!(serde_json::to_string(&u).unwrap(), line);
     }
 
     #[test]

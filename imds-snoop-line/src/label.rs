@@ -95,13 +95,17 @@ pub const STOPPED: &str = "imds-snoop stopped";
 /// `imds-snoop statuses not traced from now (<reason>)`: lines after it have no status, and
 /// no token PUT can be seen unanswered.
 pub const STATUSES_OFF: &str = "imds-snoop statuses not traced from now";
+/// `imds-snoop IMDS answered a call it did not see traced (-> <status> to <local> from
+/// <IMDS>; ...)`: a response on a connection with no traced call (MPTCP, TCP Fast Open with
+/// the tracepoint attach, a send the hooks miss). One per connection.
+pub const UNTRACED: &str = "imds-snoop IMDS answered a call it did not see traced";
 
 /// Where a text line's origin fields start: the last of these (with its leading space) in
 /// the request details.
 pub const ORIGIN_STARTS: [&str; 3] = [" container:", " host unit:", " origin:unknown"];
 
 /// Every separator and field label above.
-pub const ALL: [&str; 35] = [
+pub const ALL: [&str; 36] = [
     PID,
     ARGV,
     EXITED,
@@ -137,6 +141,7 @@ pub const ALL: [&str; 35] = [
     STARTED,
     STOPPED,
     STATUSES_OFF,
+    UNTRACED,
 ];
 
 #[cfg(test)]

@@ -45,6 +45,9 @@ pub enum TextBody<'a> {
     /// `imds-snoop saw a reply dropped at the hop limit (<details>)`: a reply dropped in
     /// the node's forwarding path that matched no traced request.
     HopDrop { details: &'a str },
+    /// `imds-snoop IMDS answered a call it did not see traced (<detail>)`: a call was made
+    /// that no request line shows.
+    Untraced { detail: &'a str },
     /// Anything else (the text after `] `).
     Other(&'a str),
 }
@@ -153,6 +156,13 @@ impl<'a> TextBody<'a> {
                 .and_then(|r| r.strip_suffix(')'))
                 .unwrap_or(after.trim());
             return TextBody::HopDrop { details };
+        }
+        if let Some(after) = rest.strip_prefix(label::UNTRACED) {
+            let detail = after
+                .strip_prefix(" (")
+                .and_then(|r| r.strip_suffix(')'))
+                .unwrap_or(after.trim());
+            return TextBody::Untraced { detail };
         }
         if rest == label::STARTED || rest.starts_with(&[label::STARTED, " ("].concat()) {
             return TextBody::Started;
@@ -385,7 +395,8 @@ mod tests {
             | TextBody::Started
             | TextBody::Stopped
             | TextBody::StatusesOff { .. }
-            | TextBody::HopDrop { .. } => return,
+            | TextBody::HopDrop { .. }
+            | TextBody::Untraced { .. } => return,
         };
         assert_eq!(format!("[{}] [{}] {body}", l.time, l.level), line);
         if let TextBody::Call(c) = l.body
@@ -579,6 +590,16 @@ mod tests {
             ),
             TextBody::StatusesOff {
                 reason: "this process lacks CAP_NET_ADMIN (CapEff 0)"
+            }
+        );
+        assert_eq!(
+            body(
+                "[t] [WARNING] imds-snoop IMDS answered a call it did not see traced (-> 200 \
+                 to 10.0.0.5:41234 from 169.254.169.254:80; receiving process unknown)"
+            ),
+            TextBody::Untraced {
+                detail: "-> 200 to 10.0.0.5:41234 from 169.254.169.254:80; receiving process \
+                         unknown"
             }
         );
         assert_eq!(

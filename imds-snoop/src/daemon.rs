@@ -27,7 +27,7 @@ use crate::{
     losses::{DegradedEvents, Losses, Reported},
     metrics::{self, Metrics},
     output::{
-        Format, LineFormatter,
+        Format, LineFormatter, untraced,
         writer::{self, LineSender, Lines, WriterConfig},
     },
     pipeline::Pipeline,
@@ -275,6 +275,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         lost_io = stats.lost_io.load(Ordering::Relaxed),
         decode_errors = tracer.pipeline.decode_errors(),
         responses_unmatched = tracer.pipeline.responses_unmatched(),
+        responses_untraced = tracer.pipeline.responses_untraced(),
         logged_without_waiting = tracer.pipeline.logged_without_waiting(),
         "detached, log flushed"
     );
@@ -400,6 +401,11 @@ impl Tracer {
             self.pending
                 .push_with(|out| self.formatter.push_line(&record, out));
             self.metrics.observe(&record, self.read_at.elapsed());
+        }
+        for u in self.pipeline.take_untraced() {
+            self.pending
+                .push_with(|out| out.push_str(&untraced::line(&u, self.format, &self.node)));
+            self.metrics.observe_untraced();
         }
     }
 }

@@ -109,6 +109,8 @@ pub struct Response {
     pub local: (IpAddr, u16),
     /// The traced destination.
     pub remote: (IpAddr, u16),
+    /// When the packet arrived: `bpf_ktime_get_boot_ns`, as the sends' `ts_ns`.
+    pub ts_ns: u64,
 }
 
 /// A reply from a traced destination dropped in the node's forwarding path with its TTL
@@ -205,6 +207,7 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
                 status: ev.status,
                 local: (address(ev.family, &ev.laddr), ev.lport),
                 remote: (address(ev.family, &ev.raddr), ev.rport),
+                ts_ns: ev.ts_ns,
             }))
         }
         EVENT_HOP_DROP => {
@@ -399,6 +402,7 @@ mod tests {
                 status: 401,
                 local: ("fd00:ec2::1".parse().unwrap(), 50000),
                 remote: ("fd00:ec2::254".parse().unwrap(), 80),
+                ts_ns: 5,
             }))
         );
         assert_eq!(

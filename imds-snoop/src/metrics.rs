@@ -148,6 +148,16 @@ impl RequestLabels {
         }
     }
 
+    /// A pod's label set past the bound: its namespace, workload, container and image kept
+    /// (from root-owned runtime state, bounded by the node's pods), only the comm (the
+    /// caller's to choose) counted as [`OVERFLOW`]. `None` for a caller outside a pod.
+    pub(crate) fn pod_overflow(&self) -> Option<Self> {
+        (!self.workload.is_empty()).then(|| Self {
+            comm: OVERFLOW.into(),
+            ..self.clone()
+        })
+    }
+
     /// The one label set (per class, status and host_network) that counts requests past
     /// the bound: those are kept, so v1 totals and hop-limit sums stay exact however many
     /// callers there are.
@@ -184,11 +194,14 @@ struct Enabled {
     max_label_sets: usize,
     /// Caller label sets in `requests`, overflow sets not included.
     label_sets: AtomicUsize,
+    /// Pods' overflow sets (comm `_overflow`) in `requests`, bounded by `max_label_sets` too.
+    pod_overflow_sets: AtomicUsize,
     requests: Family<RequestLabels, Counter>,
     kernel_drops: Family<ReasonLabels, Counter>,
     writer_queue_drops: Counter,
     lines_lost: Counter,
     lines_written: Counter,
+    untraced_responses: Counter,
     processing: Histogram,
     attached: Family<ModeLabels, Gauge>,
     statuses_traced: Gauge,
@@ -214,8 +227,9 @@ impl Metrics {
                 "IMDS requests seen, by class (v1, v2, v2_token, malformed), response status, \
                  network namespace (host_network) and caller (namespace, workload guessed from \
                  the pod name, container, image, comm). At most {max_label_sets} label sets; \
-                 requests of later callers are counted with namespace, workload, container, \
-                 image and comm \"{OVERFLOW}\""
+                 requests of later callers are counted with comm \"{OVERFLOW}\" (in a pod: its \
+                 namespace, workload, container and image kept, for up to {max_label_sets} \
+                 more), else namespace, workload, container, image and comm \"{OVERFLOW}\""
             ),
             requests.clone(),
         );
@@ -244,6 +258,14 @@ impl Metrics {
             "log_lines_written",
             "Lines written to the trace log (requests and loss reports), all rotations",
             lines_written.clone(),
+        );
+        let untraced_responses = Counter::default();
+        registry.register(
+            "untraced_responses",
+            "Connections on which IMDS answered a call that no send hook traced (MPTCP, TCP \
+             Fast Open with the tracepoint attach, a send the hooks miss): one per connection, \
+             each an `IMDS answered a call it did not see traced` line in the trace log",
+            untraced_responses.clone(),
         );
         // 10 us .. ~80 ms: the pipeline takes microseconds; the top buckets catch a stall
         // (a slow /proc read).
@@ -291,11 +313,13 @@ impl Metrics {
             registry: Arc::new(registry),
             max_label_sets,
             label_sets: AtomicUsize::new(0),
+            pod_overflow_sets: AtomicUsize::new(0),
             requests,
             kernel_drops,
             writer_queue_drops,
             lines_lost,
             lines_written,
+            untraced_responses,
             processing,
             attached,
             statuses_traced,
@@ -314,6 +338,13 @@ impl Metrics {
             // One writer (the event loop), so checking then adding cannot overshoot.
             m.label_sets.fetch_add(1, Ordering::Relaxed);
             m.requests.get_or_create(&labels).inc();
+        } else if let Some(pod) = labels.pod_overflow().filter(|pod| {
+            // A local user renaming itself (prctl) fills the bound with host comms: pods stay
+            // named, with their comms counted together (issue 16's attack round).
+            m.requests.get(pod).is_some()
+                || m.pod_overflow_sets.fetch_add(1, Ordering::Relaxed) < m.max_label_sets
+        }) {
+            m.requests.get_or_create(&pod).inc();
         } else {
             m.requests.get_or_create(&labels.overflow()).inc();
         }
@@ -371,6 +402,12 @@ impl Metrics {
                 .inner()
                 .store(v, Ordering::Relaxed);
         }
+    }
+
+    /// Counts one answer to an untraced call (its line was just queued).
+    pub(crate) fn observe_untraced(&self) {
+        let Some(m) = &self.0 else { return };
+        m.untraced_responses.inc();
     }
 
     pub(crate) fn set_attached(&self, mode: AttachMode, attached: bool) {
@@ -557,6 +594,51 @@ mod tests {
 
     const US: Duration = Duration::from_micros(1);
 
+    /// Issue 16's attack round: a local user renaming itself (prctl) 1,500 times filled the
+    /// bound, and every pod's later calls were counted as `_overflow`: the dashboard's "which
+    /// pods use IMDSv1" lost them. A pod keeps its namespace, pod and container then.
+    #[test]
+    fn a_renaming_host_caller_cannot_hide_pods_in_the_overflow() {
+        let m = Metrics::with_limit(2);
+        for comm in ["a", "b", "c", "d"] {
+            m.observe(&record(Class::V1, comm, None), US);
+        }
+        m.observe(
+            &record(Class::V1, "wget", Some(("shop", "web-0", "app"))),
+            US,
+        );
+        m.observe(
+            &record(Class::V1, "curl", Some(("shop", "web-1", "app"))),
+            US,
+        );
+        m.observe(
+            &record(Class::V1, "wget", Some(("shop", "api-0", "app"))),
+            US,
+        );
+        // Past the pods' own bound too: the full overflow set.
+        m.observe(
+            &record(Class::V1, "wget", Some(("shop", "db-0", "app"))),
+            US,
+        );
+        let text = m.encode().unwrap();
+        let o = OVERFLOW;
+        let series = |ns: &str, workload: &str, container: &str, image: &str, comm: &str| {
+            sample(
+                &text,
+                &format!(
+                    "imds_snoop_requests_total{{class=\"v1\",status=\"200\",host_network=\"\",\
+                     namespace=\"{ns}\",workload=\"{workload}\",container=\"{container}\",\
+                     image=\"{image}\",comm=\"{comm}\"}}"
+                ),
+            )
+        };
+        let image = "docker.io/library/app:1";
+        assert_eq!(series("shop", "web", "app", image, o), Some(2.0), "{text}");
+        assert_eq!(series("shop", "api", "app", image, o), Some(1.0), "{text}");
+        assert_eq!(series(o, o, o, o, o), Some(3.0), "c, d and db: {text}");
+        assert_eq!(series("shop", "db", "app", image, o), None, "{text}");
+    }
+
     #[test]
     fn label_sets_past_the_bound_count_under_overflow_keeping_the_class() {
         let m = Metrics::with_limit(2);
@@ -633,6 +715,7 @@ mod tests {
         m.set_attached(AttachMode::Tracepoint, true);
         m.set_statuses_traced(true);
         m.set_window_start(std::time::UNIX_EPOCH + Duration::from_millis(1_764_000_000_500));
+        m.observe_untraced();
         let text = m.encode().unwrap();
         assert_eq!(
             sample(
@@ -654,6 +737,7 @@ mod tests {
             ("imds_snoop_writer_queue_drops_total", 7.0),
             ("imds_snoop_log_lines_lost_total", 2.0),
             ("imds_snoop_log_lines_written_total", 40.0),
+            ("imds_snoop_untraced_responses_total", 1.0),
             (r#"imds_snoop_attached{mode="tracepoint"}"#, 1.0),
             ("imds_snoop_statuses_traced", 1.0),
             ("imds_snoop_window_start_seconds", 1_764_000_000.5),

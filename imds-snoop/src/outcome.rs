@@ -13,6 +13,16 @@
 //! Memory is bounded: at most `max_pending` requests wait; past that a request is written at
 //! once without a status. A request waits at most `timeout` (checked on the daemon's 1 s
 //! tick), then is written without a status (and, for a token PUT, as the hop-limit warning).
+//!
+//! An answer on a connection where no send was traced at all is evidence of a call the send
+//! hooks missed (an MPTCP socket, TCP Fast Open data in the SYN with the tracepoint attach):
+//! it is let out as [`Answer::Untraced`], once per connection. Not untraced: an answer on a
+//! connection with a traced send in the last [`KNOWN_FOR`] (a response later than
+//! `timeout`, whose request was written without it, still belongs to its connection); an
+//! answer from a destination a send without a local port (the kernel could not read it)
+//! went to within `timeout`; and any answer in the first `timeout` after start (its request
+//! was sent before the programs were attached: the start marker already says calls before
+//! it were not traced).
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -53,6 +63,85 @@ struct Pending {
     deadline: Instant,
 }
 
+/// What a response does.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per response, matched at once: a Box would be an allocation per answer"
+)]
+pub(crate) enum Answer {
+    /// It was the answer to this request, now to be written with its status.
+    Request(Record),
+    /// It answered a call on a connection where no send was traced: reported once per
+    /// connection.
+    Untraced(Response),
+    /// Nothing to write (a late or extra answer on a traced connection, a connection's end,
+    /// an untraced connection already reported).
+    Nothing,
+}
+
+#[cfg(test)]
+impl Answer {
+    /// The request it answered, if any.
+    fn request(self) -> Option<Record> {
+        match self {
+            Answer::Request(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+/// How long a connection is remembered as traced after its last traced send or answer: at
+/// least this, at most twice this (two generations).
+const KNOWN_FOR: Duration = Duration::from_secs(300);
+/// Connections remembered per generation (a 4-tuple and an instant each, ~64 bytes): past
+/// it the older generation is forgotten early. A connection forgotten too early can only
+/// make a late answer look untraced (a false alarm), never hide a call.
+const KNOWN_MAX: usize = 32 * 1024;
+/// Sends without a local port whose answers are still awaited.
+const PORTLESS_MAX: usize = 1024;
+
+/// A set of connections with a time each, in two generations so that forgetting is O(1):
+/// the current one is filled, and on [`Generations::rotate`] becomes the old one.
+#[derive(Default)]
+struct Generations {
+    current: HashMap<Key, Instant>,
+    old: HashMap<Key, Instant>,
+    rotated: Option<Instant>,
+}
+
+impl Generations {
+    fn insert(&mut self, key: Key, now: Instant) {
+        if self.current.len() >= KNOWN_MAX {
+            self.old = std::mem::take(&mut self.current);
+            self.rotated = Some(now);
+        }
+        self.current.insert(key, now);
+    }
+
+    /// Whether `key` is in either generation; refreshed if so.
+    fn touch(&mut self, key: Key, now: Instant) -> bool {
+        if let Some(t) = self.current.get_mut(&key) {
+            *t = now;
+            return true;
+        }
+        if self.old.remove(&key).is_some() {
+            self.insert(key, now);
+            return true;
+        }
+        false
+    }
+
+    /// Forgets what was last seen more than [`KNOWN_FOR`] to twice that ago.
+    fn rotate(&mut self, now: Instant) {
+        let since = *self.rotated.get_or_insert(now);
+        if now.duration_since(since) >= KNOWN_FOR {
+            self.old = std::mem::take(&mut self.current);
+            self.rotated = Some(now);
+        }
+    }
+}
+
 pub(crate) struct Outcomes {
     /// None: responses are not traced, nothing waits.
     timeout: Option<Duration>,
@@ -63,6 +152,8 @@ pub(crate) struct Outcomes {
     pub overflowed: u64,
     /// Responses with no waiting request (its request was not traced or already timed out).
     pub unmatched: u64,
+    /// Connections answered by IMDS where no send was traced ([`Answer::Untraced`]).
+    pub untraced: u64,
     matched: u64,
     expired: u64,
     warned_blind: bool,
@@ -74,6 +165,15 @@ pub(crate) struct Outcomes {
     pub drops_unmatched: u64,
     /// Reports of a connection's drop already reported.
     pub drops_repeated: u64,
+    /// Connections with a traced send.
+    known: Generations,
+    /// Untraced connections already reported.
+    reported: Generations,
+    /// Destinations of sends without a local port, until when an answer from them is
+    /// taken as theirs.
+    portless: VecDeque<((IpAddr, u16), Instant)>,
+    /// Until then, an answer on an unknown connection may be to a call sent before start.
+    grace_until: Instant,
 }
 
 /// Unanswered requests, with not one answered since start, after which the response path
@@ -82,7 +182,9 @@ const BLIND_AFTER: u64 = 10;
 
 impl Outcomes {
     /// `timeout` None: responses are not traced; every record is written at once.
-    pub(crate) fn new(timeout: Option<Duration>, max_pending: usize) -> Self {
+    /// `now`: when the programs were attached (the start of the grace for answers to calls
+    /// sent before).
+    pub(crate) fn new(timeout: Option<Duration>, max_pending: usize, now: Instant) -> Self {
         Self {
             timeout,
             max_pending,
@@ -90,6 +192,7 @@ impl Outcomes {
             len: 0,
             overflowed: 0,
             unmatched: 0,
+            untraced: 0,
             matched: 0,
             expired: 0,
             warned_blind: false,
@@ -97,6 +200,26 @@ impl Outcomes {
             drops_matched: 0,
             drops_unmatched: 0,
             drops_repeated: 0,
+            known: Generations::default(),
+            reported: Generations::default(),
+            portless: VecDeque::new(),
+            grace_until: now + timeout.unwrap_or_default(),
+        }
+    }
+
+    /// A send on connection `key` was traced (before its request is complete: a head still
+    /// in reassembly is answered too, e.g. `400` to bytes that are not HTTP).
+    pub(crate) fn sent(&mut self, key: Key, now: Instant) {
+        let Some(timeout) = self.timeout else {
+            return;
+        };
+        if key.0.1 == 0 {
+            if self.portless.len() >= PORTLESS_MAX {
+                self.portless.pop_front();
+            }
+            self.portless.push_back((key.1, now + timeout));
+        } else if !self.known.touch(key, now) {
+            self.known.insert(key, now);
         }
     }
 
@@ -133,8 +256,9 @@ impl Outcomes {
         None
     }
 
-    /// A response: the oldest request waiting on its connection, with its status.
-    pub(crate) fn response(&mut self, response: &Response) -> Option<Record> {
+    /// A response: the oldest request waiting on its connection, with its status; else
+    /// whether it is evidence of an untraced call (see the module's docs).
+    pub(crate) fn response(&mut self, response: &Response, now: Instant) -> Answer {
         let key = (response.local, response.remote);
         let end = match response.status {
             STATUS_RESET => Some(Outcome::Reset),
@@ -144,11 +268,13 @@ impl Outcomes {
         let queue = self.pending.get_mut(&key);
         let Some(p) = queue.and_then(VecDeque::pop_front) else {
             // A close after the last response is how connections end: not unmatched.
-            if end.is_none() {
-                self.unmatched += 1;
+            if end.is_some() {
+                return Answer::Nothing;
             }
-            return None;
+            self.unmatched += 1;
+            return self.unmatched_answer(response, now);
         };
+        self.known.touch(key, now);
         if self.pending.get(&key).is_some_and(VecDeque::is_empty) {
             self.pending.remove(&key);
         }
@@ -156,7 +282,37 @@ impl Outcomes {
         self.matched += 1;
         let mut record = p.record;
         record.outcome = end.unwrap_or(Outcome::Status(response.status));
-        Some(record)
+        Answer::Request(record)
+    }
+
+    fn unmatched_answer(&mut self, response: &Response, now: Instant) -> Answer {
+        let key = (response.local, response.remote);
+        if self.known.touch(key, now) || now < self.grace_until {
+            return Answer::Nothing;
+        }
+        if let Some(i) = self
+            .portless
+            .iter()
+            .position(|&(dst, until)| dst == response.remote && now <= until)
+        {
+            self.portless.remove(i);
+            return Answer::Nothing;
+        }
+        if self.reported.touch(key, now) {
+            return Answer::Nothing;
+        }
+        self.reported.insert(key, now);
+        self.untraced += 1;
+        Answer::Untraced(*response)
+    }
+
+    /// The 1 s tick's upkeep of what is remembered about connections.
+    pub(crate) fn sweep(&mut self, now: Instant) {
+        self.known.rotate(now);
+        self.reported.rotate(now);
+        while self.portless.front().is_some_and(|&(_, until)| until < now) {
+            self.portless.pop_front();
+        }
     }
 
     /// A reply seen dropped at the hop limit (the drop hook): the oldest request waiting on
@@ -291,6 +447,7 @@ mod tests {
             status,
             local,
             remote,
+            ts_ns: 0,
         }
     }
 
@@ -300,18 +457,18 @@ mod tests {
 
     #[test]
     fn keep_alive_requests_are_answered_in_order() {
-        let mut o = Outcomes::new(Some(Duration::from_secs(2)), 10);
         let now = Instant::now();
+        let mut o = Outcomes::new(Some(Duration::from_secs(2)), 10, now);
         assert!(o.request(key(1000), record("/a"), now).is_none());
         assert!(o.request(key(1000), record("/b"), now).is_none());
         assert!(o.request(key(2000), record("/c"), now).is_none());
-        let first = o.response(&response(1000, 200)).unwrap();
+        let first = o.response(&response(1000, 200), now).request().unwrap();
         assert_eq!((path(&first), first.status()), ("/a", Some(200)));
-        let c = o.response(&response(2000, 404)).unwrap();
+        let c = o.response(&response(2000, 404), now).request().unwrap();
         assert_eq!((path(&c), c.status()), ("/c", Some(404)));
-        let second = o.response(&response(1000, 401)).unwrap();
+        let second = o.response(&response(1000, 401), now).request().unwrap();
         assert_eq!((path(&second), second.status()), ("/b", Some(401)));
-        assert!(o.response(&response(1000, 200)).is_none());
+        assert!(o.response(&response(1000, 200), now).request().is_none());
         assert_eq!((o.unmatched, o.waiting()), (1, 0));
     }
 
@@ -319,16 +476,26 @@ mod tests {
     /// silence; after the last response a close is how connections end, not unmatched.
     #[test]
     fn reset_and_close_end_the_wait() {
-        let mut o = Outcomes::new(Some(Duration::from_secs(2)), 10);
         let now = Instant::now();
+        let mut o = Outcomes::new(Some(Duration::from_secs(2)), 10, now);
         o.request(key(1000), record("/a"), now);
         o.request(key(2000), record("/b"), now);
-        let a = o.response(&response(1000, STATUS_RESET)).unwrap();
+        let a = o
+            .response(&response(1000, STATUS_RESET), now)
+            .request()
+            .unwrap();
         assert_eq!((a.outcome, a.status()), (Outcome::Reset, None));
         assert_eq!(a.connection_end(), Some("reset"));
-        let b = o.response(&response(2000, STATUS_CLOSED)).unwrap();
+        let b = o
+            .response(&response(2000, STATUS_CLOSED), now)
+            .request()
+            .unwrap();
         assert_eq!(b.outcome, Outcome::Closed);
-        assert!(o.response(&response(2000, STATUS_CLOSED)).is_none());
+        assert!(
+            o.response(&response(2000, STATUS_CLOSED), now)
+                .request()
+                .is_none()
+        );
         assert_eq!(o.unmatched, 0);
         assert!(!b.token_not_received());
     }
@@ -357,8 +524,8 @@ mod tests {
     /// written on its own (Unmatched), once.
     #[test]
     fn a_drop_joins_its_token_put() {
-        let mut o = Outcomes::new(Some(Duration::from_secs(2)), 10);
         let now = Instant::now();
+        let mut o = Outcomes::new(Some(Duration::from_secs(2)), 10, now);
         o.request(key(1000), token_put(), now);
         o.request(key(2000), token_put(), now);
         let DropJoin::Matched(r) = o.hop_drop(&hop_drop(1000), now) else {
@@ -412,8 +579,8 @@ mod tests {
 
     #[test]
     fn unanswered_requests_expire_without_status() {
-        let mut o = Outcomes::new(Some(Duration::from_secs(2)), 10);
         let now = Instant::now();
+        let mut o = Outcomes::new(Some(Duration::from_secs(2)), 10, now);
         o.request(key(1000), record("/a"), now);
         o.request(key(1000), record("/b"), now + Duration::from_secs(1));
         assert!(o.expire(now + Duration::from_millis(1999)).is_empty());
@@ -422,7 +589,10 @@ mod tests {
         assert_eq!((path(&out[0]), out[0].outcome), ("/a", Outcome::NoResponse));
         // The later one is still answered.
         assert_eq!(
-            o.response(&response(1000, 200)).unwrap().status(),
+            o.response(&response(1000, 200), now)
+                .request()
+                .unwrap()
+                .status(),
             Some(200)
         );
         assert_eq!(o.waiting(), 0);
@@ -431,11 +601,11 @@ mod tests {
     #[test]
     fn bounded_and_disabled_do_not_wait() {
         let now = Instant::now();
-        let mut off = Outcomes::new(None, 10);
+        let mut off = Outcomes::new(None, 10, now);
         let r = off.request(key(1), record("/"), now).unwrap();
         assert_eq!(r.outcome, Outcome::Unknown);
 
-        let mut o = Outcomes::new(Some(Duration::from_secs(2)), 2);
+        let mut o = Outcomes::new(Some(Duration::from_secs(2)), 2, now);
         assert!(o.request(key(1), record("/1"), now).is_none());
         assert!(o.request(key(2), record("/2"), now).is_none());
         assert!(o.request(key(3), record("/3"), now).is_some());
@@ -451,8 +621,8 @@ mod tests {
 
     #[test]
     fn all_unanswered_is_reported_once_as_blind() {
-        let mut o = Outcomes::new(Some(Duration::from_secs(1)), 100);
         let now = Instant::now();
+        let mut o = Outcomes::new(Some(Duration::from_secs(1)), 100, now);
         for port in 1..BLIND_AFTER as u16 {
             o.request(key(port), record("/"), now);
         }
@@ -463,9 +633,9 @@ mod tests {
         assert!(o.blind());
         assert!(!o.blind(), "once");
 
-        let mut seen = Outcomes::new(Some(Duration::from_secs(1)), 100);
+        let mut seen = Outcomes::new(Some(Duration::from_secs(1)), 100, now);
         seen.request(key(1), record("/"), now);
-        seen.response(&response(1, 200));
+        seen.response(&response(1, 200), now).request();
         for port in 2..40 {
             seen.request(key(port), record("/"), now);
         }
@@ -475,8 +645,8 @@ mod tests {
 
     #[test]
     fn token_put_without_response_is_the_hop_limit_warning() {
-        let mut o = Outcomes::new(Some(Duration::from_secs(1)), 10);
         let now = Instant::now();
+        let mut o = Outcomes::new(Some(Duration::from_secs(1)), 10, now);
         let mut put = record("/");
         put.request = parse(
             b"PUT /latest/api/token HTTP/1.1\r\nX-aws-ec2-metadata-token-ttl-seconds: 1\r\n\r\n",
@@ -494,5 +664,90 @@ mod tests {
             serde_json::from_str(&out[0].format(crate::output::Format::Json, "n")).unwrap();
         assert_eq!(json["class"], "v2_token_no_response");
         assert!(json["status"].is_null());
+    }
+
+    fn untraced(a: Answer) -> Option<Response> {
+        match a {
+            Answer::Untraced(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// An answer on a connection with no traced send is reported, once per connection;
+    /// a connection's end is not an answer.
+    #[test]
+    fn an_answer_on_an_untraced_connection_is_reported_once() {
+        let start = Instant::now();
+        let mut o = Outcomes::new(Some(Duration::from_secs(2)), 10, start);
+        let now = start + Duration::from_secs(3);
+        let r = untraced(o.response(&response(4000, 200), now)).unwrap();
+        assert_eq!((r.status, r.local.1), (200, 4000));
+        assert!(untraced(o.response(&response(4000, 404), now)).is_none());
+        assert!(untraced(o.response(&response(4001, STATUS_RESET), now)).is_none());
+        assert!(untraced(o.response(&response(4001, STATUS_CLOSED), now)).is_none());
+        assert_eq!(
+            untraced(o.response(&response(4002, 401), now)).map(|r| r.status),
+            Some(401)
+        );
+        assert_eq!((o.untraced, o.unmatched), (2, 3));
+        // Still once per connection after the reported set rotates.
+        o.sweep(now + KNOWN_FOR);
+        assert!(untraced(o.response(&response(4000, 200), now + KNOWN_FOR)).is_none());
+    }
+
+    /// A response that comes after its request was written without it (the wait was over)
+    /// still belongs to its connection: not untraced. So does an answer to a head still in
+    /// reassembly (its send was seen), for a while after the last send.
+    #[test]
+    fn a_late_answer_on_a_traced_connection_is_not_untraced() {
+        let start = Instant::now();
+        let mut o = Outcomes::new(Some(Duration::from_secs(1)), 10, start);
+        let now = start + Duration::from_secs(5);
+        o.sent(key(5000), now);
+        o.request(key(5000), record("/a"), now);
+        let out = o.expire(now + Duration::from_secs(1));
+        assert_eq!(out[0].outcome, Outcome::NoResponse);
+        let late = now + Duration::from_secs(30);
+        o.sweep(late);
+        assert!(matches!(
+            o.response(&response(5000, 200), late),
+            Answer::Nothing
+        ));
+        o.sent(key(5001), now);
+        assert!(matches!(
+            o.response(&response(5001, 400), now),
+            Answer::Nothing
+        ));
+        // Forgotten only after two rotations without a send or an answer.
+        o.sweep(late + KNOWN_FOR);
+        o.sweep(late + KNOWN_FOR * 2);
+        assert!(untraced(o.response(&response(5001, 200), late + KNOWN_FOR * 2)).is_some());
+        assert_eq!(o.untraced, 1);
+    }
+
+    /// In the first `timeout` after start, an answer may be to a call sent before the
+    /// programs were attached: not reported. A send whose local port the kernel could not
+    /// read takes the next unknown answer from its destination within `timeout`.
+    #[test]
+    fn answers_to_calls_before_start_and_to_portless_sends_are_not_untraced() {
+        let start = Instant::now();
+        let mut o = Outcomes::new(Some(Duration::from_secs(2)), 10, start);
+        let early = start + Duration::from_secs(1);
+        assert!(matches!(
+            o.response(&response(6000, 200), early),
+            Answer::Nothing
+        ));
+        let now = start + Duration::from_secs(10);
+        o.sent(key(0), now);
+        assert!(matches!(
+            o.response(&response(6001, 200), now),
+            Answer::Nothing
+        ));
+        assert!(untraced(o.response(&response(6002, 200), now)).is_some());
+        o.sent(key(0), now);
+        let after = now + Duration::from_secs(3);
+        o.sweep(after);
+        assert!(untraced(o.response(&response(6003, 200), after)).is_some());
+        assert_eq!(o.untraced, 2);
     }
 }

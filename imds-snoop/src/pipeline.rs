@@ -17,8 +17,8 @@ use crate::{
     clock::BootClock,
     decode::{self, Event, HopDrop, Send},
     http::{Reassembler, Request},
-    outcome::{DropJoin, Outcomes},
-    record::{Outcome, Record},
+    outcome::{Answer, DropJoin, Outcomes},
+    record::{Outcome, Record, Untraced},
     redact::SeenTokens,
 };
 
@@ -46,6 +46,8 @@ pub(crate) struct Pipeline {
     /// Hop-limit drops that matched no waiting request, to be written on their own
     /// ([`Self::take_unmatched_drops`]); bounded by [`MAX_UNMATCHED_DROPS`] between takes.
     unmatched_drops: Vec<HopDrop>,
+    /// Answers to calls that were not traced, for [`Self::take_untraced`].
+    untraced: Vec<Untraced>,
 }
 
 /// Unmatched drops held between two takes by the daemon (it takes them after every drain);
@@ -60,13 +62,14 @@ impl Pipeline {
         Self {
             reassembler: Reassembler::new(MAX_REQUEST_BYTES, REASSEMBLY_TTL),
             attribution: Attribution::new(paths),
-            outcomes: Outcomes::new(response_timeout, MAX_WAITING_FOR_RESPONSE),
+            outcomes: Outcomes::new(response_timeout, MAX_WAITING_FOR_RESPONSE, Instant::now()),
             clock: BootClock::now(),
             decode_errors: 0,
             tokens: SeenTokens::new(),
             blind: false,
             host_netns: None,
             unmatched_drops: Vec::new(),
+            untraced: Vec::new(),
         }
     }
 
@@ -89,7 +92,16 @@ impl Pipeline {
             Ok(Event::Exec(exec)) => self.attribution.on_exec(exec, now),
             Ok(Event::Exit { tgid }) => self.attribution.on_exit(tgid, now),
             Ok(Event::Fork { tgid, ppid }) => self.attribution.on_fork(tgid, ppid, now),
-            Ok(Event::Response(response)) => out.extend(self.outcomes.response(&response)),
+            Ok(Event::Response(response)) => match self.outcomes.response(&response, now) {
+                Answer::Request(record) => out.push(record),
+                Answer::Untraced(r) => self.untraced.push(Untraced {
+                    time: self.clock.wall(r.ts_ns),
+                    status: r.status,
+                    local: r.local,
+                    remote: r.remote,
+                }),
+                Answer::Nothing => {}
+            },
             Ok(Event::HopDrop(drop)) => match self.outcomes.hop_drop(&drop, now) {
                 DropJoin::Matched(record) => out.push(*record),
                 DropJoin::Repeat => {}
@@ -115,6 +127,7 @@ impl Pipeline {
         self.clock = BootClock::now();
         self.attribution.sweep(now);
         self.tokens.sweep(now);
+        self.outcomes.sweep(now);
         for (ctx, request) in self.reassembler.expire(now) {
             self.emit(ctx, request, out);
         }
@@ -171,12 +184,27 @@ impl Pipeline {
         self.outcomes.unmatched
     }
 
+    /// IMDS answers on connections where no call was traced, since start (one per
+    /// connection).
+    pub(crate) fn responses_untraced(&self) -> u64 {
+        self.outcomes.untraced
+    }
+
+    /// The answers to untraced calls found since the last call (see `Outcomes::response`),
+    /// each to be written as a line of its own.
+    pub(crate) fn take_untraced(&mut self) -> std::vec::Drain<'_, Untraced> {
+        self.untraced.drain(..)
+    }
+
     /// Requests written without waiting for their status (too many were waiting).
     pub(crate) fn logged_without_waiting(&self) -> u64 {
         self.outcomes.overflowed
     }
 
     fn on_send(&mut self, mut send: Send, now: Instant, out: &mut Vec<Record>) {
+        // Before reassembly: a head still incomplete is answered too (`400` to bytes that
+        // are not HTTP), and that answer is not to an untraced call.
+        self.outcomes.sent((send.src, send.dst), now);
         if send.payload.is_empty() && send.unreadable {
             // Still a call to IMDS by someone: log it, with what the kernel knows.
             let request = Request::unreadable();
@@ -189,7 +217,14 @@ impl Pipeline {
         self.tokens.observe(send.sock_id, &payload, now);
         let key = send.sock_id;
         let truncated = send.truncated;
-        for (ctx, request) in self.reassembler.push(key, send, &payload, truncated, now) {
+        // What the kernel did not copy of this send (its size is the send's whole length).
+        let unseen = usize::try_from(send.size)
+            .ok()
+            .map(|size| size.saturating_sub(payload.len()));
+        for (ctx, request) in self
+            .reassembler
+            .push_send(key, send, &payload, truncated, unseen, now)
+        {
             self.emit(ctx, request, out);
         }
     }
@@ -639,6 +674,34 @@ mod tests {
         // A response nobody waits for is counted, not written.
         assert!(run(&mut p, &[response(40009, 200)]).is_empty());
         assert_eq!(p.responses_unmatched(), 1);
+    }
+
+    /// An answer on a connection with no traced send, past the start's grace, comes out
+    /// once as an untraced answer with its time (the response's boot-clock stamp, on the
+    /// wall clock) and both ends; an answer to a traced send does not.
+    #[test]
+    fn an_answer_to_an_untraced_call_comes_out_once() {
+        let root = Root::new("untraced");
+        let mut p = root.pipeline(Some(Duration::from_secs(2)));
+        let later = Instant::now() + Duration::from_secs(5);
+        let mut out = Vec::new();
+        p.push(&response(40100, 200), later, &mut out);
+        p.push(&response(40100, 200), later, &mut out);
+        let get = b"GET /latest/meta-data/ HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n";
+        p.push(&send(9, 40101, 300, "curl", &[], get), later, &mut out);
+        p.push(&response(40101, 200), later, &mut out);
+        assert_eq!(out.len(), 1, "the traced GET, answered");
+        let untraced: Vec<Untraced> = p.take_untraced().collect();
+        assert_eq!(
+            untraced,
+            [Untraced {
+                time: Local.timestamp_nanos(WALL_NS + 1_000_000),
+                status: 200,
+                local: ("10.0.0.2".parse().unwrap(), 40100),
+                remote: ("169.254.169.254".parse().unwrap(), 80),
+            }]
+        );
+        assert_eq!((p.responses_untraced(), p.responses_unmatched()), (1, 2));
     }
 
     #[test]

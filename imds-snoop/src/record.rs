@@ -35,6 +35,21 @@ pub(crate) struct Record {
     pub outcome: Outcome,
 }
 
+/// IMDS answered on a connection where no send was traced (see `outcome.rs`): a call was
+/// made that no request line shows. The response path (cgroup_skb ingress) sees packets,
+/// not processes: the connection's ends are all it knows of the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Untraced {
+    /// When the answer arrived.
+    pub time: DateTime<Local>,
+    /// The status IMDS answered with.
+    pub status: u16,
+    /// The caller's end of the connection.
+    pub local: (IpAddr, u16),
+    /// The IMDS end.
+    pub remote: (IpAddr, u16),
+}
+
 /// What IMDS answered to a request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) enum Outcome {

@@ -6,6 +6,7 @@
 
 mod capture;
 mod containers;
+mod evasion;
 mod harness;
 mod hop_drop;
 mod metrics;

@@ -16,7 +16,7 @@ const NOBODY: &str = "65534";
 
 /// `program ARGS` as uid/gid 65534 inside `ns` (setpriv execs in place: the pid is the
 /// program's).
-fn as_nobody(ns: &Netns, program: &str) -> Command {
+pub(crate) fn as_nobody(ns: &Netns, program: &str) -> Command {
     let mut cmd = ns.command("setpriv");
     cmd.args([
         "--reuid",
@@ -55,7 +55,7 @@ impl Drop for Playground {
 }
 
 /// Runs `cmd` to completion; panics with its output unless it exits 0.
-fn run_ok(cmd: &mut Command) -> String {
+pub(crate) fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(out.status.success(), "{cmd:?}: {out:?}");
     String::from_utf8_lossy(&out.stdout).into_owned()

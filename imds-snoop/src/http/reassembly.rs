@@ -69,6 +69,108 @@ impl Skip {
     }
 }
 
+/// Passing over a chunked body by its framing (RFC 9112 section 7.1: size lines, data,
+/// trailers), not to the first blank line: chunk data is the caller's, and a blank line in
+/// it followed by a head with a `Content-Length` made the rest of the body, and a v1 request
+/// after it, look like that head's body (issue 16's attack round). Framing that is not
+/// chunked falls back to the blank-line [`Skip`].
+#[derive(Debug)]
+enum Chunked {
+    /// A chunk-size line: the size so far (hex digits), whether an extension or blank began.
+    Size { size: u64, digits: u8, ext: bool },
+    /// Bytes of chunk data still to come.
+    Data(u64),
+    /// The line end after a chunk's data.
+    DataEnd,
+    /// Trailer lines after the last chunk, up to a blank line; `empty`: the line so far is.
+    Trailer { empty: bool },
+}
+
+impl Default for Chunked {
+    fn default() -> Self {
+        Chunked::Size {
+            size: 0,
+            digits: 0,
+            ext: false,
+        }
+    }
+}
+
+impl Chunked {
+    /// Where in `data` the body ends (just after its last line), `Ok(None)` if not in it,
+    /// `Err(())` if the bytes are not chunked framing.
+    fn scan(&mut self, data: &[u8]) -> Result<Option<usize>, ()> {
+        let mut i = 0;
+        while let Some(&b) = data.get(i) {
+            *self = match (&*self, b) {
+                (Chunked::Data(left), _) => {
+                    let take = (data.len() - i).min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    i += take;
+                    let left = left - take as u64;
+                    *self = if left == 0 {
+                        Chunked::DataEnd
+                    } else {
+                        Chunked::Data(left)
+                    };
+                    continue;
+                }
+                (&Chunked::Size { size, digits, .. }, b'\n') => match (digits, size) {
+                    (0, _) => return Err(()),
+                    (_, 0) => Chunked::Trailer { empty: true },
+                    _ => Chunked::Data(size),
+                },
+                (
+                    &Chunked::Size {
+                        size,
+                        digits,
+                        ext: false,
+                    },
+                    _,
+                ) if b.is_ascii_hexdigit() => {
+                    let digit = u64::from((b as char).to_digit(16).unwrap_or(0));
+                    let size = size.checked_mul(16).ok_or(())? + digit;
+                    Chunked::Size {
+                        size,
+                        digits: digits.saturating_add(1),
+                        ext: false,
+                    }
+                }
+                (&Chunked::Size { size, digits, .. }, b';' | b' ' | b'\t' | b'\r')
+                    if digits > 0 =>
+                {
+                    Chunked::Size {
+                        size,
+                        digits,
+                        ext: true,
+                    }
+                }
+                (
+                    &Chunked::Size {
+                        size,
+                        digits,
+                        ext: true,
+                    },
+                    _,
+                ) => Chunked::Size {
+                    size,
+                    digits,
+                    ext: true,
+                },
+                (Chunked::Size { .. }, _) => return Err(()),
+                (Chunked::DataEnd, b'\r') => Chunked::DataEnd,
+                (Chunked::DataEnd, b'\n') => Chunked::default(),
+                (Chunked::DataEnd, _) => return Err(()),
+                (&Chunked::Trailer { empty: true }, b'\n') => return Ok(Some(i + 1)),
+                (Chunked::Trailer { .. }, b'\n') => Chunked::Trailer { empty: true },
+                (&Chunked::Trailer { empty }, b'\r') => Chunked::Trailer { empty },
+                (Chunked::Trailer { .. }, _) => Chunked::Trailer { empty: false },
+            };
+            i += 1;
+        }
+        Ok(None)
+    }
+}
+
 /// Whether a send starts like a new request (`METHOD SP /...`): ends a skip early, so that
 /// the request after an oversized one is not lost.
 fn looks_like_request_start(data: &[u8]) -> bool {
@@ -96,6 +198,8 @@ struct Socket<T> {
     /// Body bytes of an already emitted request still to come.
     body_left: usize,
     skip: Option<Skip>,
+    /// Passing over a chunked body (by its framing).
+    chunked: Option<Chunked>,
     redact_first_line: bool,
     last_seen: Instant,
 }
@@ -124,6 +228,7 @@ impl<T> Socket<T> {
             pending: None,
             body_left: 0,
             skip: None,
+            chunked: None,
             redact_first_line: false,
             last_seen: now,
         }
@@ -133,6 +238,7 @@ impl<T> Socket<T> {
         self.pending.is_none()
             && self.body_left == 0
             && self.skip.is_none()
+            && self.chunked.is_none()
             && !self.redact_first_line
     }
 
@@ -167,6 +273,20 @@ impl<T> Socket<T> {
             let n = self.body_left.min(rest.len());
             self.body_left -= n;
             return Passed::Bytes(n);
+        }
+        if let Some(chunked) = self.chunked.as_mut() {
+            match chunked.scan(rest) {
+                Ok(Some(n)) => {
+                    self.chunked = None;
+                    return Passed::Bytes(n);
+                }
+                Ok(None) => return Passed::Rest,
+                // Not chunked framing after all: up to a blank line, as before.
+                Err(()) => {
+                    self.chunked = None;
+                    self.skip = Some(Skip::default());
+                }
+            }
         }
         if let Some(skip) = self.skip.as_mut() {
             return match skip.scan(rest) {
@@ -205,7 +325,7 @@ impl<T> Socket<T> {
                         req.bytes += len;
                         self.body_left = len;
                     }
-                    Body::Chunked => self.skip = Some(Skip::default()),
+                    Body::Chunked => self.chunked = Some(Chunked::default()),
                 }
                 out.push((ctx, req));
                 Some(head_len)
@@ -252,6 +372,7 @@ impl<T> Socket<T> {
         if snippet_truncated {
             self.body_left = 0;
             self.skip = None;
+            self.chunked = None;
             self.redact_first_line = false;
         }
     }
@@ -292,6 +413,25 @@ impl<T: Clone> Reassembler<T> {
         snippet_truncated: bool,
         now: Instant,
     ) -> Vec<(T, Request)> {
+        self.push_send(key, ctx, bytes, snippet_truncated, None, now)
+    }
+
+    /// [`Self::push`], knowing how many bytes of the send the kernel did not copy
+    /// (`unseen`: the send's size less the snippet's). When the snippet ended between
+    /// requests, or inside a body shorter than what was not copied, the bytes past it start
+    /// another request that nobody sees: a caller pipelines a request behind a long one
+    /// (`GET` with a body, a token `PUT` with a body) to hide it, and IMDS answers both. That
+    /// part is then logged as a malformed call (nothing to classify it by), so it is never
+    /// evidence of IMDSv2 (issue 16's attack round).
+    pub fn push_send(
+        &mut self,
+        key: u64,
+        ctx: T,
+        bytes: &[u8],
+        snippet_truncated: bool,
+        unseen: Option<usize>,
+        now: Instant,
+    ) -> Vec<(T, Request)> {
         let mut out = Vec::new();
         if !self.sockets.contains_key(&key) && self.sockets.len() >= self.max_sockets {
             self.make_room(now, &mut out);
@@ -302,6 +442,9 @@ impl<T: Clone> Reassembler<T> {
         let (mut carried, data) = sock.join_pending(bytes);
 
         let mut off = 0;
+        // Whether the snippet ended between requests or inside a known body (not inside a
+        // head, a skipped head or a chunked body, whose ends are unknown).
+        let mut at_boundary = true;
         while off < data.len() {
             // `off < data.len()`: the rest is never empty.
             let rest = data.get(off..).unwrap_or_default();
@@ -311,7 +454,10 @@ impl<T: Clone> Reassembler<T> {
                     off += n;
                     continue;
                 }
-                Passed::Rest => break,
+                Passed::Rest => {
+                    at_boundary = false;
+                    break;
+                }
             }
             // Blank lines between requests (after a body, say) are no request.
             if rest.iter().all(|&b| b == b'\r' || b == b'\n') {
@@ -326,8 +472,28 @@ impl<T: Clone> Reassembler<T> {
             };
             match sock.take_request(rest, start, max, snippet_truncated, &mut out) {
                 Some(n) => off += n,
-                None => break,
+                None => {
+                    at_boundary = false;
+                    break;
+                }
             }
+        }
+        if snippet_truncated
+            && at_boundary
+            && sock.skip.is_none()
+            && sock.chunked.is_none()
+            && let Some(unseen) = unseen
+            && unseen > sock.body_left
+        {
+            out.push((
+                ctx,
+                Request::malformed_call(
+                    "a request past the part of the send the kernel copied".to_string(),
+                    true,
+                    unseen - sock.body_left,
+                    None,
+                ),
+            ));
         }
 
         sock.end_send(snippet_truncated);
@@ -546,6 +712,70 @@ mod tests {
         for (n, v) in &req.headers {
             assert!(!v.contains(TOKEN), "{n}: {v}");
         }
+    }
+
+    /// Issue 16's attack round: one send holds a v2 request (or a token PUT) with a body
+    /// longer than the kernel copies, then a v1 request. The snippet ends inside the body;
+    /// the v1 request lies past it. IMDS answers both: the part not seen must be a call of
+    /// its own (malformed: nothing to classify it by), never nothing.
+    #[test]
+    fn a_request_past_the_copied_snippet_is_a_call_not_nothing() {
+        let hidden = b"GET /latest/meta-data/iam/security-credentials/r HTTP/1.1\r\n\r\n";
+        for head in [
+            &b"GET /latest/meta-data/ HTTP/1.1\r\nX-aws-ec2-metadata-token: x\r\n"[..],
+            &b"PUT /latest/api/token HTTP/1.1\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\n"[..],
+        ] {
+            let body = 3000;
+            let mut send = head.to_vec();
+            send.extend_from_slice(format!("Content-Length: {body}\r\n\r\n").as_bytes());
+            send.resize(send.len() + body, b'x');
+            send.extend_from_slice(hidden);
+            let copied = 2048;
+            let snippet = &send[..copied];
+            let out = reassembler().push_send(
+                1,
+                0,
+                snippet,
+                true,
+                Some(send.len() - copied),
+                Instant::now(),
+            );
+            assert_eq!(out.len(), 2, "{out:?}");
+            assert_ne!(out[0].1.class, Class::V1, "{out:?}");
+            assert_eq!(out[1].1.class, Class::Malformed, "{out:?}");
+            assert_eq!(out[1].1.bytes, hidden.len(), "{out:?}");
+            assert!(out[1].1.truncated, "{out:?}");
+        }
+    }
+
+    /// A send cut inside a body that goes on past its end, or inside a head, is no hidden
+    /// request: nothing is added (a long head is already logged truncated).
+    #[test]
+    fn a_snippet_cut_inside_a_body_or_head_adds_nothing() {
+        let mut send = b"PUT /latest/api/token HTTP/1.1\r\nContent-Length: 5000\r\n\r\n".to_vec();
+        send.resize(send.len() + 5000, b'x');
+        let out = reassembler().push_send(
+            1,
+            0,
+            &send[..2048],
+            true,
+            Some(send.len() - 2048),
+            Instant::now(),
+        );
+        assert_eq!(out.len(), 1, "{out:?}");
+        let mut head = b"GET / HTTP/1.1\r\nX-Pad: ".to_vec();
+        head.resize(3000, b'p');
+        head.extend_from_slice(b"\r\n\r\n");
+        let out = reassembler().push_send(
+            1,
+            0,
+            &head[..2048],
+            true,
+            Some(head.len() - 2048),
+            Instant::now(),
+        );
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(out[0].1.truncated, "{out:?}");
     }
 
     #[test]
@@ -1005,6 +1235,38 @@ mod tests {
         let got: Vec<_> = out.iter().map(|(c, q)| (*c, q.class)).collect();
         assert_eq!(got, [(0, Class::V2Token), (3, Class::V1)]);
         assert!(r.sockets.is_empty());
+    }
+
+    /// Issue 16's attack round: chunk data holding a blank line and a head whose
+    /// `Content-Length` covers the rest of the body and the v1 request after it. Passed over
+    /// by its framing, the body hides nothing: the v1 request is seen, in one send or split.
+    #[test]
+    fn chunk_data_cannot_hide_the_next_request() {
+        let smuggled = b"\r\n\r\nPUT /latest/api/token HTTP/1.1\r\nContent-Length: 200\r\n\r\n";
+        let mut send = b"GET /latest/meta-data/ HTTP/1.1\r\nX-aws-ec2-metadata-token: t\r\n\
+            Transfer-Encoding: chunked\r\n\r\n"
+            .to_vec();
+        send.extend_from_slice(format!("{:x};ext=1\r\n", smuggled.len()).as_bytes());
+        send.extend_from_slice(smuggled);
+        send.extend_from_slice(b"\r\n3\r\nabc\r\n0\r\nTrailer: x\r\n\r\n");
+        send.extend_from_slice(CURL_V1);
+        for cut in [send.len(), 120, 140, send.len() - CURL_V1.len() - 1] {
+            let mut r = reassembler();
+            let out = push_all(&mut r, &[&send[..cut], &send[cut..]], Instant::now());
+            let got: Vec<_> = out.iter().map(|(_, q)| q.class).collect();
+            assert_eq!(got, [Class::V2, Class::V1], "cut at {cut}: {out:?}");
+            assert!(r.sockets.is_empty(), "cut at {cut}");
+        }
+    }
+
+    /// A body that says chunked but is not: up to the next blank line, as before.
+    #[test]
+    fn broken_chunked_framing_falls_back_to_the_blank_line() {
+        let send = b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nnot hex\r\n\r\n";
+        let mut r = reassembler();
+        let out = push_all(&mut r, &[send.as_slice(), CURL_V1], Instant::now());
+        let got: Vec<_> = out.iter().map(|(c, q)| (*c, q.class)).collect();
+        assert_eq!(got, [(0, Class::V1), (1, Class::V1)]);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub(crate) mod json;
 mod stamps;
 pub(crate) mod text;
+pub(crate) mod untraced;
 pub(crate) mod writer;
 
 use self::stamps::Stamps;

@@ -239,6 +239,8 @@ pub(super) struct NodeStats {
     pub calls: u64,
     /// Events the kernel dropped (the log says so): calls the report cannot see.
     pub dropped_events: u64,
+    /// Connections on which IMDS answered a call no line shows (the log says so).
+    pub untraced_responses: u64,
     /// Calls to other `--target` destinations, not counted.
     pub other_destinations: u64,
     #[serde(flatten)]
@@ -392,7 +394,9 @@ impl<'a> Aggregator<'a> {
         };
         let line_node = match &line {
             Line::Call(c) => c.node.as_deref(),
-            Line::Dropped { node, .. } | Line::Degraded { node, .. } => node.as_deref(),
+            Line::Dropped { node, .. }
+            | Line::Degraded { node, .. }
+            | Line::Untraced { node, .. } => node.as_deref(),
             Line::Blank => return,
             Line::Daemon { node, time, event } => {
                 if let (Some(n), Some(want)) = (node, self.node)
@@ -454,6 +458,10 @@ impl<'a> Aggregator<'a> {
             Line::Blank | Line::Daemon { .. } => {}
             Line::Dropped { events, time, .. } => {
                 stats.dropped_events += events;
+                stats.evidence.saw(time);
+            }
+            Line::Untraced { time, .. } => {
+                stats.untraced_responses += 1;
                 stats.evidence.saw(time);
             }
             Line::Degraded {

@@ -118,6 +118,12 @@ pub enum Line {
         responses: u64,
         time: Option<NaiveDateTime>,
     },
+    /// imds-snoop's own `IMDS answered a call it did not see traced` line: a call was made
+    /// (over MPTCP, TCP Fast Open, ...) that no request line shows.
+    Untraced {
+        node: Option<String>,
+        time: Option<NaiveDateTime>,
+    },
     /// An empty line: nothing to understand.
     Blank,
     /// A line of the daemon's own stderr (`<RFC 3339 time>  INFO imds_snoop::...: ...`),
@@ -293,6 +299,12 @@ fn parse_text(line: &str) -> Option<Line> {
                 time: Some(time),
             });
         }
+        TextBody::Untraced { .. } => {
+            return Some(Line::Untraced {
+                node: None,
+                time: Some(time),
+            });
+        }
         TextBody::Started
         | TextBody::Stopped
         | TextBody::StatusesOff { .. }
@@ -381,6 +393,12 @@ fn parse_json(line: &str) -> Option<Line> {
                 time: json_time(l.timestamp.as_deref()),
                 node: l.node.map(Cow::into_owned),
                 events: l.dropped.unwrap_or(0),
+            });
+        }
+        JsonRecord::Untraced(u) => {
+            return Some(Line::Untraced {
+                time: json_time(u.timestamp.as_deref()),
+                node: u.node.map(Cow::into_owned),
             });
         }
         JsonRecord::Marker(m) => {
@@ -1011,6 +1029,7 @@ mod tests {
                 JsonRecord::Call(c) => serde_json::to_string(&c),
                 JsonRecord::Loss(l) => serde_json::to_string(&l),
                 JsonRecord::Marker(m) => serde_json::to_string(&m),
+                JsonRecord::Untraced(u) => serde_json::to_string(&u),
             }
             .unwrap();
             assert_eq!(&again, line);

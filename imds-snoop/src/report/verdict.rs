@@ -61,7 +61,7 @@ const INCONCLUSIVE: &str = "INCONCLUSIVE";
 impl Verdict {
     pub(super) fn for_node(report: &Report, node: &str) -> Verdict {
         let stats = report.nodes.get(node).cloned().unwrap_or_default();
-        let callers = report.callers.iter().filter(|c| c.key.node == node);
+        let callers = callers_of(report, node);
         let v1_callers: Vec<String> = callers
             .clone()
             .filter(|c| c.counts.v1 > 0)
@@ -119,7 +119,23 @@ impl Verdict {
                 .iter()
                 .map(|d| format!("a caller without a traced request ({d}) [drop seen]")),
         );
-        let inconclusive = reasons(&stats, report.min_window);
+        let mut inconclusive = reasons(&stats, report.min_window);
+        // A call the tracer could not classify (a payload the kernel could not read, bytes
+        // that are not HTTP to it) is no evidence of IMDSv2: a local user makes an IMDSv1
+        // call look so on purpose (sendfile, an unfaulted mmap page), and IMDS answers it.
+        let unclassified: Vec<String> = callers_of(report, node)
+            .filter(|c| c.counts.malformed > 0)
+            .map(Caller::describe)
+            .collect();
+        if !unclassified.is_empty() {
+            let n: u64 = callers_of(report, node).map(|c| c.counts.malformed).sum();
+            inconclusive.push(format!(
+                "{} to IMDS not classified (malformed or unreadable: an IMDSv1 call can hide \
+                 so) by {}",
+                plural(n, "call"),
+                list(&unclassified)
+            ));
+        }
         let hop_inconclusive = hop_reasons(&stats);
         let verdict = if !v1_callers.is_empty() {
             NOT_SAFE
@@ -196,6 +212,11 @@ impl Verdict {
     }
 }
 
+/// The report's callers on `node`.
+fn callers_of<'r>(report: &'r Report, node: &'r str) -> impl Iterator<Item = &'r Caller> + Clone {
+    report.callers.iter().filter(move |c| c.key.node == node)
+}
+
 /// Why the node's lines are not evidence enough for SAFE.
 fn reasons(stats: &NodeStats, min_window: TimeDelta) -> Vec<String> {
     let e = &stats.evidence;
@@ -222,6 +243,20 @@ fn reasons(stats: &NodeStats, min_window: TimeDelta) -> Vec<String> {
         out.push(format!(
             "the kernel dropped {}",
             plural(stats.dropped_events, "event")
+        ));
+    }
+    // A call the send hooks missed (MPTCP, TCP Fast Open with the tracepoint attach) that
+    // IMDS answered: it may have been an IMDSv1 call, and no line says whose.
+    if stats.untraced_responses > 0 {
+        out.push(format!(
+            "IMDS answered {} that {} not traced (MPTCP, TCP Fast Open or a send the hooks \
+             miss: an IMDSv1 call can hide so)",
+            plural(stats.untraced_responses, "call"),
+            if stats.untraced_responses == 1 {
+                "was"
+            } else {
+                "were"
+            }
         ));
     }
     for gap in &e.gaps {
@@ -510,6 +545,78 @@ mod tests {
             v.line().starts_with(
                 "this node: INCONCLUSIVE: no IMDSv1 calls seen, but 2 lines not understood"
             ),
+            "{}",
+            v.line()
+        );
+    }
+
+    /// A call the tracer could not read (sendfile, an unfaulted mmap page: issue 16's attack
+    /// round) or parse is no evidence of IMDSv2: a node whose only calls are such is not
+    /// SAFE, and the reason names the caller.
+    #[test]
+    fn unclassified_calls_are_never_safe() {
+        let unreadable = "[2026-11-23 09:33:20,000] [WARNING] malformed(!) (pid:5:python3 \
+            argv:python3 x.py) req details:  -> 200 host unit:- uid:65534 \
+            dst:169.254.169.254:80 payload-unreadable";
+        let r = report(None, &[V2_HOST, unreadable]);
+        let v = Verdict::for_node(&r, DEFAULT_NODE);
+        assert_eq!((v.verdict, v.hop_limit_1), ("INCONCLUSIVE", "INCONCLUSIVE"));
+        assert!(
+            v.line().contains(
+                "1 call to IMDS not classified (malformed or unreadable: an IMDSv1 call can \
+                 hide so) by python3 on host"
+            ),
+            "{}",
+            v.line()
+        );
+        // With a v1 call besides, NOT SAFE stands, and says what else is missing.
+        let r = report(None, &[V1_POD, unreadable]);
+        let v = Verdict::for_node(&r, DEFAULT_NODE);
+        assert_eq!(v.verdict, "NOT SAFE");
+        assert!(
+            v.line()
+                .contains("(incomplete: 1 call to IMDS not classified"),
+            "{}",
+            v.line()
+        );
+    }
+
+    /// IMDS answered calls no line shows (an MPTCP socket, TCP Fast Open with the
+    /// tracepoint attach: issue 16's attack round): both answers are INCONCLUSIVE, with the
+    /// count as the reason, in text and in JSON lines alike; a v1 call besides is NOT SAFE.
+    #[test]
+    fn untraced_answers_are_never_safe() {
+        let text = "[2026-11-23 09:33:20,000] [WARNING] imds-snoop IMDS answered a call it did \
+            not see traced (-> 200 to 10.0.0.5:41234 from 169.254.169.254:80; receiving \
+            process unknown; MPTCP, TCP Fast Open or a send the hooks miss)";
+        let json = r#"{"class":"untraced_response","dst":"169.254.169.254:80","level":"WARNING","local":"10.0.0.5:41235","node":"this node","schema":1,"status":200,"timestamp":"2026-11-23T09:33:21.000+00:00"}"#;
+        for lines in [
+            &[V2_HOST, text][..],
+            &[V2_HOST, text, text][..],
+            &[V2_HOST, json][..],
+        ] {
+            let r = report(None, lines);
+            let v = Verdict::for_node(&r, DEFAULT_NODE);
+            assert_eq!(
+                (v.verdict, v.hop_limit_1),
+                ("INCONCLUSIVE", "INCONCLUSIVE"),
+                "{}",
+                v.line()
+            );
+            let n = lines.len() - 1;
+            let want = if n == 1 {
+                "IMDS answered 1 call that was not traced".to_string()
+            } else {
+                format!("IMDS answered {n} calls that were not traced")
+            };
+            assert!(v.line().contains(&want), "{}", v.line());
+        }
+        let r = report(None, &[V1_POD, text]);
+        let v = Verdict::for_node(&r, DEFAULT_NODE);
+        assert_eq!(v.verdict, "NOT SAFE");
+        assert!(
+            v.line()
+                .contains("(incomplete: IMDS answered 1 call that was not traced"),
             "{}",
             v.line()
         );
