@@ -257,8 +257,8 @@ fn call_from_a_pod_names_container_and_pod() {
     let (pod, image) = ("web-7d9f8b6c5-x2k4p", "docker.io/library/busybox:1.36");
     let (id, _uid) = containerd.run_pod_container(&ns, "shop", pod, "app", Some(image));
     let task_root = containerd.task_root();
-    let url = format!("http://127.0.0.1:{}/metrics", crate::metrics::free_port());
-    let addr = url
+    let metrics_url = format!("http://127.0.0.1:{}/metrics", crate::metrics::free_port());
+    let addr = metrics_url
         .trim_start_matches("http://")
         .trim_end_matches("/metrics")
         .to_owned();
@@ -332,7 +332,7 @@ fn call_from_a_pod_names_container_and_pod() {
     ];
     let deadline = std::time::Instant::now() + LINE_TIMEOUT;
     let count = loop {
-        let scrape = crate::metrics::Scrape::get(&url);
+        let scrape = crate::metrics::Scrape::get(&metrics_url);
         let n = scrape.value("imds_snoop_requests_total", &labels);
         if n == Some(2.0) || std::time::Instant::now() > deadline {
             break n;
