@@ -473,7 +473,7 @@ fn token_drop_at_the_hop_limit_names_the_pod_not_the_host_network_one() {
         .collect();
     assert_eq!(
         cut_off,
-        ["shop/web-1 [drop seen]"],
+        ["shop/web~ (1 pod) [drop seen]"],
         "only the pod, on the drop's evidence, not the hostNetwork one\n{report}"
     );
     daemon.assert_clean(&[&imds], &[]);
