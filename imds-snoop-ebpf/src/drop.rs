@@ -91,7 +91,7 @@ fn imds_hop_drop(ctx: BtfTracePointContext) -> u32 {
 // has no route at all). TTL <= 1 on such a packet means `ip_forward` dropped it for its
 // TTL. IPv4 only: IPv6 routes carry no such flag.
 // proto: tp_btf kfree_skb include/trace/events/skb.h 5.5..5.16 : TP_PROTO(struct sk_buff *skb, void *location)
-// proven: 6.18 (tracepoint)
+// proven: none yet (6.18 loads the reason program; the kernel matrix is to load this on 5.10)
 #[btf_tracepoint(function = "kfree_skb")]
 fn imds_hop_drop_route(ctx: BtfTracePointContext) -> u32 {
     let _ = on_drop(ctx.arg::<*const u8>(0), None);

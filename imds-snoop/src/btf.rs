@@ -403,6 +403,56 @@ mod tests {
         assert!(copy.has_btf_tracepoint("sched_process_exec"));
     }
 
+    /// The drop hook's table on this kernel: distinct sk_buff members, and the tracepoint's
+    /// arity and reason as the kernel's version says (2 args before 5.17, 3, 4 from 6.11;
+    /// `SKB_DROP_REASON_IP_INHDR` on 5.19+, never 0, which is `SKB_NOT_DROPPED_YET` or
+    /// `NOT_SPECIFIED`; none before 5.17).
+    #[test]
+    fn drop_config_of_running_kernel_is_plausible() {
+        let path = Path::new("/sys/kernel/btf/vmlinux");
+        if !path.exists() {
+            return;
+        }
+        let btf = KernelBtf::load(path).expect("load BTF");
+        let c = btf.drop_config().expect("drop config");
+        let skb = [
+            c.skb_head,
+            c.skb_network_header,
+            c.skb_sk,
+            c.skb_dev,
+            c.skb_refdst,
+        ];
+        for (i, a) in skb.iter().enumerate() {
+            for b in &skb[i + 1..] {
+                assert_ne!(a, b, "{c:?}");
+            }
+        }
+        assert!(c.dev_nd_net > 0 && c.rt_flags > 0, "{c:?}");
+        let release = kernel_release();
+        let mut v = release
+            .split(|ch: char| !ch.is_ascii_digit())
+            .map(|p| p.parse::<u32>().unwrap_or(0));
+        let v = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+        let arity = btf.tracepoint_arity("kfree_skb");
+        let want = if v >= (6, 11) {
+            4
+        } else if v >= (5, 17) {
+            3
+        } else {
+            2
+        };
+        assert_eq!(arity, Some(want), "kernel {release}");
+        if v >= (5, 19) {
+            assert_ne!(c.ip_inhdr, 0, "kernel {release}: {c:?}");
+        } else if v < (5, 17) {
+            assert_eq!(
+                c.ip_inhdr, 0,
+                "kernel {release}: no drop reasons yet: {c:?}"
+            );
+        }
+        assert_eq!(btf.tracepoint_arity("no_such_tracepoint"), None);
+    }
+
     #[test]
     fn missing_member_is_an_error_naming_the_kernel() {
         let path = Path::new("/sys/kernel/btf/vmlinux");

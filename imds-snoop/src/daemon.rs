@@ -192,14 +192,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         &tracer.node,
         json::STARTED_CLASS,
         Some(&format!(
-            "version {}, attached {}, statuses {}traced, {}{}",
+            "version {}, attached {}, {}, statuses {}traced{}",
             env!("CARGO_PKG_VERSION"),
             capture.attached,
-            if responses { "" } else { "not " },
+            // Before the statuses: deploy checks read `statuses ..., host network namespace
+            // ...` as the marker's end.
             match &capture.hop_drops {
                 Ok(how) => format!("drop hook {how}"),
                 Err(why) => format!("no drop hook ({why}): hop-limit warnings rest on silence"),
             },
+            if responses { "" } else { "not " },
             match &host_netns {
                 Some((inode, path)) => format!(", host network namespace {inode} ({path})"),
                 None => ", host network namespace unknown".into(),
