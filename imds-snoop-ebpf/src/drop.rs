@@ -72,7 +72,7 @@ fn config() -> DropConfig {
 // its value, read from this kernel's BTF, is in `DROP_CONFIG.ip_inhdr`).
 // proto: tp_btf kfree_skb include/trace/events/skb.h 5.17..6.10 : TP_PROTO(struct sk_buff *skb, void *location, enum skb_drop_reason reason)
 // proto: tp_btf kfree_skb include/trace/events/skb.h 6.11..6.18 : TP_PROTO(struct sk_buff *skb, void *location, enum skb_drop_reason reason, struct sock *rx_sk)
-// proven: 6.18 (tracepoint)
+// proven: 6.1 6.12 6.18 (the kernel matrix's drop column, x86_64 and arm64)
 #[btf_tracepoint(function = "kfree_skb")]
 fn imds_hop_drop(ctx: BtfTracePointContext) -> u32 {
     let reason = ctx.arg::<u64>(2) as u32;
@@ -91,7 +91,7 @@ fn imds_hop_drop(ctx: BtfTracePointContext) -> u32 {
 // has no route at all). TTL <= 1 on such a packet means `ip_forward` dropped it for its
 // TTL. IPv4 only: IPv6 routes carry no such flag.
 // proto: tp_btf kfree_skb include/trace/events/skb.h 5.5..5.16 : TP_PROTO(struct sk_buff *skb, void *location)
-// proven: none yet (6.18 loads the reason program; the kernel matrix is to load this on 5.10)
+// proven: 5.10 (the kernel matrix's drop column, x86_64 and arm64)
 #[btf_tracepoint(function = "kfree_skb")]
 fn imds_hop_drop_route(ctx: BtfTracePointContext) -> u32 {
     let _ = on_drop(ctx.arg::<*const u8>(0), None);
