@@ -37,7 +37,16 @@ pub(crate) struct Scrape {
 }
 
 impl Scrape {
+    /// Scrapes `url`, which must be on loopback: this runs in the machine's own network
+    /// namespace, where nothing may go anywhere else (an IMDS URL passed here by mistake
+    /// once sent a GET to 169.254.169.254 from the machine).
     pub(crate) fn get(url: &str) -> Self {
+        assert!(
+            ["http://127.0.0.1:", "http://[::1]:"]
+                .iter()
+                .any(|p| url.starts_with(p)),
+            "refusing to scrape {url} from the machine's network namespace: loopback only"
+        );
         let out = Command::new("python3")
             .arg(client_script("scrape_metrics.py"))
             .arg(url)
