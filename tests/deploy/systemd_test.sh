@@ -179,8 +179,8 @@ node_netns=$(stat -L -c %i "/var/run/netns/$NETNS")
 grep -qF "host network namespace: $node_netns (/run/imds-snoop/host-netns)" "$dir/service.err" ||
     fail "the daemon did not get the node's network namespace ($node_netns): $(grep -i 'network namespace' "$dir/service.err")"
 first=$(in_ns head -1 /var/log/imds/imds-trace.log)
-[[ $first == *"] [INFO] imds-snoop started (version "*", statuses traced, drop hook tp_btf/kfree_skb ("*"), host network namespace $node_netns (/run/imds-snoop/host-netns))" ]] ||
-    fail "the trace log does not start with the start marker (statuses traced, drop hook, node namespace): $first"
+[[ $first == *"] [INFO] imds-snoop started (version "*", drop hook tp_btf/kfree_skb ("*"), statuses traced, host network namespace $node_netns (/run/imds-snoop/host-netns))" ]] ||
+    fail "the trace log does not start with the start marker (drop hook, statuses traced, node namespace): $first"
 ok "node network namespace $node_netns known to the daemon (ExecStartPre=+ wrote it down); trace log starts with the start marker (statuses traced, drop hook attached)"
 
 # 2b. http_tokens=required (the fake IMDS refuses v1): the same unit logs the refusal as
