@@ -1,12 +1,13 @@
 //! The capture function shared by every entry point: filter, then copy, then emit.
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
         bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, generated::bpf_probe_read_user,
     },
     macros::{btf_tracepoint, fentry, kprobe, map},
-    maps::{PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, FEntryContext, ProbeContext},
 };
 use imds_snoop_common::{
@@ -20,6 +21,61 @@ use crate::kernel::{is_target, offsets, port_is_target, read, settings, sk_dport
 /// Send events for userspace. Its size is set at load (`--ring-bytes`).
 #[map]
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// 1 while a process event (exec, fork, exit) may sit in [`EVENTS`] without the reader
+/// having been woken for it. The kernel wakes the reader only for a record written where
+/// the reader stands (`bpf_ringbuf_commit`, kernel/bpf/ringbuf.c), so once such a record
+/// waits, no later one wakes it by itself: the next send or response event forces the
+/// wake-up instead ([`wake_flags`]). One word for all CPUs.
+#[map]
+static UNWOKEN: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Ring-buffer flags for a process event: no wake-up while the ring is less than a quarter
+/// full. Waking the daemon's epoll from a process hook cost ~1-9 µs per exec, fork and exit
+/// on 6.18 (README, Cost), against a few hundred ns for the record itself; the daemon needs
+/// a process's record only by the time it reads that process's send, which comes later in
+/// the same ring and wakes it, and its 1 s tick drains the ring in any case. Marks
+/// [`UNWOKEN`] first, so a send or response written after this record forces the wake-up.
+/// From a quarter full on, forces the wake-up itself: a node's execs and exits left for the
+/// tick would otherwise fill a small ring (`--ring-bytes 4096` holds 7 exec records) and
+/// crowd out the send records that are the point.
+#[inline(always)]
+pub(crate) fn quiet_flags() -> u64 {
+    let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    if pending >= EVENTS.query(BPF_RB_RING_SIZE as u64) / 4 {
+        return BPF_RB_FORCE_WAKEUP as u64;
+    }
+    if let Some(w) = UNWOKEN.get_ptr_mut(0) {
+        // SAFETY: a map value of one u32; a racing store from another CPU writes the same
+        // value or clears it for a wake-up that follows.
+        unsafe {
+            if *w == 0 {
+                *w = 1;
+            }
+        }
+    }
+    BPF_RB_NO_WAKEUP as u64
+}
+
+/// Ring-buffer flags for a send or response event: the kernel's default (wake the reader
+/// if it has caught up), or a forced wake-up when a process event may be waiting unwoken
+/// ahead of this one. Clears [`UNWOKEN`] before the record is written, so a process event
+/// marked after this read is woken for by the next event. A race of a few instructions
+/// (a process record reserved between this read and this record's own reservation) leaves
+/// this record to the next event or to the daemon's 1 s tick: late, never lost.
+#[inline(always)]
+pub(crate) fn wake_flags() -> u64 {
+    if let Some(w) = UNWOKEN.get_ptr_mut(0) {
+        // SAFETY: as in `quiet_flags`.
+        unsafe {
+            if *w != 0 {
+                *w = 0;
+                return BPF_RB_FORCE_WAKEUP as u64;
+            }
+        }
+    }
+    0
+}
 
 /// Events that could not be emitted, by reason (`DROP_*`), per CPU.
 #[map]
@@ -146,7 +202,7 @@ fn try_capture(sk: *const u8, msg: *const u8, first_pass_only: bool) -> Result<(
             &EVENTS as *const RingBuf as *mut _,
             rec as *mut SendRecord as *mut _,
             total as u64,
-            0,
+            wake_flags(),
         )
     };
     if ret < 0 {

@@ -22,7 +22,7 @@ use imds_snoop_common::{
 };
 
 use crate::{
-    capture::{EVENTS, count_drop},
+    capture::{EVENTS, count_drop, quiet_flags},
     kernel::{offsets, read},
 };
 
@@ -77,7 +77,7 @@ fn on_fork(child: *const u8) {
         ppid: parent,
         _pad: 0,
     };
-    if EVENTS.output::<ForkEvent>(&ev, 0).is_err() {
+    if EVENTS.output::<ForkEvent>(&ev, quiet_flags()).is_err() {
         count_drop(DROP_PROCESS_EVENT);
     }
 }
@@ -142,7 +142,7 @@ fn on_exec() {
             core::ptr::addr_of!(EVENTS) as *mut _,
             ev as *mut ExecEvent as *mut _,
             core::mem::size_of::<ExecEvent>() as u64,
-            0,
+            quiet_flags(),
         )
     };
     if ret < 0 {
@@ -164,7 +164,7 @@ fn on_exit() {
         // SAFETY: a helper without arguments that reads the clock; nothing to uphold.
         ts_ns: unsafe { bpf_ktime_get_boot_ns() },
     };
-    if EVENTS.output::<ExitEvent>(&ev, 0).is_err() {
+    if EVENTS.output::<ExitEvent>(&ev, quiet_flags()).is_err() {
         count_drop(DROP_PROCESS_EVENT);
     }
 }

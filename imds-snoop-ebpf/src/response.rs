@@ -20,7 +20,7 @@ use imds_snoop_common::{
 };
 
 use crate::{
-    capture::{EVENTS, count_drop},
+    capture::{EVENTS, count_drop, wake_flags},
     kernel::{is_target, port_is_target},
 };
 
@@ -164,7 +164,7 @@ fn emit(family: u16, status: u16, src: [u32; 4], dst: [u32; 4], sport: u16, dpor
         rport: sport,
         _pad: 0,
     };
-    if EVENTS.output::<ResponseEvent>(&ev, 0).is_err() {
+    if EVENTS.output::<ResponseEvent>(&ev, wake_flags()).is_err() {
         count_drop(DROP_RESPONSE);
     }
 }

@@ -62,7 +62,8 @@ const FLUSH_BYTES: usize = 192 << 10;
 /// off`; a response hook that fails to attach is a warning, not an error), writes the ready
 /// file and tells systemd (`NOTIFY_SOCKET`), then runs the loop: ring records through the
 /// `Pipeline` to lines (drains 2 ms apart on rings of 1 MiB or more: `RING_COALESCE`),
-/// SIGHUP reopens the log (logrotate), and a 1 s tick expires waits and writes loss lines.
+/// SIGHUP reopens the log (logrotate), and a 1 s tick drains the ring (process events do
+/// not wake the reader), expires waits and writes loss lines.
 /// Records still in the ring or the pipeline at the stop are written before it returns.
 ///
 /// Errors (all before the first line is written, so the daemon never runs half-way): the
@@ -236,6 +237,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             // logrotate (`create` mode) renamed the file away: write to a new one.
             _ = sighup.recv() => writer.reopen(),
             _ = tick.tick() => {
+                // Process events (exec, fork, exit) do not wake us (the kernel program's
+                // `quiet_flags`): the next send or response does, and this drain bounds
+                // how long they wait when none comes.
+                tracer.drain_ring(ring.get_mut(), &writer);
                 tracer.expire(Instant::now(), &writer);
                 if tracer.pipeline.take_blind() {
                     tracer.metrics.set_statuses_traced(false);
