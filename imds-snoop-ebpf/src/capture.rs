@@ -57,7 +57,7 @@ pub(crate) fn quiet_flags() -> u64 {
     BPF_RB_NO_WAKEUP as u64
 }
 
-/// Ring-buffer flags for a send or response event: the kernel's default (wake the reader
+/// Ring-buffer flags for a send, response or hop-drop event: the kernel's default (wake the reader
 /// if it has caught up), or a forced wake-up when a process event may be waiting unwoken
 /// ahead of this one. Clears [`UNWOKEN`] before the record is written, so a process event
 /// marked after this read is woken for by the next event. A race of a few instructions
@@ -113,24 +113,6 @@ fn imds_kprobe(ctx: ProbeContext) -> u32 {
 fn imds_tracepoint(ctx: BtfTracePointContext) -> u32 {
     // Fires once per copy-loop pass of a send: report only the first pass.
     capture(ctx.arg(0), ctx.arg(1), true);
-    0
-}
-
-// Empty programs on the same hooks (prototypes above): the floor `cargo xtask bench`
-// measures the capture program against (daemon flag `--empty-program`, hidden).
-
-#[fentry(function = "tcp_sendmsg")]
-fn empty_fentry(_ctx: FEntryContext) -> u32 {
-    0
-}
-
-#[kprobe]
-fn empty_kprobe(_ctx: ProbeContext) -> u32 {
-    0
-}
-
-#[btf_tracepoint(function = "tcp_sendmsg_locked")]
-fn empty_tracepoint(_ctx: BtfTracePointContext) -> u32 {
     0
 }
 

@@ -36,7 +36,7 @@ use imds_snoop_common::{
 };
 
 use crate::{
-    capture::{EVENTS, count_drop},
+    capture::{EVENTS, count_drop, wake_flags},
     kernel::{is_target, offsets, read},
 };
 
@@ -200,7 +200,7 @@ fn on_drop(skb: *const u8, reason: Option<u32>) -> Result<(), i32> {
         rport: sport,
         _pad: 0,
     };
-    if EVENTS.output::<HopDropEvent>(&ev, 0).is_err() {
+    if EVENTS.output::<HopDropEvent>(&ev, wake_flags()).is_err() {
         count_drop(DROP_HOP_DROP);
     }
     Ok(())

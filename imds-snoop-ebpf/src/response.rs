@@ -39,12 +39,6 @@ fn imds_response(ctx: SkBuffContext) -> i32 {
     1
 }
 
-// The benchmark floor's empty program on the same hook (`--empty-program`).
-#[cgroup_skb(ingress)]
-fn empty_response(_ctx: SkBuffContext) -> i32 {
-    1
-}
-
 #[inline(always)]
 fn on_ingress(ctx: &SkBuffContext) {
     let _ = try_ingress(ctx);

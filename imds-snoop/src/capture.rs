@@ -159,8 +159,6 @@ fn is_cgroup2(path: &Path) -> bool {
 
 pub(crate) struct CaptureOptions<'a> {
     pub attach: AttachMode,
-    /// Attach the empty programs instead of the capture ones (benchmark floor).
-    pub empty: bool,
     pub targets: &'a [(IpAddr, u16)],
     pub payload_bytes: u32,
     pub ring_bytes: u32,
@@ -171,8 +169,6 @@ pub(crate) struct CaptureOptions<'a> {
 pub(crate) struct Capture {
     ebpf: Ebpf,
     pub attached: AttachMode,
-    /// The empty benchmark programs are attached (`--empty-program`).
-    empty: bool,
     /// The hop-limit drop hook: which program is attached (`Ok`), or why none is.
     pub hop_drops: Result<HopDrops, String>,
 }
@@ -291,25 +287,20 @@ impl Capture {
             }),
         };
         attach_process_tracking(&mut ebpf, &btf);
-        let hop_drops = if opts.empty {
-            Err("not attached with --empty-program".to_owned())
-        } else {
-            drop_config.and_then(|c| {
-                attach_hop_drops(
-                    &mut ebpf,
-                    &btf,
-                    hop_drop_program(drop_arity, c.ip_inhdr, kernel_version(&kernel)),
-                )
-            })
-        };
+        let hop_drops = drop_config.and_then(|c| {
+            attach_hop_drops(
+                &mut ebpf,
+                &btf,
+                hop_drop_program(drop_arity, c.ip_inhdr, kernel_version(&kernel)),
+            )
+        });
         let mut tried = Vec::new();
         for &mode in order {
-            match attach(&mut ebpf, mode, &btf, has_tracepoint, opts.empty) {
+            match attach(&mut ebpf, mode, &btf, has_tracepoint) {
                 Ok(()) => {
                     return Ok(Self {
                         ebpf,
                         attached: mode,
-                        empty: opts.empty,
                         hop_drops,
                     });
                 }
@@ -353,14 +344,7 @@ impl Capture {
         };
         let cgroup = std::fs::File::open(cgroup_root)
             .map_err(|e| ResponsesError::Open(cgroup_root.to_owned(), e))?;
-        // The benchmark floor has an empty program here too: this hook runs for every
-        // packet the node receives, so its cost belongs to the floor, not to our program.
-        let name = if self.empty {
-            "empty_response"
-        } else {
-            "imds_response"
-        };
-        let p: &mut CgroupSkb = program(&mut self.ebpf, name)?;
+        let p: &mut CgroupSkb = program(&mut self.ebpf, "imds_response")?;
         p.load()?;
         attach_or_unload(
             p.attach(
@@ -415,12 +399,10 @@ fn attach(
     mode: AttachMode,
     btf: &Btf,
     has_tracepoint: bool,
-    empty: bool,
 ) -> Result<(), ProgramError> {
-    let name = |capture: &'static str, floor: &'static str| if empty { floor } else { capture };
     match mode {
         AttachMode::Fentry => {
-            let p: &mut FEntry = program(ebpf, name("imds_fentry", "empty_fentry"))?;
+            let p: &mut FEntry = program(ebpf, "imds_fentry")?;
             p.load(SEND_FUNCTION, btf)?;
             attach_or_unload(p.attach().map(drop), || p.unload())
         }
@@ -434,7 +416,7 @@ fn attach(
                     format!("{KPROBE_PMU} is missing: this kernel has no kprobes"),
                 )));
             }
-            let p: &mut KProbe = program(ebpf, name("imds_kprobe", "empty_kprobe"))?;
+            let p: &mut KProbe = program(ebpf, "imds_kprobe")?;
             p.load()?;
             attach_or_unload(p.attach(SEND_FUNCTION, 0).map(drop), || p.unload())
         }
@@ -444,7 +426,7 @@ fn attach(
                     "this kernel has no {SEND_TRACEPOINT} tracepoint"
                 ))));
             }
-            let p: &mut BtfTracePoint = program(ebpf, name("imds_tracepoint", "empty_tracepoint"))?;
+            let p: &mut BtfTracePoint = program(ebpf, "imds_tracepoint")?;
             p.load(SEND_TRACEPOINT, btf)?;
             attach_or_unload(p.attach().map(drop), || p.unload())
         }

@@ -104,7 +104,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
 
-    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9901); off by default.
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9963); off by default.
     /// A port that cannot be bound stops start-up, before anything is attached.
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics_addr: Option<SocketAddr>,
@@ -119,10 +119,6 @@ pub struct RunArgs {
     /// 500ms.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
     pub response_timeout: std::time::Duration,
-
-    /// Benchmark floor: attach empty programs on the same hooks, trace nothing.
-    #[arg(long, hide = true)]
-    pub empty_program: bool,
 
     /// The kernel's BTF, for struct offsets.
     #[arg(long, value_name = "PATH", default_value = "/sys/kernel/btf/vmlinux")]

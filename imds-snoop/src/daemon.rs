@@ -101,15 +101,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let targets = args.targets();
     let mut capture = Capture::start(&CaptureOptions {
         attach: args.attach,
-        empty: args.empty_program,
         targets: &targets,
         payload_bytes: args.payload_bytes,
         ring_bytes: args.ring_bytes,
         btf_path: &args.btf,
     })?;
     // The outcome of each call. Not fatal: without it lines are written at once, as before.
-    // With --empty-program an empty program takes the same hook (the benchmark floor), and
-    // nothing waits for responses that it never reports.
     // Why statuses are not traced, when they are not: said on stderr and in the trace log.
     let mut statuses_off = (args.responses == Responses::Off).then(|| "--responses off".into());
     let responses = args.responses == Responses::Auto && {
@@ -119,7 +116,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     "response status: cgroup_skb/ingress on {}",
                     cgroup.display()
                 );
-                !args.empty_program
+                true
             }
             Err(e) => {
                 let why = capture::own_responses_diagnosis().unwrap_or_else(|| e.to_string());
@@ -152,15 +149,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .map(|&(ip, port)| std::net::SocketAddr::new(ip, port).to_string())
         .collect();
     info!(
-        "attached {}{}{}; tracing {}; writing {}",
+        "attached {}{}; tracing {}; writing {}",
         capture.attached,
         if responses {
             " and cgroup_skb/ingress (responses)"
-        } else {
-            ""
-        },
-        if args.empty_program {
-            " [empty benchmark program: traces nothing]"
         } else {
             ""
         },
@@ -209,9 +201,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         )),
     ));
-    if let Some(why) = &statuses_off
-        && !args.empty_program
-    {
+    if let Some(why) = &statuses_off {
         writer.send(marker_line(
             tracer.format,
             &tracer.node,
