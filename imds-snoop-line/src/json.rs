@@ -491,7 +491,7 @@ mod tests {
         assert_eq!(call.class(), Some(Class::V1));
         assert_eq!(call.status, Some(401));
         let caller = call.caller.as_ref().unwrap();
-        assert_eq!((caller.pid, caller.comm.as_ref()), (Some(8463), "curl"));
+        assert_eq!((caller.pid, caller.comm.as_ref()), (Some(24454), "curl"));
         assert_eq!(call.ancestors[0].comm, "outcome::json_l");
         assert_eq!(serde_json::to_string(&call).unwrap(), line);
     }

@@ -477,21 +477,22 @@ mod tests {
 
         let pod = readme
             .lines()
-            .find(|l| l.starts_with('[') && l.contains(" pod:shop/web-1 "))
+            .find(|l| l.starts_with('[') && l.contains(" pod:shop/web-7d9f8b6c5-x2k4p "))
             .expect("the README's end-to-end line");
         assert_rejoins(pod);
         let c = call(pod);
         assert_eq!(c.caller().unwrap().comm, "wget");
-        assert_eq!(c.chain().last(), Some(&1));
+        // Its ancestors end at the containerd shim; the README cuts the rest to `...`.
+        assert_eq!(c.chain().last(), Some(&23870));
         assert_eq!(c.fields().status, Some(200));
         assert_eq!(
             c.fields().origin,
             TextOrigin::Pod {
                 namespace: "shop",
-                name: "web-1",
+                name: "web-7d9f8b6c5-x2k4p",
                 container: Some("app"),
-                image: None,
-                workload: None,
+                image: Some("docker.io/library/busybox:1.36"),
+                workload: Some("web"),
             }
         );
 
