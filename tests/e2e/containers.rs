@@ -464,11 +464,8 @@ fn token_drop_at_the_hop_limit_names_the_pod_not_the_host_network_one() {
     let report = crate::harness::report_json(daemon.log_path());
     // Other IMDS traffic on the machine (other sessions' namespaces) may add callers: ours
     // are the two pods.
-    let cut_off: Vec<String> = report["verdicts"][0]["hop_limit_1_cut_off"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no cut-off list: {report}"))
-        .iter()
-        .map(|v| v.as_str().unwrap_or_default().to_owned())
+    let cut_off: Vec<String> = crate::harness::hop_limit_cut_off(&report)
+        .into_iter()
         .filter(|c| c.starts_with("shop/") || c.starts_with("kube-system/"))
         .collect();
     assert_eq!(

@@ -84,6 +84,16 @@ pub(crate) fn report_json(log: &Path) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("report JSON: {e}: {out:?}"))
 }
 
+/// The first node verdict's "hop limit 1 would cut off" list of a `report_json` result.
+pub(crate) fn hop_limit_cut_off(report: &serde_json::Value) -> Vec<String> {
+    report["verdicts"][0]["hop_limit_1_cut_off"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no cut-off list: {report}"))
+        .iter()
+        .map(|v| v.as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
 /// A path under tests/e2e (client scripts).
 pub(crate) fn client_script(name: &str) -> PathBuf {
     Path::new(CLIENTS_DIR).join(name)

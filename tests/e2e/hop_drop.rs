@@ -22,35 +22,15 @@ fn url(path: &str) -> String {
 /// A token flow from `ns` with user agent `ua`: the PUT, then (when a token came back) a
 /// v2 GET with it. Returns (PUT pid, PUT's HTTP code, GET pid if any, the token).
 fn token_flow(ns: &Netns, ua: &str) -> (u32, String, Option<u32>, String) {
-    let (_, code, put) = curl_status(
-        ns,
-        2,
-        &[
-            "-A",
-            ua,
-            "-X",
-            "PUT",
-            "-H",
-            &format!("{TTL_HEADER}: 60"),
-            &url("/latest/api/token"),
-        ],
-    );
+    let ttl_header = format!("{TTL_HEADER}: 60");
+    let token_url = url("/latest/api/token");
+    let put_args = ["-A", ua, "-X", "PUT", "-H", &ttl_header, &token_url];
+    let (_, code, put) = curl_status(ns, 2, &put_args);
     if code != "200" {
         return (put, code, None, String::new());
     }
     // The token itself, on a connection of its own (curl_status discards the body).
-    let got = curl(
-        ns,
-        &[
-            "-A",
-            ua,
-            "-X",
-            "PUT",
-            "-H",
-            &format!("{TTL_HEADER}: 60"),
-            &url("/latest/api/token"),
-        ],
-    );
+    let got = curl(ns, &put_args);
     let token = got.stdout.trim().to_owned();
     let (_, get_code, get) = curl_status(
         ns,
@@ -188,11 +168,8 @@ fn ttl_1_drop_is_logged_for_the_pod_only_and_ttl_2_has_none() {
         let verdict = &report["verdicts"][0];
         // Other IMDS traffic on the machine (other sessions' namespaces) may add callers:
         // ours carry this run's user agents.
-        let cut_off: Vec<String> = verdict["hop_limit_1_cut_off"]
-            .as_array()
-            .unwrap_or_else(|| panic!("no cut-off list: {report}"))
-            .iter()
-            .map(|v| v.as_str().unwrap_or_default().to_owned())
+        let cut_off: Vec<String> = crate::harness::hop_limit_cut_off(&report)
+            .into_iter()
             .filter(|c| c.contains(&format!("-{run} 1.0]")))
             .collect();
         match (ttl, with_pod) {

@@ -455,12 +455,7 @@ fn hop_limit_verdict_lists_only_token_callers_behind_the_hop() {
 
     let report = report_json(daemon.log_path());
     let verdict = &report["verdicts"][0];
-    let cut_off: Vec<String> = verdict["hop_limit_1_cut_off"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no cut-off list: {report}"))
-        .iter()
-        .map(|v| v.as_str().unwrap_or_default().to_owned())
-        .collect();
+    let cut_off = crate::harness::hop_limit_cut_off(&report);
     // Foreign IMDS traffic on the machine may add callers; ours are these.
     let callers = report["callers"].as_array().unwrap();
     let caller = |ua: &str| {
